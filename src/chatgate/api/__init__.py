@@ -1,0 +1,1 @@
+"""The HTTP edge: parse, one service call, render."""

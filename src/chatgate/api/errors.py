@@ -1,0 +1,130 @@
+"""The one table from domain errors to HTTP, and the envelope every failure is rendered in."""
+
+import logging
+from collections.abc import Mapping
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic_core import ErrorDetails
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatgate.api.trace import TRACE_HEADER, trace_id_of
+from chatgate.errors import (
+    AuthError,
+    ChatgateError,
+    EngineBusy,
+    EngineFailure,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+)
+from chatgate.protocol.errors import ErrorBody, ErrorEnvelope
+
+log = logging.getLogger("chatgate.api")
+
+# Looked up along the error's class hierarchy, most specific first.
+ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    AuthError: (401, "authentication_error"),
+    ModelNotFound: (404, "invalid_request_error"),
+    NotFound: (404, "invalid_request_error"),
+    EngineBusy: (429, "rate_limit_error"),
+    EngineFailure: (500, "api_error"),
+}
+INTERNAL = (500, "api_error")
+
+
+def status_and_type(exc: ChatgateError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
+    return INTERNAL
+
+
+def envelope(exc: ChatgateError, trace_id: str) -> ErrorEnvelope:
+    _, kind = status_and_type(exc)
+    body = ErrorBody(message=exc.message, type=kind, param=exc.param, code=exc.code)
+    return ErrorEnvelope(error=body, trace_id=trace_id)
+
+
+def error_response(exc: ChatgateError, trace_id: str) -> JSONResponse:
+    status, _ = status_and_type(exc)
+    headers = {TRACE_HEADER: trace_id}
+    if isinstance(exc, EngineBusy):
+        headers["retry-after"] = str(exc.retry_after)
+    return JSONResponse(envelope(exc, trace_id).model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _param(loc: tuple[int | str, ...]) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not text:
+            text = part
+        else:
+            text += f".{part}"
+    return text or None
+
+
+_CODES: Mapping[str, str] = {
+    "json_invalid": "invalid_json",
+    "missing": "missing_required_parameter",
+    "extra_forbidden": "unknown_parameter",
+}
+
+
+def _from_validation(error: ErrorDetails) -> InvalidRequest:
+    kind = error["type"]
+    # Drop the union-member and discriminator tags pydantic adds to the location.
+    loc = tuple(
+        p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+    )
+    param = _param(loc)
+    if kind == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
+    if kind == "model_attributes_type" and not param:
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if kind == "extra_forbidden":
+        return InvalidRequest(
+            f"Unrecognized request argument supplied: {param}", param=param, code=_CODES[kind]
+        )
+    message = error["msg"]
+    return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param, code=_CODES.get(kind))
+
+
+async def on_chatgate_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ChatgateError)
+    return error_response(exc, trace_id_of(request))
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first: ErrorDetails = (
+        errors[0] if errors else {"type": "value_error", "loc": (), "msg": "invalid", "input": None}
+    )
+    return error_response(_from_validation(first), trace_id_of(request))
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        err: ChatgateError = NotFound(f"Unknown path {request.url.path}.", code="not_found")
+        return error_response(err, trace_id_of(request))
+    body = ErrorBody(message=str(exc.detail), type="invalid_request_error", code=f"http_{exc.status_code}")
+    trace_id = trace_id_of(request)
+    return JSONResponse(
+        ErrorEnvelope(error=body, trace_id=trace_id).model_dump(mode="json"),
+        status_code=exc.status_code,
+        headers={TRACE_HEADER: trace_id, **(exc.headers or {})},
+    )
+
+
+async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    trace_id = trace_id_of(request)
+    log.exception("unhandled error", extra={"trace_id": trace_id})
+    err = EngineFailure("The server had an error while processing your request.", code="internal_error")
+    return error_response(err, trace_id)

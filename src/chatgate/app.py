@@ -1,0 +1,106 @@
+"""create_app(settings): builds the catalogue's providers and the services, and wires the HTTP edge."""
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatgate.api import chat, health, models
+from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
+from chatgate.api.trace import TraceMiddleware
+from chatgate.config import Catalogue, Settings, load_catalogue
+from chatgate.errors import ChatgateError
+from chatgate.providers.base import Provider
+from chatgate.providers.local import assets
+from chatgate.providers.local.provider import LocalProvider
+from chatgate.services.auth import AuthService
+from chatgate.services.catalogue import ModelRegistry, Route
+from chatgate.services.chat import ChatService
+
+log = logging.getLogger("chatgate")
+
+Progress = assets.Progress
+
+
+def master_key(settings: Settings) -> str:
+    """The operator's master key: from the settings, or (in development only) one kept in the data dir."""
+    if settings.api_key is not None:
+        return settings.api_key.get_secret_value()
+    path = settings.data_dir / "master_key"
+    if path.is_file():
+        return path.read_text().strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = "sk-dev-" + secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def build_registry(
+    settings: Settings, catalogue: Catalogue, progress: Progress | None = None
+) -> ModelRegistry:
+    routes: list[Route] = []
+    aliases: dict[str, str] = {}
+    created = int(time.time())
+    for entry in catalogue.models:
+        deployment = entry.deployment
+        if deployment.asset is not None:
+            asset = assets.resolve(deployment.asset)
+            path = assets.ensure(asset, settings.models_path, progress)
+            fingerprint = "fp_" + asset.sha256[:10]
+        else:
+            assert deployment.path is not None
+            path = Path(deployment.path)
+            stat = path.stat()
+            fingerprint = f"fp_{stat.st_size:x}{stat.st_mtime_ns % 0xFFFF:x}"
+        provider: Provider = LocalProvider(
+            path=path,
+            deployment=deployment,
+            threads=settings.engine_threads,
+            max_queue=settings.max_queue,
+            fingerprint=fingerprint,
+        )
+        routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint))
+        aliases.update({alias: entry.name for alias in entry.aliases})
+    return ModelRegistry(routes, aliases)
+
+
+def create_app(settings: Settings, *, progress: Progress | None = None) -> FastAPI:
+    registry = build_registry(settings, load_catalogue(settings.catalogue), progress)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for provider in registry.providers:
+            await provider.start()
+        try:
+            yield
+        finally:
+            for provider in registry.providers:
+                await provider.aclose()
+
+    app = FastAPI(title="chatgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.chat = ChatService(registry)
+    app.state.auth = AuthService(master_key(settings))
+
+    handlers: list[tuple[type[Exception], Callable[..., object]]] = [
+        (ChatgateError, on_chatgate_error),
+        (RequestValidationError, on_validation_error),
+        (StarletteHTTPException, on_http_error),
+        (Exception, on_unexpected),
+    ]
+    for exc_type, handler in handlers:
+        app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
+    for prefix in ("/v1", "/openai", "/openai/v1"):
+        app.include_router(chat.router, prefix=prefix)
+        app.include_router(models.router, prefix=prefix)
+    app.include_router(health.router)
+    app.add_middleware(TraceMiddleware)
+    return app

@@ -1,0 +1,98 @@
+"""Typed settings (environment prefix ``CHATGATE_``) and the model catalogue file."""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chatgate.errors import ConfigError
+
+DEFAULT_CATALOGUE = Path(__file__).parent / "catalogue" / "default.yaml"
+
+
+class Settings(BaseSettings):
+    """Everything chatgate reads from its environment, validated at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="CHATGATE_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    catalogue: Path = DEFAULT_CATALOGUE
+    data_dir: Path = Path(".chatgate")
+    model_dir: Path | None = None
+    engine_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    max_queue: int = Field(default=16, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> "Settings":
+        if self.env == "production":
+            if self.api_key is None or len(self.api_key.get_secret_value()) < 16:
+                raise ValueError("CHATGATE_API_KEY of at least 16 characters is required in production")
+        return self
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir if self.model_dir is not None else self.data_dir / "models"
+
+
+class LocalDeployment(BaseModel):
+    """A model served by the embedded llama.cpp engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local"] = "local"
+    asset: str | None = None
+    path: Path | None = None
+    context_length: int = Field(default=4096, ge=128)
+    instances: int = Field(default=2, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LocalDeployment":
+        if (self.asset is None) == (self.path is None):
+            raise ValueError("a local deployment names exactly one of 'asset' or 'path'")
+        return self
+
+
+class CatalogueEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    owned_by: str = "chatgate"
+    deployment: LocalDeployment
+
+
+class Catalogue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[CatalogueEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Catalogue":
+        seen: set[str] = set()
+        for entry in self.models:
+            for name in (entry.name, *entry.aliases):
+                if name in seen:
+                    raise ValueError(f"model name or alias {name!r} appears twice")
+                seen.add(name)
+        return self
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    """Read and validate a catalogue file; every problem is a ConfigError naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read model catalogue {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"model catalogue {path} is not valid YAML: {exc}") from exc
+    try:
+        return Catalogue.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"model catalogue {path} is invalid: {exc}") from exc

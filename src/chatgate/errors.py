@@ -1,0 +1,73 @@
+"""Domain errors. They know nothing of HTTP: the API layer maps them to statuses in one table."""
+
+
+class ChatgateError(Exception):
+    """Base of every error chatgate reports to a caller.
+
+    ``code`` is the machine-readable code sent to the caller; ``param`` names the request field at fault.
+    """
+
+    code: str = "api_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ChatgateError):
+    """The request is malformed or a value is out of range."""
+
+    code = "invalid_value"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class NotImplementedFeature(InvalidRequest):
+    """A parameter or feature this deployment cannot honour; never silently ignored."""
+
+    code = "api_not_implemented"
+
+
+class AuthError(ChatgateError):
+    code = "invalid_token"
+
+
+class ModelNotFound(ChatgateError):
+    code = "model_not_found"
+
+
+class NotFound(ChatgateError):
+    code = "not_found"
+
+
+class EngineBusy(ChatgateError):
+    """Every engine slot is busy and the wait queue is full."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineFailure(ChatgateError):
+    """The engine failed while generating."""
+
+    code = "engine_error"
+
+
+class AssetError(ChatgateError):
+    """A model file is missing, incomplete or fails its checksum."""
+
+    code = "model_asset_error"
+
+
+class ConfigError(ChatgateError):
+    """The settings or the model catalogue are invalid."""
+
+    code = "config_error"

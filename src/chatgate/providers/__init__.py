@@ -1,0 +1,1 @@
+"""Engines and upstreams behind one interface."""

@@ -1,0 +1,117 @@
+"""A pool of llama.cpp model instances: bounded admission, and threads shared fairly among active streams."""
+
+import asyncio
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from chatgate.errors import EngineBusy
+
+
+@dataclass(eq=False)
+class Slot:
+    """One model instance; it serves one sequence at a time."""
+
+    index: int
+    llama: Any  # llama_cpp.Llama (untyped library)
+    threads: int
+    started: float = field(default=0.0)
+
+
+class EnginePool:
+    """Hands out model instances to requests.
+
+    Requests beyond the free instances wait in a queue of at most ``max_queue``; past that,
+    ``acquire`` raises EngineBusy at once. The machine's threads are split among the instances
+    that are generating, re-checked before every token, so a lone stream uses every core and
+    several streams share them without oversubscription.
+    """
+
+    def __init__(
+        self, *, path: Path, context_length: int, instances: int, threads: int, max_queue: int
+    ) -> None:
+        self.path = path
+        self.context_length = context_length
+        self.instances = instances
+        self.total_threads = threads
+        self.max_queue = max_queue
+        self.slots: list[Slot] = []
+        self._free: asyncio.Queue[Slot] = asyncio.Queue()
+        self._waiting = 0
+        self._active = 0
+        self._lock = threading.Lock()
+        self._mean_seconds = 5.0
+        self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"llama-{path.stem}")
+
+    def load(self) -> None:
+        for i in range(self.instances):
+            llama = llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=self.context_length,
+                n_threads=self.total_threads,
+                n_threads_batch=self.total_threads,
+                verbose=False,
+            )
+            slot = Slot(index=i, llama=llama, threads=self.total_threads)
+            self.slots.append(slot)
+            self._free.put_nowait(slot)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.slots[0].llama
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+    @property
+    def busy(self) -> int:
+        return self.instances - self._free.qsize()
+
+    async def acquire(self) -> Slot:
+        if self._free.empty() and self._waiting >= self.max_queue:
+            raise EngineBusy(
+                f"All {self.instances} engine slots are busy and {self._waiting} requests are waiting; "
+                "retry after a moment.",
+                retry_after=max(1, math.ceil(self._mean_seconds * (self._waiting + 1) / self.instances)),
+            )
+        self._waiting += 1
+        try:
+            slot = await self._free.get()
+        finally:
+            self._waiting -= 1
+        slot.started = time.monotonic()
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """Return an instance to the pool; call on the event loop once its generation has ended."""
+        elapsed = time.monotonic() - slot.started
+        self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
+        self._free.put_nowait(slot)
+
+    def begin(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def rebalance(self, slot: Slot) -> None:
+        """Give this instance its fair share of threads for the number of streams now generating."""
+        want = max(1, self.total_threads // max(1, self._active))
+        if want != slot.threads:
+            llama_cpp.llama_set_n_threads(slot.llama.ctx, want, want)
+            slot.threads = want
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        for slot in self.slots:
+            slot.llama.close()
+        self.slots.clear()

@@ -1,0 +1,43 @@
+"""The routable models: public names and aliases resolved to the provider that serves them."""
+
+from dataclasses import dataclass
+
+from chatgate.errors import ModelNotFound
+from chatgate.protocol.models import Model, ModelList
+from chatgate.providers.base import Provider
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    owned_by: str
+    created: int
+    provider: Provider
+    fingerprint: str
+
+
+class ModelRegistry:
+    def __init__(self, routes: list[Route], aliases: dict[str, str]) -> None:
+        self._routes = {route.name: route for route in routes}
+        self._aliases = aliases
+
+    def resolve(self, name: str) -> Route:
+        route = self._routes.get(self._aliases.get(name, name))
+        if route is None:
+            raise ModelNotFound(
+                f"The model '{name}' does not exist or you do not have access to it.", param="model"
+            )
+        return route
+
+    def describe(self, name: str) -> Model:
+        route = self.resolve(name)
+        return Model(id=route.name, created=route.created, owned_by=route.owned_by)
+
+    def model_list(self) -> ModelList:
+        return ModelList(
+            data=[Model(id=r.name, created=r.created, owned_by=r.owned_by) for r in self._routes.values()]
+        )
+
+    @property
+    def providers(self) -> list[Provider]:
+        return [route.provider for route in self._routes.values()]
