@@ -18,6 +18,7 @@ from chatgate.config import Catalogue, Settings, load_catalogue
 from chatgate.errors import ChatgateError
 from chatgate.providers.base import Provider
 from chatgate.providers.local import assets
+from chatgate.providers.local.pool import ThreadBudget
 from chatgate.providers.local.provider import LocalProvider
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry, Route
@@ -48,6 +49,7 @@ def build_registry(
     routes: list[Route] = []
     aliases: dict[str, str] = {}
     created = int(time.time())
+    budget = ThreadBudget(settings.engine_threads)
     for entry in catalogue.models:
         deployment = entry.deployment
         if deployment.asset is not None:
@@ -62,7 +64,7 @@ def build_registry(
         provider: Provider = LocalProvider(
             path=path,
             deployment=deployment,
-            threads=settings.engine_threads,
+            budget=budget,
             max_queue=settings.max_queue,
             fingerprint=fingerprint,
         )

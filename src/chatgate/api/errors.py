@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -56,16 +57,18 @@ def error_response(exc: ChatgateError, trace_id: str) -> JSONResponse:
     return JSONResponse(envelope(exc, trace_id).model_dump(mode="json"), status_code=status, headers=headers)
 
 
-def _param(loc: tuple[int | str, ...]) -> str | None:
-    parts = [p for p in loc if p != "body"]
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif not text:
-            text = part
-        else:
-            text += f".{part}"
+def _param(loc: tuple[int | str, ...], body: Any) -> str | None:
+    """The request field at fault, as ``messages[0].content``.
+
+    Pydantic's locations also name union members and discriminator tags (``user``, ``str``); only
+    the steps that exist in the request body itself are kept.
+    """
+    text, node = "", body
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            text, node = f"{text}[{part}]", node[part]
+        elif isinstance(part, str) and isinstance(node, dict) and (part in node or part == loc[-1]):
+            text, node = (f"{text}.{part}" if text else part), node.get(part)
     return text or None
 
 
@@ -76,13 +79,9 @@ _CODES: Mapping[str, str] = {
 }
 
 
-def _from_validation(error: ErrorDetails) -> InvalidRequest:
+def _from_validation(error: ErrorDetails, body: Any) -> InvalidRequest:
     kind = error["type"]
-    # Drop the union-member and discriminator tags pydantic adds to the location.
-    loc = tuple(
-        p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
-    )
-    param = _param(loc)
+    param = _param(error["loc"], body)
     if kind == "json_invalid":
         return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
     if kind == "model_attributes_type" and not param:
@@ -91,8 +90,7 @@ def _from_validation(error: ErrorDetails) -> InvalidRequest:
         return InvalidRequest(
             f"Unrecognized request argument supplied: {param}", param=param, code=_CODES[kind]
         )
-    message = error["msg"]
-    return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param, code=_CODES.get(kind))
+    return InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param, code=_CODES.get(kind))
 
 
 async def on_chatgate_error(request: Request, exc: Exception) -> JSONResponse:
@@ -106,7 +104,7 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     first: ErrorDetails = (
         errors[0] if errors else {"type": "value_error", "loc": (), "msg": "invalid", "input": None}
     )
-    return error_response(_from_validation(first), trace_id_of(request))
+    return error_response(_from_validation(first, exc.body), trace_id_of(request))
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""``GET /healthz``: the process is up and its models are loaded."""
+"""``GET /healthz``: the process is up, with each model's engine load (busy, queued, cancelled)."""
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -10,4 +10,4 @@ router = APIRouter()
 
 @router.get("/healthz")
 async def healthz(registry: RegistryDep) -> JSONResponse:
-    return JSONResponse({"status": "ok", "models": [m.id for m in registry.model_list().data]})
+    return JSONResponse({"status": "ok", "models": registry.stats()})

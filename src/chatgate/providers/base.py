@@ -52,6 +52,10 @@ class Provider(Protocol):
 
     async def complete(self, request: ChatCompletionRequest) -> Completion: ...
 
+    def stats(self) -> dict[str, int]:
+        """Load figures for health checks: busy and queued requests, and the like."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -38,6 +38,9 @@ class ModelRegistry:
             data=[Model(id=r.name, created=r.created, owned_by=r.owned_by) for r in self._routes.values()]
         )
 
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {name: route.provider.stats() for name, route in self._routes.items()}
+
     @property
     def providers(self) -> list[Provider]:
         return [route.provider for route in self._routes.values()]

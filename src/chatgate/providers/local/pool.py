@@ -14,6 +14,26 @@ import llama_cpp
 from chatgate.errors import EngineBusy
 
 
+class ThreadBudget:
+    """The machine's compute threads, shared by every engine instance that is generating, in every pool."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def share(self) -> int:
+        return max(1, self.total // max(1, self._active))
+
+
 @dataclass(eq=False)
 class Slot:
     """One model instance; it serves one sequence at a time."""
@@ -29,23 +49,22 @@ class EnginePool:
 
     Requests beyond the free instances wait in a queue of at most ``max_queue``; past that,
     ``acquire`` raises EngineBusy at once. The machine's threads are split among the instances
-    that are generating, re-checked before every token, so a lone stream uses every core and
+    that are generating (in every pool sharing the budget), re-checked before every token, so a lone stream uses every core and
     several streams share them without oversubscription.
     """
 
     def __init__(
-        self, *, path: Path, context_length: int, instances: int, threads: int, max_queue: int
+        self, *, path: Path, context_length: int, instances: int, budget: ThreadBudget, max_queue: int
     ) -> None:
         self.path = path
         self.context_length = context_length
         self.instances = instances
-        self.total_threads = threads
+        self.budget = budget
         self.max_queue = max_queue
         self.slots: list[Slot] = []
+        self.cancelled = 0
         self._free: asyncio.Queue[Slot] = asyncio.Queue()
         self._waiting = 0
-        self._active = 0
-        self._lock = threading.Lock()
         self._mean_seconds = 5.0
         self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"llama-{path.stem}")
 
@@ -54,11 +73,11 @@ class EnginePool:
             llama = llama_cpp.Llama(
                 model_path=str(self.path),
                 n_ctx=self.context_length,
-                n_threads=self.total_threads,
-                n_threads_batch=self.total_threads,
+                n_threads=self.budget.total,
+                n_threads_batch=self.budget.total,
                 verbose=False,
             )
-            slot = Slot(index=i, llama=llama, threads=self.total_threads)
+            slot = Slot(index=i, llama=llama, threads=self.budget.total)
             self.slots.append(slot)
             self._free.put_nowait(slot)
 
@@ -95,17 +114,17 @@ class EnginePool:
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
         self._free.put_nowait(slot)
 
-    def begin(self) -> None:
-        with self._lock:
-            self._active += 1
-
-    def end(self) -> None:
-        with self._lock:
-            self._active -= 1
+    def stats(self) -> dict[str, int]:
+        return {
+            "instances": self.instances,
+            "busy": self.busy,
+            "queued": self.queued,
+            "cancelled": self.cancelled,
+        }
 
     def rebalance(self, slot: Slot) -> None:
         """Give this instance its fair share of threads for the number of streams now generating."""
-        want = max(1, self.total_threads // max(1, self._active))
+        want = self.budget.share()
         if want != slot.threads:
             llama_cpp.llama_set_n_threads(slot.llama.ctx, want, want)
             slot.threads = want

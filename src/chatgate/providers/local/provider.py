@@ -15,7 +15,7 @@ from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import FinishReason
 from chatgate.providers.base import Completion, Finished, ProviderEvent, Started, TextDelta, collect
 from chatgate.providers.local.decoding import TextAssembler
-from chatgate.providers.local.pool import EnginePool, Slot
+from chatgate.providers.local.pool import EnginePool, Slot, ThreadBudget
 from chatgate.providers.local.template import ChatTemplate
 
 # OpenAI's defaults for temperature and top_p; top_k and min_p are llama.cpp's usual safety net
@@ -47,7 +47,13 @@ class LocalProvider:
     """Serves one catalogue model from a pool of llama.cpp instances."""
 
     def __init__(
-        self, *, path: Path, deployment: LocalDeployment, threads: int, max_queue: int, fingerprint: str
+        self,
+        *,
+        path: Path,
+        deployment: LocalDeployment,
+        budget: ThreadBudget,
+        max_queue: int,
+        fingerprint: str,
     ) -> None:
         self.context_length = deployment.context_length
         self.fingerprint = fingerprint
@@ -55,7 +61,7 @@ class LocalProvider:
             path=path,
             context_length=deployment.context_length,
             instances=deployment.instances,
-            threads=threads,
+            budget=budget,
             max_queue=max_queue,
         )
         self._template: ChatTemplate | None = None
@@ -73,6 +79,9 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.pool.close)
+
+    def stats(self) -> dict[str, int]:
+        return self.pool.stats()
 
     async def complete(self, request: ChatCompletionRequest) -> Completion:
         return await collect(self.stream(request))
@@ -160,7 +169,7 @@ class LocalProvider:
         """Runs on an engine thread: sample until end of text, a stop sequence, the limit, or cancellation."""
         llama = slot.llama
         vocab = llama._model.vocab
-        self.pool.begin()
+        self.pool.budget.begin()
         try:
             self.pool.rebalance(slot)
             llama.set_seed(s.seed)
@@ -180,6 +189,7 @@ class LocalProvider:
             )
             for token in generator:
                 if cancel.is_set():
+                    self.pool.cancelled += 1
                     return
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     reason = "stop"
@@ -201,4 +211,4 @@ class LocalProvider:
         except Exception as exc:
             emit(exc)
         finally:
-            self.pool.end()
+            self.pool.budget.end()

@@ -1,0 +1,159 @@
+"""Every failure is an enveloped error with the right status, code and param; never a 422 or a bare 500."""
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import API_KEY, SMALL, Server, Spec
+
+OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    return {"model": SMALL, "messages": OK_MESSAGES, "max_tokens": 2, **fields}
+
+
+CASES: list[tuple[str, dict[str, Any] | str, int, str, str | None]] = [
+    ("unknown model", body(model="no-such-model"), 404, "model_not_found", "model"),
+    ("missing messages", {"model": SMALL}, 400, "missing_required_parameter", "messages"),
+    ("empty messages", body(messages=[]), 400, "invalid_value", "messages"),
+    ("messages not a list", body(messages="hi"), 400, "invalid_value", "messages"),
+    (
+        "unknown role",
+        body(messages=[{"role": "wizard", "content": "hi"}]),
+        400,
+        "invalid_value",
+        "messages[0]",
+    ),
+    (
+        "content wrong type",
+        body(messages=[{"role": "user", "content": 5}]),
+        400,
+        "invalid_value",
+        "messages[0].content",
+    ),
+    ("temperature too high", body(temperature=2.5), 400, "invalid_value", "temperature"),
+    ("top_p negative", body(top_p=-0.1), 400, "invalid_value", "top_p"),
+    ("max_tokens zero", body(max_tokens=0), 400, "invalid_value", "max_tokens"),
+    ("max_tokens not a number", body(max_tokens="ten"), 400, "invalid_value", "max_tokens"),
+    ("presence_penalty out of range", body(presence_penalty=3), 400, "invalid_value", "presence_penalty"),
+    ("five stop sequences", body(stop=["a", "b", "c", "d", "e"]), 400, "invalid_value", "stop"),
+    ("unknown parameter", body(frobnicate=True), 400, "unknown_parameter", "frobnicate"),
+    (
+        "stream_options without stream",
+        body(stream_options={"include_usage": True}),
+        400,
+        "invalid_value",
+        "stream_options",
+    ),
+    (
+        "tools not implemented",
+        body(tools=[{"type": "function", "function": {"name": "f"}}]),
+        400,
+        "api_not_implemented",
+        "tools",
+    ),
+    ("n > 1 not implemented", body(n=2), 400, "api_not_implemented", "n"),
+    (
+        "image to a text model",
+        body(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}],
+                }
+            ]
+        ),
+        400,
+        "api_not_implemented",
+        "messages",
+    ),
+    (
+        "prompt over the context",
+        body(messages=[{"role": "user", "content": "word " * 3000}]),
+        400,
+        "context_length_exceeded",
+        "messages",
+    ),
+    ("completion over the context", body(max_tokens=5000), 400, "context_length_exceeded", "max_tokens"),
+    ("malformed JSON", '{"model": "x", "messages": [', 400, "invalid_json", None),
+    ("JSON that is not an object", "[1, 2]", 400, "invalid_json", None),
+]
+
+
+def assert_envelope(response: httpx.Response, spec: Spec, status: int, code: str, param: str | None) -> None:
+    assert response.status_code == status, response.text
+    payload = response.json()
+    spec.validate("ErrorResponse", payload)
+    assert payload["success"] is False
+    assert payload["error"]["code"] == code
+    assert payload["error"]["param"] == param
+    assert payload["error"]["message"]
+    assert payload["trace_id"] == response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(("name", "payload", "status", "code", "param"), CASES, ids=[c[0] for c in CASES])
+def test_bad_requests(
+    http: httpx.Client,
+    spec: Spec,
+    name: str,
+    payload: dict[str, Any] | str,
+    status: int,
+    code: str,
+    param: str | None,
+) -> None:
+    for stream in (False, True):
+        if isinstance(payload, str):
+            response = http.post(
+                "/v1/chat/completions", content=payload, headers={"content-type": "application/json"}
+            )
+        else:
+            response = http.post(
+                "/v1/chat/completions",
+                json={**payload, "stream": stream} if stream and "stream_options" not in payload else payload,
+            )
+        assert_envelope(response, spec, status, code, param)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"authorization": "Bearer wrong-key"}, {"authorization": "Basic abc"}, {"authorization": "Bearer"}],
+    ids=["missing", "wrong", "not bearer", "empty"],
+)
+def test_bad_credentials_are_401_invalid_token(server: Server, spec: Spec, headers: dict[str, str]) -> None:
+    for method, path in (("POST", "/openai/chat/completions"), ("GET", "/v1/models")):
+        response = httpx.request(method, server.base_url + path, json=body(), headers=headers)
+        assert_envelope(response, spec, 401, "invalid_token", None)
+        assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_unknown_paths_and_methods_are_enveloped(http: httpx.Client, spec: Spec) -> None:
+    response = http.get("/v1/nope")
+    assert response.status_code == 404
+    spec.validate("ErrorResponse", response.json())
+    response = http.get("/v1/chat/completions")
+    assert response.status_code == 405
+    spec.validate("ErrorResponse", response.json())
+
+
+def test_a_caller_trace_id_is_kept(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/chat/completions", json=body(model="nope"), headers={"x-request-id": "my-trace-0001"}
+    )
+    assert response.headers["x-request-id"] == "my-trace-0001"
+    assert response.json()["trace_id"] == "my-trace-0001"
+
+
+def test_the_sdk_raises_its_own_typed_errors(server: Server) -> None:
+    wrong = openai.OpenAI(base_url=server.base_url + "/openai", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model=SMALL, messages=OK_MESSAGES)  # type: ignore[arg-type]
+    right = openai.OpenAI(base_url=server.base_url + "/openai", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as caught:
+        right.chat.completions.create(model="nope", messages=OK_MESSAGES)  # type: ignore[arg-type]
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        right.chat.completions.create(model=SMALL, messages=OK_MESSAGES, temperature=9)  # type: ignore[arg-type]
+    assert bad.value.param == "temperature"

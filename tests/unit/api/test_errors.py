@@ -1,0 +1,90 @@
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from chatgate.api.errors import ERRORS, _param, envelope, status_and_type
+from chatgate.api.sse import DONE, frames
+from chatgate.errors import (
+    AuthError,
+    ChatgateError,
+    ContextLengthExceeded,
+    EngineBusy,
+    InvalidRequest,
+    ModelNotFound,
+    NotImplementedFeature,
+)
+from chatgate.protocol.base import WireModel
+from chatgate.protocol.models import Model
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (AuthError("no"), 401, "invalid_token"),
+        (ModelNotFound("no"), 404, "model_not_found"),
+        (InvalidRequest("no", param="temperature"), 400, "invalid_value"),
+        (ContextLengthExceeded("no"), 400, "context_length_exceeded"),
+        (NotImplementedFeature("no"), 400, "api_not_implemented"),
+        (EngineBusy("no", retry_after=3), 429, "too_many_requests"),
+    ],
+)
+def test_each_domain_error_has_its_status_and_code(error: ChatgateError, status: int, code: str) -> None:
+    assert status_and_type(error)[0] == status
+    assert envelope(error, "req_x").error.code == code
+
+
+def test_an_error_outside_the_table_is_a_500() -> None:
+    assert status_and_type(ChatgateError("boom")) == (500, "api_error")
+    assert ChatgateError not in ERRORS
+
+
+def test_envelope_shape() -> None:
+    body = envelope(InvalidRequest("bad", param="stop"), "req_123").model_dump(mode="json")
+    assert body == {
+        "success": False,
+        "error": {
+            "message": "bad",
+            "type": "invalid_request_error",
+            "param": "stop",
+            "code": "invalid_value",
+        },
+        "trace_id": "req_123",
+    }
+
+
+async def test_an_error_after_the_first_byte_travels_in_the_stream() -> None:
+    async def chunks() -> AsyncIterator[WireModel]:
+        yield Model(id="m", created=1, owned_by="me")
+        raise InvalidRequest("went wrong", param="messages")
+
+    out = [frame async for frame in frames(chunks(), "req_abc")]
+    assert out[0].startswith(b"data: {")
+    error = json.loads(out[1].removeprefix(b"data: "))
+    assert error["error"]["message"] == "went wrong"
+    assert error["trace_id"] == "req_abc"
+    assert out[2] == DONE
+
+
+@pytest.mark.parametrize(
+    ("loc", "body", "param"),
+    [
+        (("body", "temperature"), {"temperature": 9}, "temperature"),
+        (
+            ("body", "messages", 0, "user", "content", "str"),
+            {"messages": [{"content": 5}]},
+            "messages[0].content",
+        ),
+        (
+            ("body", "messages", 0, "user", "content", "list[...]", 0, "image_url", "image_url", "url"),
+            {"messages": [{"content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content[0].image_url.url",
+        ),
+        (("body", "messages"), {"model": "m"}, "messages"),
+        (("body",), "not json", None),
+    ],
+)
+def test_param_names_the_field_in_the_request_not_pydantic_tags(
+    loc: tuple[int | str, ...], body: object, param: str | None
+) -> None:
+    assert _param(loc, body) == param
