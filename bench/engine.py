@@ -241,6 +241,9 @@ class ChatgateServer:
         env.update(
             CHATGATE_API_KEY=self.api_key,
             CHATGATE_ENGINE_THREADS=str(THREADS),
+            # `serve --port 0` alone is currently ignored (the CLI drops falsy overrides, so the
+            # server binds the default 8000); the environment setting makes port 0 stick.
+            CHATGATE_PORT="0",
             PYTHONUNBUFFERED="1",
         )
         log(f"starting: CHATGATE_API_KEY=... CHATGATE_ENGINE_THREADS={THREADS} {' '.join(self.command)}")
@@ -296,7 +299,8 @@ class ChatgateServer:
         if self._drain is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain
-        log(f"chatgate stopped (status {proc.returncode})")
+        note = " = SIGTERM, as sent" if proc.returncode == -signal.SIGTERM else ""
+        log(f"chatgate stopped (status {proc.returncode}{note})")
 
 
 async def chatgate_stream(client: httpx.AsyncClient, max_tokens: int) -> StreamTiming:

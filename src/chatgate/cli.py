@@ -38,9 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
     from chatgate.app import create_app, master_key
     from chatgate.config import Settings
 
-    overrides = {
-        k: v for k, v in {"host": args.host, "port": args.port, "catalogue": args.config}.items() if v
-    }
+    given = {"host": args.host, "port": args.port, "catalogue": args.config}
+    overrides = {k: v for k, v in given.items() if v is not None}  # --port 0 (any free port) counts
     settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -9,6 +9,13 @@ import pytest
 from tests.e2e.conftest import API_KEY, SMALL, Server, Spec
 
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -48,14 +55,61 @@ CASES: list[tuple[str, dict[str, Any] | str, int, str, str | None]] = [
         "invalid_value",
         "stream_options",
     ),
+    ("n too large", body(n=9), 400, "invalid_value", "n"),
+    ("top_logprobs without logprobs", body(top_logprobs=3), 400, "invalid_value", "top_logprobs"),
+    ("top_logprobs over 20", body(logprobs=True, top_logprobs=21), 400, "invalid_value", "top_logprobs"),
+    ("tool_choice without tools", body(tool_choice="auto"), 400, "invalid_value", "tool_choice"),
     (
-        "tools not implemented",
-        body(tools=[{"type": "function", "function": {"name": "f"}}]),
+        "tool_choice names a missing function",
+        body(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}),
+        400,
+        "invalid_value",
+        "tool_choice",
+    ),
+    (
+        "tool without a name",
+        body(tools=[{"type": "function", "function": {}}]),
+        400,
+        "missing_required_parameter",
+        "tools[0].function.name",
+    ),
+    ("logit_bias not a token id", body(logit_bias={"abc": 1}), 400, "invalid_value", "logit_bias"),
+    ("logit_bias out of range", body(logit_bias={"42": 500}), 400, "invalid_value", "logit_bias"),
+    (
+        "logit_bias beyond the vocabulary",
+        body(logit_bias={"99999999": 5}),
+        400,
+        "invalid_value",
+        "logit_bias",
+    ),
+    (
+        "unknown response_format",
+        body(response_format={"type": "yaml"}),
+        400,
+        "invalid_value",
+        "response_format",
+    ),
+    (
+        "audio not implemented",
+        body(audio={"voice": "alloy", "format": "mp3"}),
         400,
         "api_not_implemented",
-        "tools",
+        "audio",
     ),
-    ("n > 1 not implemented", body(n=2), 400, "api_not_implemented", "n"),
+    (
+        "prediction not implemented",
+        body(prediction={"type": "content", "content": "x"}),
+        400,
+        "api_not_implemented",
+        "prediction",
+    ),
+    (
+        "web search not implemented",
+        body(web_search_options={}),
+        400,
+        "api_not_implemented",
+        "web_search_options",
+    ),
     (
         "image to a text model",
         body(

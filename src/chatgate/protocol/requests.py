@@ -1,11 +1,57 @@
 """The Chat Completions request, field by field as the OpenAI spec names them."""
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
 from chatgate.protocol.base import WireModel
 from chatgate.protocol.messages import ChatMessage
+
+
+class FunctionDefinition(WireModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(WireModel):
+    name: str
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(WireModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(WireModel):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(WireModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(WireModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")
+]
 
 
 class StreamOptions(WireModel):
@@ -20,7 +66,7 @@ class ChatCompletionRequest(WireModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     function_call: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None
-    logit_bias: dict[str, int] | None = None
+    logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -32,7 +78,7 @@ class ChatCompletionRequest(WireModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     prompt_cache_key: str | None = None
     reasoning_effort: str | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     safety_identifier: str | None = None
     seed: int | None = None
     service_tier: str | None = None
@@ -41,8 +87,8 @@ class ChatCompletionRequest(WireModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[FunctionTool] | None = Field(default=None, max_length=128)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = None
@@ -61,6 +107,16 @@ class ChatCompletionRequest(WireModel):
                 raise ValueError("at most 4 stop sequences are allowed")
             if any(s == "" for s in value):
                 raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"logit_bias keys are token ids; {token!r} is not")
+            if not -100 <= bias <= 100:
+                raise ValueError("logit_bias values must be between -100 and 100")
         return value
 
     @property

@@ -13,12 +13,48 @@ class Usage(WireModel):
     total_tokens: int
 
 
+class TopLogprob(WireModel):
+    nullable = frozenset({"bytes"})
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(WireModel):
+    nullable = frozenset({"bytes"})
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(WireModel):
+    nullable = frozenset({"content", "refusal"})
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class FunctionCall(WireModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(WireModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(WireModel):
     nullable = frozenset({"content", "refusal"})
 
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(WireModel):
@@ -26,7 +62,7 @@ class Choice(WireModel):
 
     index: int
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -40,9 +76,22 @@ class ChatCompletion(WireModel):
     usage: Usage | None = None
 
 
+class FunctionCallDelta(WireModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(WireModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
 class Delta(WireModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(WireModel):
@@ -50,7 +99,7 @@ class ChunkChoice(WireModel):
 
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 

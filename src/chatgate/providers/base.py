@@ -1,11 +1,11 @@
 """The one small interface every engine and upstream implements, and the events it yields."""
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.protocol.responses import FinishReason
+from chatgate.protocol.responses import FinishReason, FunctionCall, TokenLogprob, ToolCall
 
 
 @dataclass(frozen=True)
@@ -18,22 +18,45 @@ class Started:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call: ``call_id`` and ``name`` come once, with its first piece."""
+
+    call_index: int
+    arguments: str
+    call_id: str | None = None
+    name: str | None = None
+    index: int = 0
 
 
 @dataclass(frozen=True)
 class Finished:
+    """One choice is complete; ``completion_tokens`` counts that choice's tokens."""
+
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    index: int = 0
 
 
-ProviderEvent = Started | TextDelta | Finished
+ProviderEvent = Started | TextDelta | ToolCallDelta | Finished
 
 
-@dataclass(frozen=True)
+@dataclass
+class ChoiceResult:
+    text: str = ""
+    reason: FinishReason = "stop"
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
 class Completion:
-    text: str
-    reason: FinishReason
+    choices: list[ChoiceResult]
     prompt_tokens: int
     completion_tokens: int
 
@@ -42,7 +65,7 @@ class Provider(Protocol):
     """Generates chat completions for the catalogue models it serves.
 
     ``stream`` yields ``Started`` first (errors before it are the request's fault or admission
-    refusals and may still become HTTP statuses), then ``TextDelta``s, then exactly one ``Finished``.
+    refusals and may still become HTTP statuses), then deltas, then one ``Finished`` per choice.
     Closing the iterator early cancels the generation.
     """
 
@@ -60,11 +83,24 @@ class Provider(Protocol):
 
 
 async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
-    """Drain a provider stream into one completion."""
-    pieces: list[str] = []
+    """Drain a provider stream into one completion with every choice."""
+    choices: dict[int, ChoiceResult] = {}
+    prompt_tokens = completion_tokens = 0
     async for event in events:
+        if isinstance(event, Started):
+            prompt_tokens = event.prompt_tokens
+            continue
+        choice = choices.setdefault(event.index, ChoiceResult())
         if isinstance(event, TextDelta):
-            pieces.append(event.text)
-        elif isinstance(event, Finished):
-            return Completion("".join(pieces), event.reason, event.prompt_tokens, event.completion_tokens)
-    raise RuntimeError("provider stream ended without a Finished event")
+            choice.text += event.text
+            if event.logprobs is not None:
+                choice.logprobs = (choice.logprobs or []) + event.logprobs
+        elif isinstance(event, ToolCallDelta):
+            if event.call_id is not None:
+                call = FunctionCall(name=event.name or "", arguments="")
+                choice.tool_calls.append(ToolCall(id=event.call_id, function=call))
+            choice.tool_calls[event.call_index].function.arguments += event.arguments
+        else:
+            choice.reason = event.reason
+            completion_tokens += event.completion_tokens
+    return Completion([choices[i] for i in sorted(choices)], prompt_tokens, completion_tokens)

@@ -10,12 +10,16 @@ from chatgate.protocol.responses import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    FunctionCallDelta,
     ResponseMessage,
+    ToolCallDelta,
     Usage,
 )
-from chatgate.providers.base import Finished, ProviderEvent, Started, TextDelta
+from chatgate.providers.base import ChoiceResult, Finished, ProviderEvent, Started, TextDelta
+from chatgate.providers.base import ToolCallDelta as ToolPiece
 from chatgate.services.catalogue import ModelRegistry, Route
 
 
@@ -32,21 +36,20 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
 
 
 def check_supported(request: ChatCompletionRequest) -> None:
-    """Refuse inconsistent combinations, and features this deployment cannot honour, naming the param."""
+    """Refuse inconsistent combinations, and features no deployment here can honour, naming the param."""
     if request.stream_options is not None and not request.stream:
         raise InvalidRequest("stream_options is only allowed when stream is true.", param="stream_options")
     if request.top_logprobs is not None and not request.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    if request.tool_choice is not None and not request.tools:
+        raise InvalidRequest("tool_choice is only allowed when tools are specified.", param="tool_choice")
+    if request.parallel_tool_calls is not None and not request.tools:
+        raise InvalidRequest(
+            "parallel_tool_calls is only allowed when tools are specified.", param="parallel_tool_calls"
+        )
     unsupported: list[tuple[str, bool]] = [
-        ("n", request.n is not None and request.n > 1),
-        ("tools", bool(request.tools)),
-        ("tool_choice", request.tool_choice is not None and request.tool_choice != "none"),
-        ("parallel_tool_calls", request.parallel_tool_calls is not None),
         ("functions", bool(request.functions)),
-        ("function_call", request.function_call is not None and request.function_call != "none"),
-        ("response_format", (request.response_format or {"type": "text"}).get("type") != "text"),
-        ("logprobs", bool(request.logprobs)),
-        ("logit_bias", bool(request.logit_bias)),
+        ("function_call", request.function_call is not None),
         ("audio", request.audio is not None),
         ("modalities", any(m != "text" for m in request.modalities or [])),
         ("prediction", request.prediction is not None),
@@ -57,7 +60,13 @@ def check_supported(request: ChatCompletionRequest) -> None:
     ]
     for param, used in unsupported:
         if used:
-            raise NotImplementedFeature(f"'{param}' is not supported by this model yet.", param=param)
+            raise NotImplementedFeature(f"'{param}' is not supported by this model.", param=param)
+
+
+def _message(result: ChoiceResult) -> ResponseMessage:
+    if result.tool_calls:
+        return ResponseMessage(content=result.text or None, tool_calls=result.tool_calls)
+    return ResponseMessage(content=result.text)
 
 
 class ChatService:
@@ -68,13 +77,20 @@ class ChatService:
         route = self.registry.resolve(request.model)
         check_supported(request)
         result = await route.provider.complete(request)
+        wants_logprobs = bool(request.logprobs)
         return ChatCompletion(
             id=_completion_id(),
             created=int(time.time()),
             model=route.name,
             system_fingerprint=route.fingerprint,
             choices=[
-                Choice(index=0, message=ResponseMessage(content=result.text), finish_reason=result.reason)
+                Choice(
+                    index=index,
+                    message=_message(choice),
+                    logprobs=ChoiceLogprobs(content=choice.logprobs or []) if wants_logprobs else None,
+                    finish_reason=choice.reason,
+                )
+                for index, choice in enumerate(result.choices)
             ],
             usage=_usage(result.prompt_tokens, result.completion_tokens),
         )
@@ -92,38 +108,60 @@ class ChatService:
         if not isinstance(first, Started):
             await events.aclose()
             raise RuntimeError(f"provider stream began with {first!r}, not Started")
-        return self._chunks(route, request, events)
+        return self._chunks(route, request, events, first.prompt_tokens)
 
     async def _chunks(
-        self, route: Route, request: ChatCompletionRequest, events: AsyncGenerator[ProviderEvent, None]
+        self,
+        route: Route,
+        request: ChatCompletionRequest,
+        events: AsyncGenerator[ProviderEvent, None],
+        prompt_tokens: int,
     ) -> AsyncIterator[ChatCompletionChunk]:
         completion_id, created = _completion_id(), int(time.time())
 
-        def chunk(delta: Delta, finish: Finished | None = None) -> ChatCompletionChunk:
+        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(
                 id=completion_id,
                 created=created,
                 model=route.name,
                 system_fingerprint=route.fingerprint,
-                choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish.reason if finish else None)],
+                choices=choices,
+                usage=usage,
             )
 
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        opened: set[int] = set()
+        completion_tokens = 0
         try:
-            yield chunk(Delta(role="assistant", content=""))
             async for event in events:
+                if isinstance(event, Started):
+                    continue
+                if event.index not in opened:
+                    opened.add(event.index)
+                    yield chunk([ChunkChoice(index=event.index, delta=Delta(role="assistant", content=""))])
                 if isinstance(event, TextDelta):
-                    yield chunk(Delta(content=event.text))
+                    logprobs = ChoiceLogprobs(content=event.logprobs) if event.logprobs is not None else None
+                    delta = Delta(content=event.text)
+                    yield chunk([ChunkChoice(index=event.index, delta=delta, logprobs=logprobs)])
+                elif isinstance(event, ToolPiece):
+                    yield chunk(
+                        [ChunkChoice(index=event.index, delta=Delta(tool_calls=[_tool_delta(event)]))]
+                    )
                 elif isinstance(event, Finished):
-                    yield chunk(Delta(), event)
-                    if include_usage:
-                        yield ChatCompletionChunk(
-                            id=completion_id,
-                            created=created,
-                            model=route.name,
-                            system_fingerprint=route.fingerprint,
-                            choices=[],
-                            usage=_usage(event.prompt_tokens, event.completion_tokens),
-                        )
+                    completion_tokens += event.completion_tokens
+                    yield chunk([ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)])
+            if include_usage:
+                yield chunk([], _usage(prompt_tokens, completion_tokens))
         finally:
             await events.aclose()
+
+
+def _tool_delta(piece: ToolPiece) -> ToolCallDelta:
+    if piece.call_id is not None:
+        return ToolCallDelta(
+            index=piece.call_index,
+            id=piece.call_id,
+            type="function",
+            function=FunctionCallDelta(name=piece.name, arguments=piece.arguments),
+        )
+    return ToolCallDelta(index=piece.call_index, function=FunctionCallDelta(arguments=piece.arguments))

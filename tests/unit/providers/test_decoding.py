@@ -46,3 +46,10 @@ def test_incomplete_utf8_at_the_end_is_replaced_not_lost() -> None:
     text = TextAssembler([])
     assert text.feed(b"ok\xe2") == "ok"
     assert text.finish() == "\ufffd"
+
+
+def test_the_matched_stop_and_what_followed_it_are_kept() -> None:
+    matcher = StopMatcher(["<tool_call>", "END"])
+    assert matcher.feed('Sure. <tool_call>\n{"na') == "Sure. "
+    assert matcher.matched == "<tool_call>"
+    assert matcher.remainder == '\n{"na'

@@ -57,6 +57,7 @@ async def test_complete_reports_text_reason_usage_and_the_canonical_name() -> No
     assert answer.model == "m"
     assert answer.id.startswith("chatcmpl-")
     assert answer.choices[0].message.content == "Hello"
+    assert answer.choices[0].logprobs is None
     assert answer.choices[0].finish_reason == "stop"
     assert answer.usage is not None and answer.usage.total_tokens == 7
 
@@ -98,11 +99,11 @@ async def test_unknown_model() -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"store": True}, "store"),
     ],
 )
 async def test_features_the_engine_cannot_honour_are_refused_by_name(

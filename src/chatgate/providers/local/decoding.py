@@ -14,15 +14,19 @@ class StopMatcher:
         self._stops = [s for s in stops if s]
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop sequence that ended the text
+        self.remainder = ""  # text that came after it in the same feed
 
     def feed(self, text: str) -> str:
         if self.stopped:
             return ""
         self._pending += text
-        cut = min((i for s in self._stops if (i := self._pending.find(s)) >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            out, self._pending = self._pending[:cut], ""
+        found = [(i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
+        if found:
+            cut, stop = min(found)
+            self.stopped, self.matched = True, stop
+            out, self.remainder = self._pending[:cut], self._pending[cut + len(stop) :]
+            self._pending = ""
             return out
         hold = self._held_back()
         out = self._pending[: len(self._pending) - hold]

@@ -1,21 +1,23 @@
-"""The local engine as a Provider: chat template, prompt checks, sampling, and a thread per generation."""
+"""The local engine as a Provider: chat template, request checks, sampling settings, and a thread per job."""
 
 import asyncio
+import json
 import secrets
 import threading
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import llama_cpp
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from chatgate.config import LocalDeployment
-from chatgate.errors import ContextLengthExceeded, EngineFailure
-from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.protocol.responses import FinishReason
-from chatgate.providers.base import Completion, Finished, ProviderEvent, Started, TextDelta, collect
-from chatgate.providers.local.decoding import TextAssembler
+from chatgate.errors import ContextLengthExceeded, EngineFailure, InvalidRequest
+from chatgate.protocol.requests import ChatCompletionRequest, JsonObjectFormat, JsonSchemaResponseFormat
+from chatgate.providers.base import Completion, Finished, ProviderEvent, Started, collect
+from chatgate.providers.local import tools
+from chatgate.providers.local.generation import Generation, Job
 from chatgate.providers.local.pool import EnginePool, Slot, ThreadBudget
+from chatgate.providers.local.sampling import Sampling
 from chatgate.providers.local.template import ChatTemplate
 
 # OpenAI's defaults for temperature and top_p; top_k and min_p are llama.cpp's usual safety net
@@ -24,23 +26,23 @@ DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
 DEFAULT_TOP_K = 40
 DEFAULT_MIN_P = 0.05
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    repeat_penalty: float
-    frequency_penalty: float
-    presence_penalty: float
-    seed: int
-    max_tokens: int
-    stops: list[str]
-
+MAX_CHOICES = 8
 
 Emit = Callable[[ProviderEvent | BaseException], None]
+
+
+def response_grammar(request: ChatCompletionRequest) -> str | None:
+    """The grammar that holds the answer to the requested response_format, if any."""
+    fmt = request.response_format
+    if isinstance(fmt, JsonObjectFormat):
+        return str(JSON_GBNF)
+    if isinstance(fmt, JsonSchemaResponseFormat):
+        schema = fmt.json_schema.schema_ or {"type": "object"}
+        try:
+            return str(json_schema_to_gbnf(json.dumps(schema)))
+        except Exception as exc:  # the converter raises plain exceptions for schemas it cannot express
+            raise InvalidRequest(f"Cannot enforce this JSON schema: {exc}", param="response_format") from exc
+    return None
 
 
 class LocalProvider:
@@ -73,9 +75,8 @@ class LocalProvider:
         self._add_bos = bool(model.add_bos_token())
         self._bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
-        self._template = ChatTemplate(
-            llama.metadata.get("tokenizer.chat_template"), bos_token=self._bos, eos_token=eos
-        )
+        source = llama.metadata.get("tokenizer.chat_template")
+        self._template = ChatTemplate(source, bos_token=self._bos, eos_token=eos)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.pool.close)
@@ -86,14 +87,25 @@ class LocalProvider:
     async def complete(self, request: ChatCompletionRequest) -> Completion:
         return await collect(self.stream(request))
 
-    def _prompt_tokens(self, request: ChatCompletionRequest) -> list[int]:
+    def _job(self, request: ChatCompletionRequest) -> Job:
+        """Everything about a request that can be refused, checked before it queues for an instance."""
         assert self._template is not None, "LocalProvider.start() was not awaited"
-        prompt = self._template.render(request.messages)
+        n = request.n or 1
+        if n > MAX_CHOICES:
+            raise InvalidRequest(f"n must be at most {MAX_CHOICES} on this model.", param="n")
+        plan = tools.plan(request)
+        grammar = response_grammar(request)
+        if plan is not None and grammar is not None and plan.required:
+            raise InvalidRequest(
+                "A forced tool call cannot also follow response_format.", param="response_format"
+            )
+        prompt = self._template.render(request.messages, plan)
         add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
-        tokens: list[int] = self.pool.tokenizer.tokenize(
-            prompt.encode("utf-8"), add_bos=add_bos, special=True
+        llama: Any = self.pool.tokenizer
+        tokens: list[int] = llama.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        return Job(
+            prompt=tokens, sampling=self._sampling(request, len(tokens)), n=n, grammar=grammar, tools=plan
         )
-        return tokens
 
     def _sampling(self, request: ChatCompletionRequest, prompt_tokens: int) -> Sampling:
         room = self.context_length - prompt_tokens
@@ -107,9 +119,9 @@ class LocalProvider:
         if limit is not None and limit > room:
             param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_length} tokens. However, you requested "
-                f"{prompt_tokens + limit} tokens ({prompt_tokens} in the messages, {limit} in the completion). "
-                "Please reduce the length of the messages or completion.",
+                f"This model's maximum context length is {self.context_length} tokens. However, you "
+                f"requested {prompt_tokens + limit} tokens ({prompt_tokens} in the messages, {limit} in "
+                "the completion). Please reduce the length of the messages or completion.",
                 param=param,
             )
         return Sampling(
@@ -123,11 +135,22 @@ class LocalProvider:
             seed=secrets.randbits(31) if request.seed is None else request.seed & 0xFFFFFFFF,
             max_tokens=room if limit is None else limit,
             stops=request.stop_sequences,
+            logit_bias=self._logit_bias(request),
+            top_logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         )
 
+    def _logit_bias(self, request: ChatCompletionRequest) -> dict[int, float]:
+        n_vocab: int = self.pool.tokenizer.n_vocab()
+        bias = {int(token): value for token, value in (request.logit_bias or {}).items()}
+        unknown = [token for token in bias if token >= n_vocab]
+        if unknown:
+            raise InvalidRequest(
+                f"logit_bias names token {unknown[0]}, beyond this model's vocabulary.", param="logit_bias"
+            )
+        return bias
+
     async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
-        tokens = self._prompt_tokens(request)
-        sampling = self._sampling(request, len(tokens))
+        job = self._job(request)
         slot = await self.pool.acquire()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[ProviderEvent | BaseException] = asyncio.Queue()
@@ -147,67 +170,29 @@ class LocalProvider:
 
         running = False
         try:
-            yield Started(prompt_tokens=len(tokens))
-            future = self.pool.executor.submit(self._generate, slot, tokens, sampling, cancel, emit)
+            yield Started(prompt_tokens=len(job.prompt))
+            future = self.pool.executor.submit(self._run, slot, job, cancel, emit)
             running = True
             future.add_done_callback(release)
-            while True:
+            finished = 0
+            while finished < job.n:
                 item = await events.get()
                 if isinstance(item, BaseException):
                     raise EngineFailure(f"The engine failed while generating: {item}") from item
                 yield item
-                if isinstance(item, Finished):
-                    return
+                finished += isinstance(item, Finished)
         finally:
             cancel.set()
             if not running:
                 self.pool.release(slot)
 
-    def _generate(
-        self, slot: Slot, tokens: list[int], s: Sampling, cancel: threading.Event, emit: Emit
-    ) -> None:
-        """Runs on an engine thread: sample until end of text, a stop sequence, the limit, or cancellation."""
-        llama = slot.llama
-        vocab = llama._model.vocab
+    def _run(self, slot: Slot, job: Job, cancel: threading.Event, emit: Emit) -> None:
+        """Runs on an engine thread."""
         self.pool.budget.begin()
         try:
             self.pool.rebalance(slot)
-            llama.set_seed(s.seed)
-            text = TextAssembler(s.stops)
-            produced = 0
-            reason: FinishReason = "length"
-            generator = llama.generate(
-                tokens,
-                top_k=s.top_k,
-                top_p=s.top_p,
-                min_p=s.min_p,
-                temp=s.temperature,
-                repeat_penalty=s.repeat_penalty,
-                frequency_penalty=s.frequency_penalty,
-                presence_penalty=s.presence_penalty,
-                reset=True,
-            )
-            for token in generator:
-                if cancel.is_set():
-                    self.pool.cancelled += 1
-                    return
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    reason = "stop"
-                    break
-                produced += 1
-                out = text.feed(llama._model.detokenize([token], special=False))
-                if out:
-                    emit(TextDelta(out))
-                if text.matcher.stopped:
-                    reason = "stop"
-                    break
-                if produced >= s.max_tokens:
-                    break
-                self.pool.rebalance(slot)
-            tail = text.finish()
-            if tail:
-                emit(TextDelta(tail))
-            emit(Finished(reason=reason, prompt_tokens=len(tokens), completion_tokens=produced))
+            if not Generation(slot.llama, job, lambda: self.pool.rebalance(slot), cancel, emit).run():
+                self.pool.cancelled += 1
         except Exception as exc:
             emit(exc)
         finally:

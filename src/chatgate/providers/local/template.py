@@ -16,6 +16,7 @@ from chatgate.protocol.messages import (
     ToolMessage,
     text_of,
 )
+from chatgate.providers.local.tools import CLOSE, OPEN, ToolPlan
 
 # Used only when a GGUF carries no template of its own.
 CHATML = (
@@ -44,20 +45,43 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self.bos_token = bos_token
         self.eos_token = eos_token
+        # Templates trained for tool use render `tools` themselves; others get them described in text.
+        self.knows_tools = "tools" in self.source
 
-    def render(self, messages: list[ChatMessage]) -> str:
+    def render(self, messages: list[ChatMessage], plan: ToolPlan | None = None) -> str:
+        converted = [_as_template_message(m, inline_calls=not self.knows_tools) for m in messages]
+        extra: dict[str, Any] = {}
+        if plan is not None and self.knows_tools:
+            extra["tools"] = plan.template_tools()
+        elif plan is not None:
+            converted = _with_instructions(converted, plan.instructions())
         try:
             return self._template.render(
-                messages=[_as_template_message(m) for m in messages],
+                messages=converted,
                 add_generation_prompt=True,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except TemplateError as exc:
             raise InvalidRequest(f"cannot render the conversation: {exc}", param="messages") from exc
 
 
-def _as_template_message(message: ChatMessage) -> dict[str, Any]:
+def _with_instructions(messages: list[dict[str, Any]], instructions: str) -> list[dict[str, Any]]:
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": messages[0]["content"] + "\n\n" + instructions}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": instructions}, *messages]
+
+
+def _arguments(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _as_template_message(message: ChatMessage, *, inline_calls: bool) -> dict[str, Any]:
     """The plain dict shape chat templates expect; parts the engine cannot see are refused, not dropped."""
     content = message.content
     if isinstance(content, list):
@@ -70,7 +94,17 @@ def _as_template_message(message: ChatMessage) -> dict[str, Any]:
     role = "system" if message.role == "developer" else message.role
     out: dict[str, Any] = {"role": role, "content": text_of(message)}
     if isinstance(message, AssistantMessage) and message.tool_calls:
-        out["tool_calls"] = [tc.model_dump() for tc in message.tool_calls]
+        calls = [
+            {"name": tc.function.name, "arguments": _arguments(tc.function.arguments)}
+            for tc in message.tool_calls
+        ]
+        if inline_calls:
+            out["content"] += "".join(f"{OPEN}{json.dumps(call)}{CLOSE}" for call in calls)
+        else:
+            out["tool_calls"] = [
+                {"id": tc.id, "type": "function", "function": call}
+                for tc, call in zip(message.tool_calls, calls, strict=True)
+            ]
     if isinstance(message, ToolMessage):
         out["tool_call_id"] = message.tool_call_id
     if isinstance(message, FunctionMessage):
