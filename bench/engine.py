@@ -61,6 +61,7 @@ Run it on an otherwise idle machine; anything else using the CPU skews both side
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -347,6 +348,74 @@ async def chatgate_stream(client: httpx.AsyncClient, max_tokens: int) -> StreamT
     return StreamTiming(start, first, last, end, int(usage["completion_tokens"]))
 
 
+async def lean_stream(base_url: str, api_key: str, max_tokens: int) -> StreamTiming:
+    """The same streamed request over a bare asyncio socket, parsing as little as possible.
+
+    On a 2-core machine the client shares the CPU with the engine, so a heavy client slows the
+    server it measures. This one decodes HTTP/1.1 chunked framing by hand, timestamps frames whose
+    delta has non-empty content by a byte search, and parses JSON only for the final usage chunk.
+    """
+    host, port = base_url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {
+            "model": MODEL_NAME,
+            "messages": bench_messages(),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {api_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    first: float | None = None
+    last: float | None = None
+    usage: dict[str, Any] | None = None
+    done = False
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head + body)
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise ServerError(f"chatgate answered {status.decode(errors='replace').strip()}")
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # response headers; the body is chunked
+        pending = b""
+        while not done:
+            size = int((await reader.readline()).strip() or b"0", 16)
+            if size == 0:
+                break
+            pending += await reader.readexactly(size + 2)
+            pending = pending[:-2] if pending.endswith(b"\r\n") else pending
+            *frames, pending = pending.split(b"\n\n")
+            for frame in frames:
+                if frame == b"data: [DONE]":
+                    done = True
+                elif b'"content":"' in frame and b'"content":""' not in frame:
+                    last = time.perf_counter()
+                    first = first if first is not None else last
+                elif b'"choices":[]' in frame:
+                    usage = json.loads(frame.removeprefix(b"data: "))["usage"]
+                elif b'"error"' in frame:
+                    raise ServerError(
+                        f"chatgate sent an error in the stream: {frame.decode(errors='replace')}"
+                    )
+    finally:
+        writer.close()
+    end = time.perf_counter()
+    if not done or usage is None:
+        raise ServerError("chatgate's stream ended without usage and 'data: [DONE]'")
+    return StreamTiming(start, first, last, end, int(usage["completion_tokens"]))
+
+
+async def lean_scenario(base_url: str, api_key: str, streams: int, max_tokens: int) -> ScenarioResult:
+    timings = await asyncio.gather(*(lean_stream(base_url, api_key, max_tokens) for _ in range(streams)))
+    return summarize(list(timings))
+
+
 async def chatgate_scenario(client: httpx.AsyncClient, streams: int, max_tokens: int) -> ScenarioResult:
     timings = await asyncio.gather(*(chatgate_stream(client, max_tokens) for _ in range(streams)))
     return summarize(list(timings))
@@ -372,12 +441,23 @@ async def run_chatgate(
                 log(f"chatgate warm-up: {INSTANCES} requests at once (one per engine instance)")
                 await chatgate_scenario(client, INSTANCES, min(max_tokens, WARMUP_MAX_TOKENS))
                 for streams in (1, concurrency):
-                    label = f"chatgate x{streams}"
-                    runs = []
-                    for i in range(repeats):
-                        runs.append(await chatgate_scenario(client, streams, max_tokens))
-                        log(_describe(f"{label} (repeat {i + 1}/{repeats})", runs[-1]))
-                    results[label] = median_result(runs)
+                    for label, run in (
+                        (
+                            f"chatgate x{streams}",
+                            functools.partial(
+                                lean_scenario, server.base_url, server.api_key, streams, max_tokens
+                            ),
+                        ),
+                        (
+                            f"chatgate x{streams} httpx",
+                            functools.partial(chatgate_scenario, client, streams, max_tokens),
+                        ),
+                    ):
+                        runs = []
+                        for i in range(repeats):
+                            runs.append(await run())
+                            log(_describe(f"{label} (repeat {i + 1}/{repeats})", runs[-1]))
+                        results[label] = median_result(runs)
         finally:
             await server.stop()
     return results
@@ -502,9 +582,16 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 def build_report(
     results: dict[str, ScenarioResult], args: argparse.Namespace, concurrency: int
 ) -> dict[str, Any]:
-    order = ["direct x1", "chatgate x1", f"direct x{concurrency}", f"chatgate x{concurrency}"]
-    r = results
     n = concurrency
+    order = [
+        "direct x1",
+        "chatgate x1",
+        "chatgate x1 httpx",
+        f"direct x{n}",
+        f"chatgate x{n}",
+        f"chatgate x{n} httpx",
+    ]
+    r = results
     return {
         "config": {
             "model": str(args.model),
@@ -528,6 +615,9 @@ def build_report(
             f"chatgate_x{n}_over_direct_x{n}_aggregate": _ratio(
                 r[f"chatgate x{n}"].aggregate_tok_s, r[f"direct x{n}"].aggregate_tok_s
             ),
+            "chatgate_x1_httpx_over_direct_x1_decode": _ratio(
+                r["chatgate x1 httpx"].per_stream_tok_s, r["direct x1"].per_stream_tok_s
+            ),
         },
     }
 
@@ -538,16 +628,17 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def print_table(report: dict[str, Any], concurrency: int) -> None:
     n = concurrency
-    print(f"{'scenario':<14}{'ttft_ms':>10}{'per_stream_tok_s':>18}{'aggregate_tok_s':>17}{'tokens':>8}")
+    print(f"{'scenario':<20}{'ttft_ms':>10}{'per_stream_tok_s':>18}{'aggregate_tok_s':>17}{'tokens':>8}")
     for name, row in report["scenarios"].items():
-        side, count = name.split()
         print(
-            f"{side:<9}{count:<5}{_fmt(row['ttft_ms'], 0):>10}{_fmt(row['per_stream_tok_s'], 1):>18}"
+            f"{name:<20}{_fmt(row['ttft_ms'], 0):>10}{_fmt(row['per_stream_tok_s'], 1):>18}"
             f"{_fmt(row['aggregate_tok_s'], 1):>17}{row['completion_tokens']:>8.0f}"
         )
     ratios = report["ratios"]
     decode = ratios["chatgate_x1_over_direct_x1_decode"]
     print(f"chatgate x1 / direct x1 decode: {'n/a' if decode is None else f'{100 * decode:.1f}%'}")
+    heavy = ratios["chatgate_x1_httpx_over_direct_x1_decode"]
+    print(f"chatgate x1 httpx / direct x1 decode: {'n/a' if heavy is None else f'{100 * heavy:.1f}%'}")
     scale = ratios[f"chatgate_x{n}_over_chatgate_x1_aggregate"]
     print(f"chatgate x{n} / chatgate x1 aggregate: {'n/a' if scale is None else f'{scale:.2f}x'}")
     versus = ratios[f"chatgate_x{n}_over_direct_x{n}_aggregate"]

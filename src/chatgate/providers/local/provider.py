@@ -162,7 +162,7 @@ class LocalProvider:
             except RuntimeError:  # the loop has closed: nobody is listening any more
                 cancel.set()
 
-        def release(_: object) -> None:
+        def release() -> None:
             try:
                 loop.call_soon_threadsafe(self.pool.release, slot)
             except RuntimeError:
@@ -171,9 +171,8 @@ class LocalProvider:
         running = False
         try:
             yield Started(prompt_tokens=len(job.prompt))
-            future = self.pool.executor.submit(self._run, slot, job, cancel, emit)
+            self.pool.run(slot, lambda: self._run(slot, job, cancel, emit, release))
             running = True
-            future.add_done_callback(release)
             finished = 0
             while finished < job.n:
                 item = await events.get()
@@ -186,9 +185,12 @@ class LocalProvider:
             if not running:
                 self.pool.release(slot)
 
-    def _run(self, slot: Slot, job: Job, cancel: threading.Event, emit: Emit) -> None:
-        """Runs on an engine thread."""
+    def _run(
+        self, slot: Slot, job: Job, cancel: threading.Event, emit: Emit, release: Callable[[], None]
+    ) -> None:
+        """Runs on the generation's own thread; hands the instance back when done."""
         self.pool.budget.begin()
+        slot.generating = True
         try:
             self.pool.rebalance(slot)
             if not Generation(slot.llama, job, lambda: self.pool.rebalance(slot), cancel, emit).run():
@@ -196,4 +198,6 @@ class LocalProvider:
         except Exception as exc:
             emit(exc)
         finally:
+            slot.generating = False
             self.pool.budget.end()
+            release()
