@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $@
 
 run: setup
+	$(VENV)/bin/chatgate migrate
 	$(VENV)/bin/chatgate serve
 
 test: setup

@@ -1,17 +1,18 @@
-"""create_app(settings): builds the catalogue's providers and the services, and wires the HTTP edge."""
+"""create_app(settings): builds storage, the catalogue's providers and the services, and wires the HTTP edge."""
 
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatgate.api import chat, health, models
+from chatgate.api import accounts, chat, health, models, usage
 from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
 from chatgate.api.trace import TraceMiddleware
 from chatgate.config import Catalogue, Settings, load_catalogue
@@ -20,9 +21,15 @@ from chatgate.providers.base import Provider
 from chatgate.providers.local import assets
 from chatgate.providers.local.pool import ThreadBudget
 from chatgate.providers.local.provider import LocalProvider
+from chatgate.services.accounts import AccountService
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.chat import ChatService
+from chatgate.services.quota import QuotaService
+from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from chatgate.services.tokens import TokenService
+from chatgate.services.usage import UsageRecorder
+from chatgate.storage.database import Database
 
 log = logging.getLogger("chatgate")
 
@@ -68,16 +75,51 @@ def build_registry(
             max_queue=settings.max_queue,
             fingerprint=fingerprint,
         )
-        routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint))
+        routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price))
         aliases.update({alias: entry.name for alias in entry.aliases})
     return ModelRegistry(routes, aliases)
 
 
+@dataclass
+class Services:
+    """Everything the HTTP edge and the console call, built once."""
+
+    db: Database
+    registry: ModelRegistry
+    auth: AuthService
+    accounts: AccountService
+    tokens: TokenService
+    chat: ChatService
+    usage: UsageRecorder
+    limiter: RateLimiter
+
+
+def build_services(settings: Settings, registry: ModelRegistry) -> Services:
+    db = Database(settings.database)
+    limiter: RateLimiter = RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
+    recorder = UsageRecorder(db, flush_seconds=settings.usage_flush_seconds)
+    return Services(
+        db=db,
+        registry=registry,
+        auth=AuthService(
+            db, master_key(settings), default_rpm=settings.default_rpm, default_tpm=settings.default_tpm
+        ),
+        accounts=AccountService(db, free_credits=settings.free_credits, session_hours=settings.session_hours),
+        tokens=TokenService(db),
+        chat=ChatService(registry, QuotaService(db), limiter, recorder),
+        usage=recorder,
+        limiter=limiter,
+    )
+
+
 def create_app(settings: Settings, *, progress: Progress | None = None) -> FastAPI:
     registry = build_registry(settings, load_catalogue(settings.catalogue), progress)
+    services = build_services(settings, registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.db.check_schema()
+        await services.usage.start()
         for provider in registry.providers:
             await provider.start()
         try:
@@ -85,12 +127,13 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         finally:
             for provider in registry.providers:
                 await provider.aclose()
+            await services.usage.stop()
+            await services.limiter.aclose()
+            await services.db.dispose()
 
     app = FastAPI(title="chatgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
-    app.state.registry = registry
-    app.state.chat = ChatService(registry)
-    app.state.auth = AuthService(master_key(settings))
+    app.state.services = services
 
     handlers: list[tuple[type[Exception], Callable[..., object]]] = [
         (ChatgateError, on_chatgate_error),
@@ -103,6 +146,8 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     for prefix in ("/v1", "/openai", "/openai/v1"):
         app.include_router(chat.router, prefix=prefix)
         app.include_router(models.router, prefix=prefix)
+        app.include_router(usage.router, prefix=prefix)
+    app.include_router(accounts.router, prefix="/api")
     app.include_router(health.router)
     app.add_middleware(TraceMiddleware)
     return app

@@ -1,11 +1,18 @@
 """The ``chatgate`` command: argument parsing only."""
 
 import argparse
+import asyncio
+import getpass
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chatgate.errors import ChatgateError
+
+if TYPE_CHECKING:
+    from chatgate.app import Services
 
 
 class _Progress:
@@ -45,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     app = create_app(settings, progress=_progress)
-    names = ", ".join(m.id for m in app.state.registry.model_list().data)
+    names = ", ".join(m.id for m in app.state.services.registry.model_list().data)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", access_log=False
     )
@@ -79,6 +86,91 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _with_services(work: "Callable[[Services], Awaitable[int]]") -> int:
+    """Run a command against the database (schema checked) without loading any model."""
+    from chatgate.app import build_services
+    from chatgate.config import Settings
+    from chatgate.services.catalogue import ModelRegistry
+
+    services = build_services(Settings(), ModelRegistry([], {}))
+    try:
+        await services.db.check_schema()
+        return await work(services)
+    finally:
+        await services.limiter.aclose()
+        await services.db.dispose()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from chatgate.config import Settings
+    from chatgate.storage.database import head_revision, migrate
+
+    settings = Settings()
+    migrate(settings.database)
+    print(f"database schema at revision {head_revision()}")
+    return 0
+
+
+def _admin_create(args: argparse.Namespace) -> int:
+    password = args.password or getpass.getpass("password for the new admin: ")
+
+    async def work(services: "Services") -> int:
+        account = await services.accounts.create_admin(args.email, password)
+        print(f"admin {account.email} (id {account.id}) ready")
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    async def work(services: "Services") -> int:
+        account = await services.accounts.ensure(args.user)
+        info, secret = await services.tokens.create(
+            account.id, name=args.name, quota_cap=args.quota, allowed_models=args.model or None
+        )
+        print(
+            f"created token {info.prefix}... (id {info.id}) for {account.email}; it is shown only this once:"
+        )
+        print(secret)
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    async def work(services: "Services") -> int:
+        account = await services.accounts.by_email(args.user)
+        for t in await services.tokens.list(account.id):
+            state = "revoked" if t.revoked_at else "active"
+            cap = "-" if t.quota_cap is None else str(t.quota_cap)
+            print(
+                f"{t.id}\t{t.prefix}...\t{t.name}\t{state}\tspent={t.spent}\tcap={cap}\tlast_used={t.last_used_at}"
+            )
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    async def work(services: "Services") -> int:
+        token = await services.tokens.find(args.token)
+        await services.tokens.revoke(token.user_id, token.id)
+        print(f"revoked token {token.prefix}... (id {token.id})")
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _quota_grant(args: argparse.Namespace) -> int:
+    async def work(services: "Services") -> int:
+        account = await services.accounts.ensure(args.user)
+        account = await services.accounts.grant(account.id, args.credits)
+        print(f"{account.email} now has {account.credits} credits")
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatgate", description="OpenAI-compatible Chat Completions gateway"
@@ -93,6 +185,35 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--config", type=Path, help="model catalogue YAML (default: the built-in one)")
     prepare.add_argument("--asset", action="append", help="a model asset name (repeatable)")
     prepare.set_defaults(run=_models)
+    sub.add_parser("migrate", help="bring the database schema to the latest revision").set_defaults(
+        run=_migrate
+    )
+
+    admin = sub.add_parser("admin", help="administrators").add_subparsers(dest="admin_command", required=True)
+    create_admin = admin.add_parser("create", help="create an admin (or make a user one)")
+    create_admin.add_argument("--email", required=True)
+    create_admin.add_argument("--password", help="default: asked for")
+    create_admin.set_defaults(run=_admin_create)
+
+    keys = sub.add_parser("keys", help="API tokens").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a token; it is printed alone on the last line")
+    create.add_argument("--user", required=True, help="the owner's email (created if new)")
+    create.add_argument("--name", default="cli")
+    create.add_argument("--quota", type=int, help="at most this many credits through this token")
+    create.add_argument("--model", action="append", help="allow only this model (repeatable)")
+    create.set_defaults(run=_keys_create)
+    listing = keys.add_parser("list", help="a user's tokens")
+    listing.add_argument("--user", required=True)
+    listing.set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a token by id or prefix")
+    revoke.add_argument("token")
+    revoke.set_defaults(run=_keys_revoke)
+
+    quota = sub.add_parser("quota", help="credits").add_subparsers(dest="quota_command", required=True)
+    grant = quota.add_parser("grant", help="add (or, negative, remove) credits")
+    grant.add_argument("--user", required=True)
+    grant.add_argument("--credits", type=int, required=True)
+    grant.set_defaults(run=_quota_grant)
     return parser
 
 

@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     engine_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     max_queue: int = Field(default=16, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    database_url: str | None = None  # default: SQLite in the data dir
+    redis_url: str | None = None  # shared rate limits across replicas
+    free_credits: int = Field(default=1_000_000, ge=0)  # a new user's starting balance
+    default_rpm: int | None = Field(default=600, ge=1)  # per token, unless the token sets its own
+    default_tpm: int | None = Field(default=1_000_000, ge=1)
+    usage_flush_seconds: float = Field(default=1.0, gt=0)
+    session_hours: int = Field(default=24 * 7, ge=1)
+    secure_cookies: bool = False  # set when served over https
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":
@@ -35,6 +43,10 @@ class Settings(BaseSettings):
             if self.api_key is None or len(self.api_key.get_secret_value()) < 16:
                 raise ValueError("CHATGATE_API_KEY of at least 16 characters is required in production")
         return self
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'chatgate.db').resolve()}"
 
     @property
     def models_path(self) -> Path:
@@ -59,12 +71,22 @@ class LocalDeployment(BaseModel):
         return self
 
 
+class Price(BaseModel):
+    """Credits per million tokens. Nothing is free unless the catalogue says 0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: int = Field(default=1_000_000, ge=0)
+    completion: int = Field(default=1_000_000, ge=0)
+
+
 class CatalogueEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
     owned_by: str = "chatgate"
+    price: Price = Field(default_factory=Price)
     deployment: LocalDeployment
 
 

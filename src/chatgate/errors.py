@@ -37,6 +37,35 @@ class AuthError(ChatgateError):
     code = "invalid_token"
 
 
+class TokenMismatch(InvalidRequest):
+    """The token may not use this model."""
+
+    code = "token_mismatched"
+
+
+class Forbidden(ChatgateError):
+    code = "forbidden"
+
+
+class Conflict(ChatgateError):
+    code = "conflict"
+
+
+class InsufficientQuota(ChatgateError):
+    """The balance (or the token's cap) cannot cover the most this request could cost."""
+
+    code = "insufficient_quota"
+
+
+class RateLimited(ChatgateError):
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = headers
+
+
 class ModelNotFound(ChatgateError):
     code = "model_not_found"
 

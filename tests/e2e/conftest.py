@@ -72,6 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "CHATGATE_MAX_QUEUE": str(MAX_QUEUE),
         "CHATGATE_ENGINE_THREADS": "2",
     }
+    subprocess.run([sys.executable, "-m", "chatgate", "migrate"], env=env, cwd=workdir, check=True, capture_output=True)
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "chatgate", "serve", "--port", "0", "--config", str(catalogue)],

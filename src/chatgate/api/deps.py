@@ -1,29 +1,72 @@
-"""Route dependencies, read from ``app.state`` (built once in create_app)."""
+"""Route dependencies, read from ``app.state.services`` (built once in create_app)."""
 
-from typing import Annotated
+import hmac
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
+from chatgate.api.trace import trace_id_of
+from chatgate.errors import Forbidden
+from chatgate.services.accounts import AccountService, SignedIn
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
-from chatgate.services.chat import ChatService
+from chatgate.services.chat import Caller, ChatService
+from chatgate.services.tokens import TokenService
+from chatgate.services.usage import UsageRecorder
+
+SESSION_COOKIE = "chatgate_session"
+CSRF_HEADER = "x-csrf-token"
+
+
+def services_of(request: Request) -> Any:
+    """The services create_app built; each dependency below names the one it hands out."""
+    return request.app.state.services
 
 
 def _chat(request: Request) -> ChatService:
-    service: ChatService = request.app.state.chat
+    service: ChatService = services_of(request).chat
     return service
 
 
 def _registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
+    registry: ModelRegistry = services_of(request).registry
     return registry
 
 
-def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    auth: AuthService = request.app.state.auth
-    return auth.authenticate(authorization)
+def _accounts(request: Request) -> AccountService:
+    service: AccountService = services_of(request).accounts
+    return service
+
+
+def _tokens(request: Request) -> TokenService:
+    service: TokenService = services_of(request).tokens
+    return service
+
+
+def _usage(request: Request) -> UsageRecorder:
+    recorder: UsageRecorder = services_of(request).usage
+    return recorder
+
+
+async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    auth: AuthService = services_of(request).auth
+    return Caller(await auth.authenticate(authorization), trace_id_of(request))
+
+
+async def _signed_in(request: Request) -> SignedIn:
+    """A console session; state-changing requests must also echo its CSRF token in a header."""
+    signed_in = await _accounts(request).session(request.cookies.get(SESSION_COOKIE))
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), signed_in.csrf_token.encode()):
+            raise Forbidden("Missing or wrong CSRF token.", code="csrf_failed")
+    return signed_in
 
 
 ChatDep = Annotated[ChatService, Depends(_chat)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
-CallerDep = Annotated[str, Depends(_caller)]
+CallerDep = Annotated[Caller, Depends(_caller)]
+AccountsDep = Annotated[AccountService, Depends(_accounts)]
+TokensDep = Annotated[TokenService, Depends(_tokens)]
+UsageDep = Annotated[UsageRecorder, Depends(_usage)]
+SignedInDep = Annotated[SignedIn, Depends(_signed_in)]

@@ -14,11 +14,15 @@ from chatgate.api.trace import TRACE_HEADER, trace_id_of
 from chatgate.errors import (
     AuthError,
     ChatgateError,
+    Conflict,
     EngineBusy,
     EngineFailure,
+    Forbidden,
+    InsufficientQuota,
     InvalidRequest,
     ModelNotFound,
     NotFound,
+    RateLimited,
 )
 from chatgate.protocol.errors import ErrorBody, ErrorEnvelope
 
@@ -28,9 +32,13 @@ log = logging.getLogger("chatgate.api")
 ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request_error"),
     AuthError: (401, "authentication_error"),
+    Forbidden: (403, "permission_error"),
     ModelNotFound: (404, "invalid_request_error"),
     NotFound: (404, "invalid_request_error"),
+    Conflict: (409, "invalid_request_error"),
     EngineBusy: (429, "rate_limit_error"),
+    RateLimited: (429, "rate_limit_error"),
+    InsufficientQuota: (429, "insufficient_quota"),
     EngineFailure: (500, "api_error"),
 }
 INTERNAL = (500, "api_error")
@@ -52,8 +60,12 @@ def envelope(exc: ChatgateError, trace_id: str) -> ErrorEnvelope:
 def error_response(exc: ChatgateError, trace_id: str) -> JSONResponse:
     status, _ = status_and_type(exc)
     headers = {TRACE_HEADER: trace_id}
-    if isinstance(exc, EngineBusy):
+    if isinstance(exc, EngineBusy | RateLimited):
         headers["retry-after"] = str(exc.retry_after)
+    if isinstance(exc, RateLimited):
+        headers.update(exc.headers)
+    if isinstance(exc, InsufficientQuota):
+        headers["x-should-retry"] = "false"  # the official SDKs honour this: no pointless retries
     return JSONResponse(envelope(exc, trace_id).model_dump(mode="json"), status_code=status, headers=headers)
 
 

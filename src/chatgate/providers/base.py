@@ -13,6 +13,7 @@ class Started:
     """The request was admitted and its prompt measured; nothing has been generated yet."""
 
     prompt_tokens: int
+    max_completion_tokens: int  # the most it can generate, all choices together
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class TextDelta:
     text: str
     index: int = 0
     logprobs: list[TokenLogprob] | None = None
+    tokens: int = 0  # tokens generated since the previous delta of this request
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class ToolCallDelta:
     call_id: str | None = None
     name: str | None = None
     index: int = 0
+    tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,87 @@
-"""Who may call the API: the operator's master key (accounts and per-user tokens come later)."""
+"""Who is calling: the operator's master key, or a user's API token (missing, unknown, revoked or expired: 401)."""
 
+import hashlib
 import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from chatgate.errors import AuthError
+from chatgate.errors import AuthError, TokenMismatch
+from chatgate.storage import tokens
+from chatgate.storage.database import Database
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one request."""
+
+    user_id: int | None  # None: the operator's master key
+    token_id: int | None
+    allowed_models: tuple[str, ...] | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+
+    @property
+    def is_master(self) -> bool:
+        return self.user_id is None
+
+    @property
+    def limit_key(self) -> str:
+        return "master" if self.token_id is None else f"t{self.token_id}"
+
+    def check_model(self, requested: str, canonical: str) -> None:
+        if self.allowed_models is not None and not {requested, canonical} & set(self.allowed_models):
+            raise TokenMismatch(f"This API token may not use the model '{requested}'.", param="model")
+
+
+MASTER = Principal(user_id=None, token_id=None)
 
 
 class AuthService:
-    def __init__(self, master_key: str) -> None:
+    def __init__(
+        self, db: Database, master_key: str, *, default_rpm: int | None, default_tpm: int | None
+    ) -> None:
+        self._db = db
         self._master = master_key.encode()
+        self._default_rpm = default_rpm
+        self._default_tpm = default_tpm
 
-    def authenticate(self, authorization: str | None) -> str:
-        """Check an ``Authorization`` header; return the caller's identity or raise AuthError."""
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """Check an ``Authorization`` header; raise AuthError unless it carries a live token."""
         if not authorization:
             raise AuthError(
                 "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'."
             )
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        scheme, _, secret = authorization.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
             raise AuthError("The Authorization header must be 'Bearer YOUR_KEY'.")
-        if not hmac.compare_digest(token.encode(), self._master):
+        if hmac.compare_digest(secret.encode(), self._master):
+            return MASTER
+        digest = hash_secret(secret)
+        async with self._db.sessions() as session:
+            found = await tokens.with_owner_by_hash(session, secret_hash=digest)
+        if found is None or not hmac.compare_digest(found[0].secret_hash, digest):
             raise AuthError("Incorrect API key provided.")
-        return "master"
+        token, user = found
+        if token.revoked_at is not None:
+            raise AuthError("This API key has been revoked.")
+        if token.expires_at is not None and _aware(token.expires_at) <= datetime.now(UTC):
+            raise AuthError("This API key has expired.")
+        if user.disabled:
+            raise AuthError("This account is disabled.")
+        return Principal(
+            user_id=user.id,
+            token_id=token.id,
+            allowed_models=tuple(token.allowed_models) if token.allowed_models is not None else None,
+            rpm_limit=token.rpm_limit if token.rpm_limit is not None else self._default_rpm,
+            tpm_limit=token.tpm_limit if token.tpm_limit is not None else self._default_tpm,
+        )
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

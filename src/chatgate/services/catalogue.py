@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from chatgate.config import Price
 from chatgate.errors import ModelNotFound
 from chatgate.protocol.models import Model, ModelList
 from chatgate.providers.base import Provider
@@ -14,6 +15,7 @@ class Route:
     created: int
     provider: Provider
     fingerprint: str
+    price: Price
 
 
 class ModelRegistry:

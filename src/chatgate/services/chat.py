@@ -3,8 +3,11 @@
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 
-from chatgate.errors import InvalidRequest, NotImplementedFeature
+import anyio
+
+from chatgate.errors import ChatgateError, InvalidRequest, NotImplementedFeature
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import (
     ChatCompletion,
@@ -18,9 +21,13 @@ from chatgate.protocol.responses import (
     ToolCallDelta,
     Usage,
 )
-from chatgate.providers.base import ChoiceResult, Finished, ProviderEvent, Started, TextDelta
+from chatgate.providers.base import ChoiceResult, Finished, ProviderEvent, Started, TextDelta, collect
 from chatgate.providers.base import ToolCallDelta as ToolPiece
+from chatgate.services.auth import Principal
 from chatgate.services.catalogue import ModelRegistry, Route
+from chatgate.services.quota import QuotaService, Reservation
+from chatgate.services.ratelimit import RateLimiter
+from chatgate.services.usage import UsageRecorder
 
 
 def _completion_id() -> str:
@@ -69,20 +76,55 @@ def _message(result: ChoiceResult) -> ResponseMessage:
     return ResponseMessage(content=result.text)
 
 
-class ChatService:
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
+@dataclass(frozen=True)
+class Caller:
+    principal: Principal
+    trace_id: str
 
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
-        route = self.registry.resolve(request.model)
-        check_supported(request)
-        result = await route.provider.complete(request)
+
+@dataclass
+class Admitted:
+    """A request past every check, with its credits reserved and its provider stream open."""
+
+    route: Route
+    events: AsyncGenerator[ProviderEvent, None]
+    prompt_tokens: int
+    reservation: Reservation
+    headers: dict[str, str]
+    started: float
+
+
+@dataclass
+class Tally:
+    delivered: int = 0  # completion tokens in the deltas sent so far
+    completion: int = 0  # completion tokens of the choices that finished
+
+
+class ChatService:
+    def __init__(
+        self, registry: ModelRegistry, quota: QuotaService, limiter: RateLimiter, usage: UsageRecorder
+    ) -> None:
+        self.registry = registry
+        self.quota = quota
+        self.limiter = limiter
+        self.usage = usage
+
+    async def complete(
+        self, caller: Caller, request: ChatCompletionRequest
+    ) -> tuple[ChatCompletion, dict[str, str]]:
+        admitted = await self._admit(caller, request)
+        try:
+            result = await collect(admitted.events)
+        except BaseException as exc:
+            await self._settle(caller, admitted, 0, "error", _code(exc))
+            raise
+        await self._settle(caller, admitted, result.completion_tokens, "ok", None)
         wants_logprobs = bool(request.logprobs)
-        return ChatCompletion(
+        completion = ChatCompletion(
             id=_completion_id(),
             created=int(time.time()),
-            model=route.name,
-            system_fingerprint=route.fingerprint,
+            model=admitted.route.name,
+            system_fingerprint=admitted.route.fingerprint,
             choices=[
                 Choice(
                     index=index,
@@ -92,31 +134,118 @@ class ChatService:
                 )
                 for index, choice in enumerate(result.choices)
             ],
-            usage=_usage(result.prompt_tokens, result.completion_tokens),
+            usage=_usage(admitted.prompt_tokens, result.completion_tokens),
         )
+        return completion, admitted.headers
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream(
+        self, caller: Caller, request: ChatCompletionRequest
+    ) -> tuple[AsyncIterator[ChatCompletionChunk], dict[str, str]]:
         """Admit the request and return its chunks.
 
-        Everything that can refuse the request (unknown model, bad values, a full queue, a prompt
-        too long) happens before this returns, so it can still become an HTTP status.
+        Everything that can refuse the request (unknown model, bad values, limits, quota, a full
+        queue, a prompt too long) happens before this returns, so it can still become an HTTP status.
         """
-        route = self.registry.resolve(request.model)
-        check_supported(request)
-        events = route.provider.stream(request)
-        first = await anext(events)
-        if not isinstance(first, Started):
-            await events.aclose()
-            raise RuntimeError(f"provider stream began with {first!r}, not Started")
-        return self._chunks(route, request, events, first.prompt_tokens)
+        admitted = await self._admit(caller, request)
+        return self._metered(caller, admitted, request), admitted.headers
+
+    async def _admit(self, caller: Caller, request: ChatCompletionRequest) -> Admitted:
+        started = time.monotonic()
+        model = request.model
+        try:
+            route = self.registry.resolve(request.model)
+            model = route.name
+            caller.principal.check_model(request.model, route.name)
+            check_supported(request)
+            decision = await self.limiter.admit(caller.principal)
+            events = route.provider.stream(request)
+            try:
+                first = await anext(events)
+                if not isinstance(first, Started):
+                    raise RuntimeError(f"provider stream began with {first!r}, not Started")
+                reservation = await self.quota.reserve(
+                    caller.principal,
+                    caller.trace_id,
+                    route.price,
+                    first.prompt_tokens,
+                    first.max_completion_tokens,
+                )
+            except BaseException:
+                await events.aclose()
+                raise
+        except ChatgateError as exc:
+            self._record(caller, model, started, 0, 0, 0, "error", exc.code)
+            raise
+        return Admitted(route, events, first.prompt_tokens, reservation, decision.headers(), started)
+
+    async def _metered(
+        self, caller: Caller, admitted: Admitted, request: ChatCompletionRequest
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        tally = Tally()
+        chunks = self._chunks(admitted, request, tally)
+        status, code = "cancelled", None
+        try:
+            async for chunk in chunks:
+                yield chunk
+            status = "ok"
+        except ChatgateError as exc:
+            status, code = "error", exc.code
+            raise
+        finally:
+            await chunks.aclose()
+            # A stream cut short costs what was delivered; a finished one what was generated.
+            used = tally.completion if status == "ok" else tally.delivered
+            await self._settle(caller, admitted, used, status, code)
+
+    async def _settle(
+        self, caller: Caller, admitted: Admitted, completion_tokens: int, status: str, code: str | None
+    ) -> None:
+        """Charge the real use, release the rest of the reservation, count tokens, log the request.
+
+        Shielded: it must finish even when the request's task is being cancelled (a disconnect).
+        """
+        prompt_tokens = admitted.prompt_tokens if completion_tokens or status == "ok" else 0
+        with anyio.CancelScope(shield=True):
+            charged = await self.quota.settle(admitted.reservation, prompt_tokens, completion_tokens)
+            await self.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
+        self._record(
+            caller,
+            admitted.route.name,
+            admitted.started,
+            prompt_tokens,
+            completion_tokens,
+            charged,
+            status,
+            code,
+        )
+
+    def _record(
+        self,
+        caller: Caller,
+        model: str,
+        started: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: int,
+        status: str,
+        code: str | None,
+    ) -> None:
+        self.usage.record(
+            trace_id=caller.trace_id,
+            principal=caller.principal,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            status=status,
+            error_code=code,
+        )
 
     async def _chunks(
-        self,
-        route: Route,
-        request: ChatCompletionRequest,
-        events: AsyncGenerator[ProviderEvent, None],
-        prompt_tokens: int,
-    ) -> AsyncIterator[ChatCompletionChunk]:
+        self, admitted: Admitted, request: ChatCompletionRequest, tally: Tally
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        route, events = admitted.route, admitted.events
         completion_id, created = _completion_id(), int(time.time())
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
@@ -131,7 +260,6 @@ class ChatService:
 
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         opened: set[int] = set()
-        completion_tokens = 0
         try:
             async for event in events:
                 if isinstance(event, Started):
@@ -143,17 +271,23 @@ class ChatService:
                     logprobs = ChoiceLogprobs(content=event.logprobs) if event.logprobs is not None else None
                     delta = Delta(content=event.text)
                     yield chunk([ChunkChoice(index=event.index, delta=delta, logprobs=logprobs)])
+                    tally.delivered += event.tokens
                 elif isinstance(event, ToolPiece):
                     yield chunk(
                         [ChunkChoice(index=event.index, delta=Delta(tool_calls=[_tool_delta(event)]))]
                     )
+                    tally.delivered += event.tokens
                 elif isinstance(event, Finished):
-                    completion_tokens += event.completion_tokens
+                    tally.completion += event.completion_tokens
                     yield chunk([ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)])
             if include_usage:
-                yield chunk([], _usage(prompt_tokens, completion_tokens))
+                yield chunk([], _usage(admitted.prompt_tokens, tally.completion))
         finally:
             await events.aclose()
+
+
+def _code(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, ChatgateError) else "internal_error"
 
 
 def _tool_delta(piece: ToolPiece) -> ToolCallDelta:

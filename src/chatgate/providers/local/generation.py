@@ -93,6 +93,7 @@ class Generation:
         call_text = TextAssembler([])
         pending: list[TokenLogprob] = []
         produced, reason = 0, "length"
+        self._unreported = 0
         while True:
             if self.cancel.is_set():
                 return False
@@ -103,13 +104,14 @@ class Generation:
                 reason = "stop"
                 break
             produced += 1
+            self._unreported += 1
             piece = llama._model.detokenize([token], special=False)
             if calls is not None:
                 self._emit_calls(index, calls, call_text.feed(piece))
             else:
                 out = text.feed(piece)
                 if out:
-                    self.emit(TextDelta(out, index, pending or None))
+                    self.emit(TextDelta(out, index, pending or None, self._take()))
                     pending = []
                 if text.matcher.stopped:
                     if text.matcher.matched not in (OPEN, FENCE) or tools is None:
@@ -131,7 +133,7 @@ class Generation:
         if calls is None:
             tail = text.finish()
             if tail or pending:
-                self.emit(TextDelta(tail, index, pending or None))
+                self.emit(TextDelta(tail, index, pending or None, self._take()))
         else:
             self._emit_calls(index, calls, call_text.finish())
             if reason == "stop" and calls.count and tools is not None:
@@ -140,6 +142,15 @@ class Generation:
         self.emit(Finished(final, len(self.job.prompt), produced, index))
         return True
 
+    def _take(self) -> int:
+        """Tokens generated since the last delta went out (how much a delta cost)."""
+        taken, self._unreported = self._unreported, 0
+        return taken
+
     def _emit_calls(self, index: int, calls: CallStream, text: str) -> None:
         for piece in calls.feed(text):
-            self.emit(ToolCallDelta(piece.call_index, piece.arguments, piece.call_id, piece.name, index))
+            self.emit(
+                ToolCallDelta(
+                    piece.call_index, piece.arguments, piece.call_id, piece.name, index, self._take()
+                )
+            )

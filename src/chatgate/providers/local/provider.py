@@ -170,7 +170,9 @@ class LocalProvider:
 
         running = False
         try:
-            yield Started(prompt_tokens=len(job.prompt))
+            yield Started(
+                prompt_tokens=len(job.prompt), max_completion_tokens=job.sampling.max_tokens * job.n
+            )
             self.pool.run(slot, lambda: self._run(slot, job, cancel, emit, release))
             running = True
             finished = 0

@@ -1,0 +1,189 @@
+"""Users: sign-up with a free quota, password login, browser sessions, admins, grants."""
+
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from chatgate.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
+from chatgate.services.auth import hash_secret
+from chatgate.storage import sessions, users
+from chatgate.storage.database import Database
+from chatgate.storage.tables import User
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MIN_PASSWORD = 8
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    email: str
+    is_admin: bool
+    disabled: bool
+    credits: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> "Account":
+        return cls(user.id, user.email, user.is_admin, user.disabled, user.credits, user.created_at)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    account: Account
+    csrf_token: str
+
+
+def _email(raw: str) -> str:
+    email = raw.strip().lower()
+    if not _EMAIL.match(email) or len(email) > 320:
+        raise InvalidRequest("That is not a valid email address.", param="email")
+    return email
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidRequest(f"Passwords need at least {MIN_PASSWORD} characters.", param="password")
+
+
+class AccountService:
+    def __init__(self, db: Database, *, free_credits: int, session_hours: int) -> None:
+        self._db = db
+        self._free_credits = free_credits
+        self._session_hours = session_hours
+        self._hasher = PasswordHasher()  # argon2id: memory-hard
+
+    async def sign_up(self, email: str, password: str, *, is_admin: bool = False) -> Account:
+        email = _email(email)
+        _check_password(password)
+        password_hash = self._hasher.hash(password)
+        async with self._db.transaction() as session:
+            if await users.by_email(session, email=email) is not None:
+                raise Conflict("An account with this email already exists.", param="email")
+            user = await users.insert(
+                session,
+                email=email,
+                password_hash=password_hash,
+                credits=self._free_credits,
+                is_admin=is_admin,
+            )
+            return Account.of(user)
+
+    async def ensure(self, email: str) -> Account:
+        """The account for an email, created (without a password, with the free quota) if needed."""
+        email = _email(email)
+        async with self._db.transaction() as session:
+            user = await users.by_email(session, email=email)
+            if user is None:
+                user = await users.insert(
+                    session, email=email, password_hash=None, credits=self._free_credits
+                )
+            return Account.of(user)
+
+    async def create_admin(self, email: str, password: str) -> Account:
+        email = _email(email)
+        _check_password(password)
+        async with self._db.transaction() as session:
+            user = await users.by_email(session, email=email)
+            if user is None:
+                user = await users.insert(
+                    session, email=email, password_hash=None, credits=self._free_credits, is_admin=True
+                )
+            user.is_admin = True
+            user.password_hash = self._hasher.hash(password)
+            return Account.of(user)
+
+    async def get(self, user_id: int) -> Account:
+        async with self._db.sessions() as session:
+            user = await users.by_id(session, user_id=user_id)
+        if user is None:
+            raise NotFound("No such user.")
+        return Account.of(user)
+
+    async def by_email(self, email: str) -> Account:
+        async with self._db.sessions() as session:
+            user = await users.by_email(session, email=_email(email))
+        if user is None:
+            raise NotFound(f"No user with email {email}.", param="email")
+        return Account.of(user)
+
+    async def list(self, *, limit: int = 100, offset: int = 0) -> list[Account]:
+        async with self._db.sessions() as session:
+            return [Account.of(u) for u in await users.list_all(session, limit=limit, offset=offset)]
+
+    async def grant(self, user_id: int, credits: int) -> Account:
+        async with self._db.transaction() as session:
+            user = await users.by_id(session, user_id=user_id)
+            if user is None:
+                raise NotFound("No such user.")
+            if user.credits + credits < 0:
+                raise InvalidRequest("That would leave a negative balance.", param="credits")
+            await users.grant(session, user_id=user_id, credits=credits, trace_id=f"grant_{uuid.uuid4().hex}")
+        return await self.get(user_id)
+
+    async def set_disabled(self, user_id: int, disabled: bool) -> Account:
+        async with self._db.transaction() as session:
+            user = await users.by_id(session, user_id=user_id)
+            if user is None:
+                raise NotFound("No such user.")
+            user.disabled = disabled
+            if disabled:
+                await sessions.remove(session, user_id=user_id)
+            return Account.of(user)
+
+    async def change_password(self, user_id: int, current: str, new: str) -> None:
+        _check_password(new)
+        async with self._db.transaction() as session:
+            user = await users.by_id(session, user_id=user_id)
+            if user is None or not self._verify(user, current):
+                raise Forbidden("The current password is not right.", param="current_password")
+            user.password_hash = self._hasher.hash(new)
+
+    def _verify(self, user: User, password: str) -> bool:
+        if not user.password_hash:
+            return False
+        try:
+            return self._hasher.verify(user.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    # Browser sessions: the cookie value is a random secret; only its hash is stored.
+
+    async def log_in(self, email: str, password: str) -> tuple[str, SignedIn]:
+        async with self._db.transaction() as session:
+            user = await users.by_email(session, email=email.strip().lower())
+            if user is None or not self._verify(user, password) or user.disabled:
+                raise AuthError("Wrong email or password.")
+            cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+            now = datetime.now(UTC)
+            await sessions.insert(
+                session,
+                id_hash=hash_secret(cookie),
+                user_id=user.id,
+                csrf_token=csrf,
+                created_at=now,
+                expires_at=now + timedelta(hours=self._session_hours),
+            )
+            return cookie, SignedIn(Account.of(user), csrf)
+
+    async def session(self, cookie: str | None) -> SignedIn:
+        if not cookie:
+            raise AuthError("Not signed in.", code="not_signed_in")
+        async with self._db.sessions() as session:
+            row = await sessions.with_user(session, id_hash=hash_secret(cookie))
+        if row is None:
+            raise AuthError("Not signed in.", code="not_signed_in")
+        web, user = row
+        expires = web.expires_at if web.expires_at.tzinfo else web.expires_at.replace(tzinfo=UTC)
+        if expires <= datetime.now(UTC) or user.disabled:
+            raise AuthError("The session has ended; sign in again.", code="not_signed_in")
+        return SignedIn(Account.of(user), web.csrf_token)
+
+    async def log_out(self, cookie: str) -> None:
+        async with self._db.transaction() as session:
+            await sessions.remove(session, id_hash=hash_secret(cookie))

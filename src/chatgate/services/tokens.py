@@ -1,0 +1,115 @@
+"""API tokens: issued once in the clear, kept only as a hash; listed, renamed, revoked by their owner."""
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from chatgate.errors import InvalidRequest, NotFound
+from chatgate.services.auth import hash_secret
+from chatgate.storage import tokens
+from chatgate.storage.database import Database
+from chatgate.storage.tables import ApiToken
+
+PREFIX_LENGTH = 10  # "sk-" and 7 more characters, enough to tell tokens apart in a list
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    allowed_models: list[str] | None
+    quota_cap: int | None
+    spent: int
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+    @classmethod
+    def of(cls, row: ApiToken) -> "TokenInfo":
+        return cls(
+            row.id, row.user_id, row.name, row.prefix, row.created_at, row.last_used_at, row.expires_at,
+            row.revoked_at, row.allowed_models, row.quota_cap, row.spent, row.rpm_limit, row.tpm_limit,
+        )  # fmt: skip
+
+
+def new_secret() -> str:
+    return "sk-" + secrets.token_urlsafe(36).replace("-", "A").replace("_", "B")
+
+
+class TokenService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        user_id: int,
+        *,
+        name: str = "default",
+        expires_at: datetime | None = None,
+        allowed_models: list[str] | None = None,
+        quota_cap: int | None = None,
+        rpm_limit: int | None = None,
+        tpm_limit: int | None = None,
+    ) -> tuple[TokenInfo, str]:
+        """A new token and its secret, which is shown this once and never stored."""
+        if not name.strip() or len(name) > 100:
+            raise InvalidRequest("A token name has 1 to 100 characters.", param="name")
+        if quota_cap is not None and quota_cap < 0:
+            raise InvalidRequest("quota_cap cannot be negative.", param="quota_cap")
+        secret = new_secret()
+        async with self._db.transaction() as session:
+            row = await tokens.insert(
+                session,
+                user_id=user_id,
+                name=name.strip(),
+                prefix=secret[:PREFIX_LENGTH],
+                secret_hash=hash_secret(secret),
+                expires_at=expires_at,
+                allowed_models=allowed_models,
+                quota_cap=quota_cap,
+                rpm_limit=rpm_limit,
+                tpm_limit=tpm_limit,
+            )
+            return TokenInfo.of(row), secret
+
+    async def list(self, user_id: int) -> list[TokenInfo]:
+        async with self._db.sessions() as session:
+            return [TokenInfo.of(row) for row in await tokens.of_user(session, user_id=user_id)]
+
+    async def _owned(self, user_id: int, token_id: int) -> TokenInfo:
+        async with self._db.sessions() as session:
+            row = await tokens.by_id(session, token_id=token_id)
+        if row is None or row.user_id != user_id:  # another user's token is as good as missing
+            raise NotFound("No such token.")
+        return TokenInfo.of(row)
+
+    async def revoke(self, user_id: int, token_id: int) -> TokenInfo:
+        await self._owned(user_id, token_id)
+        async with self._db.transaction() as session:
+            await tokens.revoke(session, token_id=token_id)
+        return await self._owned(user_id, token_id)
+
+    async def rename(self, user_id: int, token_id: int, name: str) -> TokenInfo:
+        await self._owned(user_id, token_id)
+        if not name.strip() or len(name) > 100:
+            raise InvalidRequest("A token name has 1 to 100 characters.", param="name")
+        async with self._db.transaction() as session:
+            await tokens.rename(session, token_id=token_id, name=name.strip())
+        return await self._owned(user_id, token_id)
+
+    async def find(self, prefix_or_id: str) -> TokenInfo:
+        """For the operator's CLI: a token by id or by its shown prefix."""
+        async with self._db.sessions() as session:
+            if prefix_or_id.isdigit():
+                row = await tokens.by_id(session, token_id=int(prefix_or_id))
+                if row is not None:
+                    return TokenInfo.of(row)
+            rows = await tokens.by_prefix(session, prefix=prefix_or_id)
+        if len(rows) != 1:
+            raise NotFound(f"{'No' if not rows else 'More than one'} token matches {prefix_or_id!r}.")
+        return TokenInfo.of(rows[0])

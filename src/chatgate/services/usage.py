@@ -1,0 +1,133 @@
+"""The usage log: one row per request, buffered and written in batches off the request path."""
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from chatgate.services.auth import Principal
+from chatgate.storage import tokens, usage, users
+from chatgate.storage.database import Database
+
+log = logging.getLogger("chatgate.usage")
+MAX_BUFFER = 100_000
+
+
+class UsageRecorder:
+    def __init__(self, db: Database, *, flush_seconds: float) -> None:
+        self._db = db
+        self._flush_seconds = flush_seconds
+        self._rows: list[dict[str, Any]] = []
+        self._last_used: dict[int, datetime] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def record(
+        self,
+        *,
+        trace_id: str,
+        principal: Principal,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: int,
+        latency_ms: int,
+        status: str,
+        error_code: str | None,
+    ) -> None:
+        now = datetime.now(UTC)
+        self._rows.append(
+            {
+                "trace_id": trace_id,
+                "user_id": principal.user_id,
+                "token_id": principal.token_id,
+                "model": model,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost": cost,
+                "latency_ms": latency_ms,
+                "status": status,
+                "error_code": error_code,
+                "day": now.date().isoformat(),
+                "created_at": now,
+            }
+        )
+        if principal.token_id is not None:
+            self._last_used[principal.token_id] = now
+        if len(self._rows) > MAX_BUFFER:  # the database has been unreachable for a long time
+            del self._rows[: len(self._rows) - MAX_BUFFER]
+
+    async def flush(self) -> None:
+        async with self._lock:
+            rows, self._rows = self._rows, []
+            last_used, self._last_used = self._last_used, {}
+            if not rows and not last_used:
+                return
+            try:
+                async with self._db.transaction() as session:
+                    await usage.insert_many(session, rows=rows)
+                    await tokens.touch(session, last_used=last_used)
+            except Exception:
+                log.exception("could not write %d usage rows; will retry", len(rows))
+                self._rows[:0] = rows
+                self._last_used = {**last_used, **self._last_used}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-recorder")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_seconds)
+            await self.flush()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def summary(self, principal: Principal) -> dict[str, Any]:
+        """What ``GET /v1/usage`` answers for the calling token."""
+        await self.flush()
+        scope = {"token_id": principal.token_id} if principal.token_id is not None else {"user_id": None}
+        async with self._db.sessions() as session:
+            if principal.token_id is None:
+                total = await usage.totals(session)
+                by_day = await usage.totals_by(session, column="day")
+                by_model = await usage.totals_by(session, column="model")
+                left: int | None = None
+            else:
+                total = await usage.totals(session, **scope)
+                by_day = await usage.totals_by(session, column="day", **scope)
+                by_model = await usage.totals_by(session, column="model", **scope)
+                left = await self._credits_left(session, principal)
+
+        def row(totals: usage.Totals) -> dict[str, int]:
+            data = asdict(totals)
+            return {
+                "requests": data["requests"],
+                "prompt_tokens": data["prompt_tokens"],
+                "completion_tokens": data["completion_tokens"],
+                "total_tokens": data["prompt_tokens"] + data["completion_tokens"],
+                "credits_used": data["cost"],
+            }
+
+        return {
+            "object": "usage",
+            **row(total),
+            "credits_left": left,
+            "daily": [{"date": day, **row(t)} for day, t in by_day.items()],
+            "models": [{"model": model, **row(t)} for model, t in by_model.items()],
+        }
+
+    async def _credits_left(self, session: Any, principal: Principal) -> int | None:
+        assert principal.user_id is not None and principal.token_id is not None
+        user = await users.by_id(session, user_id=principal.user_id)
+        token = await tokens.by_id(session, token_id=principal.token_id)
+        balance = user.credits if user is not None else 0
+        if token is not None and token.quota_cap is not None:
+            return max(0, min(balance, token.quota_cap - token.spent))
+        return balance

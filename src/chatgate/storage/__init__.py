@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, the queries over them, and Alembic migrations."""

@@ -1,0 +1,97 @@
+"""The database schema. It changes only through an Alembic revision in ``migrations/versions``."""
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import DateTime
+
+# 64-bit integers; on SQLite plain INTEGER, which is 64-bit there and the only type it autoincrements.
+BigInt = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True), int: BigInt}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    credits: Mapped[int] = mapped_column(default=0)  # the balance, in integer credits
+    created_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in lists: "sk-ab12cd"
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the whole token
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    quota_cap: Mapped[int | None]  # at most this many credits through this token; None: the user's balance
+    spent: Mapped[int] = mapped_column(default=0)  # credits reserved or settled through this token
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+
+
+class LedgerEntry(Base):
+    """Append-only: every movement of credits, keyed by trace id so a retry can't charge twice."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (UniqueConstraint("trace_id", "kind", name="uq_ledger_trace_kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    trace_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # grant | reserve | settle
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    amount: Mapped[int]  # signed: negative spends, positive grants and refunds
+    created_at: Mapped[datetime]
+
+
+class UsageRecord(Base):
+    """One row per request, written off the hot path in batches."""
+
+    __tablename__ = "usage_log"
+    __table_args__ = (
+        Index("ix_usage_token_day", "token_id", "day"),
+        Index("ix_usage_user_day", "user_id", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    trace_id: Mapped[str] = mapped_column(String(128), unique=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    cost: Mapped[int] = mapped_column(default=0)
+    latency_ms: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16))  # ok | cancelled | error
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    day: Mapped[str] = mapped_column(String(10))  # UTC date, for per-day totals on any database
+    created_at: Mapped[datetime]
+
+
+class WebSession(Base):
+    """A signed-in browser (the console): only the hash of its cookie is kept."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

@@ -1,0 +1,65 @@
+"""The usage log: batched inserts and the totals the API and the console show."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatgate.storage.tables import UsageRecord
+
+
+@dataclass(frozen=True)
+class Totals:
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+
+
+async def insert_many(session: AsyncSession, *, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(UsageRecord), rows)
+
+
+def _scope(query: Any, *, user_id: int | None, token_id: int | None) -> Any:
+    if user_id is not None:
+        query = query.where(UsageRecord.user_id == user_id)
+    if token_id is not None:
+        query = query.where(UsageRecord.token_id == token_id)
+    return query
+
+
+_SUMS = (
+    func.count(UsageRecord.id),
+    func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
+    func.coalesce(func.sum(UsageRecord.completion_tokens), 0),
+    func.coalesce(func.sum(UsageRecord.cost), 0),
+)
+
+
+async def totals(session: AsyncSession, *, user_id: int | None = None, token_id: int | None = None) -> Totals:
+    row = (await session.execute(_scope(select(*_SUMS), user_id=user_id, token_id=token_id))).one()
+    return Totals(*(int(v) for v in row))
+
+
+async def totals_by(
+    session: AsyncSession, *, column: str, user_id: int | None = None, token_id: int | None = None
+) -> dict[str, Totals]:
+    """Totals grouped by ``day`` or ``model``."""
+    key = {"day": UsageRecord.day, "model": UsageRecord.model}[column]
+    query = _scope(select(key, *_SUMS), user_id=user_id, token_id=token_id).group_by(key).order_by(key)
+    return {str(row[0]): Totals(*(int(v) for v in row[1:])) for row in await session.execute(query)}
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    user_id: int | None = None,
+    token_id: int | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[UsageRecord]:
+    query = _scope(select(UsageRecord), user_id=user_id, token_id=token_id)
+    result = await session.execute(query.order_by(UsageRecord.id.desc()).limit(limit).offset(offset))
+    return list(result.scalars())

@@ -1,0 +1,51 @@
+"""Queries over users and their balances."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatgate.storage.tables import LedgerEntry, User
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def by_email(session: AsyncSession, *, email: str) -> User | None:
+    result = await session.execute(select(User).where(User.email == email))
+    return result.scalar_one_or_none()
+
+
+async def by_id(session: AsyncSession, *, user_id: int) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def insert(
+    session: AsyncSession, *, email: str, password_hash: str | None, credits: int, is_admin: bool = False
+) -> User:
+    user = User(email=email, password_hash=password_hash, credits=0, is_admin=is_admin, created_at=now())
+    session.add(user)
+    await session.flush()
+    if credits:
+        await grant(session, user_id=user.id, credits=credits, trace_id=f"signup_{user.id}")
+    return user
+
+
+async def grant(session: AsyncSession, *, user_id: int, credits: int, trace_id: str) -> None:
+    """Add (or, negative, remove) credits, with its ledger row."""
+    await session.execute(update(User).where(User.id == user_id).values(credits=User.credits + credits))
+    session.add(
+        LedgerEntry(
+            trace_id=trace_id, kind="grant", user_id=user_id, token_id=None, amount=credits, created_at=now()
+        )
+    )
+
+
+async def list_all(session: AsyncSession, *, limit: int = 100, offset: int = 0) -> list[User]:
+    result = await session.execute(select(User).order_by(User.id).limit(limit).offset(offset))
+    return list(result.scalars())
+
+
+async def count(session: AsyncSession) -> int:
+    return int((await session.execute(select(func.count()).select_from(User))).scalar_one())
