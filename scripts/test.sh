@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
 
+bash scripts/system-deps.sh
 echo "==> ruff";          "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
 echo "==> mypy --strict"; "$VENV/bin/mypy"
 echo "==> import layers"; "$VENV/bin/lint-imports"

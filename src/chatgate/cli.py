@@ -126,7 +126,12 @@ def _keys_create(args: argparse.Namespace) -> int:
     async def work(services: "Services") -> int:
         account = await services.accounts.ensure(args.user)
         info, secret = await services.tokens.create(
-            account.id, name=args.name, quota_cap=args.quota, allowed_models=args.model or None
+            account.id,
+            name=args.name,
+            quota_cap=args.quota,
+            allowed_models=args.model or None,
+            rpm_limit=args.rpm,
+            tpm_limit=args.tpm,
         )
         print(
             f"created token {info.prefix}... (id {info.id}) for {account.email}; it is shown only this once:"
@@ -201,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="cli")
     create.add_argument("--quota", type=int, help="at most this many credits through this token")
     create.add_argument("--model", action="append", help="allow only this model (repeatable)")
+    create.add_argument("--rpm", type=int, help="requests per minute (default: the server's)")
+    create.add_argument("--tpm", type=int, help="tokens per minute (default: the server's)")
     create.set_defaults(run=_keys_create)
     listing = keys.add_parser("list", help="a user's tokens")
     listing.add_argument("--user", required=True)

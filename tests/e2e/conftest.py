@@ -2,11 +2,7 @@
 
 import json
 import os
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +11,10 @@ import jsonschema
 import openai
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e import infra
+from tests.e2e.infra import API_KEY, ROOT, Server
+
 SPEC_PATH = Path(os.environ.get("CHATGATE_OPENAI_SPEC", ROOT.parent / "shared/openai-spec/chat_schemas.json"))
-API_KEY = "sk-test-" + "k" * 24
 SMALL = "smollm2-135m"  # fast: for tests that are not about answer quality
 QWEN = "qwen2.5-coder-0.5b-instruct"
 
@@ -32,71 +29,19 @@ models:
 MAX_QUEUE = 2
 
 
-@dataclass
-class Server:
-    base_url: str
-    process: subprocess.Popen[str]
-    log: Path
-
-
-def _wait_for_banner(process: subprocess.Popen[str], timeout: float) -> str:
-    found: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "listening on" in line:
-                found.append(line.split("listening on ")[1].split()[0])
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not found:
-        process.kill()
-        raise RuntimeError("chatgate did not start")
-    return found[0]
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The main server: SQLite, the master key, both models, a short engine queue."""
+    with infra.chatgate(
+        tmp_path_factory.mktemp("server"), CATALOGUE, CHATGATE_MAX_QUEUE=str(MAX_QUEUE)
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    workdir = tmp_path_factory.mktemp("server")
-    catalogue = workdir / "catalogue.yaml"
-    catalogue.write_text(CATALOGUE)
-    log = workdir / "server.log"
-    env = {
-        **os.environ,
-        "CHATGATE_API_KEY": API_KEY,
-        "CHATGATE_DATA_DIR": str(workdir / "data"),
-        "CHATGATE_MODEL_DIR": str(ROOT / ".chatgate" / "models"),
-        "CHATGATE_MAX_QUEUE": str(MAX_QUEUE),
-        "CHATGATE_ENGINE_THREADS": "2",
-    }
-    subprocess.run([sys.executable, "-m", "chatgate", "migrate"], env=env, cwd=workdir, check=True, capture_output=True)
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "chatgate", "serve", "--port", "0", "--config", str(catalogue)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-            cwd=workdir,
-        )
-    try:
-        try:
-            base_url = _wait_for_banner(process, timeout=300)
-        except RuntimeError:
-            raise RuntimeError("chatgate did not start:\n" + log.read_text()[-3000:]) from None
-        yield Server(base_url, process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+def postgres() -> Iterator[infra.Postgres]:
+    with infra.postgres() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

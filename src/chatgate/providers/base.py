@@ -10,10 +10,15 @@ from chatgate.protocol.responses import FinishReason, FunctionCall, TokenLogprob
 
 @dataclass(frozen=True)
 class Started:
-    """The request was admitted and its prompt measured; nothing has been generated yet."""
+    """The request is valid and its prompt measured; it has not yet waited for the engine."""
 
     prompt_tokens: int
     max_completion_tokens: int  # the most it can generate, all choices together
+
+
+@dataclass(frozen=True)
+class Running:
+    """The engine took the request (a free instance, a connected upstream); output follows."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Finished:
     index: int = 0
 
 
-ProviderEvent = Started | TextDelta | ToolCallDelta | Finished
+ProviderEvent = Started | Running | TextDelta | ToolCallDelta | Finished
 
 
 @dataclass
@@ -67,8 +72,9 @@ class Completion:
 class Provider(Protocol):
     """Generates chat completions for the catalogue models it serves.
 
-    ``stream`` yields ``Started`` first (errors before it are the request's fault or admission
-    refusals and may still become HTTP statuses), then deltas, then one ``Finished`` per choice.
+    ``stream`` yields ``Started`` once the request is checked and measured, then ``Running`` once the
+    engine has taken it (errors until then are refusals that can still become HTTP statuses), then
+    deltas, then one ``Finished`` per choice.
     Closing the iterator early cancels the generation.
     """
 
@@ -92,6 +98,8 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
     async for event in events:
         if isinstance(event, Started):
             prompt_tokens = event.prompt_tokens
+            continue
+        if isinstance(event, Running):
             continue
         choice = choices.setdefault(event.index, ChoiceResult())
         if isinstance(event, TextDelta):

@@ -21,7 +21,15 @@ from chatgate.protocol.responses import (
     ToolCallDelta,
     Usage,
 )
-from chatgate.providers.base import ChoiceResult, Finished, ProviderEvent, Started, TextDelta, collect
+from chatgate.providers.base import (
+    ChoiceResult,
+    Finished,
+    ProviderEvent,
+    Running,
+    Started,
+    TextDelta,
+    collect,
+)
 from chatgate.providers.base import ToolCallDelta as ToolPiece
 from chatgate.services.auth import Principal
 from chatgate.services.catalogue import ModelRegistry, Route
@@ -163,6 +171,7 @@ class ChatService:
                 first = await anext(events)
                 if not isinstance(first, Started):
                     raise RuntimeError(f"provider stream began with {first!r}, not Started")
+                # Reserve before waiting for the engine, so a queue of requests can't outspend the balance.
                 reservation = await self.quota.reserve(
                     caller.principal,
                     caller.trace_id,
@@ -173,10 +182,19 @@ class ChatService:
             except BaseException:
                 await events.aclose()
                 raise
+            admitted = Admitted(route, events, first.prompt_tokens, reservation, decision.headers(), started)
+            try:
+                running = await anext(events)
+                if not isinstance(running, Running):
+                    raise RuntimeError(f"provider sent {running!r} before Running")
+            except BaseException as exc:
+                await events.aclose()
+                await self._settle(caller, admitted, 0, "error", _code(exc), record=False)
+                raise
         except ChatgateError as exc:
             self._record(caller, model, started, 0, 0, 0, "error", exc.code)
             raise
-        return Admitted(route, events, first.prompt_tokens, reservation, decision.headers(), started)
+        return admitted
 
     async def _metered(
         self, caller: Caller, admitted: Admitted, request: ChatCompletionRequest
@@ -198,7 +216,14 @@ class ChatService:
             await self._settle(caller, admitted, used, status, code)
 
     async def _settle(
-        self, caller: Caller, admitted: Admitted, completion_tokens: int, status: str, code: str | None
+        self,
+        caller: Caller,
+        admitted: Admitted,
+        completion_tokens: int,
+        status: str,
+        code: str | None,
+        *,
+        record: bool = True,
     ) -> None:
         """Charge the real use, release the rest of the reservation, count tokens, log the request.
 
@@ -208,16 +233,17 @@ class ChatService:
         with anyio.CancelScope(shield=True):
             charged = await self.quota.settle(admitted.reservation, prompt_tokens, completion_tokens)
             await self.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
-        self._record(
-            caller,
-            admitted.route.name,
-            admitted.started,
-            prompt_tokens,
-            completion_tokens,
-            charged,
-            status,
-            code,
-        )
+        if record:
+            self._record(
+                caller,
+                admitted.route.name,
+                admitted.started,
+                prompt_tokens,
+                completion_tokens,
+                charged,
+                status,
+                code,
+            )
 
     def _record(
         self,
@@ -262,7 +288,7 @@ class ChatService:
         opened: set[int] = set()
         try:
             async for event in events:
-                if isinstance(event, Started):
+                if isinstance(event, Started | Running):
                     continue
                 if event.index not in opened:
                     opened.add(event.index)

@@ -4,11 +4,17 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
+from chatgate.config import Price
 from chatgate.errors import InvalidRequest, ModelNotFound, NotImplementedFeature
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Completion, Finished, ProviderEvent, Started, TextDelta, collect
+from chatgate.providers.base import Completion, Finished, ProviderEvent, Running, Started, TextDelta, collect
+from chatgate.services.auth import MASTER
 from chatgate.services.catalogue import ModelRegistry, Route
-from chatgate.services.chat import ChatService
+from chatgate.services.chat import Caller, ChatService
+from chatgate.services.quota import QuotaService
+from chatgate.services.ratelimit import LocalRateLimiter
+from chatgate.services.usage import UsageRecorder
+from chatgate.storage.database import Database
 
 
 class ScriptedProvider:
@@ -38,12 +44,23 @@ class ScriptedProvider:
         return None
 
 
-SCRIPT: list[ProviderEvent] = [Started(5), TextDelta("Hel"), TextDelta("lo"), Finished("stop", 5, 2)]
+SCRIPT: list[ProviderEvent] = [
+    Started(5, 16),
+    Running(),
+    TextDelta("Hel", tokens=1),
+    TextDelta("lo", tokens=1),
+    Finished("stop", 5, 2),
+]
+
+
+CALLER = Caller(MASTER, "req_unit")
 
 
 def service(provider: ScriptedProvider) -> ChatService:
-    route = Route("m", "me", 0, provider, "fp_test")
-    return ChatService(ModelRegistry([route], {"alias": "m"}))
+    route = Route("m", "me", 0, provider, "fp_test", Price())
+    db = Database("sqlite+aiosqlite:///:memory:")  # never touched: the master key is not metered
+    recorder = UsageRecorder(db, flush_seconds=3600)
+    return ChatService(ModelRegistry([route], {"alias": "m"}), QuotaService(db), LocalRateLimiter(), recorder)
 
 
 def request(**extra: object) -> ChatCompletionRequest:
@@ -53,7 +70,7 @@ def request(**extra: object) -> ChatCompletionRequest:
 
 
 async def test_complete_reports_text_reason_usage_and_the_canonical_name() -> None:
-    answer = await service(ScriptedProvider(SCRIPT)).complete(request())
+    answer = (await service(ScriptedProvider(SCRIPT)).complete(CALLER, request()))[0]
     assert answer.model == "m"
     assert answer.id.startswith("chatcmpl-")
     assert answer.choices[0].message.content == "Hello"
@@ -65,9 +82,11 @@ async def test_complete_reports_text_reason_usage_and_the_canonical_name() -> No
 async def test_stream_sends_role_then_content_then_finish_then_usage() -> None:
     chunks = [
         c
-        async for c in await service(ScriptedProvider(SCRIPT)).stream(
-            request(stream=True, stream_options={"include_usage": True})
-        )
+        async for c in (
+            await service(ScriptedProvider(SCRIPT)).stream(
+                CALLER, request(stream=True, stream_options={"include_usage": True})
+            )
+        )[0]
     ]
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert deltas[0].role == "assistant"
@@ -79,13 +98,15 @@ async def test_stream_sends_role_then_content_then_finish_then_usage() -> None:
 
 
 async def test_stream_without_include_usage_sends_no_usage_chunk() -> None:
-    chunks = [c async for c in await service(ScriptedProvider(SCRIPT)).stream(request(stream=True))]
+    chunks = [
+        c async for c in (await service(ScriptedProvider(SCRIPT)).stream(CALLER, request(stream=True)))[0]
+    ]
     assert all(c.usage is None and c.choices for c in chunks)
 
 
 async def test_closing_the_stream_early_closes_the_provider() -> None:
     provider = ScriptedProvider(SCRIPT)
-    chunks = await service(provider).stream(request(stream=True))
+    chunks = (await service(provider).stream(CALLER, request(stream=True)))[0]
     await anext(chunks)
     await chunks.aclose()  # type: ignore[attr-defined]
     assert provider.closed
@@ -93,7 +114,7 @@ async def test_closing_the_stream_early_closes_the_provider() -> None:
 
 async def test_unknown_model() -> None:
     with pytest.raises(ModelNotFound):
-        await service(ScriptedProvider(SCRIPT)).complete(request(model="nope"))
+        await service(ScriptedProvider(SCRIPT)).complete(CALLER, request(model="nope"))
 
 
 @pytest.mark.parametrize(
@@ -110,11 +131,13 @@ async def test_features_the_engine_cannot_honour_are_refused_by_name(
     extra: dict[str, object], param: str
 ) -> None:
     with pytest.raises(NotImplementedFeature) as caught:
-        await service(ScriptedProvider(SCRIPT)).complete(request(**extra))
+        await service(ScriptedProvider(SCRIPT)).complete(CALLER, request(**extra))
     assert caught.value.param == param
 
 
 async def test_stream_options_without_stream_is_inconsistent() -> None:
     with pytest.raises(InvalidRequest) as caught:
-        await service(ScriptedProvider(SCRIPT)).complete(request(stream_options={"include_usage": True}))
+        await service(ScriptedProvider(SCRIPT)).complete(
+            CALLER, request(stream_options={"include_usage": True})
+        )
     assert caught.value.param == "stream_options"

@@ -13,7 +13,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from chatgate.config import LocalDeployment
 from chatgate.errors import ContextLengthExceeded, EngineFailure, InvalidRequest
 from chatgate.protocol.requests import ChatCompletionRequest, JsonObjectFormat, JsonSchemaResponseFormat
-from chatgate.providers.base import Completion, Finished, ProviderEvent, Started, collect
+from chatgate.providers.base import Completion, Finished, ProviderEvent, Running, Started, collect
 from chatgate.providers.local import tools
 from chatgate.providers.local.generation import Generation, Job
 from chatgate.providers.local.pool import EnginePool, Slot, ThreadBudget
@@ -151,7 +151,8 @@ class LocalProvider:
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
         job = self._job(request)
-        slot = await self.pool.acquire()
+        yield Started(prompt_tokens=len(job.prompt), max_completion_tokens=job.sampling.max_tokens * job.n)
+        slot = await self.pool.acquire()  # a full queue refuses here, still before any output
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[ProviderEvent | BaseException] = asyncio.Queue()
         cancel = threading.Event()
@@ -170,9 +171,7 @@ class LocalProvider:
 
         running = False
         try:
-            yield Started(
-                prompt_tokens=len(job.prompt), max_completion_tokens=job.sampling.max_tokens * job.n
-            )
+            yield Running()
             self.pool.run(slot, lambda: self._run(slot, job, cancel, emit, release))
             running = True
             finished = 0

@@ -1,0 +1,206 @@
+"""Real servers for the end-to-end tests: chatgate, PostgreSQL and Redis, each started and stopped here."""
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk-test-" + "k" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    base_url: str
+    process: subprocess.Popen[str]
+    log: Path
+    env: dict[str, str]
+
+    def cli(self, *args: str) -> str:
+        """Run a `chatgate` command against this server's database; its stdout."""
+        result = subprocess.run(
+            [sys.executable, "-m", "chatgate", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout
+
+
+def _wait_for_banner(process: subprocess.Popen[str], timeout: float) -> str | None:
+    found: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "listening on" in line:
+                found.append(line.split("listening on ")[1].split()[0])
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return found[0] if found else None
+
+
+@contextlib.contextmanager
+def chatgate(workdir: Path, catalogue: str, **env_overrides: str) -> Iterator[Server]:
+    """A chatgate server on a free port, its database migrated first."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "catalogue.yaml").write_text(catalogue)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONTRACEMALLOC"},
+        "CHATGATE_API_KEY": API_KEY,
+        "CHATGATE_DATA_DIR": str(workdir / "data"),
+        "CHATGATE_MODEL_DIR": str(ROOT / ".chatgate" / "models"),
+        "CHATGATE_CATALOGUE": str(workdir / "catalogue.yaml"),
+        "CHATGATE_ENGINE_THREADS": "2",
+        "CHATGATE_USAGE_FLUSH_SECONDS": "0.2",
+        **env_overrides,
+    }
+    subprocess.run([sys.executable, "-m", "chatgate", "migrate"], env=env, check=True, capture_output=True)
+    log = workdir / "server.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatgate", "serve", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+            cwd=workdir,
+        )
+    try:
+        base_url = _wait_for_banner(process, timeout=300)
+        if base_url is None:
+            process.kill()
+            raise RuntimeError("chatgate did not start:\n" + log.read_text()[-3000:])
+        yield Server(base_url, process, log, env)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _pg_bin(name: str) -> str:
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if candidates:
+        return candidates[-1]
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (make test installs it)")
+    return found
+
+
+@dataclass
+class Postgres:
+    port: int
+    socket_dir: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        subprocess.run(
+            _as_postgres(
+                [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        return self.url(name)
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root; as root, run its tools as the postgres user."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster on loopback, trusting local connections."""
+    base = tempfile.mkdtemp(prefix="chatgate-pg-")
+    data, sockets = os.path.join(base, "data"), os.path.join(base, "sock")
+    os.makedirs(sockets)
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(sockets, "postgres")
+    port = free_port()
+    subprocess.run(
+        _as_postgres([_pg_bin("initdb"), "-D", data, "-A", "trust", "-U", "postgres"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run(
+        _as_postgres(
+            [_pg_bin("pg_ctl"), "-D", data, "-o", options, "-w", "-l", os.path.join(base, "log"), "start"]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield Postgres(port, sockets)
+    finally:
+        subprocess.run(
+            _as_postgres([_pg_bin("pg_ctl"), "-D", data, "-m", "immediate", "stop"]), capture_output=True
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class Redis:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def redis() -> Iterator[Redis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (make test installs it)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            break
+        time.sleep(0.05)
+    server = Redis(port, process)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,330 @@
+"""Accounts, tokens, quota and usage against a real server, on SQLite and on PostgreSQL."""
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from chatgate.storage import ledger, usage
+from chatgate.storage.database import Database
+from chatgate.storage.tables import ApiToken, User
+from tests.e2e import infra
+from tests.e2e.conftest import SMALL
+from tests.e2e.infra import Server
+
+CATALOGUE = f"""
+models:
+  - name: {SMALL}
+    deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 2}}
+    price: {{prompt: 1000000, completion: 2000000}}
+"""
+HI: list[Any] = [{"role": "user", "content": "Say hi."}]
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def accounts_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    env = {"CHATGATE_MAX_QUEUE": "64", "CHATGATE_FREE_CREDITS": "100000"}
+    if request.param == "postgres":
+        env["CHATGATE_DATABASE_URL"] = request.getfixturevalue("postgres").create_database("accounts")
+    with infra.chatgate(tmp_path_factory.mktemp(f"accounts-{request.param}"), CATALOGUE, **env) as running:
+        yield running
+
+
+def database_of(server: Server) -> Database:
+    url = (
+        server.env.get("CHATGATE_DATABASE_URL")
+        or f"sqlite+aiosqlite:///{server.env['CHATGATE_DATA_DIR']}/chatgate.db"
+    )
+    return Database(url)
+
+
+class Console:
+    """A signed-in browser session on the accounts JSON API."""
+
+    def __init__(self, server: Server, email: str, password: str = "correct horse battery") -> None:
+        self.http = httpx.Client(base_url=server.base_url, timeout=60)
+        response = self.http.post("/api/signup", json={"email": email, "password": password})
+        assert response.status_code == 201, response.text
+        self.user = response.json()["user"]
+        self.csrf = response.json()["csrf_token"]
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.post(path, headers={"x-csrf-token": self.csrf}, **kwargs)
+
+    def token(self, **fields: Any) -> dict[str, Any]:
+        response = self.post("/api/tokens", json={"name": "t", **fields})
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    def revoke(self, token_id: int) -> httpx.Response:
+        return self.http.delete(f"/api/tokens/{token_id}", headers={"x-csrf-token": self.csrf})
+
+
+def unique(name: str) -> str:
+    return f"{name}-{datetime.now(UTC).strftime('%H%M%S%f')}@example.com"
+
+
+class Clients:
+    """Every HTTP client a test opens, closed when it ends."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._open: list[httpx.Client | openai.OpenAI] = []
+
+    def console(self, email: str) -> Console:
+        console = Console(self.server, email)
+        self._open.append(console.http)
+        return console
+
+    def sdk(self, key: str, retries: int = 0) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=self.server.base_url + "/v1", api_key=key, max_retries=retries)
+        self._open.append(client)
+        return client
+
+    def usage(self, key: str) -> dict[str, Any]:
+        with httpx.Client(base_url=self.server.base_url) as http:
+            report: dict[str, Any] = http.get("/v1/usage", headers={"authorization": f"Bearer {key}"}).json()
+            return report
+
+    def close(self) -> None:
+        for client in self._open:
+            client.close()
+
+
+@pytest.fixture
+def clients(accounts_server: Server) -> Iterator[Clients]:
+    opened = Clients(accounts_server)
+    yield opened
+    opened.close()
+
+
+def test_sign_up_acquire_call_usage_revoke(accounts_server: Server, clients: Clients) -> None:
+    console = clients.console(unique("flow"))
+    assert console.user["credits"] == 100000
+    created = console.token(name="laptop")
+    key = created["key"]
+    assert key.startswith("sk-") and created["prefix"] == key[:10]
+    listed = console.http.get("/api/tokens").json()["data"]
+    assert [t["name"] for t in listed] == ["laptop"] and "key" not in listed[0]
+
+    answer = clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=5)
+    assert answer.usage is not None
+    expected_cost = answer.usage.prompt_tokens + 2 * answer.usage.completion_tokens  # 1 and 2 credits a token
+
+    report = httpx.get(
+        accounts_server.base_url + "/v1/usage", headers={"authorization": f"Bearer {key}"}
+    ).json()
+    assert report["requests"] == 1
+    assert report["prompt_tokens"] == answer.usage.prompt_tokens
+    assert report["completion_tokens"] == answer.usage.completion_tokens
+    assert report["total_tokens"] == answer.usage.total_tokens
+    assert report["credits_used"] == expected_cost
+    assert report["credits_left"] == 100000 - expected_cost
+    assert report["models"][0]["model"] == SMALL and len(report["daily"]) == 1
+
+    assert console.revoke(created["id"]).json()["revoked_at"] is not None
+    with pytest.raises(openai.AuthenticationError) as caught:
+        clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=5)
+    assert caught.value.code == "invalid_token"
+
+
+@pytest.mark.parametrize("case", ["unknown", "revoked", "expired"])
+def test_dead_tokens_are_401_invalid_token(accounts_server: Server, clients: Clients, case: str) -> None:
+    console = clients.console(unique(case))
+    if case == "unknown":
+        key = "sk-" + "x" * 48
+    elif case == "revoked":
+        created = console.token()
+        console.revoke(created["id"])
+        key = created["key"]
+    else:
+        key = console.token(expires_at=(datetime.now(UTC) - timedelta(seconds=1)).isoformat())["key"]
+    with httpx.Client(base_url=accounts_server.base_url) as http:
+        response = http.post(
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": SMALL, "messages": HI, "max_tokens": 2},
+        )
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_token"
+    assert response.json()["success"] is False
+
+
+def test_model_outside_the_allow_list_is_token_mismatched(accounts_server: Server, clients: Clients) -> None:
+    key = clients.console(unique("allow")).token(allowed_models=["some-other-model"])["key"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
+    assert caught.value.code == "token_mismatched"
+
+
+def test_out_of_quota_is_429_insufficient_quota_and_the_sdk_does_not_retry(
+    accounts_server: Server, clients: Clients
+) -> None:
+    key = clients.console(unique("broke")).token(quota_cap=5)["key"]
+    with pytest.raises(openai.RateLimitError) as caught:
+        clients.sdk(key, retries=3).chat.completions.create(model=SMALL, messages=HI, max_tokens=5)
+    assert caught.value.code == "insufficient_quota"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    report = httpx.get(
+        accounts_server.base_url + "/v1/usage", headers={"authorization": f"Bearer {key}"}
+    ).json()
+    assert report["requests"] == 1  # one attempt, not four
+    assert report["credits_used"] == 0
+
+
+def test_quota_running_out_midway(accounts_server: Server, clients: Clients) -> None:
+    cap = 200
+    key = clients.console(unique("midway")).token(quota_cap=cap)["key"]
+    client = clients.sdk(key)
+    served = 0
+    for _ in range(20):
+        try:
+            client.chat.completions.create(model=SMALL, messages=HI, max_tokens=20)
+        except openai.RateLimitError as exc:
+            assert exc.code == "insufficient_quota"
+            break
+        served += 1
+    else:
+        pytest.fail("the quota never ran out")
+    report = httpx.get(
+        accounts_server.base_url + "/v1/usage", headers={"authorization": f"Bearer {key}"}
+    ).json()
+    assert served >= 1
+    assert 0 <= report["credits_left"] <= cap - report["credits_used"]
+    assert report["credits_used"] <= cap
+
+
+def test_a_token_revoked_while_in_use(accounts_server: Server, clients: Clients) -> None:
+    console = clients.console(unique("inuse"))
+    created = console.token()
+    client = clients.sdk(created["key"])
+    stream = client.chat.completions.create(
+        model=SMALL,
+        messages=[{"role": "user", "content": "Count from 1 to 100."}],
+        max_tokens=60,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [next(stream)]
+    console.revoke(created["id"])
+    chunks.extend(stream)  # the request in flight finishes: it was authorised when it began
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
+
+
+def test_fifty_parallel_requests_never_overspend(accounts_server: Server, clients: Clients) -> None:
+    """50 requests at once on a token whose cap covers 10: the balance never goes below zero,
+    and the ledger agrees with the usage log to the credit."""
+    console = clients.console(unique("parallel"))
+    probe = clients.sdk(console.token()["key"]).chat.completions.create(
+        model=SMALL, messages=HI, max_tokens=8
+    )
+    assert probe.usage is not None
+    worst_case = probe.usage.prompt_tokens + 2 * 8  # prompt at 1 credit a token, 8 completion tokens at 2
+    cap = 10 * worst_case
+    created = console.token(quota_cap=cap)
+    body = {"model": SMALL, "messages": HI, "max_tokens": 8}
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=accounts_server.base_url,
+            headers={"authorization": f"Bearer {created['key']}"},
+            timeout=300,
+        ) as http:
+            return await asyncio.gather(*(http.post("/v1/chat/completions", json=body) for _ in range(50)))
+
+    responses = asyncio.run(fire())
+    codes = [r.status_code for r in responses]
+    assert codes.count(200) >= 10 and set(codes) <= {200, 429}, codes
+    assert all(r.json()["error"]["code"] == "insufficient_quota" for r in responses if r.status_code == 429)
+    httpx.get(
+        accounts_server.base_url + "/v1/usage", headers={"authorization": f"Bearer {created['key']}"}
+    )  # flushes
+
+    async def audit() -> tuple[int, int, int, int, int]:
+        db = database_of(accounts_server)
+        try:
+            async with db.sessions() as session:
+                token = await session.get(ApiToken, created["id"])
+                user = await session.get(User, console.user["id"])
+                assert token is not None and user is not None
+                net = await ledger.request_total(session, user_id=user.id)
+                logged = await usage.totals(session, user_id=user.id)
+                return token.spent, user.credits, net, logged.cost, logged.requests
+        finally:
+            await db.dispose()
+
+    spent, credits, net, logged_cost, logged_requests = asyncio.run(audit())
+    assert 0 <= spent <= cap
+    assert credits >= 0
+    assert logged_requests == 51  # the probe and the fifty
+    assert -net == logged_cost  # every credit the ledger took is in the usage log, and no more
+
+
+def test_users_cannot_touch_each_others_tokens(accounts_server: Server, clients: Clients) -> None:
+    alice, mallory = clients.console(unique("alice")), clients.console(unique("mallory"))
+    token = alice.token(name="alice-only")
+    assert mallory.http.get("/api/tokens").json()["data"] == []
+    assert mallory.revoke(token["id"]).status_code == 404
+    rename = mallory.http.patch(
+        f"/api/tokens/{token['id']}", json={"name": "pwned"}, headers={"x-csrf-token": mallory.csrf}
+    )
+    assert rename.status_code == 404
+    assert [t["name"] for t in alice.http.get("/api/tokens").json()["data"]] == ["alice-only"]
+    assert alice.http.get("/api/admin/users").status_code == 403
+
+
+def test_console_api_needs_a_session_and_the_csrf_token(accounts_server: Server, clients: Clients) -> None:
+    console = clients.console(unique("csrf"))
+    no_csrf = console.http.post("/api/tokens", json={"name": "x"})
+    assert no_csrf.status_code == 403 and no_csrf.json()["error"]["code"] == "csrf_failed"
+    wrong = console.http.post("/api/tokens", json={"name": "x"}, headers={"x-csrf-token": "nope"})
+    assert wrong.status_code == 403
+    with httpx.Client(base_url=accounts_server.base_url) as http:
+        anonymous = http.post("/api/tokens", json={"name": "x"})
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "not_signed_in"
+    assert console.http.get("/api/tokens").json()["data"] == []
+
+
+def test_sign_up_refuses_bad_input_and_duplicates(accounts_server: Server, clients: Clients) -> None:
+    http = clients.console(unique("first")).http
+    assert (
+        http.post("/api/signup", json={"email": "not-an-email", "password": "long enough"}).json()["error"][
+            "param"
+        ]
+        == "email"
+    )
+    assert (
+        http.post("/api/signup", json={"email": unique("short"), "password": "short"}).json()["error"][
+            "param"
+        ]
+        == "password"
+    )
+    email = unique("dup")
+    assert http.post("/api/signup", json={"email": email, "password": "long enough"}).status_code == 201
+    again = http.post("/api/signup", json={"email": email, "password": "long enough"})
+    assert again.status_code == 409
+    wrong = http.post("/api/login", json={"email": email, "password": "wrong password"})
+    assert wrong.status_code == 401
+
+
+def test_cli_keys_and_grants(accounts_server: Server, clients: Clients) -> None:
+    email = unique("cli")
+    key = accounts_server.cli("keys", "create", "--user", email, "--quota", "1000").strip().splitlines()[-1]
+    assert key.startswith("sk-")
+    assert "cap=1000" in accounts_server.cli("keys", "list", "--user", email)
+    assert "100500 credits" in accounts_server.cli("quota", "grant", "--user", email, "--credits", "500")
+    answer = clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
+    assert answer.choices[0].message.content is not None
+    accounts_server.cli("keys", "revoke", key[:10])
+    with pytest.raises(openai.AuthenticationError):
+        clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
