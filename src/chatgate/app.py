@@ -1,5 +1,6 @@
 """create_app(settings): builds storage, the catalogue's providers and the services, and wires the HTTP edge."""
 
+import hashlib
 import logging
 import secrets
 import time
@@ -8,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -15,12 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chatgate.api import accounts, chat, health, models, usage
 from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
 from chatgate.api.trace import TraceMiddleware
-from chatgate.config import Catalogue, Settings, load_catalogue
+from chatgate.config import Catalogue, Settings, UpstreamDeployment, load_catalogue
 from chatgate.errors import ChatgateError
 from chatgate.providers.base import Provider
 from chatgate.providers.local import assets
 from chatgate.providers.local.pool import ThreadBudget
 from chatgate.providers.local.provider import LocalProvider
+from chatgate.providers.upstream import UpstreamProvider
 from chatgate.services.accounts import AccountService
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry, Route
@@ -51,7 +54,7 @@ def master_key(settings: Settings) -> str:
 
 
 def build_registry(
-    settings: Settings, catalogue: Catalogue, progress: Progress | None = None
+    settings: Settings, catalogue: Catalogue, http: httpx.AsyncClient, progress: Progress | None = None
 ) -> ModelRegistry:
     routes: list[Route] = []
     aliases: dict[str, str] = {}
@@ -59,25 +62,41 @@ def build_registry(
     budget = ThreadBudget(settings.engine_threads)
     for entry in catalogue.models:
         deployment = entry.deployment
-        if deployment.asset is not None:
-            asset = assets.resolve(deployment.asset)
-            path = assets.ensure(asset, settings.models_path, progress)
-            fingerprint = "fp_" + asset.sha256[:10]
+        provider: Provider
+        if isinstance(deployment, UpstreamDeployment):
+            provider = UpstreamProvider(deployment, http)
+            fingerprint = (
+                "fp_" + hashlib.sha256(f"{deployment.base_url}|{deployment.model}".encode()).hexdigest()[:10]
+            )
         else:
-            assert deployment.path is not None
-            path = Path(deployment.path)
-            stat = path.stat()
-            fingerprint = f"fp_{stat.st_size:x}{stat.st_mtime_ns % 0xFFFF:x}"
-        provider: Provider = LocalProvider(
-            path=path,
-            deployment=deployment,
-            budget=budget,
-            max_queue=settings.max_queue,
-            fingerprint=fingerprint,
-        )
+            if deployment.asset is not None:
+                asset = assets.resolve(deployment.asset)
+                path = assets.ensure(asset, settings.models_path, progress)
+                fingerprint = "fp_" + asset.sha256[:10]
+            else:
+                assert deployment.path is not None
+                path = Path(deployment.path)
+                stat = path.stat()
+                fingerprint = f"fp_{stat.st_size:x}{stat.st_mtime_ns % 0xFFFF:x}"
+            provider = LocalProvider(
+                path=path,
+                deployment=deployment,
+                budget=budget,
+                max_queue=settings.max_queue,
+                fingerprint=fingerprint,
+            )
         routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price))
         aliases.update({alias: entry.name for alias in entry.aliases})
     return ModelRegistry(routes, aliases)
+
+
+def upstream_client() -> httpx.AsyncClient:
+    """The one pooled HTTP client every upstream call shares."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60),
+        timeout=httpx.Timeout(120.0, connect=10.0),
+        trust_env=False,
+    )
 
 
 @dataclass
@@ -106,14 +125,15 @@ def build_services(settings: Settings, registry: ModelRegistry) -> Services:
         ),
         accounts=AccountService(db, free_credits=settings.free_credits, session_hours=settings.session_hours),
         tokens=TokenService(db),
-        chat=ChatService(registry, QuotaService(db), limiter, recorder),
+        chat=ChatService(registry, QuotaService(db, flush_refunds=recorder.flush), limiter, recorder),
         usage=recorder,
         limiter=limiter,
     )
 
 
 def create_app(settings: Settings, *, progress: Progress | None = None) -> FastAPI:
-    registry = build_registry(settings, load_catalogue(settings.catalogue), progress)
+    http = upstream_client()
+    registry = build_registry(settings, load_catalogue(settings.catalogue), http, progress)
     services = build_services(settings, registry)
 
     @asynccontextmanager
@@ -130,6 +150,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             await services.usage.stop()
             await services.limiter.aclose()
             await services.db.dispose()
+            await http.aclose()
 
     app = FastAPI(title="chatgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings

@@ -51,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per upstream call
     app = create_app(settings, progress=_progress)
     names = ", ".join(m.id for m in app.state.services.registry.model_list().data)
     config = uvicorn.Config(
@@ -73,12 +74,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from chatgate.config import Settings, load_catalogue
+    from chatgate.config import LocalDeployment, Settings, load_catalogue
     from chatgate.providers.local import assets
 
     settings = Settings(**({"catalogue": args.config} if args.config else {}))
     names = args.asset or [
-        e.deployment.asset for e in load_catalogue(settings.catalogue).models if e.deployment.asset
+        e.deployment.asset
+        for e in load_catalogue(settings.catalogue).models
+        if isinstance(e.deployment, LocalDeployment) and e.deployment.asset
     ]
     for name in names:
         path = assets.ensure(assets.resolve(name), settings.models_path, _progress)

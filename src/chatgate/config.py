@@ -2,10 +2,19 @@
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatgate.errors import ConfigError
@@ -80,6 +89,35 @@ class Price(BaseModel):
     completion: int = Field(default=1_000_000, ge=0)
 
 
+class UpstreamDeployment(BaseModel):
+    """A model served by an OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp's server...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openai_compatible"]
+    base_url: str = Field(pattern=r"^https?://")
+    model: str = Field(min_length=1)  # the upstream's name for it
+    api_key_env: str | None = None  # the environment variable holding the upstream key
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=120.0, gt=0)  # seconds to the first byte, and between bytes after
+    max_tokens: int = Field(default=4096, ge=1)  # assumed when a request sets none, for reserving credits
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+def _deployment_kind(value: object) -> str:
+    kind = value.get("kind", "local") if isinstance(value, dict) else getattr(value, "kind", "local")
+    return str(kind)
+
+
+# `kind` may be left out for the local engine, the default.
+Deployment = Annotated[
+    Annotated[LocalDeployment, Tag("local")] | Annotated[UpstreamDeployment, Tag("openai_compatible")],
+    Discriminator(_deployment_kind),
+]
+
+
 class CatalogueEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,7 +125,7 @@ class CatalogueEntry(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     owned_by: str = "chatgate"
     price: Price = Field(default_factory=Price)
-    deployment: LocalDeployment
+    deployment: Deployment
 
 
 class Catalogue(BaseModel):

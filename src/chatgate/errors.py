@@ -90,6 +90,24 @@ class EngineFailure(ChatgateError):
     code = "engine_error"
 
 
+class UpstreamRefused(ChatgateError):
+    """An upstream answered 4xx; its status and message are kept (a 429 stays a 429)."""
+
+    def __init__(self, message: str, *, status: int, code: str | None, param: str | None = None) -> None:
+        super().__init__(message, param=param, code=code or "upstream_error")
+        self.status = status
+
+
+class UpstreamFailed(ChatgateError):
+    """An upstream failed (5xx, a broken connection or stream, bad JSON)."""
+
+    code = "upstream_error"
+
+
+class UpstreamTimeout(ChatgateError):
+    code = "upstream_timeout"
+
+
 class AssetError(ChatgateError):
     """A model file is missing, incomplete or fails its checksum."""
 

@@ -23,6 +23,9 @@ from chatgate.errors import (
     ModelNotFound,
     NotFound,
     RateLimited,
+    UpstreamFailed,
+    UpstreamRefused,
+    UpstreamTimeout,
 )
 from chatgate.protocol.errors import ErrorBody, ErrorEnvelope
 
@@ -40,11 +43,17 @@ ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
     RateLimited: (429, "rate_limit_error"),
     InsufficientQuota: (429, "insufficient_quota"),
     EngineFailure: (500, "api_error"),
+    UpstreamFailed: (502, "api_error"),
+    UpstreamTimeout: (504, "api_error"),
 }
+# An upstream's own refusal keeps its status; its type follows from the status.
+_UPSTREAM_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 INTERNAL = (500, "api_error")
 
 
 def status_and_type(exc: ChatgateError) -> tuple[int, str]:
+    if isinstance(exc, UpstreamRefused):
+        return exc.status, _UPSTREAM_TYPES.get(exc.status, "invalid_request_error")
     for cls in type(exc).__mro__:
         if cls in ERRORS:
             return ERRORS[cls]

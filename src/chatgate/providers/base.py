@@ -51,7 +51,15 @@ class Finished:
     index: int = 0
 
 
-ProviderEvent = Started | Running | TextDelta | ToolCallDelta | Finished
+@dataclass(frozen=True)
+class UsageReport:
+    """Exact counts for the whole request, when the engine reports them only at the end (upstreams)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+ProviderEvent = Started | Running | TextDelta | ToolCallDelta | Finished | UsageReport
 
 
 @dataclass
@@ -95,11 +103,16 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
     """Drain a provider stream into one completion with every choice."""
     choices: dict[int, ChoiceResult] = {}
     prompt_tokens = completion_tokens = 0
+    reported = False
     async for event in events:
         if isinstance(event, Started):
             prompt_tokens = event.prompt_tokens
             continue
         if isinstance(event, Running):
+            continue
+        if isinstance(event, UsageReport):
+            prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
+            reported = True
             continue
         choice = choices.setdefault(event.index, ChoiceResult())
         if isinstance(event, TextDelta):
@@ -113,5 +126,6 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
             choice.tool_calls[event.call_index].function.arguments += event.arguments
         else:
             choice.reason = event.reason
-            completion_tokens += event.completion_tokens
+            if not reported:
+                completion_tokens += event.completion_tokens
     return Completion([choices[i] for i in sorted(choices)], prompt_tokens, completion_tokens)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from chatgate.errors import AuthError, TokenMismatch
 from chatgate.storage import tokens
 from chatgate.storage.database import Database
+from chatgate.storage.fastpath import TokenRow
 
 
 def hash_secret(secret: str) -> str:
@@ -62,23 +63,40 @@ class AuthService:
         if hmac.compare_digest(secret.encode(), self._master):
             return MASTER
         digest = hash_secret(secret)
-        async with self._db.sessions() as session:
-            found = await tokens.with_owner_by_hash(session, secret_hash=digest)
-        if found is None or not hmac.compare_digest(found[0].secret_hash, digest):
+        row = await self._lookup(digest)
+        if row is None:
             raise AuthError("Incorrect API key provided.")
-        token, user = found
-        if token.revoked_at is not None:
+        if row.revoked:
             raise AuthError("This API key has been revoked.")
-        if token.expires_at is not None and _aware(token.expires_at) <= datetime.now(UTC):
+        if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(UTC):
             raise AuthError("This API key has expired.")
-        if user.disabled:
+        if row.user_disabled:
             raise AuthError("This account is disabled.")
         return Principal(
-            user_id=user.id,
+            user_id=row.user_id,
+            token_id=row.token_id,
+            allowed_models=tuple(row.allowed_models) if row.allowed_models is not None else None,
+            rpm_limit=row.rpm_limit if row.rpm_limit is not None else self._default_rpm,
+            tpm_limit=row.tpm_limit if row.tpm_limit is not None else self._default_tpm,
+        )
+
+    async def _lookup(self, digest: str) -> TokenRow | None:
+        if self._db.fast is not None:
+            return await self._db.fast.token(digest)
+        async with self._db.sessions() as session:
+            found = await tokens.with_owner_by_hash(session, secret_hash=digest)
+        if found is None:
+            return None
+        token, user = found
+        return TokenRow(
             token_id=token.id,
-            allowed_models=tuple(token.allowed_models) if token.allowed_models is not None else None,
-            rpm_limit=token.rpm_limit if token.rpm_limit is not None else self._default_rpm,
-            tpm_limit=token.tpm_limit if token.tpm_limit is not None else self._default_tpm,
+            user_id=user.id,
+            revoked=token.revoked_at is not None,
+            expires_at=token.expires_at,
+            allowed_models=token.allowed_models,
+            rpm_limit=token.rpm_limit,
+            tpm_limit=token.tpm_limit,
+            user_disabled=user.disabled,
         )
 
 

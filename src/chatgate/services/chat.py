@@ -28,6 +28,7 @@ from chatgate.providers.base import (
     Running,
     Started,
     TextDelta,
+    UsageReport,
     collect,
 )
 from chatgate.providers.base import ToolCallDelta as ToolPiece
@@ -106,6 +107,7 @@ class Admitted:
 class Tally:
     delivered: int = 0  # completion tokens in the deltas sent so far
     completion: int = 0  # completion tokens of the choices that finished
+    reported: UsageReport | None = None  # exact totals, from engines that count at the end
 
 
 class ChatService:
@@ -126,6 +128,8 @@ class ChatService:
         except BaseException as exc:
             await self._settle(caller, admitted, 0, "error", _code(exc))
             raise
+        if result.prompt_tokens:  # the engine's exact count replaces the estimate reserved on
+            admitted.prompt_tokens = result.prompt_tokens
         await self._settle(caller, admitted, result.completion_tokens, "ok", None)
         wants_logprobs = bool(request.logprobs)
         completion = ChatCompletion(
@@ -187,9 +191,10 @@ class ChatService:
                 running = await anext(events)
                 if not isinstance(running, Running):
                     raise RuntimeError(f"provider sent {running!r} before Running")
-            except BaseException as exc:
+            except BaseException:
                 await events.aclose()
-                await self._settle(caller, admitted, 0, "error", _code(exc), record=False)
+                # Nothing ran: give back the whole reservation; the refusal itself is logged below.
+                self.usage.refund(self.quota.settle(admitted.reservation, 0, 0)[1])
                 raise
         except ChatgateError as exc:
             self._record(caller, model, started, 0, 0, 0, "error", exc.code)
@@ -216,34 +221,28 @@ class ChatService:
             await self._settle(caller, admitted, used, status, code)
 
     async def _settle(
-        self,
-        caller: Caller,
-        admitted: Admitted,
-        completion_tokens: int,
-        status: str,
-        code: str | None,
-        *,
-        record: bool = True,
+        self, caller: Caller, admitted: Admitted, completion_tokens: int, status: str, code: str | None
     ) -> None:
         """Charge the real use, release the rest of the reservation, count tokens, log the request.
 
         Shielded: it must finish even when the request's task is being cancelled (a disconnect).
         """
         prompt_tokens = admitted.prompt_tokens if completion_tokens or status == "ok" else 0
+        charged, refund = self.quota.settle(admitted.reservation, prompt_tokens, completion_tokens)
         with anyio.CancelScope(shield=True):
-            charged = await self.quota.settle(admitted.reservation, prompt_tokens, completion_tokens)
             await self.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
-        if record:
-            self._record(
-                caller,
-                admitted.route.name,
-                admitted.started,
-                prompt_tokens,
-                completion_tokens,
-                charged,
-                status,
-                code,
-            )
+        self.usage.record(
+            trace_id=caller.trace_id,
+            principal=caller.principal,
+            model=admitted.route.name,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=charged,
+            latency_ms=int((time.monotonic() - admitted.started) * 1000),
+            status=status,
+            error_code=code,
+            refund=refund,
+        )
 
     def _record(
         self,
@@ -290,6 +289,10 @@ class ChatService:
             async for event in events:
                 if isinstance(event, Started | Running):
                     continue
+                if isinstance(event, UsageReport):
+                    tally.reported = event
+                    admitted.prompt_tokens = event.prompt_tokens
+                    continue
                 if event.index not in opened:
                     opened.add(event.index)
                     yield chunk([ChunkChoice(index=event.index, delta=Delta(role="assistant", content=""))])
@@ -306,6 +309,8 @@ class ChatService:
                 elif isinstance(event, Finished):
                     tally.completion += event.completion_tokens
                     yield chunk([ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)])
+            if tally.reported is not None:
+                tally.completion = tally.reported.completion_tokens
             if include_usage:
                 yield chunk([], _usage(admitted.prompt_tokens, tally.completion))
         finally:

@@ -4,6 +4,8 @@ Balances are integer credits; prices are credits per million tokens, rounded up 
 The master key is not metered.
 """
 
+import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -13,6 +15,7 @@ from chatgate.errors import Conflict, InsufficientQuota
 from chatgate.services.auth import Principal
 from chatgate.storage import ledger
 from chatgate.storage.database import Database
+from chatgate.storage.ledger import Refund
 
 PER = 1_000_000
 
@@ -30,9 +33,24 @@ class Reservation:
     amount: int
 
 
+def _insufficient(amount: int) -> InsufficientQuota:
+    return InsufficientQuota(
+        f"You exceeded your current quota: this request could cost up to {amount} credits, more than the "
+        "balance (or this token's cap) has left. Lower max_tokens or add credits."
+    )
+
+
+def _duplicate(trace_id: str) -> Conflict:
+    return Conflict(
+        f"A request with id {trace_id} was already charged; send a new x-request-id.",
+        code="duplicate_request",
+    )
+
+
 class QuotaService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, flush_refunds: Callable[[], Awaitable[None]] | None = None) -> None:
         self._db = db
+        self._flush_refunds = flush_refunds
 
     async def reserve(
         self,
@@ -47,6 +65,27 @@ class QuotaService:
         if principal.user_id is None:
             return reservation
         try:
+            await self._take(principal, trace_id, amount)
+        except InsufficientQuota:
+            if self._flush_refunds is None:
+                raise
+            await self._flush_refunds()  # credits still waiting to be given back may cover it
+            await self._take(principal, trace_id, amount)
+        return reservation
+
+    async def _take(self, principal: Principal, trace_id: str, amount: int) -> None:
+        assert principal.user_id is not None
+        if self._db.fast is not None:
+            try:
+                covered = await self._db.fast.reserve(
+                    user_id=principal.user_id, token_id=principal.token_id, trace_id=trace_id, amount=amount
+                )
+            except sqlite3.IntegrityError as exc:
+                raise _duplicate(trace_id) from exc
+            if not covered:
+                raise _insufficient(amount)
+            return
+        try:
             async with self._db.transaction() as session:
                 covered = await ledger.reserve(
                     session,
@@ -56,29 +95,24 @@ class QuotaService:
                     amount=amount,
                 )
                 if not covered:
-                    raise InsufficientQuota(
-                        f"You exceeded your current quota: this request could cost up to {amount} credits, more "
-                        "than the balance (or this token's cap) has left. Lower max_tokens or add credits."
-                    )
+                    raise _insufficient(amount)
         except IntegrityError as exc:
-            raise Conflict(
-                f"A request with id {trace_id} was already charged; send a new x-request-id.",
-                code="duplicate_request",
-            ) from exc
-        return reservation
+            raise _duplicate(trace_id) from exc
 
-    async def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> int:
-        """Charge what was used (at most what was reserved), give back the rest; returns the charge."""
-        charged = min(cost(reservation.price, prompt_tokens, completion_tokens), reservation.amount)
+    def settle(
+        self, reservation: Reservation, prompt_tokens: int, completion_tokens: int
+    ) -> tuple[int, Refund | None]:
+        """The charge for what was used (at most what was reserved) and the refund of the rest.
+
+        The refund is applied later, in a batch (see UsageRecorder): giving back late never
+        lets anyone overspend.
+        """
+        full = cost(reservation.price, prompt_tokens, completion_tokens)
         principal = reservation.principal
         if principal.user_id is None:
-            return cost(reservation.price, prompt_tokens, completion_tokens)
-        async with self._db.transaction() as session:
-            await ledger.settle(
-                session,
-                user_id=principal.user_id,
-                token_id=principal.token_id,
-                trace_id=reservation.trace_id,
-                refund=reservation.amount - charged,
-            )
-        return charged
+            return full, None
+        charged = min(full, reservation.amount)
+        refund = Refund(
+            principal.user_id, principal.token_id, reservation.trace_id, reservation.amount - charged
+        )
+        return charged, refund

@@ -1,4 +1,4 @@
-"""The usage log: one row per request, buffered and written in batches off the request path."""
+"""The usage log and credit refunds: buffered per request, written together in batches off the request path."""
 
 import asyncio
 import contextlib
@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chatgate.services.auth import Principal
-from chatgate.storage import tokens, usage, users
+from chatgate.storage import ledger, tokens, usage, users
 from chatgate.storage.database import Database
+from chatgate.storage.ledger import Refund
 
 log = logging.getLogger("chatgate.usage")
 MAX_BUFFER = 100_000
@@ -20,6 +21,7 @@ class UsageRecorder:
         self._db = db
         self._flush_seconds = flush_seconds
         self._rows: list[dict[str, Any]] = []
+        self._refunds: list[Refund] = []
         self._last_used: dict[int, datetime] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -36,8 +38,12 @@ class UsageRecorder:
         latency_ms: int,
         status: str,
         error_code: str | None,
+        refund: Refund | None = None,
     ) -> None:
+        """Queue the request's usage row and its credit refund; both are written in the next batch."""
         now = datetime.now(UTC)
+        if refund is not None:
+            self._refunds.append(refund)
         self._rows.append(
             {
                 "trace_id": trace_id,
@@ -57,21 +63,31 @@ class UsageRecorder:
         if principal.token_id is not None:
             self._last_used[principal.token_id] = now
         if len(self._rows) > MAX_BUFFER:  # the database has been unreachable for a long time
-            del self._rows[: len(self._rows) - MAX_BUFFER]
+            del self._rows[: len(self._rows) - MAX_BUFFER]  # refunds are kept: they are owed
+
+    def refund(self, refund: Refund | None) -> None:
+        """Queue a refund that has no usage row of its own."""
+        if refund is not None:
+            self._refunds.append(refund)
 
     async def flush(self) -> None:
         async with self._lock:
             rows, self._rows = self._rows, []
+            refunds, self._refunds = self._refunds, []
             last_used, self._last_used = self._last_used, {}
-            if not rows and not last_used:
+            if not rows and not refunds and not last_used:
                 return
             try:
                 async with self._db.transaction() as session:
+                    await ledger.settle_many(session, refunds=refunds)
                     await usage.insert_many(session, rows=rows)
                     await tokens.touch(session, last_used=last_used)
             except Exception:
-                log.exception("could not write %d usage rows; will retry", len(rows))
+                log.exception(
+                    "could not write %d usage rows and %d refunds; will retry", len(rows), len(refunds)
+                )
                 self._rows[:0] = rows
+                self._refunds[:0] = refunds
                 self._last_used = {**last_used, **self._last_used}
 
     async def start(self) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from chatgate.errors import ConfigError
+from chatgate.storage.fastpath import SqliteFastPath
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -41,8 +42,11 @@ class Database:
         else:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **options)
+        self.fast: SqliteFastPath | None = None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            if parsed.database and parsed.database != ":memory:":
+                self.fast = SqliteFastPath(parsed.database)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -65,6 +69,8 @@ class Database:
             )
 
     async def dispose(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
         await self.engine.dispose()
 
 

@@ -1,11 +1,15 @@
 """Credit movements: atomic reservations against the balance and the token's cap, and settlements.
 
 Each function runs inside the caller's transaction; a reservation that cannot be covered changes
-nothing. Every movement is a ledger row keyed by (trace id, kind), so a repeated trace id is refused
+nothing. Settlements only give credits back, so they can be applied later, in batches, without
+any risk of overspending. Every movement is a ledger row keyed by (trace id, kind), so a repeated trace id is refused
 instead of charged twice.
 """
 
-from sqlalchemy import func, select, update
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatgate.storage.tables import ApiToken, LedgerEntry, User
@@ -49,25 +53,50 @@ async def reserve(
     return True
 
 
-async def settle(
-    session: AsyncSession, *, user_id: int, token_id: int | None, trace_id: str, refund: int
-) -> None:
-    """Give back what a reservation did not use."""
-    if refund:
-        await session.execute(update(User).where(User.id == user_id).values(credits=User.credits + refund))
-        if token_id is not None:
+@dataclass(frozen=True)
+class Refund:
+    """What a settled request gives back of its reservation (0 when it used it all)."""
+
+    user_id: int
+    token_id: int | None
+    trace_id: str
+    amount: int
+
+
+async def settle_many(session: AsyncSession, *, refunds: list[Refund]) -> None:
+    """Apply many settlements at once: one update per user and per token, one insert for the rows."""
+    if not refunds:
+        return
+    per_user: dict[int, int] = defaultdict(int)
+    per_token: dict[int, int] = defaultdict(int)
+    for refund in refunds:
+        per_user[refund.user_id] += refund.amount
+        if refund.token_id is not None:
+            per_token[refund.token_id] += refund.amount
+    for user_id, amount in per_user.items():
+        if amount:
             await session.execute(
-                update(ApiToken).where(ApiToken.id == token_id).values(spent=ApiToken.spent - refund)
+                update(User).where(User.id == user_id).values(credits=User.credits + amount)
             )
-    session.add(
-        LedgerEntry(
-            trace_id=trace_id,
-            kind="settle",
-            user_id=user_id,
-            token_id=token_id,
-            amount=refund,
-            created_at=now(),
-        )
+    for token_id, amount in per_token.items():
+        if amount:
+            await session.execute(
+                update(ApiToken).where(ApiToken.id == token_id).values(spent=ApiToken.spent - amount)
+            )
+    created = now()
+    await session.execute(
+        insert(LedgerEntry),
+        [
+            {
+                "trace_id": r.trace_id,
+                "kind": "settle",
+                "user_id": r.user_id,
+                "token_id": r.token_id,
+                "amount": r.amount,
+                "created_at": created,
+            }
+            for r in refunds
+        ],
     )
 
 

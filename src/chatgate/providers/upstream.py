@@ -1,0 +1,184 @@
+"""An OpenAI-compatible upstream as a Provider: one pooled HTTP client, streamed relay, exact usage.
+
+Every call is made as a stream with ``stream_options.include_usage`` so usage is exact and output
+reaches the client as it arrives; a non-streamed request is assembled from that stream. Upstream
+4xx keep their status and message; 5xx, broken streams and bad JSON become UpstreamFailed, time-outs
+UpstreamTimeout. Nothing is retried here once output has started.
+"""
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from chatgate.config import UpstreamDeployment
+from chatgate.errors import UpstreamFailed, UpstreamRefused, UpstreamTimeout
+from chatgate.protocol.messages import text_of
+from chatgate.protocol.requests import ChatCompletionRequest
+from chatgate.protocol.responses import FinishReason, TokenLogprob
+from chatgate.providers.base import (
+    Completion,
+    Finished,
+    ProviderEvent,
+    Running,
+    Started,
+    TextDelta,
+    ToolCallDelta,
+    UsageReport,
+    collect,
+)
+
+PER_MESSAGE_OVERHEAD = 8
+FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+
+
+def prompt_bound(request: ChatCompletionRequest) -> int:
+    """An upper bound on the prompt's tokens without the upstream's tokenizer: a token is at least a byte."""
+    size = sum(len(text_of(m).encode()) + PER_MESSAGE_OVERHEAD for m in request.messages)
+    if request.tools:
+        size += len(json.dumps([t.model_dump() for t in request.tools]).encode())
+    return size
+
+
+class UpstreamProvider:
+    def __init__(self, deployment: UpstreamDeployment, client: httpx.AsyncClient) -> None:
+        self.deployment = deployment
+        self._client = client
+        self._url = deployment.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"content-type": "application/json", **deployment.headers}
+        key = deployment.api_key()
+        if key:
+            self._headers["authorization"] = f"Bearer {key}"
+        self.in_flight = 0
+        self.failures = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None  # the shared client is closed by whoever built it
+
+    def stats(self) -> dict[str, int]:
+        return {"in_flight": self.in_flight, "failures": self.failures}
+
+    async def complete(self, request: ChatCompletionRequest) -> Completion:
+        return await collect(self.stream(request))
+
+    def _body(self, request: ChatCompletionRequest) -> dict[str, Any]:
+        body: dict[str, Any] = request.model_dump(mode="json", exclude_none=True, by_alias=True)
+        body["model"] = self.deployment.model
+        body["stream"] = True
+        body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        return body
+
+    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
+        limit = request.token_limit or self.deployment.max_tokens
+        yield Started(prompt_tokens=prompt_bound(request), max_completion_tokens=limit * (request.n or 1))
+        self.in_flight += 1
+        try:
+            upstream = self._client.build_request(
+                "POST",
+                self._url,
+                json=self._body(request),
+                headers=self._headers,
+                timeout=self.deployment.timeout,
+            )
+            try:
+                response = await self._client.send(upstream, stream=True)
+            except httpx.TimeoutException as exc:
+                self.failures += 1
+                raise UpstreamTimeout("The upstream did not answer in time.") from exc
+            except httpx.HTTPError as exc:
+                self.failures += 1
+                raise UpstreamFailed(f"Could not reach the upstream: {type(exc).__name__}.") from exc
+            try:
+                if response.status_code >= 400:
+                    await self._refuse(response)
+                yield Running()
+                async for event in self._events(response):
+                    yield event
+            finally:
+                await response.aclose()
+        finally:
+            self.in_flight -= 1
+
+    async def _refuse(self, response: httpx.Response) -> None:
+        raw = await response.aread()
+        error: dict[str, Any] = {}
+        try:
+            parsed = json.loads(raw)
+            error = parsed.get("error", {}) if isinstance(parsed, dict) else {}
+            error = error if isinstance(error, dict) else {"message": str(error)}
+        except ValueError:
+            pass
+        message = str(error.get("message") or raw[:300].decode(errors="replace") or "no message")
+        if response.status_code >= 500:
+            self.failures += 1
+            raise UpstreamFailed(f"The upstream failed with status {response.status_code}: {message}")
+        raise UpstreamRefused(
+            message,
+            status=response.status_code,
+            code=error.get("code") if isinstance(error.get("code"), str) else None,
+            param=error.get("param") if isinstance(error.get("param"), str) else None,
+        )
+
+    async def _events(self, response: httpx.Response) -> AsyncGenerator[ProviderEvent, None]:
+        done = False
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(payload)
+                except ValueError as exc:
+                    raise UpstreamFailed("The upstream sent malformed JSON in its stream.") from exc
+                if "error" in chunk:
+                    raise UpstreamFailed(f"The upstream failed mid-stream: {chunk['error']}")
+                for event in _chunk_events(chunk):
+                    yield event
+        except httpx.TimeoutException as exc:
+            self.failures += 1
+            raise UpstreamTimeout("The upstream stalled mid-stream.") from exc
+        except httpx.HTTPError as exc:
+            self.failures += 1
+            raise UpstreamFailed("The upstream's stream broke off.") from exc
+        if not done:
+            self.failures += 1
+            raise UpstreamFailed("The upstream's stream ended without [DONE].")
+
+
+def _chunk_events(chunk: dict[str, Any]) -> list[ProviderEvent]:
+    events: list[ProviderEvent] = []
+    for choice in chunk.get("choices") or []:
+        index = int(choice.get("index", 0))
+        delta = choice.get("delta") or {}
+        logprobs = (choice.get("logprobs") or {}).get("content")
+        content = delta.get("content")
+        if content or logprobs:
+            parsed = [TokenLogprob.model_validate(t) for t in logprobs] if logprobs else None
+            events.append(TextDelta(content or "", index, parsed, tokens=1))
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") or {}
+            events.append(
+                ToolCallDelta(
+                    call_index=int(call.get("index", 0)),
+                    arguments=function.get("arguments") or "",
+                    call_id=call.get("id"),
+                    name=function.get("name"),
+                    index=index,
+                    tokens=1,
+                )
+            )
+        reason = choice.get("finish_reason")
+        if reason:
+            final: FinishReason = reason if reason in FINISH_REASONS else "stop"
+            events.append(Finished(final, 0, 0, index))
+    usage = chunk.get("usage")
+    if usage:
+        events.append(UsageReport(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))))
+    return events

@@ -1,0 +1,119 @@
+"""The two queries on every request's path, each in one round trip, for SQLite.
+
+Through SQLAlchemy and aiosqlite every statement is a hop to a worker thread and back, so a
+three-statement reservation costs about 1.1 ms; run as one function on a thread that owns its
+own sqlite3 connection it costs about 0.26 ms (measured on the project machine). Only these
+two queries take this path; everything else, and every query on PostgreSQL, goes through
+SQLAlchemy.
+"""
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back the same.
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    token_id: int
+    user_id: int
+    revoked: bool
+    expires_at: datetime | None
+    allowed_models: list[str] | None
+    rpm_limit: int | None
+    tpm_limit: int | None
+    user_disabled: bool
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+class SqliteFastPath:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-fastpath")
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:  # created on, and used only by, the executor's one thread
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, work: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: work(self._connection(), *args))
+
+    async def token(self, secret_hash: str) -> TokenRow | None:
+        return await self._run(_token, secret_hash)  # type: ignore[no-any-return]
+
+    async def reserve(self, *, user_id: int, token_id: int | None, trace_id: str, amount: int) -> bool:
+        return await self._run(_reserve, user_id, token_id, trace_id, amount)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+
+        self._executor.submit(shut).result()
+        self._executor.shutdown()
+
+
+def _token(conn: sqlite3.Connection, secret_hash: str) -> TokenRow | None:
+    row = conn.execute(
+        "SELECT t.id, t.user_id, t.revoked_at, t.expires_at, t.allowed_models, t.rpm_limit, t.tpm_limit, u.disabled"
+        " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = ?",
+        (secret_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    return TokenRow(
+        token_id=row[0],
+        user_id=row[1],
+        revoked=row[2] is not None,
+        expires_at=_parse_time(row[3]),
+        allowed_models=json.loads(row[4]) if row[4] is not None else None,
+        rpm_limit=row[5],
+        tpm_limit=row[6],
+        user_disabled=bool(row[7]),
+    )
+
+
+def _reserve(
+    conn: sqlite3.Connection, user_id: int, token_id: int | None, trace_id: str, amount: int
+) -> bool:
+    """The same rule as ledger.reserve: the balance and the token's cap both cover it, or nothing changes."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        taken = conn.execute(
+            "UPDATE users SET credits = credits - ? WHERE id = ? AND credits >= ?", (amount, user_id, amount)
+        ).rowcount
+        if taken and token_id is not None:
+            taken = conn.execute(
+                "UPDATE api_tokens SET spent = spent + ? WHERE id = ? AND (quota_cap IS NULL OR spent + ? <= quota_cap)",
+                (amount, token_id, amount),
+            ).rowcount
+        if not taken:
+            conn.execute("ROLLBACK")
+            return False
+        conn.execute(
+            "INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at) VALUES (?, 'reserve', ?, ?, ?, ?)",
+            (trace_id, user_id, token_id, -amount, datetime.now(UTC).strftime(_SQLITE_TIME)),
+        )
+        conn.execute("COMMIT")
+        return True
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
