@@ -17,12 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chatgate.api import accounts, chat, health, models, usage
 from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
 from chatgate.api.trace import TraceMiddleware
-from chatgate.config import Catalogue, Settings, UpstreamDeployment, load_catalogue
+from chatgate.config import Catalogue, LocalDeployment, Settings, UpstreamDeployment, effective_catalogue
 from chatgate.errors import ChatgateError
 from chatgate.providers.base import Provider
 from chatgate.providers.local import assets
 from chatgate.providers.local.pool import ThreadBudget
 from chatgate.providers.local.provider import LocalProvider
+from chatgate.providers.router import Deployment, RouterProvider
 from chatgate.providers.upstream import UpstreamProvider
 from chatgate.services.accounts import AccountService
 from chatgate.services.auth import AuthService
@@ -61,33 +62,56 @@ def build_registry(
     created = int(time.time())
     budget = ThreadBudget(settings.engine_threads)
     for entry in catalogue.models:
-        deployment = entry.deployment
+        built = [_provider(settings, d, http, budget, progress) for d in entry.all_deployments]
         provider: Provider
-        if isinstance(deployment, UpstreamDeployment):
-            provider = UpstreamProvider(deployment, http)
-            fingerprint = (
-                "fp_" + hashlib.sha256(f"{deployment.base_url}|{deployment.model}".encode()).hexdigest()[:10]
-            )
+        if len(built) == 1 and isinstance(built[0][0], LocalProvider):
+            provider, fingerprint = built[0]
         else:
-            if deployment.asset is not None:
-                asset = assets.resolve(deployment.asset)
-                path = assets.ensure(asset, settings.models_path, progress)
-                fingerprint = "fp_" + asset.sha256[:10]
-            else:
-                assert deployment.path is not None
-                path = Path(deployment.path)
-                stat = path.stat()
-                fingerprint = f"fp_{stat.st_size:x}{stat.st_mtime_ns % 0xFFFF:x}"
-            provider = LocalProvider(
-                path=path,
-                deployment=deployment,
-                budget=budget,
-                max_queue=settings.max_queue,
-                fingerprint=fingerprint,
-            )
+            deployments = [
+                Deployment(name=_name(d, p), provider=p, weight=d.weight, max_concurrency=_limit(d))
+                for d, (p, _) in zip(entry.all_deployments, built, strict=True)
+            ]
+            provider = RouterProvider(deployments, retries=entry.retries)
+            fingerprint = built[0][1]
         routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price))
         aliases.update({alias: entry.name for alias in entry.aliases})
     return ModelRegistry(routes, aliases)
+
+
+def _provider(
+    settings: Settings,
+    deployment: LocalDeployment | UpstreamDeployment,
+    http: httpx.AsyncClient,
+    budget: ThreadBudget,
+    progress: Progress | None,
+) -> tuple[Provider, str]:
+    """A deployment's provider and its system fingerprint."""
+    if isinstance(deployment, UpstreamDeployment):
+        digest = hashlib.sha256(f"{deployment.base_url}|{deployment.model}".encode()).hexdigest()
+        return UpstreamProvider(deployment, http), "fp_" + digest[:10]
+    if deployment.asset is not None:
+        asset = assets.resolve(deployment.asset)
+        path = assets.ensure(asset, settings.models_path, progress)
+        fingerprint = "fp_" + asset.sha256[:10]
+    else:
+        assert deployment.path is not None
+        path = Path(deployment.path)
+        stat = path.stat()
+        fingerprint = f"fp_{stat.st_size:x}{stat.st_mtime_ns % 0xFFFF:x}"
+    local = LocalProvider(
+        path=path, deployment=deployment, budget=budget, max_queue=settings.max_queue, fingerprint=fingerprint
+    )
+    return local, fingerprint
+
+
+def _name(deployment: LocalDeployment | UpstreamDeployment, provider: Provider) -> str:
+    if isinstance(provider, UpstreamProvider):
+        return provider.name
+    return f"local:{deployment.asset or deployment.path}" if isinstance(deployment, LocalDeployment) else "?"
+
+
+def _limit(deployment: LocalDeployment | UpstreamDeployment) -> int | None:
+    return deployment.max_concurrency if isinstance(deployment, UpstreamDeployment) else None
 
 
 def upstream_client() -> httpx.AsyncClient:
@@ -133,7 +157,7 @@ def build_services(settings: Settings, registry: ModelRegistry) -> Services:
 
 def create_app(settings: Settings, *, progress: Progress | None = None) -> FastAPI:
     http = upstream_client()
-    registry = build_registry(settings, load_catalogue(settings.catalogue), http, progress)
+    registry = build_registry(settings, effective_catalogue(settings), http, progress)
     services = build_services(settings, registry)
 
     @asynccontextmanager

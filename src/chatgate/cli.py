@@ -52,6 +52,11 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per upstream call
+    requests_log = logging.getLogger("chatgate.requests")  # one JSON line per request, as is
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    requests_log.addHandler(handler)
+    requests_log.propagate = False
     app = create_app(settings, progress=_progress)
     names = ", ".join(m.id for m in app.state.services.registry.model_list().data)
     config = uvicorn.Config(

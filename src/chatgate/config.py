@@ -72,6 +72,7 @@ class LocalDeployment(BaseModel):
     path: Path | None = None
     context_length: int = Field(default=4096, ge=128)
     instances: int = Field(default=2, ge=1, le=16)
+    weight: int = Field(default=1, ge=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> "LocalDeployment":
@@ -101,6 +102,8 @@ class UpstreamDeployment(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=120.0, gt=0)  # seconds to the first byte, and between bytes after
     max_tokens: int = Field(default=4096, ge=1)  # assumed when a request sets none, for reserving credits
+    weight: int = Field(default=1, ge=0)  # share of traffic among a model's deployments
+    max_concurrency: int | None = Field(default=None, ge=1)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -125,7 +128,19 @@ class CatalogueEntry(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     owned_by: str = "chatgate"
     price: Price = Field(default_factory=Price)
-    deployment: Deployment
+    deployment: Deployment | None = None
+    deployments: list[Deployment] = Field(default_factory=list)
+    retries: int = Field(default=2, ge=0, le=10)  # extra attempts before the first byte, across deployments
+
+    @model_validator(mode="after")
+    def _some_deployment(self) -> "CatalogueEntry":
+        if (self.deployment is None) == (not self.deployments):
+            raise ValueError(f"model {self.name!r} names either one 'deployment' or a list of 'deployments'")
+        return self
+
+    @property
+    def all_deployments(self) -> list[LocalDeployment | UpstreamDeployment]:
+        return [self.deployment] if self.deployment is not None else list(self.deployments)
 
 
 class Catalogue(BaseModel):
@@ -156,3 +171,38 @@ def load_catalogue(path: Path) -> Catalogue:
         return Catalogue.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"model catalogue {path} is invalid: {exc}") from exc
+
+
+# OpenAI's chat models and list prices (USD per million tokens, prompt and completion). With the
+# convention 1 credit = $0.000001, a price in credits per million tokens is the USD price x 1e6.
+OPENAI_MODELS: dict[str, tuple[float, float, list[str]]] = {
+    "gpt-4o": (2.50, 10.00, ["gpt-4"]),
+    "gpt-4o-mini": (0.15, 0.60, ["gpt-3.5-turbo"]),
+    "gpt-4.1": (2.00, 8.00, []),
+    "gpt-4.1-mini": (0.40, 1.60, []),
+    "gpt-4.1-nano": (0.10, 0.40, []),
+}
+
+
+def openai_catalogue(base_url: str) -> Catalogue:
+    return Catalogue(
+        models=[
+            CatalogueEntry(
+                name=name,
+                aliases=aliases,
+                owned_by="openai",
+                price=Price(prompt=int(prompt * 1_000_000), completion=int(completion * 1_000_000)),
+                deployment=UpstreamDeployment(
+                    kind="openai_compatible", base_url=base_url, model=name, api_key_env="OPENAI_API_KEY"
+                ),
+            )
+            for name, (prompt, completion, aliases) in OPENAI_MODELS.items()
+        ]
+    )
+
+
+def effective_catalogue(settings: Settings) -> Catalogue:
+    """The catalogue file; with none given and OPENAI_API_KEY set, OpenAI's chat models instead."""
+    if settings.catalogue == DEFAULT_CATALOGUE and os.environ.get("OPENAI_API_KEY"):
+        return openai_catalogue(os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"))
+    return load_catalogue(settings.catalogue)

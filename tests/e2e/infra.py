@@ -204,3 +204,28 @@ def redis() -> Iterator[Redis]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def process(command: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Any server started as a subprocess, ready once its port accepts connections."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{command[:3]} exited:\n{log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:3]} did not listen on {port}")
+            time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

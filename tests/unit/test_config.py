@@ -52,3 +52,34 @@ def test_unreadable_and_malformed_catalogues_are_config_errors(tmp_path: Path) -
     bad.write_text("models: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_catalogue(bad)
+
+
+def test_openai_key_and_no_catalogue_means_openais_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chatgate.config import UpstreamDeployment, effective_catalogue
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-upstream")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    catalogue = effective_catalogue(Settings())
+    names = {entry.name for entry in catalogue.models}
+    assert {"gpt-4o", "gpt-4o-mini"} <= names
+    deployment = catalogue.models[0].all_deployments[0]
+    assert isinstance(deployment, UpstreamDeployment) and deployment.base_url == "http://127.0.0.1:9/v1"
+    assert deployment.api_key() == "sk-upstream"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert [entry.name for entry in effective_catalogue(Settings()).models] == ["qwen2.5-coder-0.5b-instruct"]
+
+
+def test_several_deployments_per_model(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "models:\n"
+        "  - name: m\n"
+        "    deployments:\n"
+        "      - {kind: openai_compatible, base_url: 'http://a/v1', model: x, weight: 3}\n"
+        "      - {asset: smollm2-135m-instruct-q4_1}\n"
+    )
+    entry = load_catalogue(path).models[0]
+    assert [d.weight for d in entry.all_deployments] == [3, 1]
+    path.write_text("models:\n  - {name: m}\n")
+    with pytest.raises(ConfigError, match="either one"):
+        load_catalogue(path)

@@ -1,9 +1,9 @@
-"""``GET /healthz``: the process is up, with each model's engine load (busy, queued, cancelled)."""
+"""Operators' endpoints: ``/healthz`` (alive), ``/readyz`` (every model can be served), ``/metrics``."""
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 
-from chatgate.api.deps import RegistryDep
+from chatgate.api.deps import RegistryDep, services_of
 
 router = APIRouter()
 
@@ -11,3 +11,17 @@ router = APIRouter()
 @router.get("/healthz")
 async def healthz(registry: RegistryDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "models": registry.stats()})
+
+
+@router.get("/readyz")
+async def readyz(registry: RegistryDep) -> JSONResponse:
+    """503 when some model has no deployment up; the body says which deployments are."""
+    health = registry.health()
+    ready = all(any(d["up"] for d in deployments) for deployments in health.values())
+    return JSONResponse({"ready": ready, "models": health}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request, registry: RegistryDep) -> PlainTextResponse:
+    text = services_of(request).chat.metrics.render(registry)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

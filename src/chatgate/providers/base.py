@@ -96,6 +96,10 @@ class Provider(Protocol):
         """Load figures for health checks: busy and queued requests, and the like."""
         ...
 
+    def health(self) -> list[dict[str, object]]:
+        """One entry per deployment behind this provider, with at least ``deployment`` and ``up``."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -1,12 +1,14 @@
 """An OpenAI-compatible upstream as a Provider: one pooled HTTP client, streamed relay, exact usage.
 
-Every call is made as a stream with ``stream_options.include_usage`` so usage is exact and output
-reaches the client as it arrives; a non-streamed request is assembled from that stream. Upstream
+A streamed request is relayed as a stream, asking for ``stream_options.include_usage`` so usage is
+exact (an upstream that ignores it is counted a token per piece); a non-streamed one is relayed
+as is, and its ``usage`` is exact. Upstream
 4xx keep their status and message; 5xx, broken streams and bad JSON become UpstreamFailed, time-outs
 UpstreamTimeout. Nothing is retried here once output has started.
 """
 
 import json
+from collections import Counter
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -62,14 +64,21 @@ class UpstreamProvider:
     def stats(self) -> dict[str, int]:
         return {"in_flight": self.in_flight, "failures": self.failures}
 
+    def health(self) -> list[dict[str, object]]:
+        return [{"deployment": self.name, "up": True, **self.stats()}]
+
+    @property
+    def name(self) -> str:
+        return f"{self.deployment.base_url}#{self.deployment.model}"
+
     async def complete(self, request: ChatCompletionRequest) -> Completion:
         return await collect(self.stream(request))
 
     def _body(self, request: ChatCompletionRequest) -> dict[str, Any]:
         body: dict[str, Any] = request.model_dump(mode="json", exclude_none=True, by_alias=True)
         body["model"] = self.deployment.model
-        body["stream"] = True
-        body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        if request.stream:
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
@@ -95,6 +104,12 @@ class UpstreamProvider:
             try:
                 if response.status_code >= 400:
                     await self._refuse(response)
+                if not request.stream:
+                    answer = await self._whole(response)  # still before Running: a bad answer can be retried
+                    yield Running()
+                    for event in answer:
+                        yield event
+                    return
                 yield Running()
                 async for event in self._events(response):
                     yield event
@@ -123,8 +138,46 @@ class UpstreamProvider:
             param=error.get("param") if isinstance(error.get("param"), str) else None,
         )
 
+    async def _whole(self, response: httpx.Response) -> list[ProviderEvent]:
+        """A non-streamed answer as events, with the upstream's exact usage."""
+        try:
+            body = json.loads(await response.aread())
+            events: list[ProviderEvent] = []
+            for choice in body["choices"]:
+                index = int(choice.get("index", 0))
+                message = choice.get("message") or {}
+                logprobs = (choice.get("logprobs") or {}).get("content")
+                parsed = [TokenLogprob.model_validate(t) for t in logprobs] if logprobs else None
+                if message.get("content") or parsed:
+                    events.append(TextDelta(message.get("content") or "", index, parsed))
+                for number, call in enumerate(message.get("tool_calls") or []):
+                    function = call.get("function") or {}
+                    events.append(
+                        ToolCallDelta(
+                            number,
+                            function.get("arguments") or "",
+                            call.get("id"),
+                            function.get("name"),
+                            index,
+                        )
+                    )
+                reason = choice.get("finish_reason")
+                events.append(Finished(reason if reason in FINISH_REASONS else "stop", 0, 0, index))
+            usage = body.get("usage") or {}
+            events.append(
+                UsageReport(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+            )
+            return events
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.failures += 1
+            raise UpstreamFailed("The upstream's answer was not a chat completion.") from exc
+        except httpx.HTTPError as exc:
+            self.failures += 1
+            raise UpstreamFailed("The upstream's answer broke off.") from exc
+
     async def _events(self, response: httpx.Response) -> AsyncGenerator[ProviderEvent, None]:
         done = False
+        deltas: Counter[int] = Counter()  # content pieces per choice: the count when no usage comes
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -140,6 +193,11 @@ class UpstreamProvider:
                 if "error" in chunk:
                     raise UpstreamFailed(f"The upstream failed mid-stream: {chunk['error']}")
                 for event in _chunk_events(chunk):
+                    if isinstance(event, TextDelta | ToolCallDelta):
+                        deltas[event.index] += event.tokens
+                    elif isinstance(event, Finished):
+                        # Upstreams that send no usage (llama.cpp's server): a piece per token.
+                        event = Finished(event.reason, 0, deltas[event.index], event.index)
                     yield event
         except httpx.TimeoutException as exc:
             self.failures += 1

@@ -40,6 +40,13 @@ class ModelRegistry:
             data=[Model(id=r.name, created=r.created, owned_by=r.owned_by) for r in self._routes.values()]
         )
 
+    @property
+    def routes(self) -> dict[str, Route]:
+        return dict(self._routes)
+
+    def health(self) -> dict[str, list[dict[str, object]]]:
+        return {name: route.provider.health() for name, route in self._routes.items()}
+
     def stats(self) -> dict[str, dict[str, int]]:
         return {name: route.provider.stats() for name, route in self._routes.items()}
 

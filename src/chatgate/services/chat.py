@@ -1,5 +1,7 @@
 """Chat completions: check what a request asks for, run it on its model's provider, shape the answer."""
 
+import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -7,7 +9,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from chatgate.errors import ChatgateError, InvalidRequest, NotImplementedFeature
+from chatgate.errors import ChatgateError, InvalidRequest
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import (
     ChatCompletion,
@@ -34,9 +36,13 @@ from chatgate.providers.base import (
 from chatgate.providers.base import ToolCallDelta as ToolPiece
 from chatgate.services.auth import Principal
 from chatgate.services.catalogue import ModelRegistry, Route
+from chatgate.services.metrics import Metrics
 from chatgate.services.quota import QuotaService, Reservation
 from chatgate.services.ratelimit import RateLimiter
 from chatgate.services.usage import UsageRecorder
+from chatgate.storage.ledger import Refund
+
+requests_log = logging.getLogger("chatgate.requests")  # one JSON line per request
 
 
 def _completion_id() -> str:
@@ -52,7 +58,10 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
 
 
 def check_supported(request: ChatCompletionRequest) -> None:
-    """Refuse inconsistent combinations, and features no deployment here can honour, naming the param."""
+    """Refuse combinations that are inconsistent whatever serves them, naming the param.
+
+    What a particular engine cannot do (audio, predictions...) is its provider's to refuse.
+    """
     if request.stream_options is not None and not request.stream:
         raise InvalidRequest("stream_options is only allowed when stream is true.", param="stream_options")
     if request.top_logprobs is not None and not request.logprobs:
@@ -63,20 +72,6 @@ def check_supported(request: ChatCompletionRequest) -> None:
         raise InvalidRequest(
             "parallel_tool_calls is only allowed when tools are specified.", param="parallel_tool_calls"
         )
-    unsupported: list[tuple[str, bool]] = [
-        ("functions", bool(request.functions)),
-        ("function_call", request.function_call is not None),
-        ("audio", request.audio is not None),
-        ("modalities", any(m != "text" for m in request.modalities or [])),
-        ("prediction", request.prediction is not None),
-        ("web_search_options", request.web_search_options is not None),
-        ("store", bool(request.store)),
-        ("reasoning_effort", request.reasoning_effort is not None),
-        ("verbosity", request.verbosity is not None),
-    ]
-    for param, used in unsupported:
-        if used:
-            raise NotImplementedFeature(f"'{param}' is not supported by this model.", param=param)
 
 
 def _message(result: ChoiceResult) -> ResponseMessage:
@@ -112,12 +107,18 @@ class Tally:
 
 class ChatService:
     def __init__(
-        self, registry: ModelRegistry, quota: QuotaService, limiter: RateLimiter, usage: UsageRecorder
+        self,
+        registry: ModelRegistry,
+        quota: QuotaService,
+        limiter: RateLimiter,
+        usage: UsageRecorder,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.quota = quota
         self.limiter = limiter
         self.usage = usage
+        self.metrics = metrics or Metrics()
 
     async def complete(
         self, caller: Caller, request: ChatCompletionRequest
@@ -225,23 +226,22 @@ class ChatService:
     ) -> None:
         """Charge the real use, release the rest of the reservation, count tokens, log the request.
 
-        Shielded: it must finish even when the request's task is being cancelled (a disconnect).
+        The token count is shielded: it must finish even when a disconnect is cancelling the request.
         """
         prompt_tokens = admitted.prompt_tokens if completion_tokens or status == "ok" else 0
         charged, refund = self.quota.settle(admitted.reservation, prompt_tokens, completion_tokens)
         with anyio.CancelScope(shield=True):
             await self.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
-        self.usage.record(
-            trace_id=caller.trace_id,
-            principal=caller.principal,
-            model=admitted.route.name,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost=charged,
-            latency_ms=int((time.monotonic() - admitted.started) * 1000),
-            status=status,
-            error_code=code,
-            refund=refund,
+        self._record(
+            caller,
+            admitted.route.name,
+            admitted.started,
+            prompt_tokens,
+            completion_tokens,
+            charged,
+            status,
+            code,
+            refund,
         )
 
     def _record(
@@ -254,7 +254,11 @@ class ChatService:
         cost: int,
         status: str,
         code: str | None,
+        refund: Refund | None = None,
     ) -> None:
+        """One request's usage row (and refund), its metrics, and its structured log line."""
+        seconds = time.monotonic() - started
+        latency_ms = int(seconds * 1000)
         self.usage.record(
             trace_id=caller.trace_id,
             principal=caller.principal,
@@ -262,10 +266,37 @@ class ChatService:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cost=cost,
-            latency_ms=int((time.monotonic() - started) * 1000),
+            latency_ms=latency_ms,
             status=status,
             error_code=code,
+            refund=refund,
         )
+        self.metrics.request(
+            model=model,
+            status=status,
+            code=code,
+            seconds=seconds,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        if requests_log.isEnabledFor(logging.INFO):
+            requests_log.info(
+                json.dumps(
+                    {
+                        "event": "chat_request",
+                        "trace_id": caller.trace_id,
+                        "user_id": caller.principal.user_id,
+                        "token_id": caller.principal.token_id,
+                        "model": model,
+                        "status": status,
+                        "code": code,
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "cost": cost,
+                        "latency_ms": latency_ms,
+                    }
+                )
+            )
 
     async def _chunks(
         self, admitted: Admitted, request: ChatCompletionRequest, tally: Tally
@@ -285,6 +316,7 @@ class ChatService:
 
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         opened: set[int] = set()
+        first_token = True
         try:
             async for event in events:
                 if isinstance(event, Started | Running):
@@ -296,6 +328,9 @@ class ChatService:
                 if event.index not in opened:
                     opened.add(event.index)
                     yield chunk([ChunkChoice(index=event.index, delta=Delta(role="assistant", content=""))])
+                if first_token and isinstance(event, TextDelta | ToolPiece):
+                    first_token = False
+                    self.metrics.first_token(model=route.name, seconds=time.monotonic() - admitted.started)
                 if isinstance(event, TextDelta):
                     logprobs = ChoiceLogprobs(content=event.logprobs) if event.logprobs is not None else None
                     delta = Delta(content=event.text)

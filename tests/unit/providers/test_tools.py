@@ -3,8 +3,9 @@ from typing import Any
 
 import pytest
 
-from chatgate.errors import InvalidRequest
+from chatgate.errors import InvalidRequest, NotImplementedFeature
 from chatgate.protocol.requests import ChatCompletionRequest
+from chatgate.providers.local.provider import refuse_unsupported
 from chatgate.providers.local.tools import CLOSE, OPEN, CallPiece, CallStream, plan
 
 WEATHER: dict[str, Any] = {
@@ -82,3 +83,19 @@ def test_plans() -> None:
     single = plan(request(tool_choice="required", parallel_tool_calls=False))
     assert single is not None and single.required and not single.parallel
     assert single.grammar_from_start.startswith(f'root ::= "{OPEN}" tc-after')
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"store": True}, "store"),
+    ],
+)
+def test_the_local_engine_refuses_what_it_cannot_honour(extra: dict[str, Any], param: str) -> None:
+    with pytest.raises(NotImplementedFeature) as caught:
+        refuse_unsupported(request(**extra))
+    assert caught.value.param == param

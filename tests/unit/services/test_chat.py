@@ -5,7 +5,7 @@ from collections.abc import AsyncGenerator
 import pytest
 
 from chatgate.config import Price
-from chatgate.errors import InvalidRequest, ModelNotFound, NotImplementedFeature
+from chatgate.errors import InvalidRequest, ModelNotFound
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.providers.base import Completion, Finished, ProviderEvent, Running, Started, TextDelta, collect
 from chatgate.services.auth import MASTER
@@ -115,24 +115,6 @@ async def test_closing_the_stream_early_closes_the_provider() -> None:
 async def test_unknown_model() -> None:
     with pytest.raises(ModelNotFound):
         await service(ScriptedProvider(SCRIPT)).complete(CALLER, request(model="nope"))
-
-
-@pytest.mark.parametrize(
-    ("extra", "param"),
-    [
-        ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
-        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
-        ({"web_search_options": {}}, "web_search_options"),
-        ({"functions": [{"name": "f"}]}, "functions"),
-        ({"store": True}, "store"),
-    ],
-)
-async def test_features_the_engine_cannot_honour_are_refused_by_name(
-    extra: dict[str, object], param: str
-) -> None:
-    with pytest.raises(NotImplementedFeature) as caught:
-        await service(ScriptedProvider(SCRIPT)).complete(CALLER, request(**extra))
-    assert caught.value.param == param
 
 
 async def test_stream_options_without_stream_is_inconsistent() -> None:

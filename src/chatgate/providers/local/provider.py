@@ -11,7 +11,7 @@ from typing import Any
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from chatgate.config import LocalDeployment
-from chatgate.errors import ContextLengthExceeded, EngineFailure, InvalidRequest
+from chatgate.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, NotImplementedFeature
 from chatgate.protocol.requests import ChatCompletionRequest, JsonObjectFormat, JsonSchemaResponseFormat
 from chatgate.providers.base import Completion, Finished, ProviderEvent, Running, Started, collect
 from chatgate.providers.local import tools
@@ -29,6 +29,24 @@ DEFAULT_MIN_P = 0.05
 MAX_CHOICES = 8
 
 Emit = Callable[[ProviderEvent | BaseException], None]
+
+
+def refuse_unsupported(request: ChatCompletionRequest) -> None:
+    """Features the local engine cannot honour: a 400 naming each, never silently ignored."""
+    unsupported: list[tuple[str, bool]] = [
+        ("functions", bool(request.functions)),
+        ("function_call", request.function_call is not None),
+        ("audio", request.audio is not None),
+        ("modalities", any(m != "text" for m in request.modalities or [])),
+        ("prediction", request.prediction is not None),
+        ("web_search_options", request.web_search_options is not None),
+        ("store", bool(request.store)),
+        ("reasoning_effort", request.reasoning_effort is not None),
+        ("verbosity", request.verbosity is not None),
+    ]
+    for param, used in unsupported:
+        if used:
+            raise NotImplementedFeature(f"'{param}' is not supported by this model.", param=param)
 
 
 def response_grammar(request: ChatCompletionRequest) -> str | None:
@@ -84,12 +102,18 @@ class LocalProvider:
     def stats(self) -> dict[str, int]:
         return self.pool.stats()
 
+    def health(self) -> list[dict[str, object]]:
+        return [
+            {"deployment": f"local:{self.pool.path.name}", "up": bool(self.pool.slots), **self.pool.stats()}
+        ]
+
     async def complete(self, request: ChatCompletionRequest) -> Completion:
         return await collect(self.stream(request))
 
     def _job(self, request: ChatCompletionRequest) -> Job:
         """Everything about a request that can be refused, checked before it queues for an instance."""
         assert self._template is not None, "LocalProvider.start() was not awaited"
+        refuse_unsupported(request)
         n = request.n or 1
         if n > MAX_CHOICES:
             raise InvalidRequest(f"n must be at most {MAX_CHOICES} on this model.", param="n")

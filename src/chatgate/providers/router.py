@@ -1,0 +1,162 @@
+"""Several deployments behind one model name: weighted choice, retries and fallback before the first byte.
+
+A deployment is picked at random in proportion to its weight among those that are healthy and have
+room; when the weights are equal, the least busy one. A failure before the engine has produced
+anything (connection refused, a time-out, an upstream 5xx or 429, a full local queue) is retried
+with backoff on another deployment. Once output has started nothing is retried, so nothing is ever
+sent twice. A deployment that fails ``failure_threshold`` times in a row cools down for
+``cooldown`` seconds, then gets traffic again.
+"""
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from chatgate.errors import ChatgateError, EngineBusy, UpstreamFailed, UpstreamRefused, UpstreamTimeout
+from chatgate.protocol.requests import ChatCompletionRequest
+from chatgate.providers.base import Completion, Provider, ProviderEvent, Running, Started, collect
+
+RETRYABLE_STATUSES = {408, 409, 429}
+
+
+def retryable(exc: BaseException) -> bool:
+    if isinstance(exc, UpstreamRefused):
+        return exc.status in RETRYABLE_STATUSES
+    return isinstance(exc, UpstreamFailed | UpstreamTimeout | EngineBusy)
+
+
+@dataclass(eq=False)
+class Deployment:
+    name: str
+    provider: Provider
+    weight: int = 1
+    max_concurrency: int | None = None
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    cooling_until: float = 0.0
+    requests: int = 0
+    failures: int = 0
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.cooling_until
+
+    def has_room(self) -> bool:
+        return self.max_concurrency is None or self.in_flight < self.max_concurrency
+
+
+class RouterProvider:
+    def __init__(
+        self,
+        deployments: list[Deployment],
+        *,
+        retries: int = 2,
+        backoff: float = 0.1,
+        failure_threshold: int = 3,
+        cooldown: float = 30.0,
+    ) -> None:
+        self.deployments = deployments
+        self.retries = retries
+        self.backoff = backoff
+        self.failure_threshold = failure_threshold
+        self.cooldown = cooldown
+
+    async def start(self) -> None:
+        for deployment in self.deployments:
+            await deployment.provider.start()
+
+    async def aclose(self) -> None:
+        for deployment in self.deployments:
+            await deployment.provider.aclose()
+
+    def stats(self) -> dict[str, int]:
+        now = time.monotonic()
+        return {
+            "deployments": len(self.deployments),
+            "healthy": sum(d.healthy(now) for d in self.deployments),
+            "in_flight": sum(d.in_flight for d in self.deployments),
+        }
+
+    def health(self) -> list[dict[str, object]]:
+        now = time.monotonic()
+        return [
+            {
+                "deployment": d.name,
+                "up": d.healthy(now),
+                "in_flight": d.in_flight,
+                "requests": d.requests,
+                "failures": d.failures,
+                "cooling_for_s": max(0.0, round(d.cooling_until - now, 1)),
+            }
+            for d in self.deployments
+        ]
+
+    async def complete(self, request: ChatCompletionRequest) -> Completion:
+        return await collect(self.stream(request))
+
+    def pick(self, exclude: set[Deployment]) -> Deployment | None:
+        now = time.monotonic()
+        candidates = [d for d in self.deployments if d not in exclude and d.weight > 0 and d.has_room()]
+        healthy = [d for d in candidates if d.healthy(now)]
+        pool = healthy or candidates  # when every deployment is cooling down, try one anyway
+        if not pool:
+            return None
+        if len({d.weight for d in pool}) == 1:
+            least = min(d.in_flight for d in pool)
+            return random.choice([d for d in pool if d.in_flight == least])
+        return random.choices(pool, weights=[d.weight for d in pool])[0]
+
+    def _failed(self, deployment: Deployment) -> None:
+        deployment.failures += 1
+        deployment.consecutive_failures += 1
+        if deployment.consecutive_failures >= self.failure_threshold:
+            deployment.cooling_until = time.monotonic() + self.cooldown
+
+    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
+        tried: set[Deployment] = set()
+        started = False
+        last_error: ChatgateError | None = None
+        for attempt in range(self.retries + 1):
+            deployment = self.pick(tried) or (self.pick(set()) if tried else None)
+            if deployment is None:
+                break
+            tried.add(deployment)
+            deployment.in_flight += 1
+            deployment.requests += 1
+            events = deployment.provider.stream(request)
+            try:
+                try:
+                    first = await anext(events)
+                    if not isinstance(first, Started):
+                        raise RuntimeError(f"deployment {deployment.name} began with {first!r}")
+                    if not started:  # credits are reserved once, on the first attempt's estimate
+                        started = True
+                        yield first
+                    running = await anext(events)
+                    if not isinstance(running, Running):
+                        raise RuntimeError(f"deployment {deployment.name} sent {running!r} before Running")
+                except ChatgateError as exc:
+                    await events.aclose()
+                    if not retryable(exc):
+                        raise
+                    self._failed(deployment)
+                    last_error = exc
+                    await asyncio.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
+                    continue
+                # Output follows: from here on, nothing is retried.
+                yield running
+                try:
+                    async for event in events:
+                        yield event
+                except ChatgateError:
+                    self._failed(deployment)
+                    raise
+                deployment.consecutive_failures = 0
+                return
+            finally:
+                deployment.in_flight -= 1
+                await events.aclose()
+        if last_error is not None:
+            raise last_error
+        raise EngineBusy("Every deployment of this model is at its concurrency limit.", retry_after=1)

@@ -1,0 +1,111 @@
+"""Prometheus metrics, kept in process and rendered in the text exposition format.
+
+Request counters and latency histograms are recorded as requests finish; deployment health,
+queue depth and busy engine slots are read from the providers at scrape time.
+"""
+
+import math
+from collections import defaultdict
+
+from chatgate.services.catalogue import ModelRegistry
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    escaped = (
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels
+    )
+    return "{" + ",".join(escaped) + "}"
+
+
+class Histogram:
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BUCKETS)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if value <= bound:
+                self.counts[i] += 1
+        self.total += value
+        self.count += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
+        self._histograms: dict[str, dict[Labels, Histogram]] = defaultdict(lambda: defaultdict(Histogram))
+        self._help: dict[str, tuple[str, str]] = {}
+
+    def count(self, name: str, help_text: str, amount: float = 1, **labels: str) -> None:
+        self._help[name] = ("counter", help_text)
+        self._counters[name][tuple(sorted(labels.items()))] += amount
+
+    def observe(self, name: str, help_text: str, value: float, **labels: str) -> None:
+        self._help[name] = ("histogram", help_text)
+        self._histograms[name][tuple(sorted(labels.items()))].observe(value)
+
+    def request(
+        self,
+        *,
+        model: str,
+        status: str,
+        code: str | None,
+        seconds: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        self.count(
+            "chatgate_requests_total",
+            "Chat requests by model and outcome.",
+            model=model,
+            status=status,
+            code=code or "",
+        )
+        self.observe("chatgate_request_seconds", "Chat request latency.", seconds, model=model)
+        self.count("chatgate_tokens_total", "Tokens in and out.", prompt_tokens, model=model, kind="prompt")
+        self.count(
+            "chatgate_tokens_total", "Tokens in and out.", completion_tokens, model=model, kind="completion"
+        )
+
+    def first_token(self, *, model: str, seconds: float) -> None:
+        self.observe(
+            "chatgate_time_to_first_token_seconds", "Time to the first streamed token.", seconds, model=model
+        )
+
+    def render(self, registry: ModelRegistry) -> str:
+        lines: list[str] = []
+        for name, series in self._counters.items():
+            kind, help_text = self._help[name]
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines += [f"{name}{_labels(labels)} {value:g}" for labels, value in series.items()]
+        for name, histograms in self._histograms.items():
+            _, help_text = self._help[name]
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+            for labels, histogram in histograms.items():
+                for bound, count in zip(LATENCY_BUCKETS, histogram.counts, strict=True):
+                    le = "+Inf" if math.isinf(bound) else f"{bound:g}"
+                    lines.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {count}")
+                lines.append(f"{name}_sum{_labels(labels)} {histogram.total:g}")
+                lines.append(f"{name}_count{_labels(labels)} {histogram.count}")
+        lines += self._live(registry)
+        return "\n".join(lines) + "\n"
+
+    def _live(self, registry: ModelRegistry) -> list[str]:
+        up = ["# HELP chatgate_deployment_up Whether a deployment takes traffic (1) or is cooling down (0).",
+              "# TYPE chatgate_deployment_up gauge"]  # fmt: skip
+        load = ["# HELP chatgate_engine_load Queue depth, busy slots and in-flight requests per model.",
+                "# TYPE chatgate_engine_load gauge"]  # fmt: skip
+        for model, route in registry.routes.items():
+            for entry in route.provider.health():
+                labels = (("deployment", str(entry["deployment"])), ("model", model))
+                up.append(f"chatgate_deployment_up{_labels(labels)} {1 if entry['up'] else 0}")
+            for key, value in route.provider.stats().items():
+                load.append(f"chatgate_engine_load{_labels((('model', model), ('what', key)))} {value}")
+        return up + load

@@ -1,0 +1,237 @@
+"""chatgate as a gateway in front of real OpenAI-compatible servers, and a misbehaving one."""
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from chatgate.providers.local import assets
+from tests.e2e import infra
+from tests.e2e.conftest import SMALL, Spec, sse_events
+from tests.e2e.infra import API_KEY, ROOT, Server
+
+HI: list[Any] = [{"role": "user", "content": "Name three colours."}]
+CREDITS = 1_000_000
+
+
+@dataclass
+class Gateway:
+    server: Server
+    key: str  # a user's token
+    faulty_port: int
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.server.base_url + "/v1", api_key=self.key, max_retries=0)
+
+    def usage(self) -> dict[str, Any]:
+        with httpx.Client(base_url=self.server.base_url) as http:
+            report: dict[str, Any] = http.get(
+                "/v1/usage", headers={"authorization": f"Bearer {self.key}"}
+            ).json()
+            return report
+
+    def upstream_requests(self) -> dict[str, int]:
+        with httpx.Client() as http:
+            counts: dict[str, int] = http.get(f"http://127.0.0.1:{self.faulty_port}/stats").json()
+            return counts
+
+
+def catalogue(main: Server, llama_port: int, faulty_port: int, closed_port: int) -> str:
+    faulty = f"http://127.0.0.1:{faulty_port}/v1"
+
+    def up(base: str, model: str, **extra: Any) -> str:
+        fields = {"kind": "openai_compatible", "base_url": base, "model": model, **extra}
+        return json.dumps(fields)
+
+    lines = [
+        "models:",
+        f"  - {{name: relay-chatgate, deployment: {up(main.base_url + '/v1', SMALL, api_key_env='UPSTREAM_KEY')}}}",
+        f"  - {{name: relay-llama, deployment: {up(f'http://127.0.0.1:{llama_port}/v1', 'smol')}}}",
+        f"  - {{name: refused, retries: 1, deployment: {up(f'http://127.0.0.1:{closed_port}/v1', 'x')}}}",
+        f"  - name: fallback\n    retries: 2\n    deployments:\n"
+        f"      - {up(f'http://127.0.0.1:{closed_port}/v1', 'x', weight=1000)}\n      - {up(faulty, 'ok', weight=1)}",
+        f"  - {{name: flaky, retries: 1, deployment: {up(faulty, 'flaky')}}}",
+        f"  - {{name: stall, retries: 0, deployment: {up(faulty, 'stall', timeout=1)}}}",
+        f"  - {{name: drop, deployment: {up(faulty, 'drop')}}}",
+        f"  - {{name: malformed, deployment: {up(faulty, 'malformed')}}}",
+        f"  - {{name: ratelimit, retries: 1, deployment: {up(faulty, 'ratelimit')}}}",
+        f"  - {{name: badrequest, deployment: {up(faulty, 'badrequest')}}}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """llama.cpp's own OpenAI-compatible server (from llama-cpp-python[server]) on the small model."""
+    port = infra.free_port()
+    model = assets.ensure(assets.resolve("smollm2-135m-instruct-q4_1"), ROOT / ".chatgate" / "models")
+    command = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "smol",
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+    ]  # fmt: skip
+    with infra.process(command, port, tmp_path_factory.mktemp("llama") / "log"):
+        yield port
+
+
+@pytest.fixture(scope="module")
+def gateway(server: Server, llama_server: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    faulty_port, closed_port = infra.free_port(), infra.free_port()
+    workdir = tmp_path_factory.mktemp("gateway")
+    faulty = [sys.executable, str(Path(__file__).with_name("faulty_upstream.py")), "--port", str(faulty_port)]
+    with infra.process(faulty, faulty_port, workdir / "faulty.log"):
+        text = catalogue(server, llama_server, faulty_port, closed_port)
+        env = {"UPSTREAM_KEY": API_KEY, "CHATGATE_FREE_CREDITS": str(CREDITS)}
+        with infra.chatgate(workdir / "chatgate", text, **env) as running:
+            key = running.cli("keys", "create", "--user", "relay@example.com").strip().splitlines()[-1]
+            yield Gateway(running, key, faulty_port)
+
+
+def direct(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.mark.parametrize("relay", ["relay-chatgate", "relay-llama"])
+def test_relay_gives_the_same_answer_as_the_upstream(
+    gateway: Gateway, server: Server, llama_server: int, relay: str, spec: Spec
+) -> None:
+    if relay == "relay-chatgate":
+        upstream, upstream_model = direct(server), SMALL
+    else:
+        upstream = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{llama_server}/v1", api_key="none", max_retries=0
+        )
+        upstream_model = "smol"
+    options: dict[str, Any] = {"messages": HI, "max_tokens": 12, "temperature": 0, "seed": 1}
+    with upstream, gateway.client() as relayed:
+        want = upstream.chat.completions.create(model=upstream_model, **options)
+        raw = relayed.chat.completions.with_raw_response.create(model=relay, **options)
+        spec.validate("CreateChatCompletionResponse", raw.http_response.json())
+        got = raw.parse()
+        assert got.model == relay
+        assert got.choices[0].message.content == want.choices[0].message.content
+        assert got.usage is not None and want.usage is not None
+        assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (
+            want.usage.prompt_tokens,
+            want.usage.completion_tokens,
+        )
+        chunks = list(
+            relayed.chat.completions.create(
+                model=relay, stream=True, stream_options={"include_usage": True}, **options
+            )
+        )
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            == want.choices[0].message.content
+        )
+        assert (
+            chunks[-1].usage is not None
+            and chunks[-1].usage.completion_tokens == want.usage.completion_tokens
+        )
+
+
+def test_fallback_before_the_first_byte(gateway: Gateway) -> None:
+    before = gateway.upstream_requests().get("ok", 0)
+    with gateway.client() as client:
+        answer = client.chat.completions.create(model="fallback", messages=HI, max_tokens=8)
+    assert answer.choices[0].message.content == "Hello from upstream."
+    assert gateway.upstream_requests()["ok"] == before + 1
+
+
+def test_a_500_then_200_is_retried(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        answer = client.chat.completions.create(model="flaky", messages=HI, max_tokens=8)
+    assert answer.choices[0].message.content == "Hello from upstream."
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "kind"),
+    [
+        ("refused", 502, "api_error"),
+        ("stall", 504, "api_error"),
+        ("ratelimit", 429, "rate_limit_error"),
+        ("badrequest", 400, "invalid_request_error"),
+    ],
+)
+def test_failures_before_the_first_byte_cost_nothing(
+    gateway: Gateway, spec: Spec, model: str, status: int, kind: str
+) -> None:
+    left = gateway.usage()["credits_left"]
+    with httpx.Client(base_url=gateway.server.base_url, timeout=30) as http:
+        response = http.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": HI, "max_tokens": 8},
+            headers={"authorization": f"Bearer {gateway.key}"},
+        )
+    assert response.status_code == status, response.text
+    spec.validate("ErrorResponse", response.json())
+    assert response.json()["error"]["type"] == kind
+    assert response.json()["trace_id"] == response.headers["x-request-id"]
+    if model == "badrequest":
+        assert response.json()["error"]["param"] == "messages"  # the upstream's own words, kept
+    assert gateway.usage()["credits_left"] == left
+
+
+@pytest.mark.parametrize("model", ["drop", "malformed"])
+def test_a_stream_that_breaks_midway_is_not_retried_and_costs_what_was_delivered(
+    gateway: Gateway, model: str
+) -> None:
+    before = gateway.upstream_requests().get(model, 0)
+    with (
+        httpx.Client(base_url=gateway.server.base_url, timeout=30) as http,
+        http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": model, "messages": HI, "max_tokens": 8, "stream": True},
+            headers={"authorization": f"Bearer {gateway.key}"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        events = sse_events(response)
+    assert events[-1] == "[DONE]"
+    payloads = [json.loads(e) for e in events[:-1]]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in payloads if c.get("choices"))
+        == "Hello from"
+    )
+    assert payloads[-1]["error"]["type"] == "api_error"
+    assert gateway.upstream_requests()[model] == before + 1  # never sent twice once content went out
+    report = gateway.usage()
+    assert report["credits_used"] == CREDITS - report["credits_left"]
+
+
+def test_readyz_and_metrics(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        for _ in range(3):  # three failures in a row: the deployment cools down
+            with pytest.raises(openai.APIStatusError):
+                client.chat.completions.create(model="refused", messages=HI, max_tokens=4)
+    with httpx.Client(base_url=gateway.server.base_url) as http:
+        ready = http.get("/readyz")
+        metrics = http.get("/metrics").text
+    assert ready.status_code == 503
+    refused = ready.json()["models"]["refused"]
+    assert refused[0]["up"] is False and ready.json()["models"]["flaky"][0]["up"] is True
+    assert 'chatgate_requests_total{code="",model="fallback",status="ok"}' in metrics
+    assert "chatgate_deployment_up{deployment=" in metrics
+    assert "chatgate_request_seconds_bucket" in metrics
+
+
+def test_one_json_log_line_per_request_with_its_trace_id(gateway: Gateway) -> None:
+    with httpx.Client(base_url=gateway.server.base_url) as http:
+        trace = f"trace-{time.time_ns()}"
+        http.post(
+            "/v1/chat/completions",
+            json={"model": "flaky", "messages": HI, "max_tokens": 4},
+            headers={"authorization": f"Bearer {gateway.key}", "x-request-id": trace},
+        )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and trace not in gateway.server.log.read_text():
+        time.sleep(0.05)
+    lines = [json.loads(line) for line in gateway.server.log.read_text().splitlines() if trace in line]
+    assert len(lines) == 1 and lines[0]["event"] == "chat_request" and lines[0]["model"] == "flaky"
