@@ -93,9 +93,18 @@ class EngineFailure(ChatgateError):
 class UpstreamRefused(ChatgateError):
     """An upstream answered 4xx; its status and message are kept (a 429 stays a 429)."""
 
-    def __init__(self, message: str, *, status: int, code: str | None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None,
+        param: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
         super().__init__(message, param=param, code=code or "upstream_error")
         self.status = status
+        self.retry_after = retry_after
 
 
 class UpstreamFailed(ChatgateError):

@@ -328,3 +328,26 @@ def test_cli_keys_and_grants(accounts_server: Server, clients: Clients) -> None:
     accounts_server.cli("keys", "revoke", key[:10])
     with pytest.raises(openai.AuthenticationError):
         clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
+
+
+def test_a_resent_request_id_is_refused_and_does_not_block_later_accounting(
+    accounts_server: Server, clients: Clients
+) -> None:
+    key = clients.console(unique("resend")).token()["key"]
+    trace = f"resend-{datetime.now(UTC).timestamp()}"
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": SMALL, "messages": HI, "max_tokens": 3}
+    with httpx.Client(base_url=accounts_server.base_url, timeout=60) as http:
+        first = http.post("/v1/chat/completions", json=body, headers={**headers, "x-request-id": trace})
+        again = http.post("/v1/chat/completions", json=body, headers={**headers, "x-request-id": trace})
+        later = http.post("/v1/chat/completions", json=body, headers=headers)
+    assert (first.status_code, again.status_code, later.status_code) == (200, 409, 200)
+    assert again.json()["error"]["code"] == "duplicate_request"
+    report = clients.usage(key)
+    assert report["requests"] == 3
+    expected = sum(
+        r.json()["usage"]["prompt_tokens"] + 2 * r.json()["usage"]["completion_tokens"]
+        for r in (first, later)
+    )
+    assert report["credits_used"] == expected
+    assert report["credits_left"] == 100000 - expected  # every refund landed

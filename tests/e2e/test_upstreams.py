@@ -235,3 +235,31 @@ def test_one_json_log_line_per_request_with_its_trace_id(gateway: Gateway) -> No
         time.sleep(0.05)
     lines = [json.loads(line) for line in gateway.server.log.read_text().splitlines() if trace in line]
     assert len(lines) == 1 and lines[0]["event"] == "chat_request" and lines[0]["model"] == "flaky"
+
+
+def test_a_client_disconnect_cancels_the_upstream_request(gateway: Gateway, server: Server) -> None:
+    """The gateway drops its upstream connection, and the upstream (a chatgate) stops generating."""
+    with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {API_KEY}"}) as upstream:
+        before = upstream.get("/healthz").json()["models"][SMALL]["cancelled"]
+        body = {
+            "model": "relay-chatgate",
+            "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+            "max_tokens": 1500,
+            "temperature": 0,
+            "stream": True,
+        }
+        with (
+            httpx.Client(base_url=gateway.server.base_url, timeout=30) as http,
+            http.stream(
+                "POST", "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {gateway.key}"}
+            ) as response,
+        ):
+            lines = response.iter_lines()
+            for _ in range(6):
+                next(lines)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1:
+                break
+            time.sleep(0.05)
+        assert upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1

@@ -27,3 +27,17 @@ def test_migrate_brings_the_schema_to_head(tmp_path: Path) -> None:
         assert asyncio.run(db.current_revision()) == head_revision()
     finally:
         asyncio.run(db.dispose())
+
+
+def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from chatgate.storage.tables import Base
+
+    migrate(f"sqlite+aiosqlite:///{tmp_path / 'drift.db'}")
+    engine = create_engine(f"sqlite:///{tmp_path / 'drift.db'}")
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    engine.dispose()

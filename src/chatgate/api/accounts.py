@@ -6,9 +6,9 @@ session's CSRF token in ``x-csrf-token``.
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -150,12 +150,13 @@ def _admin(signed_in: SignedIn) -> None:
 
 @router.get("/admin/users")
 async def admin_users(
-    signed_in: SignedInDep, accounts: AccountsDep, limit: int = 100, offset: int = 0
+    signed_in: SignedInDep,
+    accounts: AccountsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JSONResponse:
     _admin(signed_in)
-    return JSONResponse(
-        {"data": [_account(a) for a in await accounts.list(limit=min(limit, 500), offset=offset)]}
-    )
+    return JSONResponse({"data": [_account(a) for a in await accounts.list(limit=limit, offset=offset)]})
 
 
 @router.post("/admin/users/{user_id}/grant")

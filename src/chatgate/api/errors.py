@@ -73,6 +73,8 @@ def error_response(exc: ChatgateError, trace_id: str) -> JSONResponse:
         headers["retry-after"] = str(exc.retry_after)
     if isinstance(exc, RateLimited):
         headers.update(exc.headers)
+    if isinstance(exc, UpstreamRefused) and exc.retry_after:
+        headers["retry-after"] = exc.retry_after
     if isinstance(exc, InsufficientQuota):
         headers["x-should-retry"] = "false"  # the official SDKs honour this: no pointless retries
     return JSONResponse(envelope(exc, trace_id).model_dump(mode="json"), status_code=status, headers=headers)

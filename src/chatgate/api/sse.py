@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from chatgate.api.errors import envelope
 from chatgate.api.trace import TRACE_HEADER
@@ -40,16 +41,28 @@ async def frames(chunks: AsyncIterator[WireModel], trace_id: str) -> AsyncIterat
     yield DONE
 
 
+class ChunkStream(StreamingResponse):
+    """An SSE response that closes its chunk stream however the response ends, even unstarted."""
+
+    def __init__(self, chunks: AsyncIterator[WireModel], trace_id: str, headers: dict[str, str]) -> None:
+        self._chunks = chunks
+        super().__init__(frames(chunks, trace_id), media_type="text/event-stream", headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self._chunks, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
+
+
 def sse_response(
     chunks: AsyncIterator[WireModel], trace_id: str, headers: dict[str, str] | None = None
 ) -> StreamingResponse:
-    return StreamingResponse(
-        frames(chunks, trace_id),
-        media_type="text/event-stream",
-        headers={
-            "cache-control": "no-cache",
-            "x-accel-buffering": "no",
-            TRACE_HEADER: trace_id,
-            **(headers or {}),
-        },
+    return ChunkStream(
+        chunks,
+        trace_id,
+        {"cache-control": "no-cache", "x-accel-buffering": "no", TRACE_HEADER: trace_id, **(headers or {})},
     )

@@ -131,9 +131,14 @@ class UpstreamProvider:
         if response.status_code >= 500:
             self.failures += 1
             raise UpstreamFailed(f"The upstream failed with status {response.status_code}: {message}")
+        if response.status_code in (401, 403, 404):
+            # The upstream refused chatgate itself (its key, its model name): not the caller's doing.
+            self.failures += 1
+            raise UpstreamFailed(f"The upstream refused this deployment (status {response.status_code}).")
         raise UpstreamRefused(
             message,
-            status=response.status_code,
+            status=400 if response.status_code == 422 else response.status_code,
+            retry_after=response.headers.get("retry-after"),
             code=error.get("code") if isinstance(error.get("code"), str) else None,
             param=error.get("param") if isinstance(error.get("param"), str) else None,
         )

@@ -1,5 +1,6 @@
 """Users: sign-up with a free quota, password login, browser sessions, admins, grants."""
 
+import asyncio
 import re
 import secrets
 import uuid
@@ -8,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import IntegrityError
 
 from chatgate.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
 from chatgate.services.auth import hash_secret
@@ -57,22 +59,26 @@ class AccountService:
         self._free_credits = free_credits
         self._session_hours = session_hours
         self._hasher = PasswordHasher()  # argon2id: memory-hard
+        self._dummy: str | None = None
 
     async def sign_up(self, email: str, password: str, *, is_admin: bool = False) -> Account:
         email = _email(email)
         _check_password(password)
-        password_hash = self._hasher.hash(password)
-        async with self._db.transaction() as session:
-            if await users.by_email(session, email=email) is not None:
-                raise Conflict("An account with this email already exists.", param="email")
-            user = await users.insert(
-                session,
-                email=email,
-                password_hash=password_hash,
-                credits=self._free_credits,
-                is_admin=is_admin,
-            )
-            return Account.of(user)
+        password_hash = await asyncio.to_thread(self._hasher.hash, password)  # memory-hard: off the loop
+        try:
+            async with self._db.transaction() as session:
+                if await users.by_email(session, email=email) is not None:
+                    raise Conflict("An account with this email already exists.", param="email")
+                user = await users.insert(
+                    session,
+                    email=email,
+                    password_hash=password_hash,
+                    credits=self._free_credits,
+                    is_admin=is_admin,
+                )
+                return Account.of(user)
+        except IntegrityError as exc:  # two sign-ups racing for one email
+            raise Conflict("An account with this email already exists.", param="email") from exc
 
     async def ensure(self, email: str) -> Account:
         """The account for an email, created (without a password, with the free quota) if needed."""
@@ -95,7 +101,7 @@ class AccountService:
                     session, email=email, password_hash=None, credits=self._free_credits, is_admin=True
                 )
             user.is_admin = True
-            user.password_hash = self._hasher.hash(password)
+            user.password_hash = await asyncio.to_thread(self._hasher.hash, password)
             return Account.of(user)
 
     async def get(self, user_id: int) -> Account:
@@ -118,12 +124,13 @@ class AccountService:
 
     async def grant(self, user_id: int, credits: int) -> Account:
         async with self._db.transaction() as session:
-            user = await users.by_id(session, user_id=user_id)
-            if user is None:
+            if await users.by_id(session, user_id=user_id) is None:
                 raise NotFound("No such user.")
-            if user.credits + credits < 0:
+            # Conditional, so a removal racing a reservation can't leave a negative balance.
+            if not await users.grant(
+                session, user_id=user_id, credits=credits, trace_id=f"grant_{uuid.uuid4().hex}"
+            ):
                 raise InvalidRequest("That would leave a negative balance.", param="credits")
-            await users.grant(session, user_id=user_id, credits=credits, trace_id=f"grant_{uuid.uuid4().hex}")
         return await self.get(user_id)
 
     async def set_disabled(self, user_id: int, disabled: bool) -> Account:
@@ -140,24 +147,30 @@ class AccountService:
         _check_password(new)
         async with self._db.transaction() as session:
             user = await users.by_id(session, user_id=user_id)
-            if user is None or not self._verify(user, current):
+            if user is None or not await self._verify(user, current):
                 raise Forbidden("The current password is not right.", param="current_password")
-            user.password_hash = self._hasher.hash(new)
+            user.password_hash = await asyncio.to_thread(self._hasher.hash, new)
 
-    def _verify(self, user: User, password: str) -> bool:
-        if not user.password_hash:
-            return False
+    async def _verify(self, user: User | None, password: str) -> bool:
+        """Check a password off the event loop; an unknown user costs the same time as a wrong password."""
+        stored = user.password_hash if user is not None and user.password_hash else self._dummy_hash()
         try:
-            return self._hasher.verify(user.password_hash, password)
+            matched = await asyncio.to_thread(self._hasher.verify, stored, password)
         except (VerificationError, InvalidHashError):
             return False
+        return bool(matched) and user is not None and bool(user.password_hash)
+
+    def _dummy_hash(self) -> str:
+        if self._dummy is None:
+            self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy
 
     # Browser sessions: the cookie value is a random secret; only its hash is stored.
 
     async def log_in(self, email: str, password: str) -> tuple[str, SignedIn]:
         async with self._db.transaction() as session:
             user = await users.by_email(session, email=email.strip().lower())
-            if user is None or not self._verify(user, password) or user.disabled:
+            if not await self._verify(user, password) or user is None or user.disabled:
                 raise AuthError("Wrong email or password.")
             cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
             now = datetime.now(UTC)

@@ -4,7 +4,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -98,6 +98,34 @@ class Admitted:
     started: float
 
 
+class MeteredStream:
+    """A request's chunks. Closing it settles the request even if it was never iterated."""
+
+    def __init__(
+        self, chunks: AsyncGenerator[ChatCompletionChunk, None], abandon: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._chunks = chunks
+        self._abandon = abandon
+        self._started = False
+        self._closed = False
+
+    def __aiter__(self) -> "MeteredStream":
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        self._started = True
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            await self._chunks.aclose()
+        else:
+            await self._abandon()
+
+
 @dataclass
 class Tally:
     delivered: int = 0  # completion tokens in the deltas sent so far
@@ -160,11 +188,21 @@ class ChatService:
         queue, a prompt too long) happens before this returns, so it can still become an HTTP status.
         """
         admitted = await self._admit(caller, request)
-        return self._metered(caller, admitted, request), admitted.headers
+        stream = MeteredStream(
+            self._metered(caller, admitted, request), lambda: self._abandon(caller, admitted)
+        )
+        return stream, admitted.headers
+
+    async def _abandon(self, caller: Caller, admitted: Admitted) -> None:
+        """The client left before the stream was read at all: release the engine, refund everything."""
+        with anyio.CancelScope(shield=True):
+            await admitted.events.aclose()
+            await self._settle(caller, admitted, 0, "cancelled", None)
 
     async def _admit(self, caller: Caller, request: ChatCompletionRequest) -> Admitted:
         started = time.monotonic()
         model = request.model
+        recorded = False
         try:
             route = self.registry.resolve(request.model)
             model = route.name
@@ -177,34 +215,41 @@ class ChatService:
                 if not isinstance(first, Started):
                     raise RuntimeError(f"provider stream began with {first!r}, not Started")
                 # Reserve before waiting for the engine, so a queue of requests can't outspend the balance.
-                reservation = await self.quota.reserve(
-                    caller.principal,
-                    caller.trace_id,
-                    route.price,
-                    first.prompt_tokens,
-                    first.max_completion_tokens,
-                )
+                # Shielded: a reservation that commits must be settled too, even if this task is cancelled.
+                with anyio.CancelScope(shield=True):
+                    reservation = await self.quota.reserve(
+                        caller.principal,
+                        caller.trace_id,
+                        route.price,
+                        first.prompt_tokens,
+                        first.max_completion_tokens,
+                    )
             except BaseException:
-                await events.aclose()
+                with anyio.CancelScope(shield=True):
+                    await events.aclose()
                 raise
             admitted = Admitted(route, events, first.prompt_tokens, reservation, decision.headers(), started)
             try:
                 running = await anext(events)
                 if not isinstance(running, Running):
                     raise RuntimeError(f"provider sent {running!r} before Running")
-            except BaseException:
-                await events.aclose()
-                # Nothing ran: give back the whole reservation; the refusal itself is logged below.
-                self.usage.refund(self.quota.settle(admitted.reservation, 0, 0)[1])
+            except BaseException as exc:
+                # Nothing ran: give back the whole reservation and log the request, before any await.
+                refund = self.quota.settle(admitted.reservation, 0, 0)[1]
+                self._record(caller, model, started, 0, 0, 0, "error", _code(exc), refund)
+                recorded = True
+                with anyio.CancelScope(shield=True):
+                    await events.aclose()
                 raise
         except ChatgateError as exc:
-            self._record(caller, model, started, 0, 0, 0, "error", exc.code)
+            if not recorded:
+                self._record(caller, model, started, 0, 0, 0, "error", exc.code)
             raise
         return admitted
 
     async def _metered(
         self, caller: Caller, admitted: Admitted, request: ChatCompletionRequest
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
         tally = Tally()
         chunks = self._chunks(admitted, request, tally)
         status, code = "cancelled", None
@@ -217,8 +262,14 @@ class ChatService:
             raise
         finally:
             await chunks.aclose()
-            # A stream cut short costs what was delivered; a finished one what was generated.
-            used = tally.completion if status == "ok" else tally.delivered
+            # A stream cut short costs what was delivered; a finished one what was generated (at least
+            # what was delivered, when the engine reported no count).
+            if status != "ok":
+                used = tally.delivered
+            elif tally.reported is not None:
+                used = tally.completion
+            else:
+                used = max(tally.completion, tally.delivered)
             await self._settle(caller, admitted, used, status, code)
 
     async def _settle(
@@ -230,8 +281,7 @@ class ChatService:
         """
         prompt_tokens = admitted.prompt_tokens if completion_tokens or status == "ok" else 0
         charged, refund = self.quota.settle(admitted.reservation, prompt_tokens, completion_tokens)
-        with anyio.CancelScope(shield=True):
-            await self.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
+        # The refund and the usage row are queued before any await, so nothing can skip them.
         self._record(
             caller,
             admitted.route.name,
@@ -243,6 +293,8 @@ class ChatService:
             code,
             refund,
         )
+        with anyio.CancelScope(shield=True):
+            await self.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
 
     def _record(
         self,

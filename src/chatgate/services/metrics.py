@@ -102,10 +102,17 @@ class Metrics:
               "# TYPE chatgate_deployment_up gauge"]  # fmt: skip
         load = ["# HELP chatgate_engine_load Queue depth, busy slots and in-flight requests per model.",
                 "# TYPE chatgate_engine_load gauge"]  # fmt: skip
+        traffic = ["# HELP chatgate_deployment_requests_total Requests sent to a deployment, and those that failed.",
+                   "# TYPE chatgate_deployment_requests_total counter"]  # fmt: skip
         for model, route in registry.routes.items():
             for entry in route.provider.health():
                 labels = (("deployment", str(entry["deployment"])), ("model", model))
                 up.append(f"chatgate_deployment_up{_labels(labels)} {1 if entry['up'] else 0}")
+                for outcome in ("requests", "failures"):
+                    if outcome in entry:
+                        traffic.append(
+                            f"chatgate_deployment_requests_total{_labels((*labels, ('outcome', outcome)))} {entry[outcome]}"
+                        )
             for key, value in route.provider.stats().items():
                 load.append(f"chatgate_engine_load{_labels((('model', model), ('what', key)))} {value}")
-        return up + load
+        return up + traffic + load

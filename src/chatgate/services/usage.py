@@ -7,6 +7,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from chatgate.services.auth import Principal
 from chatgate.storage import ledger, tokens, usage, users
 from chatgate.storage.database import Database
@@ -78,17 +80,39 @@ class UsageRecorder:
             if not rows and not refunds and not last_used:
                 return
             try:
-                async with self._db.transaction() as session:
-                    await ledger.settle_many(session, refunds=refunds)
-                    await usage.insert_many(session, rows=rows)
-                    await tokens.touch(session, last_used=last_used)
-            except Exception:
+                try:
+                    await self._write(rows, refunds, last_used)
+                except IntegrityError:
+                    # One bad row must not hold back the rest: write them one by one, drop the offenders.
+                    await self._write_each(rows, refunds)
+            except BaseException:  # the database is unreachable, or this task is being cancelled
                 log.exception(
                     "could not write %d usage rows and %d refunds; will retry", len(rows), len(refunds)
                 )
                 self._rows[:0] = rows
                 self._refunds[:0] = refunds
                 self._last_used = {**last_used, **self._last_used}
+                raise
+
+    async def _write(
+        self, rows: list[dict[str, Any]], refunds: list[Refund], last_used: dict[int, datetime]
+    ) -> None:
+        async with self._db.transaction() as session:
+            await ledger.settle_many(session, refunds=refunds)
+            await usage.insert_many(session, rows=rows)
+            await tokens.touch(session, last_used=last_used)
+
+    async def _write_each(self, rows: list[dict[str, Any]], refunds: list[Refund]) -> None:
+        for refund in refunds:
+            try:
+                await self._write([], [refund], {})
+            except IntegrityError:
+                log.error("dropped a refund already settled: trace %s", refund.trace_id)
+        for row in rows:
+            try:
+                await self._write([row], [], {})
+            except IntegrityError:
+                log.error("dropped a usage row that does not fit the schema: trace %s", row["trace_id"])
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-recorder")
@@ -96,14 +120,15 @@ class UsageRecorder:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._flush_seconds)
-            await self.flush()
+            with contextlib.suppress(Exception):  # logged in flush; the rows wait for the next round
+                await self.flush()
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        await self.flush()  # whatever a cancelled flush put back
 
     async def summary(self, principal: Principal) -> dict[str, Any]:
         """What ``GET /v1/usage`` answers for the calling token."""

@@ -71,7 +71,8 @@ class UsageRecord(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    trace_id: Mapped[str] = mapped_column(String(128), unique=True)
+    # Not unique: a caller may resend an x-request-id (the ledger refuses to charge it twice).
+    trace_id: Mapped[str] = mapped_column(String(128), index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
     model: Mapped[str] = mapped_column(String(200))

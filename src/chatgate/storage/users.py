@@ -32,14 +32,21 @@ async def insert(
     return user
 
 
-async def grant(session: AsyncSession, *, user_id: int, credits: int, trace_id: str) -> None:
-    """Add (or, negative, remove) credits, with its ledger row."""
-    await session.execute(update(User).where(User.id == user_id).values(credits=User.credits + credits))
+async def grant(session: AsyncSession, *, user_id: int, credits: int, trace_id: str) -> bool:
+    """Add (or, negative, remove) credits, with its ledger row; False if it would leave less than zero."""
+    changed = await session.execute(
+        update(User)
+        .where(User.id == user_id, User.credits + credits >= 0)
+        .values(credits=User.credits + credits)
+    )
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        return False
     session.add(
         LedgerEntry(
             trace_id=trace_id, kind="grant", user_id=user_id, token_id=None, amount=credits, created_at=now()
         )
     )
+    return True
 
 
 async def list_all(session: AsyncSession, *, limit: int = 100, offset: int = 0) -> list[User]:

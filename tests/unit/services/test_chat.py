@@ -123,3 +123,12 @@ async def test_stream_options_without_stream_is_inconsistent() -> None:
             CALLER, request(stream_options={"include_usage": True})
         )
     assert caught.value.param == "stream_options"
+
+
+async def test_a_stream_closed_before_it_was_read_still_releases_and_records() -> None:
+    provider = ScriptedProvider(SCRIPT)
+    chat = service(provider)
+    chunks, _ = await chat.stream(CALLER, request(stream=True))
+    await chunks.aclose()  # type: ignore[attr-defined]
+    assert provider.closed
+    assert [row["status"] for row in chat.usage._rows] == ["cancelled"]

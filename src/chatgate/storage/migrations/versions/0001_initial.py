@@ -124,15 +124,16 @@ def upgrade() -> None:
             ["users.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("trace_id"),
     )
     with op.batch_alter_table("usage_log", schema=None) as batch_op:
         batch_op.create_index("ix_usage_token_day", ["token_id", "day"], unique=False)
         batch_op.create_index("ix_usage_user_day", ["user_id", "day"], unique=False)
+        batch_op.create_index(batch_op.f("ix_usage_log_trace_id"), ["trace_id"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("usage_log", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_usage_log_trace_id"))
         batch_op.drop_index("ix_usage_user_day")
         batch_op.drop_index("ix_usage_token_day")
 
