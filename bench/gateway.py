@@ -1,12 +1,18 @@
 """What chatgate adds per request: the same load through chatgate and straight to the upstream, side by side.
 
+Three paths carry the same load in one run: straight to the upstream, through chatgate, and
+through LiteLLM's proxy (``litellm[proxy]``, the reference peer, installed by this script into
+``.venv-litellm`` when missing, configured with the same upstream and a master key; without a
+database it does no per-key spend tracking, so it does less per request than chatgate does).
+
 The upstream is ``bench/stub_upstream.py``, which answers at once, so what the chatgate path adds
 is chatgate's own work: authentication (a user's API token, looked up in the database), the rate
 limiter, the credit reservation and settlement (two database transactions), the usage log, and
 the relay. The database is SQLite by default; ``--database-url`` and ``--redis-url`` measure the
 replica set-up (PostgreSQL, Redis).
 
-Load is open-loop at a fixed rate (default 200 requests/s): each request is sent at its scheduled
+Load is open-loop at fixed rates (default 50 and 200 requests/s; LiteLLM cannot sustain 200 on
+this machine, so 50 shows its per-request overhead without a backlog): each request is sent at its scheduled
 time whatever the others are doing, and its latency runs from that scheduled time to the end of
 the response, so a backlog counts against the server instead of hiding. The client is a lean
 keep-alive HTTP/1.1 client over asyncio sockets, so it spends little of the 2 CPUs itself. Then a
@@ -15,8 +21,8 @@ requests per second each path can take.
 
 Run from the repository root on an otherwise idle machine::
 
-    .venv/bin/python bench/gateway.py                     # 200 req/s for 15 s, then max throughput
-    .venv/bin/python bench/gateway.py --rate 100 --seconds 30 --json
+    .venv/bin/python bench/gateway.py                     # 50 and 200 req/s for 15 s each, then max throughput
+    .venv/bin/python bench/gateway.py --rates 100 --seconds 30 --no-litellm --json
 """
 
 import argparse
@@ -221,6 +227,45 @@ async def max_throughput(client: Client, connections: int, seconds: float) -> tu
 # ---------------------------------------------------------------------------------------------
 
 
+LITELLM_KEY = "sk-litellm-bench-master-key"
+
+
+def ensure_litellm(venv: Path) -> Path:
+    """LiteLLM's proxy in a virtualenv of its own (its pinned dependencies stay out of ours)."""
+    binary = venv / "bin" / "litellm"
+    if not binary.exists():
+        log(f"installing litellm[proxy] into {venv} (first run only)")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--progress-bar", "on", "litellm[proxy]"], check=True
+        )
+    return binary
+
+
+def litellm_command(binary: Path, workdir: Path, stub_port: int, port: int) -> list[str]:
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: stub\n"
+        "    litellm_params:\n"
+        "      model: openai/stub\n"
+        f"      api_base: http://127.0.0.1:{stub_port}/v1\n"
+        "      api_key: sk-stub\n"
+        f"general_settings:\n  master_key: {LITELLM_KEY}\n"
+    )
+    return [
+        str(binary),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+
+
 def chatgate_env(workdir: Path, stub_port: int, args: argparse.Namespace) -> dict[str, str]:
     catalogue = workdir / "catalogue.yaml"
     catalogue.write_text(
@@ -243,28 +288,42 @@ def chatgate_env(workdir: Path, stub_port: int, args: argparse.Namespace) -> dic
     return env
 
 
-async def measure(args: argparse.Namespace, stub_port: int, gate_port: int, token: str) -> dict[str, Any]:
-    direct = Client(stub_port, "/v1/chat/completions", {}, BODY)
-    gate = Client(gate_port, "/v1/chat/completions", {"Authorization": f"Bearer {token}"}, BODY)
+async def measure(args: argparse.Namespace, ports: dict[str, int], token: str) -> dict[str, Any]:
+    clients = {"direct": Client(ports["direct"], "/v1/chat/completions", {}, BODY)}
+    clients["chatgate"] = Client(
+        ports["chatgate"], "/v1/chat/completions", {"Authorization": f"Bearer {token}"}, BODY
+    )
+    if "litellm" in ports:
+        headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
+        clients["litellm"] = Client(ports["litellm"], "/v1/chat/completions", headers, BODY)
     log("warm-up")
-    await fixed_rate("warm-up", direct, args.rate, 2)
-    await fixed_rate("warm-up", gate, args.rate, 2)
+    for client in clients.values():
+        await fixed_rate("warm-up", client, min(args.rates), 2)
     results: list[FixedRate] = []
-    for name, client in (("direct", direct), ("chatgate", gate)):
-        log(f"{name}: {args.rate:g} req/s for {args.seconds:g} s")
-        results.append(await fixed_rate(name, client, args.rate, args.seconds))
+    for rate in args.rates:
+        for name, client in clients.items():
+            log(f"{name}: {rate:g} req/s for {args.seconds:g} s")
+            results.append(await fixed_rate(name, client, rate, args.seconds))
     throughput: dict[str, Any] = {}
-    for name, client in (("direct", direct), ("chatgate", gate)):
+    for name, client in clients.items():
         log(f"{name}: max throughput, {args.connections} connections for {args.throughput_seconds:g} s")
         rps, errors = await max_throughput(client, args.connections, args.throughput_seconds)
         throughput[name] = {"requests_per_s": rps, "errors": errors}
-    direct.close()
-    gate.close()
-    d, g = results
+    for client in clients.values():
+        client.close()
+    added: dict[str, dict[str, dict[str, float]]] = {}
+    for rate in args.rates:
+        at_rate = {r.path: r for r in results if r.rate == rate}
+        direct = at_rate["direct"]
+        added[f"{rate:g}"] = {
+            name: {"p50": round(r.p50_ms - direct.p50_ms, 3), "p99": round(r.p99_ms - direct.p99_ms, 3)}
+            for name, r in at_rate.items()
+            if name != "direct"
+        }
     return {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "fixed_rate": [asdict(r) for r in results],
-        "added_ms": {"p50": round(g.p50_ms - d.p50_ms, 3), "p99": round(g.p99_ms - d.p99_ms, 3)},
+        "added_ms": added,
         "max_throughput": throughput,
     }
 
@@ -278,25 +337,35 @@ def print_report(report: dict[str, Any]) -> None:
             f"{r['path']:<10}{r['rate']:>6g}/s{r['requests']:>10}{r['errors']:>8}"
             f"{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}"
         )
-    added = report["added_ms"]
-    print(f"chatgate adds: p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms")
-    t = report["max_throughput"]
-    print(
-        f"max throughput ({report['config']['connections']} connections): direct {t['direct']['requests_per_s']} req/s, "
-        f"chatgate {t['chatgate']['requests_per_s']} req/s"
-    )
+    for rate, paths in report["added_ms"].items():
+        for name, added in paths.items():
+            print(f"at {rate}/s {name} adds: p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms")
+        if "litellm" in paths:
+            ours, theirs = paths["chatgate"], paths["litellm"]
+            for q in ("p50", "p99"):
+                if theirs[q] > 0:
+                    print(f"at {rate}/s chatgate adds {ours[q] / theirs[q]:.3f}x of what litellm adds at {q}")
+    parts = [f"{name} {t['requests_per_s']} req/s" for name, t in report["max_throughput"].items()]
+    print(f"max throughput ({report['config']['connections']} connections): " + ", ".join(parts))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rate", type=float, default=200, help="requests per second, fixed")
+    parser.add_argument(
+        "--rates",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[50.0, 200.0],
+        help="fixed request rates to run, comma-separated (default 50,200)",
+    )
     parser.add_argument("--seconds", type=float, default=15, help="duration of each fixed-rate run")
     parser.add_argument("--connections", type=int, default=16, help="connections for the max-throughput run")
     parser.add_argument("--throughput-seconds", type=float, default=8)
     parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
     parser.add_argument("--redis-url", help="share rate limits through Redis")
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
+    parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -327,11 +396,17 @@ def main(argv: list[str] | None = None) -> int:
         token = created.stdout.strip().splitlines()[-1]
         stub = [PYTHON, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(stub_port)]
         gate = [PYTHON, "-m", "chatgate", "serve", "--port", str(gate_port)]
-        with (
-            running(stub, dict(os.environ), stub_port, workdir / "stub.log"),
-            running(gate, env, gate_port, workdir / "chatgate.log"),
-        ):
-            report = asyncio.run(measure(args, stub_port, gate_port, token))
+        ports = {"direct": stub_port, "chatgate": gate_port}
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(running(stub, dict(os.environ), stub_port, workdir / "stub.log"))
+            stack.enter_context(running(gate, env, gate_port, workdir / "chatgate.log"))
+            if not args.no_litellm:
+                binary = ensure_litellm(args.litellm_venv)
+                ports["litellm"] = free_port()
+                command = litellm_command(binary, workdir, stub_port, ports["litellm"])
+                quiet = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+                stack.enter_context(running(command, quiet, ports["litellm"], workdir / "litellm.log"))
+            report = asyncio.run(measure(args, ports, token))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
