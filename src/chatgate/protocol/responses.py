@@ -3,6 +3,7 @@
 from typing import Literal
 
 from chatgate.protocol.base import WireModel
+from chatgate.protocol.messages import ToolCall  # a reply's calls are shaped as a request's
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
@@ -35,17 +36,6 @@ class ChoiceLogprobs(WireModel):
 
     content: list[TokenLogprob] | None
     refusal: list[TokenLogprob] | None = None
-
-
-class FunctionCall(WireModel):
-    name: str
-    arguments: str
-
-
-class ToolCall(WireModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
 
 
 class ResponseMessage(WireModel):

@@ -4,8 +4,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from chatgate.protocol.messages import FunctionCall, ToolCall
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.protocol.responses import FinishReason, FunctionCall, TokenLogprob, ToolCall
+from chatgate.protocol.responses import FinishReason, TokenLogprob
 
 
 @dataclass(frozen=True)
