@@ -7,7 +7,7 @@ STAMP := $(VENV)/.chatgate-setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh console/package-lock.json $(wildcard console/src/*)
 	bash scripts/setup.sh
 	touch $@
 
@@ -25,4 +25,4 @@ bench: setup
 	$(VENV)/bin/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) .chatgate
+	rm -rf $(VENV) .chatgate console/node_modules src/chatgate/console/static

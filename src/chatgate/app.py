@@ -18,6 +18,8 @@ from chatgate.api import accounts, chat, health, models, usage
 from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
 from chatgate.api.trace import TraceMiddleware
 from chatgate.config import Catalogue, LocalDeployment, Settings, UpstreamDeployment, effective_catalogue
+from chatgate.console import api as console_api
+from chatgate.console import pages
 from chatgate.errors import ChatgateError
 from chatgate.providers.base import Provider
 from chatgate.providers.local import assets
@@ -193,6 +195,8 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         app.include_router(models.router, prefix=prefix)
         app.include_router(usage.router, prefix=prefix)
     app.include_router(accounts.router, prefix="/api")
+    app.include_router(console_api.router, prefix="/api")
     app.include_router(health.router)
+    app.include_router(pages.router)
     app.add_middleware(TraceMiddleware)
     return app

@@ -351,3 +351,15 @@ def test_a_resent_request_id_is_refused_and_does_not_block_later_accounting(
     )
     assert report["credits_used"] == expected
     assert report["credits_left"] == 100000 - expected  # every refund landed
+
+
+def test_one_user_never_sees_anothers_usage_or_request_log(accounts_server: Server, clients: Clients) -> None:
+    alice, bob = clients.console(unique("alice-log")), clients.console(unique("bob-log"))
+    key = alice.token()["key"]
+    clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
+    assert alice.http.get("/api/usage/requests").json()["total"] == 1
+    assert bob.http.get("/api/usage/requests").json() == {"total": 0, "data": []}
+    assert bob.http.get("/api/usage").json()["requests"] == 0
+    with httpx.Client(base_url=accounts_server.base_url) as anonymous:
+        assert anonymous.get("/api/usage").status_code == 401
+        assert anonymous.get("/api/usage/requests").status_code == 401

@@ -130,16 +130,24 @@ class UsageRecorder:
                 await self._task
         await self.flush()  # whatever a cancelled flush put back
 
-    async def summary(self, principal: Principal) -> dict[str, Any]:
-        """What ``GET /v1/usage`` answers for the calling token."""
+    async def summary(self, principal: Principal, *, whole_user: bool = False) -> dict[str, Any]:
+        """What ``GET /v1/usage`` answers for the calling token (or, for the console, a whole user)."""
         await self.flush()
-        scope = {"token_id": principal.token_id} if principal.token_id is not None else {"user_id": None}
+        scope: dict[str, Any] = {"token_id": principal.token_id}
+        if whole_user:
+            scope = {"user_id": principal.user_id}
         async with self._db.sessions() as session:
-            if principal.token_id is None:
+            if whole_user:
+                total = await usage.totals(session, **scope)
+                by_day = await usage.totals_by(session, column="day", **scope)
+                by_model = await usage.totals_by(session, column="model", **scope)
+                user = await users.by_id(session, user_id=principal.user_id or 0)
+                left: int | None = user.credits if user is not None else 0
+            elif principal.token_id is None:
                 total = await usage.totals(session)
                 by_day = await usage.totals_by(session, column="day")
                 by_model = await usage.totals_by(session, column="model")
-                left: int | None = None
+                left = None
             else:
                 total = await usage.totals(session, **scope)
                 by_day = await usage.totals_by(session, column="day", **scope)
@@ -162,6 +170,37 @@ class UsageRecorder:
             "credits_left": left,
             "daily": [{"date": day, **row(t)} for day, t in by_day.items()],
             "models": [{"model": model, **row(t)} for model, t in by_model.items()],
+        }
+
+    async def user_summary(self, user_id: int) -> dict[str, Any]:
+        """The console's usage page: a user's totals over all their tokens, per day and per model."""
+        return await self.summary(Principal(user_id=user_id, token_id=None), whole_user=True)
+
+    async def requests(
+        self, user_id: int, *, limit: int, offset: int, model: str | None, status: str | None
+    ) -> dict[str, Any]:
+        await self.flush()
+        async with self._db.sessions() as session:
+            rows, total = await usage.page(
+                session, user_id=user_id, model=model, status=status, limit=limit, offset=offset
+            )
+        return {
+            "total": total,
+            "data": [
+                {
+                    "time": row.created_at.isoformat(),
+                    "trace_id": row.trace_id,
+                    "token_id": row.token_id,
+                    "model": row.model,
+                    "prompt_tokens": row.prompt_tokens,
+                    "completion_tokens": row.completion_tokens,
+                    "cost": row.cost,
+                    "latency_ms": row.latency_ms,
+                    "status": row.status,
+                    "error_code": row.error_code,
+                }
+                for row in rows
+            ],
         }
 
     async def _credits_left(self, session: Any, principal: Principal) -> int | None:

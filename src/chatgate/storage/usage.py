@@ -57,9 +57,21 @@ async def page(
     *,
     user_id: int | None = None,
     token_id: int | None = None,
+    model: str | None = None,
+    status: str | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> list[UsageRecord]:
+) -> tuple[list[UsageRecord], int]:
+    """One page of the request log, newest first, and how many rows match in all."""
     query = _scope(select(UsageRecord), user_id=user_id, token_id=token_id)
-    result = await session.execute(query.order_by(UsageRecord.id.desc()).limit(limit).offset(offset))
-    return list(result.scalars())
+    counted = _scope(select(func.count(UsageRecord.id)), user_id=user_id, token_id=token_id)
+    if model:
+        query, counted = query.where(UsageRecord.model == model), counted.where(UsageRecord.model == model)
+    if status:
+        query, counted = (
+            query.where(UsageRecord.status == status),
+            counted.where(UsageRecord.status == status),
+        )
+    rows = await session.execute(query.order_by(UsageRecord.id.desc()).limit(limit).offset(offset))
+    total = int((await session.execute(counted)).scalar_one())
+    return list(rows.scalars()), total

@@ -1,0 +1,482 @@
+// chatgate's console: a hash-routed single page over the /api JSON endpoints and the chat API.
+import uPlot from "uplot";
+import { api, keys, session } from "./api.js";
+import { samples } from "./codegen.js";
+import { copy, field, fmt, h, toast, when } from "./dom.js";
+
+const main = document.getElementById("main");
+
+function show(...nodes) {
+  main.replaceChildren(...nodes);
+  main.focus({ preventScroll: true });
+}
+
+function fail(error) {
+  toast(error.message || String(error), "error");
+}
+
+async function loadMe() {
+  try {
+    const me = await api("GET", "/api/me");
+    session.user = me.user;
+    session.csrf = me.csrf_token;
+  } catch {
+    session.user = null;
+    session.csrf = null;
+  }
+  document.getElementById("nav").hidden = !session.user;
+  document.getElementById("nav-admin").hidden = !session.user?.is_admin;
+}
+
+// ---- sign in / sign up ---------------------------------------------------------------------
+
+function loginPage() {
+  const email = h("input", { type: "email", autocomplete: "username", required: true });
+  const password = h("input", { type: "password", autocomplete: "current-password", required: true, minlength: 8 });
+  async function go(path) {
+    try {
+      const me = await api("POST", path, { email: email.value, password: password.value });
+      session.user = me.user;
+      session.csrf = me.csrf_token;
+      await loadMe();
+      location.hash = "#/tokens";
+    } catch (error) {
+      fail(error);
+    }
+  }
+  const form = h(
+    "form",
+    { class: "card narrow", onsubmit: (e) => (e.preventDefault(), go("/api/login")) },
+    h("h1", {}, "Sign in to chatgate"),
+    h("p", {}, "An OpenAI-compatible Chat Completions API. New accounts get a free quota."),
+    field("Email", email),
+    field("Password", password, "At least 8 characters."),
+    h(
+      "div",
+      { class: "row" },
+      h("button", { type: "submit" }, "Sign in"),
+      h("button", { type: "button", class: "secondary", onclick: () => go("/api/signup") }, "Create account"),
+    ),
+  );
+  show(form);
+}
+
+// ---- tokens --------------------------------------------------------------------------------
+
+async function tokensPage() {
+  const list = h("tbody");
+  const reveal = h("div", { class: "reveal", hidden: true });
+  const name = h("input", { value: "my token", maxlength: 100 });
+
+  async function refresh() {
+    const { data } = await api("GET", "/api/tokens");
+    list.replaceChildren(
+      ...data.map((t) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, t.name),
+          h("td", {}, h("code", {}, `${t.prefix}…`)),
+          h("td", {}, when(t.created_at)),
+          h("td", {}, when(t.last_used_at)),
+          h("td", {}, `${fmt(t.spent)} used · ${t.quota_cap === null ? `${fmt(session.user.credits)} left (balance)` : `${fmt(Math.max(0, t.quota_cap - t.spent))} left`}`),
+          h("td", {}, t.revoked_at ? h("span", { class: "badge off" }, "revoked") : h("span", { class: "badge" }, "active")),
+          h(
+            "td",
+            { class: "actions" },
+            h("button", { class: "secondary small", onclick: () => rename(t), "aria-label": `Rename ${t.name}` }, "Rename"),
+            !t.revoked_at &&
+              h("button", { class: "danger small", onclick: () => revoke(t), "aria-label": `Revoke ${t.name}` }, "Revoke"),
+          ),
+        ),
+      ),
+    );
+    if (!data.length) list.append(h("tr", {}, h("td", { colspan: 7 }, "No tokens yet: acquire one.")));
+  }
+
+  async function acquire() {
+    try {
+      const created = await api("POST", "/api/tokens", { name: name.value || "my token" });
+      keys.put(created.id, created.key);
+      const secret = h("code", { class: "secret", "data-testid": "new-key" }, created.key);
+      reveal.replaceChildren(
+        h("strong", {}, "Your new token. It is shown only this once:"),
+        secret,
+        h("button", { onclick: () => copy(created.key, "Token copied") }, "Copy"),
+      );
+      reveal.hidden = false;
+      await refresh();
+    } catch (error) {
+      fail(error);
+    }
+  }
+
+  async function rename(t) {
+    const next = prompt("New name", t.name);
+    if (!next) return;
+    try {
+      await api("PATCH", `/api/tokens/${t.id}`, { name: next });
+      await refresh();
+    } catch (error) {
+      fail(error);
+    }
+  }
+
+  async function revoke(t) {
+    if (!confirm(`Revoke "${t.name}"? Programs using it will get 401.`)) return;
+    try {
+      await api("DELETE", `/api/tokens/${t.id}`);
+      keys.drop(t.id);
+      toast("Token revoked");
+      await refresh();
+    } catch (error) {
+      fail(error);
+    }
+  }
+
+  show(
+    h("h1", {}, "API tokens"),
+    h("p", {}, `Balance: ${fmt(session.user.credits)} credits.`),
+    h("div", { class: "card row wrap" }, field("Name", name), h("button", { onclick: acquire }, "Acquire")),
+    reveal,
+    h(
+      "div",
+      { class: "scroll" },
+      h(
+        "table",
+        {},
+        h("caption", { class: "sr-only" }, "Your API tokens"),
+        h("thead", {}, h("tr", {}, ...["Name", "Token", "Created", "Last used", "Quota", "State", ""].map((c) => h("th", { scope: "col" }, c)))),
+        list,
+      ),
+    ),
+  );
+  await refresh();
+}
+
+// ---- playground ----------------------------------------------------------------------------
+
+async function playgroundPage() {
+  const { data: tokens } = await api("GET", "/api/tokens");
+  const known = keys.all();
+  const usable = tokens.filter((t) => !t.revoked_at && known[t.id]);
+  const tokenSelect = h(
+    "select",
+    {},
+    ...usable.map((t) => h("option", { value: known[t.id] }, `${t.name} (${t.prefix}…)`)),
+    h("option", { value: "" }, "Paste a token…"),
+  );
+  const pasted = h("input", { type: "password", placeholder: "sk-…", hidden: usable.length > 0, "aria-label": "Token" });
+  tokenSelect.addEventListener("change", () => {
+    pasted.hidden = tokenSelect.value !== "";
+    loadModels();
+    render();
+  });
+  pasted.addEventListener("change", () => (loadModels(), render()));
+  const key = () => tokenSelect.value || pasted.value;
+
+  const model = h("select", {});
+  const stream = h("input", { type: "checkbox", checked: true });
+  const temperature = h("input", { type: "number", min: 0, max: 2, step: 0.1, value: 0.7 });
+  const maxTokens = h("input", { type: "number", min: 1, max: 4096, value: 64 });
+  const rows = h("div", { class: "messages" });
+  const reply = h("div", { class: "reply", "aria-live": "polite", "data-testid": "reply" });
+  const raw = h("pre", { class: "raw", "data-testid": "raw" });
+  const usage = h("p", { class: "usage", "data-testid": "usage" });
+  const code = h("pre", { class: "code", "data-testid": "code" });
+  const tabs = h("div", { class: "tabs", role: "tablist", "aria-label": "Code samples" });
+  let language = "Python (openai)";
+
+  function addRow(role = "user", content = "") {
+    const roleSelect = h("select", { "aria-label": "Role" }, ...["system", "user", "assistant"].map((r) => h("option", { value: r, selected: r === role }, r)));
+    const text = h("textarea", { rows: 2, "aria-label": "Message" }, content);
+    const row = h("div", { class: "message" }, roleSelect, text, h("button", { class: "secondary small", "aria-label": "Remove message", onclick: () => (row.remove(), render()) }, "✕"));
+    for (const el of [roleSelect, text]) el.addEventListener("input", render);
+    rows.append(row);
+    render();
+  }
+
+  function body() {
+    const messages = [...rows.querySelectorAll(".message")].map((row) => ({
+      role: row.querySelector("select").value,
+      content: row.querySelector("textarea").value,
+    }));
+    const out = { model: model.value, messages, temperature: Number(temperature.value), max_tokens: Number(maxTokens.value) };
+    if (stream.checked) out.stream = true;
+    return out;
+  }
+
+  function render() {
+    const all = samples({ base: location.origin, key: key() || "YOUR_TOKEN", body: body() });
+    tabs.replaceChildren(
+      ...Object.keys(all).map((name) =>
+        h("button", { role: "tab", "aria-selected": String(name === language), class: name === language ? "tab on" : "tab", onclick: () => ((language = name), render()) }, name),
+      ),
+    );
+    code.textContent = all[language];
+  }
+
+  async function loadModels() {
+    if (!key()) return;
+    try {
+      const response = await fetch("/v1/models", { headers: { Authorization: `Bearer ${key()}` } });
+      const { data } = await response.json();
+      model.replaceChildren(...data.map((m) => h("option", { value: m.id }, m.id)));
+      render();
+    } catch (error) {
+      fail(error);
+    }
+  }
+
+  async function tryIt() {
+    reply.textContent = "";
+    raw.textContent = "";
+    usage.textContent = "";
+    const request = body();
+    if (request.stream) request.stream_options = { include_usage: true };
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${key()}`, "Content-Type": "application/json" },
+      body: JSON.stringify(request),
+    });
+    if (!request.stream || !response.ok) {
+      const data = await response.json();
+      raw.textContent = JSON.stringify(data, null, 2);
+      if (!response.ok) return fail(new Error(data.error?.message || `HTTP ${response.status}`));
+      reply.textContent = data.choices[0].message.content;
+      usage.textContent = `Usage: ${data.usage.prompt_tokens} prompt + ${data.usage.completion_tokens} completion = ${data.usage.total_tokens} tokens`;
+      return;
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    const chunks = [];
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      const frames = buffer.split("\n\n");
+      buffer = frames.pop();
+      for (const frame of frames) {
+        const data = frame.replace(/^data: /, "");
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        chunks.push(chunk);
+        if (chunk.error) fail(new Error(chunk.error.message));
+        if (chunk.choices?.length) reply.textContent += chunk.choices[0].delta.content ?? "";
+        if (chunk.usage) usage.textContent = `Usage: ${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion = ${chunk.usage.total_tokens} tokens`;
+      }
+    }
+    raw.textContent = chunks.map((c) => JSON.stringify(c)).join("\n");
+  }
+
+  for (const el of [stream, temperature, maxTokens, model]) el.addEventListener("input", render);
+  show(
+    h("h1", {}, "Playground"),
+    h(
+      "div",
+      { class: "grid" },
+      h(
+        "section",
+        { class: "card", "aria-label": "Request" },
+        field("Authorization", tokenSelect, usable.length ? null : "Acquire a token on the Tokens page, or paste one."),
+        pasted,
+        field("Model", model),
+        h("fieldset", {}, h("legend", {}, "Messages"), rows, h("button", { class: "secondary small", onclick: () => addRow() }, "Add message")),
+        h("div", { class: "row wrap" }, field("Temperature", temperature), field("Max tokens", maxTokens), h("label", { class: "check" }, stream, " Stream")),
+        h("button", { onclick: () => tryIt().catch(fail) }, "Try"),
+        h("h2", {}, "Reply"),
+        reply,
+        usage,
+        h("details", {}, h("summary", {}, "Raw JSON"), raw),
+      ),
+      h(
+        "section",
+        { class: "card", "aria-label": "Code" },
+        h("h2", {}, "Code"),
+        tabs,
+        code,
+        h("button", { class: "secondary", onclick: () => copy(code.textContent, "Code copied") }, "Copy code"),
+      ),
+    ),
+  );
+  addRow("system", "You are a helpful assistant.");
+  addRow("user", "Say hello in one short sentence.");
+  await loadModels();
+}
+
+// ---- usage ---------------------------------------------------------------------------------
+
+async function usagePage() {
+  const summary = await api("GET", "/api/usage");
+  const log = h("tbody");
+  const modelFilter = h("select", {}, h("option", { value: "" }, "All models"), ...summary.models.map((m) => h("option", { value: m.model }, m.model)));
+  const statusFilter = h("select", {}, ...["", "ok", "error", "cancelled"].map((s) => h("option", { value: s }, s || "Any status")));
+  const pager = h("p", { class: "pager" });
+  let offset = 0;
+  const size = 20;
+
+  async function page() {
+    const params = new URLSearchParams({ limit: size, offset });
+    if (modelFilter.value) params.set("model", modelFilter.value);
+    if (statusFilter.value) params.set("status", statusFilter.value);
+    const { data, total } = await api("GET", `/api/usage/requests?${params}`);
+    log.replaceChildren(
+      ...data.map((r) =>
+        h("tr", {}, h("td", {}, when(r.time)), h("td", {}, r.model), h("td", {}, `${fmt(r.prompt_tokens)} + ${fmt(r.completion_tokens)}`), h("td", {}, fmt(r.cost)), h("td", {}, `${fmt(r.latency_ms)} ms`), h("td", {}, r.status + (r.error_code ? ` (${r.error_code})` : "")), h("td", {}, h("code", {}, r.trace_id))),
+      ),
+    );
+    pager.replaceChildren(
+      h("button", { class: "secondary small", disabled: offset === 0, onclick: () => ((offset = Math.max(0, offset - size)), page()) }, "Newer"),
+      ` ${total ? offset + 1 : 0}–${Math.min(offset + size, total)} of ${total} `,
+      h("button", { class: "secondary small", disabled: offset + size >= total, onclick: () => ((offset += size), page()) }, "Older"),
+    );
+  }
+  for (const f of [modelFilter, statusFilter]) f.addEventListener("change", () => ((offset = 0), page()));
+
+  const chart = h("div", { class: "chart", role: "img", "aria-label": "Tokens per day" });
+  const maxCost = Math.max(1, ...summary.models.map((m) => m.credits_used));
+  show(
+    h("h1", {}, "Usage"),
+    h(
+      "div",
+      { class: "stats" },
+      h("div", { class: "stat" }, h("span", {}, "Requests"), h("strong", {}, fmt(summary.requests))),
+      h("div", { class: "stat" }, h("span", {}, "Tokens"), h("strong", {}, fmt(summary.total_tokens))),
+      h("div", { class: "stat" }, h("span", {}, "Credits used"), h("strong", {}, fmt(summary.credits_used))),
+      h("div", { class: "stat" }, h("span", {}, "Credits left"), h("strong", { "data-testid": "credits-left" }, fmt(summary.credits_left))),
+    ),
+    h("section", { class: "card" }, h("h2", {}, "Tokens and cost per day"), chart),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Per model"),
+      ...summary.models.map((m) =>
+        h("div", { class: "bar" }, h("span", {}, m.model), h("div", { class: "fill", style: `width:${(100 * m.credits_used) / maxCost}%` }), h("small", {}, `${fmt(m.total_tokens)} tokens, ${fmt(m.credits_used)} credits`)),
+      ),
+    ),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Requests"),
+      h("div", { class: "row wrap" }, field("Model", modelFilter), field("Status", statusFilter)),
+      h("div", { class: "scroll" }, h("table", { "data-testid": "request-log" }, h("thead", {}, h("tr", {}, ...["Time", "Model", "Tokens", "Cost", "Latency", "Status", "Trace id"].map((c) => h("th", { scope: "col" }, c)))), log)),
+      pager,
+    ),
+  );
+  const days = summary.daily.map((d) => Date.parse(d.date) / 1000);
+  if (days.length) {
+    const width = Math.min(chart.clientWidth || 600, 900);
+    new uPlot(
+      {
+        width,
+        height: 220,
+        series: [
+          {},
+          { label: "Prompt tokens", stroke: "#2563eb", fill: "#2563eb55", paths: uPlot.paths.bars({ size: [0.3, 40], align: -1 }) },
+          { label: "Completion tokens", stroke: "#16a34a", fill: "#16a34a55", paths: uPlot.paths.bars({ size: [0.3, 40], align: 1 }) },
+          { label: "Credits", stroke: "#d97706", scale: "c", points: { show: true, size: 7 } },
+        ],
+        axes: [{}, { label: "tokens" }, { scale: "c", side: 1, label: "credits", grid: { show: false } }],
+        // A day either side, so a single day of data is a bar, not a three-year axis.
+        scales: { x: { time: true, range: (u, min, max) => [min - 86400, max + 86400] }, y: { range: (u, min, max) => [0, max * 1.15 || 1] }, c: { range: (u, min, max) => [0, max * 1.15 || 1] } },
+      },
+      [days, summary.daily.map((d) => d.prompt_tokens), summary.daily.map((d) => d.completion_tokens), summary.daily.map((d) => d.credits_used)],
+      chart,
+    );
+  } else chart.append(h("p", {}, "No requests yet."));
+  await page();
+}
+
+// ---- admin ---------------------------------------------------------------------------------
+
+async function adminPage() {
+  const [{ data: users }, { data: models }] = await Promise.all([api("GET", "/api/admin/users"), api("GET", "/api/admin/models")]);
+  async function grant(u) {
+    const credits = Number(prompt(`Credits to add for ${u.email} (negative removes)`, "100000"));
+    if (!credits) return;
+    try {
+      await api("POST", `/api/admin/users/${u.id}/grant`, { credits });
+      toast("Granted");
+      route();
+    } catch (error) {
+      fail(error);
+    }
+  }
+  async function toggle(u) {
+    try {
+      await api("POST", `/api/admin/users/${u.id}/disable`, { disabled: !u.disabled });
+      route();
+    } catch (error) {
+      fail(error);
+    }
+  }
+  show(
+    h("h1", {}, "Admin"),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Users"),
+      h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ...["Email", "Credits", "Role", "State", ""].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, ...users.map((u) => h("tr", {}, h("td", {}, u.email), h("td", {}, fmt(u.credits)), h("td", {}, u.is_admin ? "admin" : "user"), h("td", {}, u.disabled ? "disabled" : "active"), h("td", { class: "actions" }, h("button", { class: "secondary small", onclick: () => grant(u) }, "Grant"), h("button", { class: u.disabled ? "small" : "danger small", onclick: () => toggle(u) }, u.disabled ? "Enable" : "Disable"))))))),
+    ),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Models and deployments"),
+      ...models.map((m) => h("div", { class: "model" }, h("h3", {}, m.id), h("ul", {}, ...m.deployments.map((d) => h("li", {}, h("span", { class: d.up ? "badge" : "badge off" }, d.up ? "up" : "down"), ` ${d.deployment}`))))),
+    ),
+  );
+}
+
+// ---- account -------------------------------------------------------------------------------
+
+function accountPage() {
+  const current = h("input", { type: "password", autocomplete: "current-password" });
+  const next = h("input", { type: "password", autocomplete: "new-password", minlength: 8 });
+  show(
+    h("h1", {}, "Account"),
+    h("p", {}, `Signed in as ${session.user.email}.`),
+    h(
+      "form",
+      {
+        class: "card narrow",
+        onsubmit: async (e) => {
+          e.preventDefault();
+          try {
+            await api("POST", "/api/me/password", { current_password: current.value, new_password: next.value });
+            toast("Password changed");
+          } catch (error) {
+            fail(error);
+          }
+        },
+      },
+      h("h2", {}, "Change password"),
+      field("Current password", current),
+      field("New password", next, "At least 8 characters."),
+      h("button", { type: "submit" }, "Change password"),
+    ),
+    h("button", { class: "secondary", onclick: async () => (await api("POST", "/api/logout").catch(fail), await loadMe(), (location.hash = "#/login")) }, "Sign out"),
+  );
+}
+
+// ---- router --------------------------------------------------------------------------------
+
+const pages = { tokens: tokensPage, playground: playgroundPage, usage: usagePage, admin: adminPage, account: accountPage };
+
+async function route() {
+  const name = location.hash.replace(/^#\/?/, "") || "tokens";
+  if (!session.user && name !== "login") return (location.hash = "#/login");
+  if (name === "login") return loginPage();
+  for (const link of document.querySelectorAll("#nav a")) link.setAttribute("aria-current", link.hash === `#/${name}` ? "page" : "false");
+  try {
+    await (pages[name] || tokensPage)();
+  } catch (error) {
+    if (error.status === 401) {
+      await loadMe();
+      location.hash = "#/login";
+    } else fail(error);
+  }
+}
+
+window.addEventListener("hashchange", route);
+loadMe().then(route);

@@ -1,0 +1,40 @@
+"""The console's own JSON endpoints: a user's usage and request log, and the admin's model view."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from chatgate.api.deps import RegistryDep, SignedInDep, UsageDep
+from chatgate.errors import Forbidden
+
+router = APIRouter()
+
+
+@router.get("/usage")
+async def my_usage(signed_in: SignedInDep, usage: UsageDep) -> JSONResponse:
+    return JSONResponse(await usage.user_summary(signed_in.account.id))
+
+
+@router.get("/usage/requests")
+async def my_requests(
+    signed_in: SignedInDep,
+    usage: UsageDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    model: str | None = None,
+    status: str | None = None,
+) -> JSONResponse:
+    page = await usage.requests(signed_in.account.id, limit=limit, offset=offset, model=model, status=status)
+    return JSONResponse(page)
+
+
+@router.get("/admin/models")
+async def admin_models(request: Request, signed_in: SignedInDep, registry: RegistryDep) -> JSONResponse:
+    if not signed_in.account.is_admin:
+        raise Forbidden("Only administrators may do this.")
+    models = [
+        {"id": model.id, "owned_by": model.owned_by, "deployments": registry.health()[model.id]}
+        for model in registry.model_list().data
+    ]
+    return JSONResponse({"data": models})

@@ -1,0 +1,182 @@
+"""The web console in a real browser (Debian's Chromium, driven by Playwright) against a real server."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.e2e import infra
+from tests.e2e.conftest import SMALL
+from tests.e2e.infra import ROOT, Server
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = ROOT / "docs" / "screenshots"
+DESKTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+CATALOGUE = f"""
+models:
+  - name: {SMALL}
+    deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 2}}
+"""
+ADMIN = ("admin@example.com", "admin password 1")
+
+
+@pytest.fixture(scope="module")
+def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not (ROOT / "src/chatgate/console/static/index.html").is_file():
+        pytest.fail("the console is not built: run `make test` (it runs npm ci && npm run build)")
+    with infra.chatgate(tmp_path_factory.mktemp("console"), CATALOGUE) as running:
+        running.cli("admin", "create", "--email", ADMIN[0], "--password", ADMIN[1])
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (make test installs it)")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield launched
+        launched.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_up(page: Page, base: str, email: str) -> None:
+    page.goto(base + "/")
+    expect(page.get_by_role("heading", name="Sign in to chatgate")).to_be_visible()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("a long enough password")
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+
+
+def test_sign_up_acquire_try_run_the_code_see_usage_revoke(
+    console_server: Server, browser: Browser, tmp_path: Path
+) -> None:
+    base = console_server.base_url
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(base + "/")
+    shot(page, "login-desktop")
+    sign_up(page, base, "journey@example.com")
+
+    page.get_by_label("Name").fill("laptop")
+    page.get_by_role("button", name="Acquire").click()
+    key = page.get_by_test_id("new-key").inner_text()
+    assert key.startswith("sk-")
+    expect(page.get_by_role("cell", name="laptop", exact=True)).to_be_visible()
+    shot(page, "tokens-desktop")
+
+    page.get_by_role("link", name="Playground").click()
+    expect(page.get_by_label("Model")).to_have_value(SMALL)
+    page.get_by_label("Max tokens").fill("16")
+    page.get_by_role("button", name="Try").click()
+    expect(page.get_by_test_id("usage")).to_contain_text("completion")  # the stream ended with its usage
+    assert page.get_by_test_id("reply").inner_text().strip()
+    page.get_by_role("tab", name="Python (openai)").click()
+    code = page.get_by_test_id("code").inner_text()
+    assert key in code and base in code
+    shot(page, "playground-desktop")
+
+    script = tmp_path / "generated.py"
+    script.write_text(code)
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip()  # the generated program prints the model's reply
+
+    for language in ("curl", "Python (requests)", "JavaScript (fetch)", "Java (OkHttp)"):
+        page.get_by_role("tab", name=language).click()
+        assert key in page.get_by_test_id("code").inner_text()
+
+    page.get_by_role("link", name="Usage").click()
+    log = page.get_by_test_id("request-log")
+    expect(log.get_by_role("row")).to_have_count(3)  # the header, the playground's request, the script's
+    expect(log).to_contain_text(SMALL)
+    shot(page, "usage-desktop")
+
+    page.get_by_role("link", name="Account").click()
+    shot(page, "account-desktop")
+
+    page.get_by_role("link", name="Tokens").click()
+    page.get_by_role("button", name="Revoke laptop").click()
+    expect(page.get_by_text("revoked", exact=True)).to_be_visible()
+    with httpx.Client(base_url=base) as http:
+        response = http.post(
+            "/v1/chat/completions",
+            json={"model": SMALL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            headers={"authorization": f"Bearer {key}"},
+        )
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_token"
+    context.close()
+
+
+def test_admin_page_and_phone_sized_pages(console_server: Server, browser: Browser) -> None:
+    base = console_server.base_url
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.goto(base + "/")
+    page.get_by_label("Email").fill(ADMIN[0])
+    page.get_by_label("Password").fill(ADMIN[1])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="Admin").click()
+    expect(page.get_by_role("cell", name="journey@example.com", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name=SMALL)).to_be_visible()
+    shot(page, "admin-desktop")
+    context.close()
+
+    phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = phone.new_page()
+    page.goto(base + "/")
+    shot(page, "login-phone")
+    sign_up(page, base, "phone@example.com")
+    page.get_by_role("button", name="Acquire").click()
+    shot(page, "tokens-phone")
+    for name in ("Playground", "Usage", "Account"):
+        page.get_by_role("link", name=name).click()
+        expect(page.get_by_role("heading", name=name)).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"] + 1, f"{name} scrolls sideways on a phone ({width}px)"
+        shot(page, f"{name.lower()}-phone")
+    phone.close()
+
+    admin_phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = admin_phone.new_page()
+    page.goto(base + "/")
+    page.get_by_label("Email").fill(ADMIN[0])
+    page.get_by_label("Password").fill(ADMIN[1])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="Admin").click()
+    expect(page.get_by_role("heading", name="Users")).to_be_visible()
+    shot(page, "admin-phone")
+    admin_phone.close()
+
+
+def test_keyboard_only_sign_in(console_server: Server, browser: Browser) -> None:
+    page = browser.new_page(viewport=DESKTOP)
+    page.goto(console_server.base_url + "/")
+    page.get_by_label("Email").focus()
+    page.keyboard.type(ADMIN[0])
+    page.keyboard.press("Tab")
+    page.keyboard.type(ADMIN[1])
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+    page.close()
