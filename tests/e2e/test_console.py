@@ -66,6 +66,13 @@ def sign_up(page: Page, base: str, email: str) -> None:
     expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
 
 
+def sign_in_as_admin(page: Page, base: str) -> None:
+    page.goto(base + "/")
+    page.get_by_label("Email").fill(ADMIN[0])
+    page.get_by_label("Password").fill(ADMIN[1])
+    page.get_by_role("button", name="Sign in").click()
+
+
 def test_sign_up_acquire_try_run_the_code_see_usage_revoke(
     console_server: Server, browser: Browser, tmp_path: Path
 ) -> None:
@@ -133,10 +140,7 @@ def test_admin_page_and_phone_sized_pages(console_server: Server, browser: Brows
     base = console_server.base_url
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
-    page.goto(base + "/")
-    page.get_by_label("Email").fill(ADMIN[0])
-    page.get_by_label("Password").fill(ADMIN[1])
-    page.get_by_role("button", name="Sign in").click()
+    sign_in_as_admin(page, base)
     page.get_by_role("link", name="Admin").click()
     expect(page.get_by_role("cell", name="journey@example.com", exact=True)).to_be_visible()
     expect(page.get_by_role("heading", name=SMALL)).to_be_visible()
@@ -160,10 +164,7 @@ def test_admin_page_and_phone_sized_pages(console_server: Server, browser: Brows
 
     admin_phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     page = admin_phone.new_page()
-    page.goto(base + "/")
-    page.get_by_label("Email").fill(ADMIN[0])
-    page.get_by_label("Password").fill(ADMIN[1])
-    page.get_by_role("button", name="Sign in").click()
+    sign_in_as_admin(page, base)
     page.get_by_role("link", name="Admin").click()
     expect(page.get_by_role("heading", name="Users")).to_be_visible()
     shot(page, "admin-phone")

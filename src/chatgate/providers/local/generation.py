@@ -27,8 +27,14 @@ class Job:
     tools: ToolPlan | None = None
 
 
-def prefill(llama: Any, prompt: list[int]) -> None:
-    """Evaluate the prompt, reusing whatever prefix of it the instance's KV cache already holds."""
+PREFILL_STEP = 256  # prompt tokens evaluated between checks for a cancelled request
+
+
+def prefill(llama: Any, prompt: list[int], cancel: threading.Event | None = None) -> bool:
+    """Evaluate the prompt, reusing whatever prefix of it the instance's KV cache already holds.
+
+    False if ``cancel`` was set before it was all in.
+    """
     cached = 0
     for have, want in zip(llama.input_ids[: llama.n_tokens], prompt, strict=False):
         if have != want:
@@ -39,7 +45,11 @@ def prefill(llama: Any, prompt: list[int]) -> None:
         llama.reset()
         cached = 0
     llama.n_tokens = cached
-    llama.eval(prompt[cached:])
+    for start in range(cached, len(prompt), PREFILL_STEP):
+        if cancel is not None and cancel.is_set():
+            return False  # the client left while the prompt was going in
+        llama.eval(prompt[start : start + PREFILL_STEP])
+    return True
 
 
 def _token_logprob(llama: Any, token: int, top_n: int) -> TokenLogprob:
@@ -84,7 +94,8 @@ class Generation:
     def _choice(self, index: int, s: Sampling) -> bool:
         llama, tools = self.llama, self.job.tools
         vocab = llama._model.vocab
-        prefill(llama, self.job.prompt)
+        if not prefill(llama, self.job.prompt, self.cancel):
+            return False
         constrained_tools = tools is not None and tools.required
         grammar = tools.grammar_from_start if tools is not None and tools.required else self.job.grammar
         chain = sampler_chain(llama, s, grammar)

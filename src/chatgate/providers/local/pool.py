@@ -4,6 +4,7 @@ import asyncio
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +70,8 @@ class EnginePool:
         self.max_queue = max_queue
         self.slots: list[Slot] = []
         self.cancelled = 0
-        self._free: asyncio.Queue[Slot] = asyncio.Queue()
-        self._waiting = 0
+        self._free: list[Slot] = []
+        self._waiters: deque[asyncio.Future[Slot]] = deque()
         self._mean_seconds = 5.0
 
     def load(self) -> None:
@@ -84,7 +85,7 @@ class EnginePool:
             )
             slot = Slot(index=i, llama=llama, threads=self.budget.total)
             self.slots.append(slot)
-            self._free.put_nowait(slot)
+            self._free.append(slot)
 
     @property
     def tokenizer(self) -> Any:
@@ -92,32 +93,48 @@ class EnginePool:
 
     @property
     def queued(self) -> int:
-        return self._waiting
+        return len(self._waiters)
 
     @property
     def busy(self) -> int:
-        return self.instances - self._free.qsize()
+        return len(self.slots) - len(self._free)
 
     async def acquire(self) -> Slot:
-        if self._free.empty() and self._waiting >= self.max_queue:
-            raise EngineBusy(
-                f"All {self.instances} engine slots are busy and {self._waiting} requests are waiting; "
-                "retry after a moment.",
-                retry_after=max(1, math.ceil(self._mean_seconds * (self._waiting + 1) / self.instances)),
-            )
-        self._waiting += 1
-        try:
-            slot = await self._free.get()
-        finally:
-            self._waiting -= 1
+        """A free instance now, or after the requests already waiting (first come, first served)."""
+        if self._free:
+            slot = self._free.pop()
+        else:
+            if len(self._waiters) >= self.max_queue:
+                raise EngineBusy(
+                    f"All {self.instances} engine slots are busy and {len(self._waiters)} requests are waiting; "
+                    "retry after a moment.",
+                    retry_after=max(
+                        1, math.ceil(self._mean_seconds * (len(self._waiters) + 1) / self.instances)
+                    ),
+                )
+            waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                slot = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self.release(waiter.result())  # handed over just as the caller gave up: pass it on
+                else:
+                    self._waiters.remove(waiter)
+                raise
         slot.started = time.monotonic()
         return slot
 
     def release(self, slot: Slot) -> None:
-        """Return an instance to the pool; call on the event loop once its generation has ended."""
+        """Return an instance: straight to the longest waiter, if any. Call on the event loop."""
         elapsed = time.monotonic() - slot.started
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
-        self._free.put_nowait(slot)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self._free.append(slot)
 
     def stats(self) -> dict[str, int]:
         return {

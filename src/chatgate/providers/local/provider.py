@@ -174,7 +174,7 @@ class LocalProvider:
         return bias
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
-        job = self._job(request)
+        job = await asyncio.to_thread(self._job, request)  # tokenising and grammars stay off the event loop
         yield Started(prompt_tokens=len(job.prompt), max_completion_tokens=job.sampling.max_tokens * job.n)
         slot = await self.pool.acquire()  # a full queue refuses here, still before any output
         loop = asyncio.get_running_loop()

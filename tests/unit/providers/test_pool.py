@@ -1,0 +1,63 @@
+"""Engine admission: first come, first served, with a bounded queue."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from chatgate.errors import EngineBusy
+from chatgate.providers.local.pool import EnginePool, Slot, ThreadBudget
+
+
+def pool_with_one_instance(max_queue: int) -> EnginePool:
+    pool = EnginePool(
+        path=Path("unused.gguf"), context_length=512, instances=1, budget=ThreadBudget(2), max_queue=max_queue
+    )
+    slot = Slot(index=0, llama=None, threads=2)  # no model: admission never touches it
+    pool.slots.append(slot)
+    pool.release(slot)
+    return pool
+
+
+async def test_a_freed_instance_goes_to_the_longest_waiter() -> None:
+    pool = pool_with_one_instance(max_queue=4)
+    held = await pool.acquire()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        slot = await pool.acquire()
+        order.append(name)
+        pool.release(slot)
+
+    first, second = asyncio.create_task(wait("first")), asyncio.create_task(wait("second"))
+    await asyncio.sleep(0)
+    assert pool.queued == 2
+    pool.release(held)
+    late = asyncio.create_task(wait("late"))  # arrives after the release: still behind both
+    await asyncio.gather(first, second, late)
+    assert order == ["first", "second", "late"]
+    assert pool.busy == 0
+
+
+async def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
+    pool = pool_with_one_instance(max_queue=1)
+    await pool.acquire()
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    with pytest.raises(EngineBusy) as refused:
+        await pool.acquire()
+    assert refused.value.retry_after >= 1
+    waiting.cancel()
+
+
+async def test_a_waiter_that_gives_up_does_not_swallow_the_instance() -> None:
+    pool = pool_with_one_instance(max_queue=4)
+    held = await pool.acquire()
+    quitter = asyncio.create_task(pool.acquire())
+    stayer = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    quitter.cancel()
+    await asyncio.sleep(0)
+    pool.release(held)
+    slot = await asyncio.wait_for(stayer, 1)
+    assert slot is held and pool.queued == 0
