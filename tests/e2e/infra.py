@@ -171,35 +171,27 @@ def postgres() -> Iterator[Postgres]:
 @dataclass
 class Redis:
     port: int
-    process: subprocess.Popen[bytes]
+    _stop: contextlib.ExitStack
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        self._stop.close()
 
 
 @contextlib.contextmanager
 def redis() -> Iterator[Redis]:
+    """A throwaway redis-server on loopback, without persistence."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (make test installs it)")
     port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            break
-        time.sleep(0.05)
-    server = Redis(port, process)
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(process(command, port, Path(tempfile.mkdtemp(prefix="chatgate-redis-")) / "log"))
+        server = Redis(port, stack.pop_all())  # a test may stop it early (stop() is idempotent)
     try:
         yield server
     finally:
