@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from chatgate.errors import ChatgateError, EngineBusy, UpstreamFailed, UpstreamRefused, UpstreamTimeout
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Completion, Provider, ProviderEvent, Running, Started, collect
+from chatgate.providers.base import Provider, ProviderEvent, Running, Started
 
 RETRYABLE_STATUSES = {408, 409, 429}
 
@@ -91,9 +91,6 @@ class RouterProvider:
             }
             for d in self.deployments
         ]
-
-    async def complete(self, request: ChatCompletionRequest) -> Completion:
-        return await collect(self.stream(request))
 
     def pick(self, exclude: set[Deployment]) -> Deployment | None:
         now = time.monotonic()

@@ -20,7 +20,6 @@ from chatgate.protocol.messages import text_of
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import FinishReason, TokenLogprob
 from chatgate.providers.base import (
-    Completion,
     Finished,
     ProviderEvent,
     Running,
@@ -28,7 +27,6 @@ from chatgate.providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageReport,
-    collect,
 )
 
 PER_MESSAGE_OVERHEAD = 8
@@ -70,9 +68,6 @@ class UpstreamProvider:
     @property
     def name(self) -> str:
         return f"{self.deployment.base_url}#{self.deployment.model}"
-
-    async def complete(self, request: ChatCompletionRequest) -> Completion:
-        return await collect(self.stream(request))
 
     def _body(self, request: ChatCompletionRequest) -> dict[str, Any]:
         body: dict[str, Any] = request.model_dump(mode="json", exclude_none=True, by_alias=True)

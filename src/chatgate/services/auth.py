@@ -26,10 +26,6 @@ class Principal:
     tpm_limit: int | None = None
 
     @property
-    def is_master(self) -> bool:
-        return self.user_id is None
-
-    @property
     def limit_key(self) -> str:
         return "master" if self.token_id is None else f"t{self.token_id}"
 

@@ -7,7 +7,7 @@ import pytest
 from chatgate.config import Price
 from chatgate.errors import InvalidRequest, ModelNotFound
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Completion, Finished, ProviderEvent, Running, Started, TextDelta, collect
+from chatgate.providers.base import Finished, ProviderEvent, Running, Started, TextDelta
 from chatgate.services.auth import MASTER
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.chat import Caller, ChatService
@@ -33,9 +33,6 @@ class ScriptedProvider:
                 yield event
         finally:
             self.closed = True
-
-    async def complete(self, request: ChatCompletionRequest) -> Completion:
-        return await collect(self.stream(request))
 
     def stats(self) -> dict[str, int]:
         return {}

@@ -13,7 +13,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from chatgate.config import LocalDeployment
 from chatgate.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, NotImplementedFeature
 from chatgate.protocol.requests import ChatCompletionRequest, JsonObjectFormat, JsonSchemaResponseFormat
-from chatgate.providers.base import Completion, Finished, ProviderEvent, Running, Started, collect
+from chatgate.providers.base import Finished, ProviderEvent, Running, Started
 from chatgate.providers.local import tools
 from chatgate.providers.local.generation import Generation, Job
 from chatgate.providers.local.pool import EnginePool, Slot, ThreadBudget
@@ -106,9 +106,6 @@ class LocalProvider:
         return [
             {"deployment": f"local:{self.pool.path.name}", "up": bool(self.pool.slots), **self.pool.stats()}
         ]
-
-    async def complete(self, request: ChatCompletionRequest) -> Completion:
-        return await collect(self.stream(request))
 
     def _job(self, request: ChatCompletionRequest) -> Job:
         """Everything about a request that can be refused, checked before it queues for an instance."""
