@@ -31,13 +31,6 @@ async def frames(chunks: AsyncIterator[WireModel], trace_id: str) -> AsyncIterat
         log.exception("stream failed", extra={"trace_id": trace_id})
         failure = EngineFailure("The server had an error while generating.", code="internal_error")
         yield frame(envelope(failure, trace_id))
-    finally:
-        # Close the chunk stream now, even when the client went away: that stops generation and
-        # settles the request's cost without waiting for garbage collection.
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):
-                await close()
     yield DONE
 
 
@@ -52,6 +45,8 @@ class ChunkStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            # However the response ended (done, failed, the client gone, never started): closing the
+            # chunk stream stops generation and settles the request's cost, now rather than at GC.
             close = getattr(self._chunks, "aclose", None)
             if close is not None:
                 with anyio.CancelScope(shield=True):
