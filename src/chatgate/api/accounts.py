@@ -13,8 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatgate.api.deps import SESSION_COOKIE, AccountsDep, SignedInDep, TokensDep
-from chatgate.errors import Forbidden
+from chatgate.api.deps import SESSION_COOKIE, AccountsDep, AdminDep, SignedInDep, TokensDep
 from chatgate.services.accounts import Account, SignedIn
 from chatgate.services.tokens import TokenInfo
 
@@ -143,33 +142,21 @@ async def revoke_token(token_id: int, signed_in: SignedInDep, tokens: TokensDep)
     return JSONResponse(_token(await tokens.revoke(signed_in.account.id, token_id)))
 
 
-def _admin(signed_in: SignedIn) -> None:
-    if not signed_in.account.is_admin:
-        raise Forbidden("Only administrators may do this.")
-
-
 @router.get("/admin/users")
 async def admin_users(
-    signed_in: SignedInDep,
+    admin: AdminDep,
     accounts: AccountsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JSONResponse:
-    _admin(signed_in)
     return JSONResponse({"data": [_account(a) for a in await accounts.list(limit=limit, offset=offset)]})
 
 
 @router.post("/admin/users/{user_id}/grant")
-async def admin_grant(
-    user_id: int, body: Grant, signed_in: SignedInDep, accounts: AccountsDep
-) -> JSONResponse:
-    _admin(signed_in)
+async def admin_grant(user_id: int, body: Grant, admin: AdminDep, accounts: AccountsDep) -> JSONResponse:
     return JSONResponse(_account(await accounts.grant(user_id, body.credits)))
 
 
 @router.post("/admin/users/{user_id}/disable")
-async def admin_disable(
-    user_id: int, body: Disable, signed_in: SignedInDep, accounts: AccountsDep
-) -> JSONResponse:
-    _admin(signed_in)
+async def admin_disable(user_id: int, body: Disable, admin: AdminDep, accounts: AccountsDep) -> JSONResponse:
     return JSONResponse(_account(await accounts.set_disabled(user_id, body.disabled)))

@@ -63,6 +63,12 @@ async def _signed_in(request: Request) -> SignedIn:
     return signed_in
 
 
+async def _admin(signed_in: Annotated[SignedIn, Depends(_signed_in)]) -> SignedIn:
+    if not signed_in.account.is_admin:
+        raise Forbidden("Only administrators may do this.")
+    return signed_in
+
+
 ChatDep = Annotated[ChatService, Depends(_chat)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 CallerDep = Annotated[Caller, Depends(_caller)]
@@ -70,3 +76,4 @@ AccountsDep = Annotated[AccountService, Depends(_accounts)]
 TokensDep = Annotated[TokenService, Depends(_tokens)]
 UsageDep = Annotated[UsageRecorder, Depends(_usage)]
 SignedInDep = Annotated[SignedIn, Depends(_signed_in)]
+AdminDep = Annotated[SignedIn, Depends(_admin)]

@@ -2,11 +2,10 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from chatgate.api.deps import RegistryDep, SignedInDep, UsageDep
-from chatgate.errors import Forbidden
+from chatgate.api.deps import AdminDep, RegistryDep, SignedInDep, UsageDep
 
 router = APIRouter()
 
@@ -30,11 +29,10 @@ async def my_requests(
 
 
 @router.get("/admin/models")
-async def admin_models(request: Request, signed_in: SignedInDep, registry: RegistryDep) -> JSONResponse:
-    if not signed_in.account.is_admin:
-        raise Forbidden("Only administrators may do this.")
+async def admin_models(admin: AdminDep, registry: RegistryDep) -> JSONResponse:
+    health = registry.health()
     models = [
-        {"id": model.id, "owned_by": model.owned_by, "deployments": registry.health()[model.id]}
+        {"id": model.id, "owned_by": model.owned_by, "deployments": health[model.id]}
         for model in registry.model_list().data
     ]
     return JSONResponse({"data": models})
