@@ -192,8 +192,7 @@ class AccountService:
         if row is None:
             raise AuthError("Not signed in.", code="not_signed_in")
         web, user = row
-        expires = web.expires_at if web.expires_at.tzinfo else web.expires_at.replace(tzinfo=UTC)
-        if expires <= datetime.now(UTC) or user.disabled:
+        if web.expires_at <= datetime.now(UTC) or user.disabled:
             raise AuthError("The session has ended; sign in again.", code="not_signed_in")
         return SignedIn(Account.of(user), web.csrf_token)
 

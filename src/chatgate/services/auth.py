@@ -64,7 +64,7 @@ class AuthService:
             raise AuthError("Incorrect API key provided.")
         if row.revoked:
             raise AuthError("This API key has been revoked.")
-        if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(UTC):
+        if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
             raise AuthError("This API key has expired.")
         if row.user_disabled:
             raise AuthError("This account is disabled.")
@@ -94,8 +94,3 @@ class AuthService:
             tpm_limit=token.tpm_limit,
             user_disabled=user.disabled,
         )
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were stored in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
