@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import logging
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,37 +130,29 @@ class UsageRecorder:
         await self.flush()  # whatever a cancelled flush put back
 
     async def summary(self, principal: Principal, *, whole_user: bool = False) -> dict[str, Any]:
-        """What ``GET /v1/usage`` answers for the calling token (or, for the console, a whole user)."""
+        """What ``GET /v1/usage`` answers for the calling token (or, for the console, a whole user).
+
+        The master key sees every request and has no limit (``credits_left`` null).
+        """
         await self.flush()
-        scope: dict[str, Any] = {"token_id": principal.token_id}
+        scope: dict[str, Any] = {}
         if whole_user:
             scope = {"user_id": principal.user_id}
+        elif principal.token_id is not None:
+            scope = {"token_id": principal.token_id}
         async with self._db.sessions() as session:
-            if whole_user:
-                total = await usage.totals(session, **scope)
-                by_day = await usage.totals_by(session, column="day", **scope)
-                by_model = await usage.totals_by(session, column="model", **scope)
-                user = await users.by_id(session, user_id=principal.user_id or 0)
-                left: int | None = user.credits if user is not None else 0
-            elif principal.token_id is None:
-                total = await usage.totals(session)
-                by_day = await usage.totals_by(session, column="day")
-                by_model = await usage.totals_by(session, column="model")
-                left = None
-            else:
-                total = await usage.totals(session, **scope)
-                by_day = await usage.totals_by(session, column="day", **scope)
-                by_model = await usage.totals_by(session, column="model", **scope)
-                left = await self._credits_left(session, principal)
+            total = await usage.totals(session, **scope)
+            by_day = await usage.totals_by(session, column="day", **scope)
+            by_model = await usage.totals_by(session, column="model", **scope)
+            left = await self._credits_left(session, principal, whole_user=whole_user)
 
         def row(totals: usage.Totals) -> dict[str, int]:
-            data = asdict(totals)
             return {
-                "requests": data["requests"],
-                "prompt_tokens": data["prompt_tokens"],
-                "completion_tokens": data["completion_tokens"],
-                "total_tokens": data["prompt_tokens"] + data["completion_tokens"],
-                "credits_used": data["cost"],
+                "requests": totals.requests,
+                "prompt_tokens": totals.prompt_tokens,
+                "completion_tokens": totals.completion_tokens,
+                "total_tokens": totals.prompt_tokens + totals.completion_tokens,
+                "credits_used": totals.cost,
             }
 
         return {
@@ -203,11 +194,15 @@ class UsageRecorder:
             ],
         }
 
-    async def _credits_left(self, session: Any, principal: Principal) -> int | None:
-        assert principal.user_id is not None and principal.token_id is not None
+    async def _credits_left(self, session: Any, principal: Principal, *, whole_user: bool) -> int | None:
+        """The balance, or less when the token has a cap; None for the unmetered master key."""
+        if principal.user_id is None:
+            return None
         user = await users.by_id(session, user_id=principal.user_id)
-        token = await tokens.by_id(session, token_id=principal.token_id)
         balance = user.credits if user is not None else 0
+        if whole_user or principal.token_id is None:
+            return balance
+        token = await tokens.by_id(session, token_id=principal.token_id)
         if token is not None and token.quota_cap is not None:
             return max(0, min(balance, token.quota_cap - token.spent))
         return balance
