@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ def free_port() -> int:
 @dataclass
 class Server:
     base_url: str
-    process: subprocess.Popen[str]
     log: Path
     env: dict[str, str]
 
@@ -43,25 +41,9 @@ class Server:
         return result.stdout
 
 
-def _wait_for_banner(process: subprocess.Popen[str], timeout: float) -> str | None:
-    found: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "listening on" in line:
-                found.append(line.split("listening on ")[1].split()[0])
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return found[0] if found else None
-
-
 @contextlib.contextmanager
 def chatgate(workdir: Path, catalogue: str, **env_overrides: str) -> Iterator[Server]:
-    """A chatgate server on a free port, its database migrated first."""
+    """A chatgate server on a free port, its database migrated first; its output goes to ``server.log``."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "catalogue.yaml").write_text(catalogue)
     env = {
@@ -75,31 +57,10 @@ def chatgate(workdir: Path, catalogue: str, **env_overrides: str) -> Iterator[Se
         **env_overrides,
     }
     subprocess.run([sys.executable, "-m", "chatgate", "migrate"], env=env, check=True, capture_output=True)
-    log = workdir / "server.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "chatgate", "serve", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-            cwd=workdir,
-        )
-    try:
-        base_url = _wait_for_banner(process, timeout=300)
-        if base_url is None:
-            process.kill()
-            raise RuntimeError("chatgate did not start:\n" + log.read_text()[-3000:])
-        yield Server(base_url, process, log, env)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+    port, log = free_port(), workdir / "server.log"
+    command = [sys.executable, "-m", "chatgate", "serve", "--port", str(port)]
+    with process(command, port, log, env, timeout=300):  # it listens once its models are loaded
+        yield Server(f"http://127.0.0.1:{port}", log, env)
 
 
 def _pg_bin(name: str) -> str:
@@ -199,12 +160,14 @@ def redis() -> Iterator[Redis]:
 
 
 @contextlib.contextmanager
-def process(command: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+def process(
+    command: list[str], port: int, log: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[None]:
     """Any server started as a subprocess, ready once its port accepts connections."""
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{command[:3]} exited:\n{log.read_text()[-2000:]}")
