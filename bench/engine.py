@@ -305,14 +305,7 @@ class ChatgateServer:
 
 
 async def chatgate_stream(client: httpx.AsyncClient, max_tokens: int) -> StreamTiming:
-    body = {
-        "model": MODEL_NAME,
-        "messages": bench_messages(),
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "max_tokens": max_tokens,
-        "temperature": 0,
-    }
+    body = stream_body(max_tokens)
     first: float | None = None
     last: float | None = None
     usage: dict[str, Any] | None = None
@@ -348,6 +341,18 @@ async def chatgate_stream(client: httpx.AsyncClient, max_tokens: int) -> StreamT
     return StreamTiming(start, first, last, end, int(usage["completion_tokens"]))
 
 
+def stream_body(max_tokens: int) -> dict[str, Any]:
+    """The streamed request both chatgate clients send: greedy, with usage at the end."""
+    return {
+        "model": MODEL_NAME,
+        "messages": bench_messages(),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+
+
 async def lean_stream(base_url: str, api_key: str, max_tokens: int) -> StreamTiming:
     """The same streamed request over a bare asyncio socket, parsing as little as possible.
 
@@ -356,16 +361,7 @@ async def lean_stream(base_url: str, api_key: str, max_tokens: int) -> StreamTim
     delta has non-empty content by a byte search, and parses JSON only for the final usage chunk.
     """
     host, port = base_url.removeprefix("http://").split(":")
-    body = json.dumps(
-        {
-            "model": MODEL_NAME,
-            "messages": bench_messages(),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": max_tokens,
-            "temperature": 0,
-        }
-    ).encode()
+    body = json.dumps(stream_body(max_tokens)).encode()
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {api_key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
