@@ -1,5 +1,7 @@
 """create_app(settings): builds storage, the catalogue's providers and the services, and wires the HTTP edge."""
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -14,28 +16,44 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatgate.api import accounts, chat, health, models, usage
+from chatgate.api import accounts, chat, files, health, images, models, usage
 from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
 from chatgate.api.trace import TraceMiddleware
-from chatgate.config import Catalogue, LocalDeployment, Settings, UpstreamDeployment, effective_catalogue
+from chatgate.config import (
+    Catalogue,
+    CatalogueEntry,
+    ImageGenerationDeployment,
+    LocalDeployment,
+    Settings,
+    UpstreamDeployment,
+    effective_catalogue,
+)
 from chatgate.console import api as console_api
 from chatgate.console import pages
-from chatgate.errors import ChatgateError
+from chatgate.errors import ChatgateError, ConfigError
 from chatgate.providers.base import Provider
+from chatgate.providers.images import backends
+from chatgate.providers.images.analysis import ImageAnalyser
+from chatgate.providers.images.drawing import ImageGenerationProvider
+from chatgate.providers.images.prepare import ImagePreparer
+from chatgate.providers.images.source import ImageLimits, ImageSource
 from chatgate.providers.local import assets
 from chatgate.providers.local.pool import ThreadBudget
 from chatgate.providers.local.provider import LocalProvider
 from chatgate.providers.router import Deployment, RouterProvider
 from chatgate.providers.upstream import UpstreamProvider
+from chatgate.providers.web.fetch import GuardedFetcher
 from chatgate.services.accounts import AccountService
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.chat import ChatService
+from chatgate.services.images import ImageService
 from chatgate.services.quota import QuotaService
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import UsageRecorder
 from chatgate.storage.database import Database
+from chatgate.storage.files import FileStore
 
 log = logging.getLogger("chatgate")
 
@@ -56,14 +74,45 @@ def master_key(settings: Settings) -> str:
     return key
 
 
+@dataclass
+class Outside:
+    """What reaches beyond chatgate, built once and shared: the upstream client, the guarded fetcher,
+    the file store, and image input handling."""
+
+    http: httpx.AsyncClient
+    fetcher: GuardedFetcher
+    files: FileStore
+    images: ImagePreparer
+
+
+def build_outside(settings: Settings) -> Outside:
+    fetcher = GuardedFetcher(allow_hosts=settings.allow_hosts)
+    files = FileStore(
+        settings.files_path,
+        max_file_bytes=settings.file_max_bytes,
+        max_total_bytes=settings.files_max_total_bytes,
+        retention_seconds=settings.file_retention_hours * 3600,
+    )
+    limits = ImageLimits(max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels)
+    source = ImageSource(fetcher, files, public_url=settings.base_url, limits=limits)
+    analyser = ImageAnalyser() if settings.image_analysis else None
+    return Outside(upstream_client(), fetcher, files, ImagePreparer(source, analyser))
+
+
 def build_registry(
-    settings: Settings, catalogue: Catalogue, http: httpx.AsyncClient, progress: Progress | None = None
+    settings: Settings, catalogue: Catalogue, outside: Outside, progress: Progress | None = None
 ) -> ModelRegistry:
     routes: list[Route] = []
     aliases: dict[str, str] = {}
     created = int(time.time())
     budget = ThreadBudget(settings.engine_threads)
+    http = outside.http
+    derived: list[CatalogueEntry] = []
     for entry in catalogue.models:
+        if entry.derived is not None:
+            derived.append(entry)  # built on other models: once those exist
+            aliases.update({alias: entry.name for alias in entry.aliases})
+            continue
         built = [_provider(settings, d, http, budget, progress) for d in entry.all_deployments]
         provider: Provider
         if len(built) == 1 and isinstance(built[0][0], LocalProvider):
@@ -75,19 +124,63 @@ def build_registry(
             ]
             provider = RouterProvider(deployments, retries=entry.retries)
             fingerprint = built[0][1]
-        routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price))
+        vision = all(getattr(d, "vision", False) for d in entry.all_deployments)
+        routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price, vision))
         aliases.update({alias: entry.name for alias in entry.aliases})
+    plain = ModelRegistry(routes, aliases)
+    for entry in derived:
+        assert entry.derived is not None
+        provider = _derived(settings, entry.name, entry.derived, plain, outside)
+        routes.append(Route(entry.name, entry.owned_by, created, provider, "fp_derived", entry.price))
     return ModelRegistry(routes, aliases)
+
+
+def _base(registry: ModelRegistry, name: str, of: str) -> Route:
+    try:
+        return registry.resolve(name)
+    except ChatgateError as exc:
+        raise ConfigError(
+            f"model {of!r} is built on {name!r}, which is not a model of the catalogue"
+        ) from exc
+
+
+def _derived(
+    settings: Settings,
+    name: str,
+    deployment: ImageGenerationDeployment,
+    plain: ModelRegistry,
+    outside: Outside,
+) -> Provider:
+    """A model built on other catalogue models."""
+    base = _base(plain, deployment.base, name)
+    backend: backends.ImageBackend
+    if deployment.backend.backend == "sketch":
+        drawer = _base(plain, deployment.backend.model or deployment.base, name)
+        backend = backends.SketchBackend(drawer.provider, max_shapes=deployment.backend.max_shapes)
+    else:
+        backend = backends.ImagesAPI(deployment.backend, outside.http, outside.fetcher)
+    return ImageGenerationProvider(
+        base=base.provider,
+        base_vision=base.vision,
+        backend=backend,
+        store=outside.files,
+        preparer=outside.images,
+        public_url=settings.base_url,
+        sizes=deployment.sizes,
+        image_price=deployment.image_price,
+        name=name,
+    )
 
 
 def _provider(
     settings: Settings,
-    deployment: LocalDeployment | UpstreamDeployment,
+    deployment: LocalDeployment | UpstreamDeployment | ImageGenerationDeployment,
     http: httpx.AsyncClient,
     budget: ThreadBudget,
     progress: Progress | None,
 ) -> tuple[Provider, str]:
     """A deployment's provider and its system fingerprint."""
+    assert not isinstance(deployment, ImageGenerationDeployment)  # built by _derived
     if isinstance(deployment, UpstreamDeployment):
         digest = hashlib.sha256(f"{deployment.base_url}|{deployment.model}".encode()).hexdigest()
         return UpstreamProvider(deployment, http), "fp_" + digest[:10]
@@ -106,14 +199,28 @@ def _provider(
     return local, fingerprint
 
 
-def _name(deployment: LocalDeployment | UpstreamDeployment, provider: Provider) -> str:
+def _name(
+    deployment: LocalDeployment | UpstreamDeployment | ImageGenerationDeployment, provider: Provider
+) -> str:
     if isinstance(provider, UpstreamProvider):
         return provider.name
     return f"local:{deployment.asset or deployment.path}" if isinstance(deployment, LocalDeployment) else "?"
 
 
-def _limit(deployment: LocalDeployment | UpstreamDeployment) -> int | None:
+def _limit(deployment: LocalDeployment | UpstreamDeployment | ImageGenerationDeployment) -> int | None:
     return deployment.max_concurrency if isinstance(deployment, UpstreamDeployment) else None
+
+
+async def _sweep_files(files: FileStore, every: float = 600.0) -> None:
+    """Expired files go every ten minutes (and once at start-up)."""
+    while True:
+        try:
+            removed = await files.sweep()
+            if removed:
+                log.info("removed %d expired files", removed)
+        except OSError as exc:
+            log.warning("file sweep failed: %s", exc)
+        await asyncio.sleep(every)
 
 
 def upstream_client() -> httpx.AsyncClient:
@@ -137,12 +244,18 @@ class Services:
     chat: ChatService
     usage: UsageRecorder
     limiter: RateLimiter
+    images: ImageService
+    files: FileStore
 
 
-def build_services(settings: Settings, registry: ModelRegistry) -> Services:
+def build_services(settings: Settings, registry: ModelRegistry, outside: Outside | None = None) -> Services:
     db = Database(settings.database)
     limiter: RateLimiter = RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
     recorder = UsageRecorder(db, flush_seconds=settings.usage_flush_seconds)
+    outside = outside or build_outside(settings)
+    chat_service = ChatService(
+        registry, QuotaService(db, flush_refunds=recorder.flush), limiter, recorder, images=outside.images
+    )
     return Services(
         db=db,
         registry=registry,
@@ -151,16 +264,18 @@ def build_services(settings: Settings, registry: ModelRegistry) -> Services:
         ),
         accounts=AccountService(db, free_credits=settings.free_credits, session_hours=settings.session_hours),
         tokens=TokenService(db),
-        chat=ChatService(registry, QuotaService(db, flush_refunds=recorder.flush), limiter, recorder),
+        chat=chat_service,
         usage=recorder,
         limiter=limiter,
+        images=ImageService(chat_service),
+        files=outside.files,
     )
 
 
 def create_app(settings: Settings, *, progress: Progress | None = None) -> FastAPI:
-    http = upstream_client()
-    registry = build_registry(settings, effective_catalogue(settings), http, progress)
-    services = build_services(settings, registry)
+    outside = build_outside(settings)
+    registry = build_registry(settings, effective_catalogue(settings), outside, progress)
+    services = build_services(settings, registry, outside)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -168,15 +283,20 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         await services.usage.start()
         for provider in registry.providers:
             await provider.start()
+        sweeper = asyncio.create_task(_sweep_files(outside.files))
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await outside.fetcher.aclose()
             for provider in registry.providers:
                 await provider.aclose()
             await services.usage.stop()
             await services.limiter.aclose()
             await services.db.dispose()
-            await http.aclose()
+            await outside.http.aclose()
 
     app = FastAPI(title="chatgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
@@ -194,9 +314,11 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         app.include_router(chat.router, prefix=prefix)
         app.include_router(models.router, prefix=prefix)
         app.include_router(usage.router, prefix=prefix)
+        app.include_router(images.router, prefix=prefix)
     app.include_router(accounts.router, prefix="/api")
     app.include_router(console_api.router, prefix="/api")
     app.include_router(health.router)
+    app.include_router(files.router)
     app.include_router(pages.router)
     app.add_middleware(TraceMiddleware)
     return app

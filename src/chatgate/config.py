@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     usage_flush_seconds: float = Field(default=1.0, gt=0)
     session_hours: int = Field(default=24 * 7, ge=1)
     secure_cookies: bool = False  # set when served over https
+    public_url: str | None = None  # how clients reach this server, for file links (default: host and port)
+    browsing_allow_hosts: str = (
+        ""  # comma-separated hosts the guarded fetcher may reach despite their address
+    )
+    image_analysis: bool = True  # describe images in text for models that cannot see them
+    image_max_bytes: int = Field(default=20_000_000, ge=1)
+    image_max_pixels: int = Field(default=40_000_000, ge=1)
+    files_dir: Path | None = None  # generated images (default: the data dir's files/)
+    file_max_bytes: int = Field(default=25_000_000, ge=1)
+    files_max_total_bytes: int = Field(default=2_000_000_000, ge=1)
+    file_retention_hours: int = Field(default=24 * 7, ge=1)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":
@@ -61,6 +72,21 @@ class Settings(BaseSettings):
     def models_path(self) -> Path:
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
 
+    @property
+    def files_path(self) -> Path:
+        return self.files_dir if self.files_dir is not None else self.data_dir / "files"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def allow_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.browsing_allow_hosts.split(",") if h.strip())
+
 
 class LocalDeployment(BaseModel):
     """A model served by the embedded llama.cpp engine."""
@@ -73,6 +99,7 @@ class LocalDeployment(BaseModel):
     context_length: int = Field(default=4096, ge=128)
     instances: int = Field(default=2, ge=1, le=16)
     weight: int = Field(default=1, ge=0)
+    vision: bool = False  # a multimodal model that reads images itself
 
     @model_validator(mode="after")
     def _one_source(self) -> "LocalDeployment":
@@ -104,9 +131,51 @@ class UpstreamDeployment(BaseModel):
     max_tokens: int = Field(default=4096, ge=1)  # assumed when a request sets none, for reserving credits
     weight: int = Field(default=1, ge=0)  # share of traffic among a model's deployments
     max_concurrency: int | None = Field(default=None, ge=1)
+    vision: bool = False  # the upstream model reads images itself (gpt-4o, a vLLM or Ollama VLM)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class SketchBackend(BaseModel):
+    """Offline drawing: a catalogue model writes SVG shapes (held valid by a schema), rendered to PNG."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["sketch"]
+    model: str | None = None  # the catalogue model that draws (default: the deployment's base)
+    max_shapes: int = Field(default=10, ge=1, le=40)
+
+
+class ImagesAPIBackend(BaseModel):
+    """An OpenAI-compatible images API: /images/generations, and /images/edits for input images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["openai_images"]
+    base_url: str = Field(pattern=r"^https?://")
+    model: str = Field(min_length=1)  # e.g. gpt-image-1
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=180.0, gt=0)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ImageGenerationDeployment(BaseModel):
+    """A chat model that draws: its base model writes the image prompt, the backend makes the image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["image_generation"]
+    base: str = Field(min_length=1)  # the catalogue model that turns the conversation into a prompt
+    backend: Annotated[SketchBackend | ImagesAPIBackend, Field(discriminator="backend")]
+    sizes: list[Annotated[str, Field(pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$")]] = Field(
+        default_factory=lambda: ["1024x1024", "1024x1536", "1536x1024"], min_length=1
+    )
+    image_price: int = Field(default=40_000, ge=0)  # credits per image, on top of the tokens
+    weight: int = Field(default=1, ge=0)
 
 
 def _deployment_kind(value: object) -> str:
@@ -116,7 +185,9 @@ def _deployment_kind(value: object) -> str:
 
 # `kind` may be left out for the local engine, the default.
 Deployment = Annotated[
-    Annotated[LocalDeployment, Tag("local")] | Annotated[UpstreamDeployment, Tag("openai_compatible")],
+    Annotated[LocalDeployment, Tag("local")]
+    | Annotated[UpstreamDeployment, Tag("openai_compatible")]
+    | Annotated[ImageGenerationDeployment, Tag("image_generation")],
     Discriminator(_deployment_kind),
 ]
 
@@ -139,8 +210,20 @@ class CatalogueEntry(BaseModel):
         return self
 
     @property
-    def all_deployments(self) -> list[LocalDeployment | UpstreamDeployment]:
+    def all_deployments(self) -> list[LocalDeployment | UpstreamDeployment | ImageGenerationDeployment]:
         return [self.deployment] if self.deployment is not None else list(self.deployments)
+
+    @property
+    def derived(self) -> ImageGenerationDeployment | None:
+        """The deployment of a model built on another catalogue model, if this is one."""
+        found = [d for d in self.all_deployments if isinstance(d, ImageGenerationDeployment)]
+        return found[0] if found else None
+
+    @model_validator(mode="after")
+    def _derived_alone(self) -> "CatalogueEntry":
+        if self.derived is not None and len(self.all_deployments) != 1:
+            raise ValueError(f"model {self.name!r}: a model built on another has exactly one deployment")
+        return self
 
 
 class Catalogue(BaseModel):

@@ -33,6 +33,12 @@ class NotImplementedFeature(InvalidRequest):
     code = "api_not_implemented"
 
 
+class InvalidImage(InvalidRequest):
+    """An image part that cannot be used: not an image, corrupt, too large, or at a refused address."""
+
+    code = "invalid_image"
+
+
 class AuthError(ChatgateError):
     code = "invalid_token"
 

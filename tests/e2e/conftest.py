@@ -2,7 +2,9 @@
 
 import json
 import os
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +20,63 @@ SPEC_PATH = Path(os.environ.get("CHATGATE_OPENAI_SPEC", ROOT.parent / "shared/op
 SMALL = "smollm2-135m"  # fast: for tests that are not about answer quality
 QWEN = "qwen2.5-coder-0.5b-instruct"
 
-CATALOGUE = f"""
+SKETCH = "sketch-image"  # draws offline: the small model writes SVG
+PAINTER = "gpt-4o-image"  # draws through an OpenAI-compatible images API (tests/e2e/images_peer.py)
+IMAGES_KEY = "sk-images-peer-key"
+
+CATALOGUE = """
 models:
   - name: {SMALL}
     aliases: [small]
     deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 2}}
   - name: {QWEN}
     deployment: {{kind: local, asset: qwen2.5-coder-0.5b-instruct-q4_k_m, context_length: 2048, instances: 1}}
+  - name: {SKETCH}
+    deployment:
+      kind: image_generation
+      base: {SMALL}
+      backend: {{backend: sketch, max_shapes: 4}}
+      sizes: ["256x256", "512x384"]
+      image_price: 1000
+  - name: {PAINTER}
+    deployment:
+      kind: image_generation
+      base: {SMALL}
+      backend: {{backend: openai_images, base_url: "{images}/v1", model: gpt-image-1, api_key_env: TEST_IMAGES_KEY}}
+      sizes: ["1024x1024", "256x256"]
 """
 MAX_QUEUE = 2
 
 
+@dataclass(frozen=True)
+class ImagesPeer:
+    url: str
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The main server: SQLite, the master key, both models, a short engine queue."""
+def images_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImagesPeer]:
+    port = infra.free_port()
+    command = [sys.executable, "-m", "tests.e2e.images_peer", "--port", str(port), "--key", IMAGES_KEY]
+    log = tmp_path_factory.mktemp("images-peer") / "peer.log"
+    with infra.process(command, port, log, cwd=str(ROOT)):
+        yield ImagesPeer(f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, images_peer: ImagesPeer) -> Iterator[Server]:
+    """The main server: SQLite, the master key, the local models and two drawing models, a short queue.
+
+    It may fetch from 127.0.0.1 (the tests' own web site) and from nowhere else on the machine.
+    """
+    catalogue = CATALOGUE.format(
+        SMALL=SMALL, QWEN=QWEN, SKETCH=SKETCH, PAINTER=PAINTER, images=images_peer.url
+    )
     with infra.chatgate(
-        tmp_path_factory.mktemp("server"), CATALOGUE, CHATGATE_MAX_QUEUE=str(MAX_QUEUE)
+        tmp_path_factory.mktemp("server"),
+        catalogue,
+        CHATGATE_MAX_QUEUE=str(MAX_QUEUE),
+        CHATGATE_BROWSING_ALLOW_HOSTS="127.0.0.1",
+        TEST_IMAGES_KEY=IMAGES_KEY,
     ) as running:
         yield running
 

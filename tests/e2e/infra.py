@@ -161,11 +161,16 @@ def redis() -> Iterator[Redis]:
 
 @contextlib.contextmanager
 def process(
-    command: list[str], port: int, log: Path, env: dict[str, str] | None = None, timeout: float = 120
+    command: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: str | None = None,
 ) -> Iterator[None]:
     """Any server started as a subprocess, ready once its port accepts connections."""
     with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         deadline = time.monotonic() + timeout
         while True:

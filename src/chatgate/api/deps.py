@@ -11,8 +11,10 @@ from chatgate.services.accounts import AccountService, SignedIn
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
 from chatgate.services.chat import Caller, ChatService
+from chatgate.services.images import ImageService
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import UsageRecorder
+from chatgate.storage.files import FileStore
 
 SESSION_COOKIE = "chatgate_session"
 CSRF_HEADER = "x-csrf-token"
@@ -41,6 +43,16 @@ def _accounts(request: Request) -> AccountService:
 def _tokens(request: Request) -> TokenService:
     service: TokenService = services_of(request).tokens
     return service
+
+
+def _images(request: Request) -> ImageService:
+    service: ImageService = services_of(request).images
+    return service
+
+
+def _files(request: Request) -> FileStore:
+    store: FileStore = services_of(request).files
+    return store
 
 
 def _usage(request: Request) -> UsageRecorder:
@@ -75,5 +87,7 @@ CallerDep = Annotated[Caller, Depends(_caller)]
 AccountsDep = Annotated[AccountService, Depends(_accounts)]
 TokensDep = Annotated[TokenService, Depends(_tokens)]
 UsageDep = Annotated[UsageRecorder, Depends(_usage)]
+ImagesDep = Annotated[ImageService, Depends(_images)]
+FilesDep = Annotated[FileStore, Depends(_files)]
 SignedInDep = Annotated[SignedIn, Depends(_signed_in)]
 AdminDep = Annotated[SignedIn, Depends(_admin)]

@@ -43,12 +43,23 @@ class FilePart(WireModel):
     file: FileRef
 
 
+class FileURL(WireModel):
+    url: str
+
+
+class FileURLPart(WireModel):
+    """An image (or other file) by URL, as the drawing model takes its input images."""
+
+    type: Literal["file_url"]
+    file_url: FileURL
+
+
 class RefusalPart(WireModel):
     type: Literal["refusal"]
     refusal: str
 
 
-UserPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+UserPart = Annotated[TextPart | ImagePart | FileURLPart | AudioPart | FilePart, Field(discriminator="type")]
 AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
 
 

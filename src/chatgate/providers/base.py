@@ -15,6 +15,7 @@ class Started:
 
     prompt_tokens: int
     max_completion_tokens: int  # the most it can generate, all choices together
+    extra_cost: int = 0  # credits beyond the tokens (a generated image), the most it can come to
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class UsageReport:
 
     prompt_tokens: int
     completion_tokens: int
+    extra_cost: int = 0  # credits beyond the tokens, as in Started
 
 
 ProviderEvent = Started | Running | TextDelta | ToolCallDelta | Finished | UsageReport
@@ -76,6 +78,7 @@ class Completion:
     choices: list[ChoiceResult]
     prompt_tokens: int
     completion_tokens: int
+    extra_cost: int = 0
 
 
 class Provider(Protocol):
@@ -105,7 +108,7 @@ class Provider(Protocol):
 async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
     """Drain a provider stream into one completion with every choice."""
     choices: dict[int, ChoiceResult] = {}
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = extra_cost = 0
     reported = False
     async for event in events:
         if isinstance(event, Started):
@@ -115,6 +118,7 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
             continue
         if isinstance(event, UsageReport):
             prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
+            extra_cost = event.extra_cost
             reported = True
             continue
         choice = choices.setdefault(event.index, ChoiceResult())
@@ -131,4 +135,4 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
             choice.reason = event.reason
             if not reported:
                 completion_tokens += event.completion_tokens
-    return Completion([choices[i] for i in sorted(choices)], prompt_tokens, completion_tokens)
+    return Completion([choices[i] for i in sorted(choices)], prompt_tokens, completion_tokens, extra_cost)

@@ -16,6 +16,7 @@ class Route:
     provider: Provider
     fingerprint: str
     price: Price
+    vision: bool = False  # its model reads images itself; others get them described in text
 
 
 class ModelRegistry:

@@ -34,6 +34,7 @@ from chatgate.providers.base import (
     collect,
 )
 from chatgate.providers.base import ToolCallDelta as ToolPiece
+from chatgate.providers.images.prepare import ImagePreparer, has_images
 from chatgate.services.auth import Principal
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.metrics import Metrics
@@ -141,7 +142,9 @@ class ChatService:
         limiter: RateLimiter,
         usage: UsageRecorder,
         metrics: Metrics | None = None,
+        images: ImagePreparer | None = None,
     ) -> None:
+        self.images = images
         self.registry = registry
         self.quota = quota
         self.limiter = limiter
@@ -159,7 +162,7 @@ class ChatService:
             raise
         if result.prompt_tokens:  # the engine's exact count replaces the estimate reserved on
             admitted.prompt_tokens = result.prompt_tokens
-        await self._settle(caller, admitted, result.completion_tokens, "ok", None)
+        await self._settle(caller, admitted, result.completion_tokens, "ok", None, result.extra_cost)
         wants_logprobs = bool(request.logprobs)
         completion = ChatCompletion(
             id=_completion_id(),
@@ -209,6 +212,8 @@ class ChatService:
             caller.principal.check_model(request.model, route.name)
             check_supported(request)
             decision = await self.limiter.admit(caller.principal)
+            if self.images is not None and has_images(request):
+                request = await self.images.prepare(request, native=route.vision)
             events = route.provider.stream(request)
             try:
                 first = await anext(events)
@@ -223,6 +228,7 @@ class ChatService:
                         route.price,
                         first.prompt_tokens,
                         first.max_completion_tokens,
+                        first.extra_cost,
                     )
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -236,14 +242,14 @@ class ChatService:
             except BaseException as exc:
                 # Nothing ran: give back the whole reservation and log the request, before any await.
                 refund = self.quota.settle(admitted.reservation, 0, 0)[1]
-                self._record(caller, model, started, 0, 0, 0, "error", _code(exc), refund)
+                self.record(caller, model, started, 0, 0, 0, "error", _code(exc), refund)
                 recorded = True
                 with anyio.CancelScope(shield=True):
                     await events.aclose()
                 raise
         except ChatgateError as exc:
             if not recorded:
-                self._record(caller, model, started, 0, 0, 0, "error", exc.code)
+                self.record(caller, model, started, 0, 0, 0, "error", exc.code)
             raise
         return admitted
 
@@ -270,19 +276,28 @@ class ChatService:
                 used = tally.completion
             else:
                 used = max(tally.completion, tally.delivered)
-            await self._settle(caller, admitted, used, status, code)
+            extra = tally.reported.extra_cost if status == "ok" and tally.reported is not None else 0
+            await self._settle(caller, admitted, used, status, code, extra)
 
     async def _settle(
-        self, caller: Caller, admitted: Admitted, completion_tokens: int, status: str, code: str | None
+        self,
+        caller: Caller,
+        admitted: Admitted,
+        completion_tokens: int,
+        status: str,
+        code: str | None,
+        extra_cost: int = 0,
     ) -> None:
         """Charge the real use, release the rest of the reservation, count tokens, log the request.
 
         The token count is shielded: it must finish even when a disconnect is cancelling the request.
         """
         prompt_tokens = admitted.prompt_tokens if completion_tokens or status == "ok" else 0
-        charged, refund = self.quota.settle(admitted.reservation, prompt_tokens, completion_tokens)
+        charged, refund = self.quota.settle(
+            admitted.reservation, prompt_tokens, completion_tokens, extra_cost
+        )
         # The refund and the usage row are queued before any await, so nothing can skip them.
-        self._record(
+        self.record(
             caller,
             admitted.route.name,
             admitted.started,
@@ -296,7 +311,7 @@ class ChatService:
         with anyio.CancelScope(shield=True):
             await self.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
 
-    def _record(
+    def record(
         self,
         caller: Caller,
         model: str,

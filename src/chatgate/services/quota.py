@@ -59,8 +59,9 @@ class QuotaService:
         price: Price,
         prompt_tokens: int,
         max_completion_tokens: int,
+        extra_cost: int = 0,
     ) -> Reservation:
-        amount = cost(price, prompt_tokens, max_completion_tokens)
+        amount = cost(price, prompt_tokens, max_completion_tokens) + extra_cost
         reservation = Reservation(principal, trace_id, price, amount)
         if principal.user_id is None:
             return reservation
@@ -100,14 +101,14 @@ class QuotaService:
             raise _duplicate(trace_id) from exc
 
     def settle(
-        self, reservation: Reservation, prompt_tokens: int, completion_tokens: int
+        self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, extra_cost: int = 0
     ) -> tuple[int, Refund | None]:
         """The charge for what was used (at most what was reserved) and the refund of the rest.
 
         The refund is applied later, in a batch (see UsageRecorder): giving back late never
         lets anyone overspend.
         """
-        full = cost(reservation.price, prompt_tokens, completion_tokens)
+        full = cost(reservation.price, prompt_tokens, completion_tokens) + extra_cost
         principal = reservation.principal
         if principal.user_id is None:
             return full, None

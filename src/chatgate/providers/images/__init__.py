@@ -1,0 +1,1 @@
+"""Images in and out: decoding, analysis for text-only models, and drawing."""

@@ -1,0 +1,206 @@
+"""Image backends: the offline sketcher (a catalogue model drawing SVG) and OpenAI-compatible images APIs."""
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import httpx
+from PIL import Image
+
+from chatgate.config import ImagesAPIBackend
+from chatgate.errors import ChatgateError, InvalidImage, UpstreamFailed, UpstreamRefused, UpstreamTimeout
+from chatgate.protocol.messages import SystemMessage, UserMessage
+from chatgate.protocol.requests import ChatCompletionRequest, JsonSchemaFormat, JsonSchemaResponseFormat
+from chatgate.providers.base import Provider, collect
+from chatgate.providers.images import sketch
+from chatgate.providers.images.decode import Picture, decode
+from chatgate.providers.web.fetch import FetchError, GuardedFetcher
+
+
+@dataclass(frozen=True)
+class Drawn:
+    png: bytes
+    width: int
+    height: int
+    prompt_tokens: int = 0  # tokens a language model spent drawing it (the sketcher)
+    completion_tokens: int = 0
+
+
+class ImageBackend(Protocol):
+    def token_budget(self) -> tuple[int, int]:
+        """The most prompt and completion tokens one drawing may spend (for reserving credits)."""
+        ...
+
+    async def draw(self, prompt: str, size: tuple[int, int], inputs: list[Picture]) -> Drawn: ...
+
+
+def as_png(picture: Picture, size: tuple[int, int]) -> bytes:
+    """A PNG of exactly ``size``, scaling the picture if the backend made another size."""
+    image = picture.image
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+class SketchBackend:
+    """Draws offline: a catalogue model writes the shapes, resvg renders them."""
+
+    def __init__(self, model: Provider, *, max_shapes: int) -> None:
+        self._model = model
+        self._max_shapes = max_shapes
+        self._max_tokens = 48 * max_shapes + 32
+        self._schema = sketch.schema(max_shapes)
+
+    def token_budget(self) -> tuple[int, int]:
+        return 600, self._max_tokens
+
+    async def draw(self, prompt: str, size: tuple[int, int], inputs: list[Picture]) -> Drawn:
+        request = ChatCompletionRequest(
+            model="sketch",
+            messages=[
+                SystemMessage(role="system", content=sketch.INSTRUCTIONS),
+                UserMessage(role="user", content=f"Draw: {prompt}"),
+            ],
+            response_format=JsonSchemaResponseFormat(
+                type="json_schema",
+                json_schema=JsonSchemaFormat(name="drawing", schema_=self._schema, strict=True),
+            ),
+            max_tokens=self._max_tokens,
+            temperature=0.6,
+        )
+        result = await collect(self._model.stream(request))
+        text = result.choices[0].text if result.choices else ""
+        svg = sketch.to_svg(sketch.salvage(text))
+        png = await anyio.to_thread.run_sync(sketch.render, svg, *size)
+        return Drawn(png, size[0], size[1], result.prompt_tokens, result.completion_tokens)
+
+
+class ImagesAPI:
+    """``POST /images/generations`` (or ``/images/edits`` with input images) on an OpenAI-compatible server."""
+
+    def __init__(self, config: ImagesAPIBackend, http: httpx.AsyncClient, fetcher: GuardedFetcher) -> None:
+        self._config = config
+        self._http = http
+        self._fetcher = fetcher
+        self._base = config.base_url.rstrip("/")
+
+    def token_budget(self) -> tuple[int, int]:
+        return 0, 0
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self._config.headers)
+        key = self._config.api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        return headers
+
+    async def draw(self, prompt: str, size: tuple[int, int], inputs: list[Picture]) -> Drawn:
+        size_text = f"{size[0]}x{size[1]}"
+        timeout = httpx.Timeout(self._config.timeout, connect=10.0)
+        try:
+            if inputs:
+                files = [("image[]", (f"input{i}.png", p.png(), "image/png")) for i, p in enumerate(inputs)]
+                fields = {"model": self._config.model, "prompt": prompt, "size": size_text, "n": "1"}
+                response = await self._http.post(
+                    f"{self._base}/images/edits",
+                    data=fields,
+                    files=files,
+                    headers=self._headers(),
+                    timeout=timeout,
+                )
+            else:
+                body: dict[str, Any] = {
+                    "model": self._config.model,
+                    "prompt": prompt,
+                    "size": size_text,
+                    "n": 1,
+                }
+                if self._config.model.startswith("dall-e"):
+                    body["response_format"] = "b64_json"
+                response = await self._http.post(
+                    f"{self._base}/images/generations", json=body, headers=self._headers(), timeout=timeout
+                )
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("The image backend did not answer in time.") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamFailed(f"The image backend could not be reached: {type(exc).__name__}.") from exc
+        if response.status_code >= 400:
+            raise _refusal(response)
+        data = await self._image_bytes(response)
+        try:
+            picture = await anyio.to_thread.run_sync(
+                lambda: decode(data, max_pixels=64_000_000, max_side=8192, param="image")
+            )
+        except InvalidImage as exc:
+            raise UpstreamFailed(f"The image backend sent an unusable image: {exc.message}") from exc
+        png = await anyio.to_thread.run_sync(as_png, picture, size)
+        return Drawn(png, size[0], size[1])
+
+    async def _image_bytes(self, response: httpx.Response) -> bytes:
+        try:
+            item = response.json()["data"][0]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamFailed("The image backend's answer has no image in it.") from exc
+        if isinstance(item, dict) and isinstance(item.get("b64_json"), str):
+            try:
+                return base64.b64decode(item["b64_json"], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise UpstreamFailed("The image backend sent invalid base64.") from exc
+        if isinstance(item, dict) and isinstance(item.get("url"), str):
+            try:
+                return (await self._fetcher.fetch(item["url"])).body
+            except FetchError as exc:
+                raise UpstreamFailed(f"The image backend's image could not be downloaded: {exc}") from exc
+        raise UpstreamFailed("The image backend's answer has no image in it.")
+
+
+def _refusal(response: httpx.Response) -> ChatgateError:
+    try:
+        error = response.json().get("error") or {}
+        message = str(error.get("message") or response.text[:200])
+        code = error.get("code")
+    except (ValueError, AttributeError):
+        message, code = response.text[:200], None
+    message = f"The image backend answered {response.status_code}: {message}"
+    if response.status_code in (401, 403, 404) or response.status_code >= 500:
+        return UpstreamFailed(message)  # the operator's key or configuration, or the backend, is at fault
+    retry_after = response.headers.get("retry-after")
+    return UpstreamRefused(
+        message, status=response.status_code, code=str(code) if code else None, retry_after=retry_after
+    )
+
+
+def plan_format(sizes: list[str]) -> JsonSchemaResponseFormat:
+    schema = {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "maxLength": 600},
+            "size": {"type": "string", "enum": sizes},
+            "caption": {"type": "string", "minLength": 1, "maxLength": 200},
+        },
+        "required": ["prompt", "size", "caption"],
+        "additionalProperties": False,
+    }
+    return JsonSchemaResponseFormat(
+        type="json_schema", json_schema=JsonSchemaFormat(name="image_plan", schema_=schema, strict=True)
+    )
+
+
+def parse_plan(text: str, sizes: list[str], fallback_prompt: str) -> tuple[str, str, str]:
+    """The prompt, size and caption the model planned; the user's own words if its JSON is unusable."""
+    try:
+        plan = json.loads(text)
+    except ValueError:
+        plan = {}
+    if not isinstance(plan, dict):
+        plan = {}
+    prompt = str(plan.get("prompt") or "").strip() or fallback_prompt
+    size = plan.get("size") if plan.get("size") in sizes else sizes[0]
+    caption = str(plan.get("caption") or "").strip() or "Here is the image."
+    return prompt, str(size), caption

@@ -1,0 +1,195 @@
+"""The drawing chat model: its base model plans the image, a backend draws it, the reply links the file.
+
+The reply has a fixed shape: the plan as a JSON block, the image in markdown, a download link, and a
+sentence about the image. Usage is the sum of every model step; the image itself costs a flat price.
+"""
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from chatgate.errors import InvalidRequest, NotImplementedFeature
+from chatgate.protocol.messages import FileURLPart, ImagePart, SystemMessage, TextPart, UserMessage, text_of
+from chatgate.protocol.requests import ChatCompletionRequest
+from chatgate.providers.base import (
+    Finished,
+    Provider,
+    ProviderEvent,
+    Started,
+    TextDelta,
+    UsageReport,
+    collect,
+)
+from chatgate.providers.images.backends import Drawn, ImageBackend, parse_plan, plan_format
+from chatgate.providers.images.decode import Picture
+from chatgate.providers.images.prepare import ImagePreparer, has_images
+
+PLAN_TOKENS = 256
+
+INSTRUCTIONS = (
+    "You write prompts for an image generator. Read the conversation and answer with JSON: "
+    '"prompt": a vivid, specific description of the image to make (subject, setting, style, colours, '
+    'composition), in English, following the user\'s latest request and any earlier images; "size": '
+    'one of {sizes} (the first, unless the user asks for a shape or size); "caption": one short '
+    "sentence telling the user what the image shows."
+)
+
+
+class StoredImage(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class ImageStore(Protocol):
+    async def put(
+        self, data: bytes, *, content_type: str, extension: str, owner: str | None = None
+    ) -> StoredImage: ...
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One generated image, stored."""
+
+    file_id: str
+    url: str
+    png: bytes
+    prompt: str
+    size: str
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    width, height = size.split("x")
+    return int(width), int(height)
+
+
+class ImageGenerationProvider:
+    def __init__(
+        self,
+        *,
+        base: Provider,
+        base_vision: bool,
+        backend: ImageBackend,
+        store: ImageStore,
+        preparer: ImagePreparer,
+        public_url: str,
+        sizes: list[str],
+        image_price: int,
+        name: str,
+    ) -> None:
+        self._base = base
+        self._base_vision = base_vision
+        self.backend = backend
+        self._store = store
+        self._preparer = preparer
+        self._files_url = public_url.rstrip("/") + "/files/"
+        self.sizes = sizes
+        self.image_price = image_price
+        self.name = name
+
+    async def start(self) -> None:
+        return None  # the base and drawing models are catalogue models, started as such
+
+    async def aclose(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def health(self) -> list[dict[str, object]]:
+        return [{"deployment": f"image_generation:{self.name}", "up": True}]
+
+    def check_size(self, size: str | None) -> str:
+        if size is None or size == "auto":
+            return self.sizes[0]
+        if size not in self.sizes:
+            raise InvalidRequest(f"size must be one of {', '.join(self.sizes)}.", param="size")
+        return size
+
+    async def draw(self, prompt: str, size: str, inputs: list[Picture]) -> tuple[Generated, Drawn]:
+        """One image for a prompt, stored; what drawing it cost in tokens comes with it."""
+        drawn = await self.backend.draw(prompt, parse_size(size), inputs)
+        stored = await self._store.put(drawn.png, content_type="image/png", extension="png")
+        url = self._files_url + stored.id
+        return Generated(stored.id, url, drawn.png, prompt, size), drawn
+
+    def _refuse(self, request: ChatCompletionRequest) -> None:
+        for param, used in (
+            ("tools", bool(request.tools)),
+            ("response_format", request.response_format is not None),
+            ("n", (request.n or 1) > 1),
+            ("logprobs", bool(request.logprobs)),
+            ("functions", bool(request.functions)),
+            ("audio", request.audio is not None),
+        ):
+            if used:
+                raise NotImplementedFeature(f"'{param}' is not supported by the drawing model.", param=param)
+
+    async def _plan_request(
+        self, request: ChatCompletionRequest, pictures: list[Picture]
+    ) -> ChatCompletionRequest:
+        """The conversation, its images made readable for the base model, asking for the plan."""
+        if has_images(request):
+            if self._base_vision or self._preparer.analyser is not None:
+                request = await self._preparer.prepare(request, native=self._base_vision, pictures=pictures)
+            else:
+                request = request.model_copy(
+                    update={"messages": [_without_images(m) for m in request.messages]}
+                )
+        system = SystemMessage(role="system", content=INSTRUCTIONS.format(sizes=", ".join(self.sizes)))
+        return ChatCompletionRequest(
+            model=request.model,
+            messages=[system, *request.messages],
+            response_format=plan_format(self.sizes),
+            max_tokens=PLAN_TOKENS,
+            temperature=0.3,
+            user=request.user,
+        )
+
+    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
+        self._refuse(request)
+        inputs = await self._preparer.load_all(request)  # checked now, while a 400 is still possible
+        events = self._base.stream(await self._plan_request(request, inputs))
+        try:
+            first = await anext(events)
+            assert isinstance(first, Started)
+            extra_prompt, extra_completion = self.backend.token_budget()
+            yield Started(
+                prompt_tokens=first.prompt_tokens + extra_prompt,
+                max_completion_tokens=first.max_completion_tokens + extra_completion,
+                extra_cost=self.image_price,
+            )
+            yield await anext(events)  # Running: the base model took the request
+            plan = await collect(_rest(events))
+        finally:
+            await events.aclose()
+        prompt_tokens = plan.prompt_tokens or first.prompt_tokens
+        text = plan.choices[0].text if plan.choices else ""
+        fallback = text_of(request.messages[-1]) or "a picture"
+        prompt, size, caption = parse_plan(text, self.sizes, fallback)
+        block = json.dumps({"prompt": prompt, "size": size}, ensure_ascii=False, indent=2)
+        yield TextDelta(f"```json\n{block}\n```\n\n", tokens=plan.completion_tokens)
+        picture, drawn = await self.draw(prompt, size, inputs)
+        yield TextDelta(
+            f"![{picture.file_id}]({picture.url})\n\n[Download⏬]({picture.url}?download=1)\n\n{caption}",
+            tokens=drawn.completion_tokens,
+        )
+        prompt_tokens += drawn.prompt_tokens
+        completion_tokens = plan.completion_tokens + drawn.completion_tokens
+        yield Finished("stop", prompt_tokens, completion_tokens)
+        yield UsageReport(prompt_tokens, completion_tokens, extra_cost=self.image_price)
+
+
+async def _rest(events: AsyncGenerator[ProviderEvent, None]) -> AsyncIterator[ProviderEvent]:
+    async for event in events:
+        yield event
+
+
+def _without_images(message: object) -> object:
+    if not isinstance(message, UserMessage) or isinstance(message.content, str):
+        return message
+    parts = [
+        TextPart(type="text", text="[an input image]") if isinstance(p, ImagePart | FileURLPart) else p
+        for p in message.content
+    ]
+    return message.model_copy(update={"content": parts})
