@@ -131,7 +131,11 @@ def build_registry(
     for entry in derived:
         assert entry.derived is not None
         provider = _derived(settings, entry.name, entry.derived, plain, outside)
-        routes.append(Route(entry.name, entry.owned_by, created, provider, "fp_derived", entry.price))
+        routes.append(
+            Route(
+                entry.name, entry.owned_by, created, provider, "fp_derived", entry.price, handles_images=True
+            )
+        )
     return ModelRegistry(routes, aliases)
 
 

@@ -17,6 +17,7 @@ class Route:
     fingerprint: str
     price: Price
     vision: bool = False  # its model reads images itself; others get them described in text
+    handles_images: bool = False  # its provider takes image parts as sent (the drawing models)
 
 
 class ModelRegistry:

@@ -212,7 +212,7 @@ class ChatService:
             caller.principal.check_model(request.model, route.name)
             check_supported(request)
             decision = await self.limiter.admit(caller.principal)
-            if self.images is not None and has_images(request):
+            if self.images is not None and not route.handles_images and has_images(request):
                 request = await self.images.prepare(request, native=route.vision)
             events = route.provider.stream(request)
             try:

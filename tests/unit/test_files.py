@@ -1,0 +1,51 @@
+"""The file store: unguessable ids, expiry, and a cap on each file and on the whole directory."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from chatgate.storage.files import FileStore, FileTooLarge
+
+
+def store(root: Path, **overrides: int) -> FileStore:
+    limits = {"max_file_bytes": 1000, "max_total_bytes": 2500, "retention_seconds": 3600, **overrides}
+    return FileStore(root, **limits)
+
+
+async def test_a_stored_file_comes_back_with_its_type(tmp_path: Path) -> None:
+    files = store(tmp_path)
+    meta = await files.put(b"\x89PNG...", content_type="image/png", extension="png")
+    assert meta.id.startswith("file-") and len(meta.id) >= 37
+    found = await files.get(meta.id)
+    assert (
+        found is not None and found[0].content_type == "image/png" and found[0].filename == f"{meta.id}.png"
+    )
+    assert await files.read(meta.id) == b"\x89PNG..."
+    assert await files.get("file-../../etc/passwd") is None
+    assert await files.get("../" + meta.id) is None
+
+
+async def test_files_over_the_cap_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileTooLarge):
+        await store(tmp_path).put(b"x" * 1001, content_type="image/png", extension="png")
+
+
+async def test_the_oldest_files_make_room(tmp_path: Path) -> None:
+    files = store(tmp_path)
+    first = await files.put(b"1" * 1000, content_type="image/png", extension="png")
+    os.utime(tmp_path / first.id, (time.time() - 10, time.time() - 10))
+    second = await files.put(b"2" * 1000, content_type="image/png", extension="png")
+    third = await files.put(b"3" * 1000, content_type="image/png", extension="png")
+    assert await files.get(first.id) is None
+    assert await files.read(second.id) == b"2" * 1000 and await files.read(third.id) == b"3" * 1000
+
+
+async def test_expired_files_are_gone_and_swept(tmp_path: Path) -> None:
+    files = store(tmp_path, retention_seconds=1)
+    meta = await files.put(b"x", content_type="image/png", extension="png")
+    files.retention_seconds = -1
+    assert await files.get(meta.id) is None
+    assert await files.sweep() == 1
+    assert list(tmp_path.iterdir()) == []
