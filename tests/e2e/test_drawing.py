@@ -152,3 +152,19 @@ def test_an_unknown_file_is_an_enveloped_404(server: Server) -> None:
     assert response.status_code == 404
     body = response.json()
     assert body["success"] is False and body["error"]["code"] == "not_found"
+
+
+def test_quota_pays_for_every_model_step_and_the_image(server: Server) -> None:
+    key = server.cli("keys", "create", "--user", "painter@example.com").strip().splitlines()[-1]
+    user = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=120)
+    answer = user.chat.completions.create(model=SKETCH, messages=DRAW)  # type: ignore[arg-type]
+    assert answer.usage is not None
+    with pytest.raises(openai.BadRequestError):  # refused before any model ran: free
+        user.chat.completions.create(
+            model=SKETCH,
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}],
+        )
+    usage = httpx.get(server.base_url + "/v1/usage", headers={"authorization": f"Bearer {key}"}).json()
+    # One credit per token at the default price, plus the sketch model's image price.
+    assert usage["credits_used"] == answer.usage.total_tokens + 1000
+    assert usage["requests"] == 2 and usage["total_tokens"] == answer.usage.total_tokens

@@ -111,7 +111,7 @@ CASES: list[tuple[str, dict[str, Any] | str, int, str, str | None]] = [
         "web_search_options",
     ),
     (
-        "image to a text model",
+        "an image that is not one",
         body(
             messages=[
                 {
@@ -121,8 +121,8 @@ CASES: list[tuple[str, dict[str, Any] | str, int, str, str | None]] = [
             ]
         ),
         400,
-        "api_not_implemented",
-        "messages",
+        "invalid_image",
+        "messages[0].content[0]",
     ),
     (
         "prompt over the context",
