@@ -1,0 +1,1 @@
+"""Reaching the web on a user's behalf: the guarded fetcher."""
