@@ -17,16 +17,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chatgate.api import accounts, chat, health, models, usage
 from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
 from chatgate.api.trace import TraceMiddleware
-from chatgate.config import Catalogue, LocalDeployment, Settings, UpstreamDeployment, effective_catalogue
+from chatgate.config import (
+    BrowsingDeployment,
+    Catalogue,
+    CatalogueEntry,
+    LocalDeployment,
+    Settings,
+    UpstreamDeployment,
+    effective_catalogue,
+)
 from chatgate.console import api as console_api
 from chatgate.console import pages
 from chatgate.errors import ChatgateError
 from chatgate.providers.base import Provider
+from chatgate.providers.browsing import search
+from chatgate.providers.browsing.provider import BrowsingProvider
 from chatgate.providers.local import assets
 from chatgate.providers.local.pool import ThreadBudget
 from chatgate.providers.local.provider import LocalProvider
 from chatgate.providers.router import Deployment, RouterProvider
 from chatgate.providers.upstream import UpstreamProvider
+from chatgate.providers.web.fetch import GuardedFetcher
 from chatgate.services.accounts import AccountService
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry, Route
@@ -64,20 +75,47 @@ def build_registry(
     created = int(time.time())
     budget = ThreadBudget(settings.engine_threads)
     for entry in catalogue.models:
-        built = [_provider(settings, d, http, budget, progress) for d in entry.all_deployments]
+        if entry.derived is not None:
+            continue  # built on another model: the second pass, once every ordinary route exists
+        ordinary = _ordinary(entry)
+        built = [_provider(settings, d, http, budget, progress) for d in ordinary]
         provider: Provider
         if len(built) == 1 and isinstance(built[0][0], LocalProvider):
             provider, fingerprint = built[0]
         else:
             deployments = [
                 Deployment(name=_name(d, p), provider=p, weight=d.weight, max_concurrency=_limit(d))
-                for d, (p, _) in zip(entry.all_deployments, built, strict=True)
+                for d, (p, _) in zip(ordinary, built, strict=True)
             ]
             provider = RouterProvider(deployments, retries=entry.retries)
             fingerprint = built[0][1]
         routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price))
         aliases.update({alias: entry.name for alias in entry.aliases})
+    bases = ModelRegistry(list(routes), dict(aliases))
+    for entry in catalogue.models:
+        if entry.derived is not None:
+            base = bases.resolve(entry.derived.base)
+            provider = _derived_provider(settings, entry.derived, base, http)
+            routes.append(Route(entry.name, entry.owned_by, created, provider, base.fingerprint, entry.price))
+            aliases.update({alias: entry.name for alias in entry.aliases})
     return ModelRegistry(routes, aliases)
+
+
+def _ordinary(entry: CatalogueEntry) -> list[LocalDeployment | UpstreamDeployment]:
+    return [d for d in entry.all_deployments if isinstance(d, LocalDeployment | UpstreamDeployment)]
+
+
+def _derived_provider(
+    settings: Settings, deployment: BrowsingDeployment, base: Route, http: httpx.AsyncClient
+) -> Provider:
+    """A model built on another catalogue model's provider (``base``)."""
+    fetcher = GuardedFetcher(
+        allow_hosts=settings.allowed_hosts,
+        max_bytes=deployment.fetch_max_bytes,
+        timeout=deployment.fetch_timeout,
+    )
+    backend = search.backend(deployment.search, http, settings.index_path)
+    return BrowsingProvider(deployment, base.provider, base.name, backend, fetcher)
 
 
 def _provider(
