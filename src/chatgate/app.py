@@ -20,6 +20,7 @@ from chatgate.api import accounts, chat, files, health, images, models, usage
 from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
 from chatgate.api.trace import TraceMiddleware
 from chatgate.config import (
+    BrowsingDeployment,
     Catalogue,
     CatalogueEntry,
     ImageGenerationDeployment,
@@ -32,6 +33,8 @@ from chatgate.console import api as console_api
 from chatgate.console import pages
 from chatgate.errors import ChatgateError, ConfigError
 from chatgate.providers.base import Provider
+from chatgate.providers.browsing import search
+from chatgate.providers.browsing.provider import BrowsingProvider
 from chatgate.providers.images import backends
 from chatgate.providers.images.analysis import ImageAnalyser
 from chatgate.providers.images.drawing import ImageGenerationProvider
@@ -86,7 +89,7 @@ class Outside:
 
 
 def build_outside(settings: Settings) -> Outside:
-    fetcher = GuardedFetcher(allow_hosts=settings.allow_hosts)
+    fetcher = GuardedFetcher(allow_hosts=settings.allowed_hosts)
     files = FileStore(
         settings.files_path,
         max_file_bytes=settings.file_max_bytes,
@@ -110,33 +113,48 @@ def build_registry(
     derived: list[CatalogueEntry] = []
     for entry in catalogue.models:
         if entry.derived is not None:
-            derived.append(entry)  # built on other models: once those exist
+            derived.append(entry)  # built on other models: the second pass, once every ordinary route exists
             aliases.update({alias: entry.name for alias in entry.aliases})
             continue
-        built = [_provider(settings, d, http, budget, progress) for d in entry.all_deployments]
+        ordinary = _ordinary(entry)
+        built = [_provider(settings, d, http, budget, progress) for d in ordinary]
         provider: Provider
         if len(built) == 1 and isinstance(built[0][0], LocalProvider):
             provider, fingerprint = built[0]
         else:
             deployments = [
                 Deployment(name=_name(d, p), provider=p, weight=d.weight, max_concurrency=_limit(d))
-                for d, (p, _) in zip(entry.all_deployments, built, strict=True)
+                for d, (p, _) in zip(ordinary, built, strict=True)
             ]
             provider = RouterProvider(deployments, retries=entry.retries)
             fingerprint = built[0][1]
-        vision = all(getattr(d, "vision", False) for d in entry.all_deployments)
+        vision = all(d.vision for d in ordinary)
         routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price, vision))
         aliases.update({alias: entry.name for alias in entry.aliases})
-    plain = ModelRegistry(routes, aliases)
+    plain = ModelRegistry(list(routes), dict(aliases))
     for entry in derived:
         assert entry.derived is not None
-        provider = _derived(settings, entry.name, entry.derived, plain, outside)
-        routes.append(
-            Route(
-                entry.name, entry.owned_by, created, provider, "fp_derived", entry.price, handles_images=True
+        base = _base(plain, entry.derived.base, entry.name)
+        if isinstance(entry.derived, BrowsingDeployment):
+            provider = _browsing(settings, entry.derived, base, http)
+            route = Route(entry.name, entry.owned_by, created, provider, base.fingerprint, entry.price)
+        else:
+            provider = _drawing(settings, entry.name, entry.derived, base, plain, outside)
+            route = Route(
+                entry.name,
+                entry.owned_by,
+                created,
+                provider,
+                base.fingerprint,
+                entry.price,
+                handles_images=True,
             )
-        )
+        routes.append(route)
     return ModelRegistry(routes, aliases)
+
+
+def _ordinary(entry: CatalogueEntry) -> list[LocalDeployment | UpstreamDeployment]:
+    return [d for d in entry.all_deployments if isinstance(d, LocalDeployment | UpstreamDeployment)]
 
 
 def _base(registry: ModelRegistry, name: str, of: str) -> Route:
@@ -148,15 +166,28 @@ def _base(registry: ModelRegistry, name: str, of: str) -> Route:
         ) from exc
 
 
-def _derived(
+def _browsing(
+    settings: Settings, deployment: BrowsingDeployment, base: Route, http: httpx.AsyncClient
+) -> Provider:
+    """A model that searches, reads and answers with its base model, citing its sources."""
+    fetcher = GuardedFetcher(
+        allow_hosts=settings.allowed_hosts,
+        max_bytes=deployment.fetch_max_bytes,
+        timeout=deployment.fetch_timeout,
+    )
+    backend = search.backend(deployment.search, http, settings.index_path)
+    return BrowsingProvider(deployment, base.provider, base.name, backend, fetcher)
+
+
+def _drawing(
     settings: Settings,
     name: str,
     deployment: ImageGenerationDeployment,
+    base: Route,
     plain: ModelRegistry,
     outside: Outside,
 ) -> Provider:
-    """A model built on other catalogue models."""
-    base = _base(plain, deployment.base, name)
+    """A model that draws: its base model plans the image, a backend makes it."""
     backend: backends.ImageBackend
     if deployment.backend.backend == "sketch":
         drawer = _base(plain, deployment.backend.model or deployment.base, name)
@@ -178,13 +209,12 @@ def _derived(
 
 def _provider(
     settings: Settings,
-    deployment: LocalDeployment | UpstreamDeployment | ImageGenerationDeployment,
+    deployment: LocalDeployment | UpstreamDeployment,
     http: httpx.AsyncClient,
     budget: ThreadBudget,
     progress: Progress | None,
 ) -> tuple[Provider, str]:
     """A deployment's provider and its system fingerprint."""
-    assert not isinstance(deployment, ImageGenerationDeployment)  # built by _derived
     if isinstance(deployment, UpstreamDeployment):
         digest = hashlib.sha256(f"{deployment.base_url}|{deployment.model}".encode()).hexdigest()
         return UpstreamProvider(deployment, http), "fp_" + digest[:10]
@@ -203,15 +233,13 @@ def _provider(
     return local, fingerprint
 
 
-def _name(
-    deployment: LocalDeployment | UpstreamDeployment | ImageGenerationDeployment, provider: Provider
-) -> str:
+def _name(deployment: LocalDeployment | UpstreamDeployment, provider: Provider) -> str:
     if isinstance(provider, UpstreamProvider):
         return provider.name
     return f"local:{deployment.asset or deployment.path}" if isinstance(deployment, LocalDeployment) else "?"
 
 
-def _limit(deployment: LocalDeployment | UpstreamDeployment | ImageGenerationDeployment) -> int | None:
+def _limit(deployment: LocalDeployment | UpstreamDeployment) -> int | None:
     return deployment.max_concurrency if isinstance(deployment, UpstreamDeployment) else None
 
 

@@ -184,6 +184,59 @@ def _quota_grant(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(work))
 
 
+def _index_add(args: argparse.Namespace) -> int:
+    from chatgate.config import Settings
+    from chatgate.providers.browsing.index import LocalIndex, add_sources
+    from chatgate.providers.web.fetch import GuardedFetcher
+
+    settings = Settings()
+
+    async def work() -> int:
+        fetcher = GuardedFetcher(allow_hosts=settings.allowed_hosts)
+        try:
+            added = await add_sources(LocalIndex(settings.index_path), args.source, fetcher)
+        finally:
+            await fetcher.aclose()
+        for item in added:
+            if item.problem is None:
+                print(f"added {item.url} ({item.passages} passages)")
+            else:
+                print(f"skipped {item.source}: {item.problem}", file=sys.stderr)
+        return 0 if all(item.problem is None for item in added) else 1
+
+    return asyncio.run(work())
+
+
+def _index_search(args: argparse.Namespace) -> int:
+    from chatgate.config import Settings
+    from chatgate.providers.browsing.index import LocalIndex
+
+    for rank, hit in enumerate(LocalIndex(Settings().index_path).search(args.query, args.limit), start=1):
+        text = " ".join(hit.text.split())
+        print(f"{rank}. {hit.score:.4g} {hit.title} <{hit.url}>\n   {text[:200]}")
+    return 0
+
+
+def _index_list(args: argparse.Namespace) -> int:
+    from chatgate.config import Settings
+    from chatgate.providers.browsing.index import LocalIndex
+
+    for document in LocalIndex(Settings().index_path).documents():
+        print(f"{document.url}\t{document.passages} passages\t{document.title}")
+    return 0
+
+
+def _index_remove(args: argparse.Namespace) -> int:
+    from chatgate.config import Settings
+    from chatgate.providers.browsing.index import LocalIndex
+
+    index = LocalIndex(Settings().index_path)
+    missing = [url for url in args.url if not index.remove(url)]
+    for url in missing:
+        print(f"not in the index: {url}", file=sys.stderr)
+    return 1 if missing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatgate", description="OpenAI-compatible Chat Completions gateway"
@@ -229,6 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--user", required=True)
     grant.add_argument("--credits", type=int, required=True)
     grant.set_defaults(run=_quota_grant)
+
+    index = sub.add_parser("index", help="the local search index of browsing models").add_subparsers(
+        dest="index_command", required=True
+    )
+    add = index.add_parser("add", help="add files (.html, .md, .txt, .pdf; directories recursively) or URLs")
+    add.add_argument("source", nargs="+", metavar="PATH|URL")
+    add.set_defaults(run=_index_add)
+    find = index.add_parser("search", help="the passages a query finds, best first")
+    find.add_argument("query")
+    find.add_argument("--limit", type=int, default=10)
+    find.set_defaults(run=_index_search)
+    index.add_parser("list", help="the documents in the index").set_defaults(run=_index_list)
+    remove = index.add_parser("remove", help="remove documents by the URL they are cited as")
+    remove.add_argument("url", nargs="+")
+    remove.set_defaults(run=_index_remove)
     return parser
 
 

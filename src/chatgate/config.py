@@ -46,9 +46,6 @@ class Settings(BaseSettings):
     session_hours: int = Field(default=24 * 7, ge=1)
     secure_cookies: bool = False  # set when served over https
     public_url: str | None = None  # how clients reach this server, for file links (default: host and port)
-    browsing_allow_hosts: str = (
-        ""  # comma-separated hosts the guarded fetcher may reach despite their address
-    )
     image_analysis: bool = True  # describe images in text for models that cannot see them
     image_max_bytes: int = Field(default=20_000_000, ge=1)
     image_max_pixels: int = Field(default=40_000_000, ge=1)
@@ -56,6 +53,10 @@ class Settings(BaseSettings):
     file_max_bytes: int = Field(default=25_000_000, ge=1)
     files_max_total_bytes: int = Field(default=2_000_000_000, ge=1)
     file_retention_hours: int = Field(default=24 * 7, ge=1)
+    # Browsing: hosts the fetcher may reach even on private or loopback addresses (comma-separated).
+    browsing_allow_hosts: str = ""
+    browsing_index: Path | None = None  # the local search index; default: index.db in the data dir
+    browsing_searxng_url: str | None = Field(default=None, pattern=r"^https?://")  # for OpenAI's catalogue
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":
@@ -67,6 +68,14 @@ class Settings(BaseSettings):
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'chatgate.db').resolve()}"
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        return [host.strip() for host in self.browsing_allow_hosts.split(",") if host.strip()]
+
+    @property
+    def index_path(self) -> Path:
+        return self.browsing_index if self.browsing_index is not None else self.data_dir / "index.db"
 
     @property
     def models_path(self) -> Path:
@@ -82,10 +91,6 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
-
-    @property
-    def allow_hosts(self) -> frozenset[str]:
-        return frozenset(h.strip().lower() for h in self.browsing_allow_hosts.split(",") if h.strip())
 
 
 class LocalDeployment(BaseModel):
@@ -178,6 +183,62 @@ class ImageGenerationDeployment(BaseModel):
     weight: int = Field(default=1, ge=0)
 
 
+class LocalIndexSearch(BaseModel):
+    """The offline full-text index filled by ``chatgate index add``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local_index"]
+    path: Path | None = None  # default: the server's index (CHATGATE_BROWSING_INDEX)
+
+
+class SearxngSearch(BaseModel):
+    """A SearxNG instance's JSON API (``format=json`` must be enabled in its settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["searxng"]
+    base_url: str = Field(pattern=r"^https?://")
+    categories: str | None = None  # e.g. "general"
+    language: str | None = None  # e.g. "en"
+    timeout: float = Field(default=8.0, gt=0)
+
+
+class BraveSearch(BaseModel):
+    """Brave's Web Search API, keyed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["brave"]
+    api_key_env: str = "BRAVE_SEARCH_API_KEY"
+    base_url: str = Field(default="https://api.search.brave.com/res/v1/web/search", pattern=r"^https?://")
+    timeout: float = Field(default=8.0, gt=0)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env)
+
+
+SearchConfig = Annotated[LocalIndexSearch | SearxngSearch | BraveSearch, Field(discriminator="backend")]
+
+
+class BrowsingDeployment(BaseModel):
+    """Another catalogue model that searches, reads what it finds and answers with cited sources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["browsing"]
+    base: str = Field(min_length=1)  # the public name (or alias) of the model that writes
+    search: SearchConfig
+    max_results: int = Field(default=5, ge=1, le=20)  # search results taken per query
+    max_pages: int = Field(default=3, ge=0, le=10)  # pages fetched and read
+    passage_tokens: int = Field(default=1000, ge=50)  # the sources' share of the answer prompt
+    max_tokens: int = Field(default=512, ge=1)  # the answer's length when a request sets none
+    query_tokens: int = Field(default=32, ge=4, le=256)  # for writing the search query
+    fetch_timeout: float = Field(default=8.0, gt=0)  # seconds per page, and for all reading together
+    fetch_max_bytes: int = Field(default=2_000_000, ge=1024)
+    weight: int = Field(default=1, ge=0)
+
+
 def _deployment_kind(value: object) -> str:
     kind = value.get("kind", "local") if isinstance(value, dict) else getattr(value, "kind", "local")
     return str(kind)
@@ -187,7 +248,8 @@ def _deployment_kind(value: object) -> str:
 Deployment = Annotated[
     Annotated[LocalDeployment, Tag("local")]
     | Annotated[UpstreamDeployment, Tag("openai_compatible")]
-    | Annotated[ImageGenerationDeployment, Tag("image_generation")],
+    | Annotated[ImageGenerationDeployment, Tag("image_generation")]
+    | Annotated[BrowsingDeployment, Tag("browsing")],
     Discriminator(_deployment_kind),
 ]
 
@@ -207,23 +269,23 @@ class CatalogueEntry(BaseModel):
     def _some_deployment(self) -> "CatalogueEntry":
         if (self.deployment is None) == (not self.deployments):
             raise ValueError(f"model {self.name!r} names either one 'deployment' or a list of 'deployments'")
+        if self.derived is not None and self.deployment is None:
+            raise ValueError(f"model {self.name!r}, built on another, has exactly one 'deployment'")
         return self
 
     @property
-    def all_deployments(self) -> list[LocalDeployment | UpstreamDeployment | ImageGenerationDeployment]:
+    def all_deployments(
+        self,
+    ) -> list[LocalDeployment | UpstreamDeployment | ImageGenerationDeployment | BrowsingDeployment]:
         return [self.deployment] if self.deployment is not None else list(self.deployments)
 
     @property
-    def derived(self) -> ImageGenerationDeployment | None:
-        """The deployment of a model built on another catalogue model, if this is one."""
-        found = [d for d in self.all_deployments if isinstance(d, ImageGenerationDeployment)]
+    def derived(self) -> ImageGenerationDeployment | BrowsingDeployment | None:
+        """The deployment built on another catalogue model (its ``base``), if this entry is one."""
+        found = [
+            d for d in self.all_deployments if isinstance(d, ImageGenerationDeployment | BrowsingDeployment)
+        ]
         return found[0] if found else None
-
-    @model_validator(mode="after")
-    def _derived_alone(self) -> "CatalogueEntry":
-        if self.derived is not None and len(self.all_deployments) != 1:
-            raise ValueError(f"model {self.name!r}: a model built on another has exactly one deployment")
-        return self
 
 
 class Catalogue(BaseModel):
@@ -239,7 +301,24 @@ class Catalogue(BaseModel):
                 if name in seen:
                     raise ValueError(f"model name or alias {name!r} appears twice")
                 seen.add(name)
+        for entry in self.models:
+            derived = entry.derived
+            if derived is None:
+                continue
+            base = self.entry(derived.base)
+            if base is None:
+                raise ValueError(
+                    f"model {entry.name!r} is built on {derived.base!r}, which is not in the catalogue"
+                )
+            if base.derived is not None:
+                raise ValueError(
+                    f"model {entry.name!r} is built on {derived.base!r}, itself built on another"
+                )
         return self
+
+    def entry(self, name: str) -> "CatalogueEntry | None":
+        """The entry called ``name`` (or with that alias)."""
+        return next((e for e in self.models if name == e.name or name in e.aliases), None)
 
 
 def load_catalogue(path: Path) -> Catalogue:
@@ -267,25 +346,55 @@ OPENAI_MODELS: dict[str, tuple[float, float, list[str]]] = {
 }
 
 
-def openai_catalogue(base_url: str) -> Catalogue:
-    return Catalogue(
-        models=[
+# Browsing variants of OpenAI's models, offered when a search backend is configured.
+OPENAI_BROWSING: dict[str, tuple[str, list[str]]] = {
+    "gpt-4o-browsing": ("gpt-4o", ["gpt-4-browsing"]),
+    "gpt-4o-mini-browsing": ("gpt-4o-mini", ["gpt-3.5-browsing"]),
+}
+
+
+def openai_catalogue(
+    base_url: str, search: LocalIndexSearch | SearxngSearch | BraveSearch | None = None
+) -> Catalogue:
+    """OpenAI's chat models; with a search backend, also their browsing variants (priced as their base)."""
+    models = [
+        CatalogueEntry(
+            name=name,
+            aliases=aliases,
+            owned_by="openai",
+            price=Price(prompt=int(prompt * 1_000_000), completion=int(completion * 1_000_000)),
+            deployment=UpstreamDeployment(
+                kind="openai_compatible", base_url=base_url, model=name, api_key_env="OPENAI_API_KEY"
+            ),
+        )
+        for name, (prompt, completion, aliases) in OPENAI_MODELS.items()
+    ]
+    if search is not None:
+        prices = {entry.name: entry.price for entry in models}
+        models += [
             CatalogueEntry(
                 name=name,
                 aliases=aliases,
                 owned_by="openai",
-                price=Price(prompt=int(prompt * 1_000_000), completion=int(completion * 1_000_000)),
-                deployment=UpstreamDeployment(
-                    kind="openai_compatible", base_url=base_url, model=name, api_key_env="OPENAI_API_KEY"
-                ),
+                price=prices[base],
+                deployment=BrowsingDeployment(kind="browsing", base=base, search=search),
             )
-            for name, (prompt, completion, aliases) in OPENAI_MODELS.items()
+            for name, (base, aliases) in OPENAI_BROWSING.items()
         ]
-    )
+    return Catalogue(models=models)
 
 
 def effective_catalogue(settings: Settings) -> Catalogue:
-    """The catalogue file; with none given and OPENAI_API_KEY set, OpenAI's chat models instead."""
+    """The catalogue file; with none given and OPENAI_API_KEY set, OpenAI's chat models instead.
+
+    OpenAI's browsing models come with them when there is something to search: a SearxNG instance
+    (CHATGATE_BROWSING_SEARXNG_URL), or else a local index that exists.
+    """
     if settings.catalogue == DEFAULT_CATALOGUE and os.environ.get("OPENAI_API_KEY"):
-        return openai_catalogue(os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"))
+        search: SearxngSearch | LocalIndexSearch | None = None
+        if settings.browsing_searxng_url:
+            search = SearxngSearch(backend="searxng", base_url=settings.browsing_searxng_url)
+        elif settings.index_path.is_file():
+            search = LocalIndexSearch(backend="local_index")
+        return openai_catalogue(os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"), search)
     return load_catalogue(settings.catalogue)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from chatgate.config import DEFAULT_CATALOGUE, Settings, load_catalogue
+from chatgate.config import DEFAULT_CATALOGUE, Settings, effective_catalogue, load_catalogue
 from chatgate.errors import ConfigError
 
 
@@ -83,3 +83,55 @@ def test_several_deployments_per_model(tmp_path: Path) -> None:
     path.write_text("models:\n  - {name: m}\n")
     with pytest.raises(ConfigError, match="either one"):
         load_catalogue(path)
+
+
+BROWSING = """
+models:
+  - name: base
+    aliases: [b]
+    deployment: {kind: local, asset: smollm2-135m-instruct-q4_1}
+  - name: base-browsing
+    deployment: {kind: browsing, base: b, search: {backend: searxng, base_url: "http://127.0.0.1:8888"}}
+  - name: base-notes
+    deployment: {kind: browsing, base: base, search: {backend: local_index}}
+"""
+
+
+def test_browsing_models_name_a_base_and_a_search_backend(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BROWSING)
+    catalogue = load_catalogue(path)
+    derived = catalogue.models[1].derived
+    assert derived is not None and derived.base == "b" and derived.search.backend == "searxng"
+    assert catalogue.models[2].derived is not None and catalogue.models[0].derived is None
+    for broken in (
+        BROWSING.replace("base: b,", "base: nowhere,"),  # no such base
+        BROWSING.replace("base: base,", "base: base-browsing,"),  # built on a derived model
+        BROWSING.replace("backend: local_index", "backend: bing"),  # no such backend
+    ):
+        path.write_text(broken)
+        with pytest.raises(ConfigError):
+            load_catalogue(path)
+
+
+def test_allow_hosts_and_index_path_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATGATE_BROWSING_ALLOW_HOSTS", " 127.0.0.1, wiki.internal ,")
+    monkeypatch.setenv("CHATGATE_DATA_DIR", "/srv/chatgate")
+    settings = Settings()
+    assert settings.allowed_hosts == ["127.0.0.1", "wiki.internal"]
+    assert settings.index_path == Path("/srv/chatgate/index.db")
+
+
+def test_openais_browsing_models_come_with_a_search_backend(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    monkeypatch.setenv("CHATGATE_DATA_DIR", str(tmp_path))
+    names = [m.name for m in effective_catalogue(Settings()).models]
+    assert "gpt-4o-browsing" not in names  # nothing to search
+    monkeypatch.setenv("CHATGATE_BROWSING_SEARXNG_URL", "http://127.0.0.1:8888")
+    catalogue = effective_catalogue(Settings())
+    entry = catalogue.entry("gpt-4-browsing")
+    assert entry is not None and entry.name == "gpt-4o-browsing"
+    assert entry.derived is not None and entry.derived.base == "gpt-4o"
+    assert catalogue.entry("gpt-3.5-browsing") is not None

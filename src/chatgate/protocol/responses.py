@@ -38,6 +38,20 @@ class ChoiceLogprobs(WireModel):
     refusal: list[TokenLogprob] | None = None
 
 
+class UrlCitation(WireModel):
+    """A cited web page; ``content[start_index:end_index]`` is the text that cites it."""
+
+    end_index: int
+    start_index: int
+    url: str
+    title: str
+
+
+class Annotation(WireModel):
+    type: Literal["url_citation"] = "url_citation"
+    url_citation: UrlCitation
+
+
 class ResponseMessage(WireModel):
     nullable = frozenset({"content", "refusal"})
 
@@ -45,6 +59,7 @@ class ResponseMessage(WireModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    annotations: list[Annotation] | None = None
 
 
 class Choice(WireModel):

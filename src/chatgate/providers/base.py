@@ -6,7 +6,7 @@ from typing import Protocol
 
 from chatgate.protocol.messages import FunctionCall, ToolCall
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.protocol.responses import FinishReason, TokenLogprob
+from chatgate.protocol.responses import Annotation, FinishReason, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,15 @@ class UsageReport:
     extra_cost: int = 0  # credits beyond the tokens, as in Started
 
 
-ProviderEvent = Started | Running | TextDelta | ToolCallDelta | Finished | UsageReport
+@dataclass(frozen=True)
+class Citations:
+    """Sources a choice's text cites, with character offsets into that choice's whole text."""
+
+    annotations: list[Annotation]
+    index: int = 0
+
+
+ProviderEvent = Started | Running | TextDelta | ToolCallDelta | Citations | Finished | UsageReport
 
 
 @dataclass
@@ -71,6 +79,7 @@ class ChoiceResult:
     reason: FinishReason = "stop"
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    annotations: list[Annotation] | None = None
 
 
 @dataclass
@@ -126,6 +135,8 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
             choice.text += event.text
             if event.logprobs is not None:
                 choice.logprobs = (choice.logprobs or []) + event.logprobs
+        elif isinstance(event, Citations):
+            choice.annotations = (choice.annotations or []) + event.annotations
         elif isinstance(event, ToolCallDelta):
             if event.call_id is not None:
                 call = FunctionCall(name=event.name or "", arguments="")

@@ -25,6 +25,7 @@ from chatgate.protocol.responses import (
 )
 from chatgate.providers.base import (
     ChoiceResult,
+    Citations,
     Finished,
     ProviderEvent,
     Running,
@@ -78,7 +79,7 @@ def check_supported(request: ChatCompletionRequest) -> None:
 def _message(result: ChoiceResult) -> ResponseMessage:
     if result.tool_calls:
         return ResponseMessage(content=result.text or None, tool_calls=result.tool_calls)
-    return ResponseMessage(content=result.text)
+    return ResponseMessage(content=result.text, annotations=result.annotations)
 
 
 @dataclass(frozen=True)
@@ -386,8 +387,8 @@ class ChatService:
         first_token = True
         try:
             async for event in events:
-                if isinstance(event, Started | Running):
-                    continue
+                if isinstance(event, Started | Running | Citations):
+                    continue  # a stream delta has no annotations: its citations are links in the text
                 if isinstance(event, UsageReport):
                     tally.reported = event
                     admitted.prompt_tokens = event.prompt_tokens

@@ -1,0 +1,1 @@
+"""Browsing models: search, read and answer with numbered, cited sources."""

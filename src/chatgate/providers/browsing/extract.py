@@ -1,0 +1,102 @@
+"""The readable text of a fetched page or a file: HTML through trafilatura, PDF through pypdf."""
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import trafilatura
+from pypdf import PdfReader
+from pypdf.errors import PdfReadError
+
+log = logging.getLogger(__name__)
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
+SUFFIXES = {
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".txt": "text/plain",
+    ".pdf": "application/pdf",
+}
+MAX_PDF_PAGES = 200
+
+
+@dataclass(frozen=True)
+class Document:
+    url: str
+    title: str
+    text: str
+
+
+def media_type(content_type: str, url: str, body: bytes) -> str:
+    """The media type from the header, else from the URL's suffix, else sniffed."""
+    declared = content_type.split(";", 1)[0].strip().lower()
+    if declared and declared != "application/octet-stream":
+        return declared
+    suffix = Path(url.split("?", 1)[0]).suffix.lower()
+    if suffix in SUFFIXES:
+        return SUFFIXES[suffix]
+    if body.startswith(b"%PDF-"):
+        return "application/pdf"
+    head = body[:512].lstrip().lower()
+    return "text/html" if head.startswith((b"<!doctype html", b"<html")) else declared
+
+
+def extract(url: str, body: bytes, content_type: str = "") -> Document | None:
+    """The main text of a document (None when it has none, or is of a kind not read)."""
+    kind = media_type(content_type, url, body)
+    try:
+        if kind in HTML_TYPES:
+            return _html(url, body)
+        if kind == "application/pdf":
+            return _pdf(url, body)
+        if kind in TEXT_TYPES:
+            text = body.decode("utf-8", errors="replace").strip()
+            return Document(url, _text_title(text, url), text) if text else None
+    except Exception:  # a malformed document is skipped, whatever its parser raises
+        log.info("could not read %s", url, exc_info=True)
+    return None
+
+
+def extract_file(path: Path) -> Document | None:
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        return None
+    return extract(path.resolve().as_uri(), path.read_bytes(), kind)
+
+
+def _html(url: str, body: bytes) -> Document | None:
+    html = body.decode("utf-8", errors="replace")
+    text = trafilatura.extract(html, url=url, include_comments=False, include_tables=True, favor_recall=True)
+    if not text:
+        return None
+    metadata = trafilatura.extract_metadata(html, default_url=url)
+    title = (metadata.title if metadata is not None else None) or _fallback_title(url)
+    return Document(url, title.strip(), text.strip())
+
+
+def _pdf(url: str, body: bytes) -> Document | None:
+    try:
+        reader = PdfReader(io.BytesIO(body))
+        pages = [page.extract_text() or "" for page in reader.pages[:MAX_PDF_PAGES]]
+        meta = reader.metadata
+        title = (meta.title if meta is not None else None) or _fallback_title(url)
+    except PdfReadError:
+        return None
+    text = "\n\n".join(p.strip() for p in pages if p.strip())
+    return Document(url, str(title).strip(), text) if text else None
+
+
+def _text_title(text: str, url: str) -> str:
+    first = text.splitlines()[0].strip()
+    heading = re.sub(r"^#+\s*", "", first)
+    return heading[:120] if heading and len(first) <= 200 else _fallback_title(url)
+
+
+def _fallback_title(url: str) -> str:
+    name = Path(url.split("?", 1)[0].rstrip("/")).name
+    return name or url
