@@ -356,7 +356,7 @@ OPENAI_BROWSING: dict[str, tuple[str, list[str]]] = {
 def openai_catalogue(
     base_url: str, search: LocalIndexSearch | SearxngSearch | BraveSearch | None = None
 ) -> Catalogue:
-    """OpenAI's chat models; with a search backend, also their browsing variants (priced as their base)."""
+    """OpenAI's chat models and its drawing model; with a search backend, also the browsing variants."""
     models = [
         CatalogueEntry(
             name=name,
@@ -364,11 +364,29 @@ def openai_catalogue(
             owned_by="openai",
             price=Price(prompt=int(prompt * 1_000_000), completion=int(completion * 1_000_000)),
             deployment=UpstreamDeployment(
-                kind="openai_compatible", base_url=base_url, model=name, api_key_env="OPENAI_API_KEY"
+                kind="openai_compatible",
+                base_url=base_url,
+                model=name,
+                api_key_env="OPENAI_API_KEY",
+                vision=True,  # every model listed reads images
             ),
         )
         for name, (prompt, completion, aliases) in OPENAI_MODELS.items()
     ]
+    # The drawing model: gpt-4o writes the prompt, gpt-image-1 draws (list price of a medium square).
+    images = ImagesAPIBackend(
+        backend="openai_images", base_url=base_url, model="gpt-image-1", api_key_env="OPENAI_API_KEY"
+    )
+    models.append(
+        CatalogueEntry(
+            name="gpt-4o-image",
+            owned_by="openai",
+            price=models[0].price,
+            deployment=ImageGenerationDeployment(
+                kind="image_generation", base="gpt-4o", backend=images, image_price=42_000
+            ),
+        )
+    )
     if search is not None:
         prices = {entry.name: entry.price for entry in models}
         models += [

@@ -135,3 +135,34 @@ def test_openais_browsing_models_come_with_a_search_backend(
     assert entry is not None and entry.name == "gpt-4o-browsing"
     assert entry.derived is not None and entry.derived.base == "gpt-4o"
     assert catalogue.entry("gpt-3.5-browsing") is not None
+
+
+def test_openais_catalogue_sees_images_and_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chatgate.config import ImageGenerationDeployment, UpstreamDeployment
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    catalogue = effective_catalogue(Settings())
+    chat = catalogue.models[0].all_deployments[0]
+    assert isinstance(chat, UpstreamDeployment) and chat.vision
+    drawing = catalogue.entry("gpt-4o-image")
+    assert drawing is not None and isinstance(drawing.derived, ImageGenerationDeployment)
+    assert drawing.derived.base == "gpt-4o" and drawing.derived.backend.backend == "openai_images"
+
+
+def test_a_drawing_model_needs_a_base_in_the_catalogue(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(
+        "models:\n"
+        "  - name: painter\n"
+        "    deployment: {kind: image_generation, base: nowhere, backend: {backend: sketch}}\n"
+    )
+    with pytest.raises(ConfigError, match="'nowhere'"):
+        load_catalogue(path)
+    path.write_text(
+        "models:\n"
+        "  - {name: m, deployment: {kind: local, asset: x}}\n"
+        "  - name: painter\n"
+        "    deployment: {kind: image_generation, base: m, backend: {backend: sketch}, sizes: [huge]}\n"
+    )
+    with pytest.raises(ConfigError, match="sizes"):
+        load_catalogue(path)
