@@ -50,6 +50,7 @@ from chatgate.services.accounts import AccountService
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.chat import ChatService
+from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
 from chatgate.services.quota import QuotaService
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
@@ -277,7 +278,7 @@ class Services:
     usage: UsageRecorder
     limiter: RateLimiter
     images: ImageService
-    files: FileStore
+    files: FileService
 
 
 def build_services(settings: Settings, registry: ModelRegistry, outside: Outside | None = None) -> Services:
@@ -300,7 +301,7 @@ def build_services(settings: Settings, registry: ModelRegistry, outside: Outside
         usage=recorder,
         limiter=limiter,
         images=ImageService(chat_service),
-        files=outside.files,
+        files=FileService(outside.files, max_pixels=settings.image_max_pixels, public_url=settings.base_url),
     )
 
 
@@ -347,6 +348,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         app.include_router(models.router, prefix=prefix)
         app.include_router(usage.router, prefix=prefix)
         app.include_router(images.router, prefix=prefix)
+        app.include_router(files.api_router, prefix=prefix)
     app.include_router(accounts.router, prefix="/api")
     app.include_router(console_api.router, prefix="/api")
     app.include_router(health.router)

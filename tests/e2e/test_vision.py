@@ -5,11 +5,12 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from tests.e2e.conftest import QWEN, SMALL, Spec
+from tests.e2e.conftest import QWEN, SMALL, Server, Spec
 from tests.website import Page, Site, website
 
 QUESTION = "What number is written in the image? Answer with the number only."
@@ -144,3 +145,18 @@ def test_an_image_url_that_is_not_an_image_is_a_400(client: openai.OpenAI, site:
     site.pages["/page.html"] = Page(b"<html><body>no picture here</body></html>")
     error = bad_request(client, site.url("/page.html"))
     assert error["code"] == "invalid_image"
+
+
+def test_an_uploaded_image_is_read_through_its_url(client: openai.OpenAI, server: Server) -> None:
+    uploaded = client.files.create(file=("hello.png", hello_42(), "image/png"), purpose="vision")
+    assert uploaded.id.startswith("file-") and uploaded.bytes == len(hello_42())
+    url = server.base_url + "/files/" + uploaded.id
+    assert httpx.get(url).content == hello_42()
+    answer = client.chat.completions.create(model=QWEN, messages=ask(url), max_tokens=12, temperature=0)  # type: ignore[arg-type]
+    assert "42" in (answer.choices[0].message.content or "")
+
+
+def test_only_images_can_be_uploaded(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=("notes.txt", b"just some text", "text/plain"), purpose="vision")
+    assert caught.value.response.json()["error"]["param"] == "file"

@@ -11,10 +11,10 @@ from chatgate.services.accounts import AccountService, SignedIn
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
 from chatgate.services.chat import Caller, ChatService
+from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import UsageRecorder
-from chatgate.storage.files import FileStore
 
 SESSION_COOKIE = "chatgate_session"
 CSRF_HEADER = "x-csrf-token"
@@ -50,9 +50,9 @@ def _images(request: Request) -> ImageService:
     return service
 
 
-def _files(request: Request) -> FileStore:
-    store: FileStore = services_of(request).files
-    return store
+def _files(request: Request) -> FileService:
+    service: FileService = services_of(request).files
+    return service
 
 
 def _usage(request: Request) -> UsageRecorder:
@@ -88,6 +88,6 @@ AccountsDep = Annotated[AccountService, Depends(_accounts)]
 TokensDep = Annotated[TokenService, Depends(_tokens)]
 UsageDep = Annotated[UsageRecorder, Depends(_usage)]
 ImagesDep = Annotated[ImageService, Depends(_images)]
-FilesDep = Annotated[FileStore, Depends(_files)]
+FilesDep = Annotated[FileService, Depends(_files)]
 SignedInDep = Annotated[SignedIn, Depends(_signed_in)]
 AdminDep = Annotated[SignedIn, Depends(_admin)]

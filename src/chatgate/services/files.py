@@ -1,0 +1,32 @@
+"""Uploaded files: images a caller stores to refer to by URL (``image_url`` or ``file_url`` parts)."""
+
+import anyio
+
+from chatgate.errors import InvalidImage, InvalidRequest
+from chatgate.providers.images.decode import MIME, decode
+from chatgate.services.auth import Principal
+from chatgate.storage.files import FileStore, FileTooLarge, StoredFile
+
+
+class FileService:
+    def __init__(self, store: FileStore, *, max_pixels: int, public_url: str) -> None:
+        self.store = store
+        self._max_pixels = max_pixels
+        self.public_url = public_url.rstrip("/")
+
+    async def upload(self, principal: Principal, data: bytes, filename: str) -> StoredFile:
+        """Store an uploaded image as sent, once it is known to decode; anything else is a 400."""
+        if not data:
+            raise InvalidRequest("The uploaded file is empty.", param="file")
+        if len(data) > self.store.max_file_bytes:
+            raise InvalidRequest(f"Files are limited to {self.store.max_file_bytes} bytes.", param="file")
+        picture = await anyio.to_thread.run_sync(
+            lambda: decode(data, max_pixels=self._max_pixels, max_side=1_000_000, param="file")
+        )
+        owner = f"user:{principal.user_id}" if principal.user_id is not None else "master"
+        try:
+            return await self.store.put(
+                data, content_type=MIME[picture.format], extension=picture.format, owner=owner
+            )
+        except FileTooLarge as exc:
+            raise InvalidImage(str(exc), param="file") from exc
