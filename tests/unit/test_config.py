@@ -6,6 +6,8 @@ from pydantic import ValidationError
 from chatgate.config import DEFAULT_CATALOGUE, Settings, effective_catalogue, load_catalogue
 from chatgate.errors import ConfigError
 
+DEFAULT_MODELS = ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-browsing", "qwen2.5-coder-0.5b-sketch"]
+
 
 def test_production_refuses_to_start_without_a_strong_master_key() -> None:
     with pytest.raises(ValidationError, match="CHATGATE_API_KEY"):
@@ -24,7 +26,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_default_catalogue_loads() -> None:
     names = [entry.name for entry in load_catalogue(DEFAULT_CATALOGUE).models]
-    assert names == ["qwen2.5-coder-0.5b-instruct"]
+    assert names == DEFAULT_MODELS
 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
@@ -66,7 +68,7 @@ def test_openai_key_and_no_catalogue_means_openais_models(monkeypatch: pytest.Mo
     assert isinstance(deployment, UpstreamDeployment) and deployment.base_url == "http://127.0.0.1:9/v1"
     assert deployment.api_key() == "sk-upstream"
     monkeypatch.delenv("OPENAI_API_KEY")
-    assert [entry.name for entry in effective_catalogue(Settings()).models] == ["qwen2.5-coder-0.5b-instruct"]
+    assert [entry.name for entry in effective_catalogue(Settings()).models] == DEFAULT_MODELS
 
 
 def test_several_deployments_per_model(tmp_path: Path) -> None:

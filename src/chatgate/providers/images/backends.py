@@ -13,7 +13,7 @@ from PIL import Image
 
 from chatgate.config import ImagesAPIBackend
 from chatgate.errors import ChatgateError, InvalidImage, UpstreamFailed, UpstreamRefused, UpstreamTimeout
-from chatgate.protocol.messages import SystemMessage, UserMessage
+from chatgate.protocol.messages import AssistantMessage, SystemMessage, UserMessage
 from chatgate.protocol.requests import ChatCompletionRequest, JsonSchemaFormat, JsonSchemaResponseFormat
 from chatgate.providers.base import Provider, collect
 from chatgate.providers.images import sketch
@@ -65,6 +65,7 @@ class SketchBackend:
             model="sketch",
             messages=[
                 SystemMessage(role="system", content=sketch.INSTRUCTIONS),
+                *_examples(),
                 UserMessage(role="user", content=f"Draw: {prompt}"),
             ],
             response_format=JsonSchemaResponseFormat(
@@ -79,6 +80,14 @@ class SketchBackend:
         svg = sketch.to_svg(sketch.salvage(text))
         png = await anyio.to_thread.run_sync(sketch.render, svg, *size)
         return Drawn(png, size[0], size[1], result.prompt_tokens, result.completion_tokens)
+
+
+def _examples() -> list[UserMessage | AssistantMessage]:
+    turns: list[UserMessage | AssistantMessage] = []
+    for subject, drawing in sketch.EXAMPLES:
+        turns.append(UserMessage(role="user", content=f"Draw: {subject}"))
+        turns.append(AssistantMessage(role="assistant", content=json.dumps(drawing)))
+    return turns
 
 
 class ImagesAPI:

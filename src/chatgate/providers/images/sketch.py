@@ -62,11 +62,41 @@ def schema(max_shapes: int) -> dict[str, Any]:
     }
 
 
+# Two worked examples, given as earlier turns: small models draw far better with some in front of them.
+EXAMPLES: list[tuple[str, dict[str, Any]]] = [
+    (
+        "a red car on a road",
+        {
+            "background": "skyblue",
+            "shapes": [
+                {"tag": "rect", "x": 0, "y": 180, "width": 256, "height": 76, "fill": "gray"},
+                {"tag": "rect", "x": 50, "y": 120, "width": 156, "height": 45, "fill": "red"},
+                {"tag": "polygon", "points": [[80, 120], [100, 90], [160, 90], [180, 120]], "fill": "red"},
+                {"tag": "circle", "cx": 90, "cy": 168, "r": 18, "fill": "black"},
+                {"tag": "circle", "cx": 170, "cy": 168, "r": 18, "fill": "black"},
+            ],
+        },
+    ),
+    (
+        "a snowman at night",
+        {
+            "background": "navy",
+            "shapes": [
+                {"tag": "rect", "x": 0, "y": 200, "width": 256, "height": 56, "fill": "white"},
+                {"tag": "circle", "cx": 128, "cy": 170, "r": 45, "fill": "white"},
+                {"tag": "circle", "cx": 128, "cy": 95, "r": 30, "fill": "white"},
+                {"tag": "polygon", "points": [[128, 95], [128, 103], [160, 100]], "fill": "orange"},
+                {"tag": "rect", "x": 105, "y": 45, "width": 46, "height": 25, "fill": "black"},
+            ],
+        },
+    ),
+]
 INSTRUCTIONS = (
     f"You draw simple pictures on a {CANVAS}x{CANVAS} canvas (x to the right, y down) with SVG "
     "shapes: rect, circle, ellipse, line and polygon, each with a named colour. Answer with JSON: "
     '{"background": colour, "shapes": [...]}, shapes listed from back to front. Use the shapes to '
-    "depict the subject as recognisably as you can, large and centred."
+    "depict the subject as recognisably as you can, large and centred: each part of the subject is "
+    "its own shape, in its own colour, where it belongs."
 )
 
 
