@@ -104,12 +104,21 @@ class LocalDeployment(BaseModel):
     context_length: int = Field(default=4096, ge=128)
     instances: int = Field(default=2, ge=1, le=16)
     weight: int = Field(default=1, ge=0)
-    vision: bool = False  # a multimodal model that reads images itself
+    vision: bool = False  # refused for now: the local engine has no image path (see _no_vision)
 
     @model_validator(mode="after")
     def _one_source(self) -> "LocalDeployment":
         if (self.asset is None) == (self.path is None):
             raise ValueError("a local deployment names exactly one of 'asset' or 'path'")
+        return self
+
+    @model_validator(mode="after")
+    def _no_vision(self) -> "LocalDeployment":
+        if self.vision:
+            raise ValueError(
+                "the local engine does not read images yet: serve a multimodal GGUF with llama.cpp's "
+                "server (--mmproj) and add it as an openai_compatible deployment with 'vision: true'"
+            )
         return self
 
 

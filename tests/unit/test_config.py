@@ -168,3 +168,10 @@ def test_a_drawing_model_needs_a_base_in_the_catalogue(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="sizes"):
         load_catalogue(path)
+
+
+def test_a_local_deployment_cannot_claim_vision(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.yaml"
+    path.write_text("models:\n  - {name: m, deployment: {kind: local, asset: x, vision: true}}\n")
+    with pytest.raises(ConfigError, match="--mmproj"):
+        load_catalogue(path)
