@@ -4,6 +4,7 @@ import base64
 import binascii
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -201,6 +202,13 @@ def plan_format(sizes: list[str]) -> JsonSchemaResponseFormat:
     )
 
 
+def _first_sentence(text: str) -> str:
+    """A caption is one sentence; small models tend to run on (and get cut off) after it."""
+    text = " ".join(text.split())
+    end = re.search(r"[.!?](\s|$)", text)
+    return text[: end.start() + 1] if end else text
+
+
 def parse_plan(text: str, sizes: list[str], fallback_prompt: str) -> tuple[str, str, str]:
     """The prompt, size and caption the model planned; the user's own words if its JSON is unusable."""
     try:
@@ -211,5 +219,5 @@ def parse_plan(text: str, sizes: list[str], fallback_prompt: str) -> tuple[str, 
         plan = {}
     prompt = str(plan.get("prompt") or "").strip() or fallback_prompt
     size = plan.get("size") if plan.get("size") in sizes else sizes[0]
-    caption = str(plan.get("caption") or "").strip() or "Here is the image."
+    caption = _first_sentence(str(plan.get("caption") or "")) or "Here is the image."
     return prompt, str(size), caption

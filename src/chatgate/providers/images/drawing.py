@@ -28,11 +28,12 @@ from chatgate.providers.images.prepare import ImagePreparer, has_images
 PLAN_TOKENS = 256
 
 INSTRUCTIONS = (
-    "You write prompts for an image generator. Read the conversation and answer with JSON: "
-    '"prompt": a vivid, specific description of the image to make (subject, setting, style, colours, '
-    'composition), in English, following the user\'s latest request and any earlier images; "size": '
-    'one of {sizes} (the first, unless the user asks for a shape or size); "caption": one short '
-    "sentence telling the user what the image shows."
+    "You write prompts for an image generator. Read the conversation and answer with JSON. "
+    '"prompt": the image to make, following the user\'s latest request and any earlier images: its '
+    "subject, setting, style, colours and composition, in English, in one or two sentences. "
+    '"size": one of {sizes} (the first, unless the user asks for another shape or size). '
+    '"caption": one short sentence for the user saying what the picture shows, such as '
+    '"Here is a red apple on a white table."'
 )
 
 

@@ -56,3 +56,5 @@ def test_a_plan_falls_back_to_the_user_s_words() -> None:
     )
     assert parse_plan("{broken", sizes, "draw a fox") == ("draw a fox", "256x256", "Here is the image.")
     assert parse_plan('{"prompt": "a", "size": "9x9", "caption": ""}', sizes, "x")[1] == "256x256"
+    rambling = '{"prompt": "a", "size": "256x256", "caption": "A fox in snow. The fox is a beautiful, serene'
+    assert parse_plan(rambling + ' sight."}', sizes, "x")[2] == "A fox in snow."
