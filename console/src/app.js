@@ -4,6 +4,18 @@ import { api, keys, session } from "./api.js";
 import { samples } from "./codegen.js";
 import { copy, field, fmt, h, toast, when } from "./dom.js";
 
+// The images and links a reply's markdown holds (a drawing model's picture and its download link),
+// as real elements. Only http(s) URLs; everything is built as DOM nodes, never as HTML text.
+function mediaOf(text) {
+  const found = [];
+  const pattern = /(!?)\[([^\]\n]*)\]\((https?:\/\/[^)\s]+)\)/g;
+  for (const [, bang, label, url] of text.matchAll(pattern)) {
+    if (bang) found.push(h("img", { src: url, alt: label, loading: "lazy" }));
+    else found.push(h("a", { href: url, target: "_blank", rel: "noopener" }, label));
+  }
+  return found;
+}
+
 const main = document.getElementById("main");
 
 function show(...nodes) {
@@ -181,6 +193,7 @@ async function playgroundPage() {
   const maxTokens = h("input", { type: "number", min: 1, max: 4096, value: 64 });
   const rows = h("div", { class: "messages" });
   const reply = h("div", { class: "reply", "aria-live": "polite", "data-testid": "reply" });
+  const media = h("div", { class: "media", "data-testid": "reply-media" });
   const raw = h("pre", { class: "raw", "data-testid": "raw" });
   const usage = h("p", { class: "usage", "data-testid": "usage" });
   const code = h("pre", { class: "code", "data-testid": "code" });
@@ -232,6 +245,7 @@ async function playgroundPage() {
     reply.textContent = "";
     raw.textContent = "";
     usage.textContent = "";
+    media.replaceChildren();
     const request = body();
     if (request.stream) request.stream_options = { include_usage: true };
     const response = await fetch("/v1/chat/completions", {
@@ -244,6 +258,7 @@ async function playgroundPage() {
       raw.textContent = JSON.stringify(data, null, 2);
       if (!response.ok) return fail(new Error(data.error?.message || `HTTP ${response.status}`));
       reply.textContent = data.choices[0].message.content;
+      media.replaceChildren(...mediaOf(reply.textContent));
       usage.textContent = `Usage: ${data.usage.prompt_tokens} prompt + ${data.usage.completion_tokens} completion = ${data.usage.total_tokens} tokens`;
       return;
     }
@@ -268,6 +283,7 @@ async function playgroundPage() {
       }
     }
     raw.textContent = chunks.map((c) => JSON.stringify(c)).join("\n");
+    media.replaceChildren(...mediaOf(reply.textContent));
   }
 
   for (const el of [stream, temperature, maxTokens, model]) el.addEventListener("input", render);
@@ -287,6 +303,7 @@ async function playgroundPage() {
         h("button", { onclick: () => tryIt().catch(fail) }, "Try"),
         h("h2", {}, "Reply"),
         reply,
+        media,
         usage,
         h("details", {}, h("summary", {}, "Raw JSON"), raw),
       ),

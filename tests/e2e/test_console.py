@@ -25,10 +25,17 @@ FLAGS = [
 SHOTS = ROOT / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
+SKETCH = "sketch-image"
 CATALOGUE = f"""
 models:
   - name: {SMALL}
     deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 2}}
+  - name: {SKETCH}
+    deployment:
+      kind: image_generation
+      base: {SMALL}
+      backend: {{backend: sketch, max_shapes: 4}}
+      sizes: ["256x256"]
 """
 ADMIN = ("admin@example.com", "admin password 1")
 
@@ -181,3 +188,22 @@ def test_keyboard_only_sign_in(console_server: Server, browser: Browser) -> None
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
     page.close()
+
+
+def test_the_playground_shows_a_drawing_model_s_picture(console_server: Server, browser: Browser) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    sign_up(page, console_server.base_url, "painter@example.com")
+    page.get_by_label("Name").fill("easel")
+    page.get_by_role("button", name="Acquire").click()
+    page.get_by_role("link", name="Playground").click()
+    page.get_by_label("Model").select_option(SKETCH)
+    page.locator("textarea").nth(1).fill("Draw a red car on a grey road under a blue sky.")
+    page.get_by_role("button", name="Try").click()
+    picture = page.get_by_test_id("reply-media").get_by_role("img")
+    expect(picture).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("reply-media").get_by_role("link", name="Download⏬")).to_be_visible()
+    assert picture.evaluate("img => img.complete && img.naturalWidth") == 256
+    assert "```json" in page.get_by_test_id("reply").inner_text()
+    shot(page, "playground-drawing-desktop")
+    context.close()

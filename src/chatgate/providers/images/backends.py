@@ -22,6 +22,9 @@ from chatgate.providers.images.decode import Picture, decode
 from chatgate.providers.web.fetch import FetchError, GuardedFetcher
 
 
+MAX_RESULT_BYTES = 50_000_000  # a generated image downloaded from the backend's URL
+
+
 @dataclass(frozen=True)
 class Drawn:
     png: bytes
@@ -164,7 +167,10 @@ class ImagesAPI:
                 raise UpstreamFailed("The image backend sent invalid base64.") from exc
         if isinstance(item, dict) and isinstance(item.get("url"), str):
             try:
-                return (await self._fetcher.fetch(item["url"])).body
+                fetched = await self._fetcher.fetch(
+                    item["url"], max_bytes=MAX_RESULT_BYTES, timeout=self._config.timeout
+                )
+                return fetched.body
             except FetchError as exc:
                 raise UpstreamFailed(f"The image backend's image could not be downloaded: {exc}") from exc
         raise UpstreamFailed("The image backend's answer has no image in it.")
@@ -190,7 +196,7 @@ def plan_format(sizes: list[str]) -> JsonSchemaResponseFormat:
     schema = {
         "type": "object",
         "properties": {
-            "prompt": {"type": "string", "minLength": 1, "maxLength": 600},
+            "prompt": {"type": "string", "minLength": 1, "maxLength": 400},
             "size": {"type": "string", "enum": sizes},
             "caption": {"type": "string", "minLength": 1, "maxLength": 200},
         },

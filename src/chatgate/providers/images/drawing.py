@@ -144,6 +144,7 @@ class ImageGenerationProvider:
             response_format=plan_format(self.sizes),
             max_tokens=PLAN_TOKENS,
             temperature=0.3,
+            frequency_penalty=0.5,  # small models otherwise loop on a phrase until the length cap
             user=request.user,
         )
 
