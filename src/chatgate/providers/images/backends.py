@@ -21,7 +21,6 @@ from chatgate.providers.images import sketch
 from chatgate.providers.images.decode import Picture, decode
 from chatgate.providers.web.fetch import FetchError, GuardedFetcher
 
-
 MAX_RESULT_BYTES = 50_000_000  # a generated image downloaded from the backend's URL
 
 
