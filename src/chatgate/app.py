@@ -43,6 +43,7 @@ from chatgate.providers.images.source import ImageLimits, ImageSource
 from chatgate.providers.local import assets
 from chatgate.providers.local.pool import ThreadBudget
 from chatgate.providers.local.provider import LocalProvider
+from chatgate.providers.relay import RelaySession
 from chatgate.providers.router import Deployment, RouterProvider
 from chatgate.providers.upstream import UpstreamProvider
 from chatgate.providers.web.fetch import GuardedFetcher
@@ -83,7 +84,8 @@ class Outside:
     """What reaches beyond chatgate, built once and shared: the upstream client, the guarded fetcher,
     the file store, and image input handling."""
 
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # search services and images APIs
+    relay: RelaySession  # chat completions to upstreams: the hot path
     fetcher: GuardedFetcher
     files: FileStore
     images: ImagePreparer
@@ -100,7 +102,7 @@ def build_outside(settings: Settings) -> Outside:
     limits = ImageLimits(max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels)
     source = ImageSource(fetcher, files, public_url=settings.base_url, limits=limits)
     analyser = ImageAnalyser() if settings.image_analysis else None
-    return Outside(upstream_client(), fetcher, files, ImagePreparer(source, analyser))
+    return Outside(upstream_client(), RelaySession(), fetcher, files, ImagePreparer(source, analyser))
 
 
 def build_registry(
@@ -118,7 +120,7 @@ def build_registry(
             aliases.update({alias: entry.name for alias in entry.aliases})
             continue
         ordinary = _ordinary(entry)
-        built = [_provider(settings, d, http, budget, progress) for d in ordinary]
+        built = [_provider(settings, d, outside.relay, budget, progress) for d in ordinary]
         provider: Provider
         if len(built) == 1 and isinstance(built[0][0], LocalProvider):
             provider, fingerprint = built[0]
@@ -211,14 +213,14 @@ def _drawing(
 def _provider(
     settings: Settings,
     deployment: LocalDeployment | UpstreamDeployment,
-    http: httpx.AsyncClient,
+    relay: RelaySession,
     budget: ThreadBudget,
     progress: Progress | None,
 ) -> tuple[Provider, str]:
     """A deployment's provider and its system fingerprint."""
     if isinstance(deployment, UpstreamDeployment):
         digest = hashlib.sha256(f"{deployment.base_url}|{deployment.model}".encode()).hexdigest()
-        return UpstreamProvider(deployment, http), "fp_" + digest[:10]
+        return UpstreamProvider(deployment, relay), "fp_" + digest[:10]
     if deployment.asset is not None:
         asset = assets.resolve(deployment.asset)
         path = assets.ensure(asset, settings.models_path, progress)
@@ -314,6 +316,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.db.check_schema()
         await services.usage.start()
+        await outside.relay.open()
         for provider in registry.providers:
             await provider.start()
         sweeper = asyncio.create_task(_sweep_files(outside.files))
@@ -330,6 +333,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             await services.limiter.aclose()
             await services.db.dispose()
             await outside.http.aclose()
+            await outside.relay.close()
 
     app = FastAPI(title="chatgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings

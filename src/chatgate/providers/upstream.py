@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from chatgate.config import UpstreamDeployment
 from chatgate.errors import UpstreamFailed, UpstreamRefused, UpstreamTimeout
@@ -28,6 +28,7 @@ from chatgate.providers.base import (
     ToolCallDelta,
     UsageReport,
 )
+from chatgate.providers.relay import RelaySession
 
 PER_MESSAGE_OVERHEAD = 8
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
@@ -42,9 +43,15 @@ def prompt_bound(request: ChatCompletionRequest) -> int:
 
 
 class UpstreamProvider:
-    def __init__(self, deployment: UpstreamDeployment, client: httpx.AsyncClient) -> None:
+    def __init__(self, deployment: UpstreamDeployment, relay: RelaySession) -> None:
         self.deployment = deployment
-        self._client = client
+        self._relay = relay
+        # Up to the first byte, and then between bytes: ``sock_read`` bounds every wait for data.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=min(10.0, deployment.timeout),
+            sock_read=deployment.timeout,
+        )
         self._url = deployment.base_url.rstrip("/") + "/chat/completions"
         self._headers = {"content-type": "application/json", **deployment.headers}
         key = deployment.api_key()
@@ -57,7 +64,7 @@ class UpstreamProvider:
         return None
 
     async def aclose(self) -> None:
-        return None  # the shared client is closed by whoever built it
+        return None  # the shared session is closed by whoever built it
 
     def stats(self) -> dict[str, int]:
         return {"in_flight": self.in_flight, "failures": self.failures}
@@ -81,26 +88,24 @@ class UpstreamProvider:
         yield Started(prompt_tokens=prompt_bound(request), max_completion_tokens=limit * (request.n or 1))
         self.in_flight += 1
         try:
-            upstream = self._client.build_request(
-                "POST",
-                self._url,
-                json=self._body(request),
-                headers=self._headers,
-                timeout=self.deployment.timeout,
-            )
+            body = json.dumps(self._body(request)).encode()
             try:
-                response = await self._client.send(upstream, stream=True)
-            except httpx.TimeoutException as exc:
+                response = await self._relay.session.post(
+                    self._url, data=body, headers=self._headers, timeout=self._timeout
+                )
+            except TimeoutError as exc:
                 self.failures += 1
                 raise UpstreamTimeout("The upstream did not answer in time.") from exc
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 self.failures += 1
                 raise UpstreamFailed(f"Could not reach the upstream: {type(exc).__name__}.") from exc
+            complete = False
             try:
-                if response.status_code >= 400:
+                if response.status >= 400:
                     await self._refuse(response)
                 if not request.stream:
                     answer = await self._whole(response)  # still before Running: a bad answer can be retried
+                    complete = True
                     yield Running()
                     for event in answer:
                         yield event
@@ -108,13 +113,20 @@ class UpstreamProvider:
                 yield Running()
                 async for event in self._events(response):
                     yield event
+                complete = True
             finally:
-                await response.aclose()
+                if complete:
+                    response.release()  # the connection goes back to the pool
+                else:
+                    response.close()  # cut short (an error, a client gone): the upstream's work stops
         finally:
             self.in_flight -= 1
 
-    async def _refuse(self, response: httpx.Response) -> None:
-        raw = await response.aread()
+    async def _refuse(self, response: aiohttp.ClientResponse) -> None:
+        try:
+            raw = await response.read()
+        except (TimeoutError, aiohttp.ClientError):
+            raw = b""
         error: dict[str, Any] = {}
         try:
             parsed = json.loads(raw)
@@ -123,25 +135,25 @@ class UpstreamProvider:
         except ValueError:
             pass
         message = str(error.get("message") or raw[:300].decode(errors="replace") or "no message")
-        if response.status_code >= 500:
+        if response.status >= 500:
             self.failures += 1
-            raise UpstreamFailed(f"The upstream failed with status {response.status_code}: {message}")
-        if response.status_code in (401, 403, 404):
+            raise UpstreamFailed(f"The upstream failed with status {response.status}: {message}")
+        if response.status in (401, 403, 404):
             # The upstream refused chatgate itself (its key, its model name): not the caller's doing.
             self.failures += 1
-            raise UpstreamFailed(f"The upstream refused this deployment (status {response.status_code}).")
+            raise UpstreamFailed(f"The upstream refused this deployment (status {response.status}).")
         raise UpstreamRefused(
             message,
-            status=400 if response.status_code == 422 else response.status_code,
+            status=400 if response.status == 422 else response.status,
             retry_after=response.headers.get("retry-after"),
             code=error.get("code") if isinstance(error.get("code"), str) else None,
             param=error.get("param") if isinstance(error.get("param"), str) else None,
         )
 
-    async def _whole(self, response: httpx.Response) -> list[ProviderEvent]:
+    async def _whole(self, response: aiohttp.ClientResponse) -> list[ProviderEvent]:
         """A non-streamed answer as events, with the upstream's exact usage."""
         try:
-            body = json.loads(await response.aread())
+            body = json.loads(await response.read())
             events: list[ProviderEvent] = []
             for choice in body["choices"]:
                 index = int(choice.get("index", 0))
@@ -168,22 +180,25 @@ class UpstreamProvider:
                 UsageReport(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
             )
             return events
+        except TimeoutError as exc:
+            self.failures += 1
+            raise UpstreamTimeout("The upstream stalled mid-answer.") from exc
+        except aiohttp.ClientError as exc:
+            self.failures += 1
+            raise UpstreamFailed("The upstream's answer broke off.") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.failures += 1
             raise UpstreamFailed("The upstream's answer was not a chat completion.") from exc
-        except httpx.HTTPError as exc:
-            self.failures += 1
-            raise UpstreamFailed("The upstream's answer broke off.") from exc
 
-    async def _events(self, response: httpx.Response) -> AsyncGenerator[ProviderEvent, None]:
+    async def _events(self, response: aiohttp.ClientResponse) -> AsyncGenerator[ProviderEvent, None]:
         done = False
         deltas: Counter[int] = Counter()  # content pieces per choice: the count when no usage comes
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for raw in response.content:
+                if not raw.startswith(b"data:"):
                     continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
+                payload = raw[5:].strip()
+                if payload == b"[DONE]":
                     done = True
                     break
                 try:
@@ -199,10 +214,10 @@ class UpstreamProvider:
                         # Upstreams that send no usage (llama.cpp's server): a piece per token.
                         event = Finished(event.reason, 0, deltas[event.index], event.index)
                     yield event
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             self.failures += 1
             raise UpstreamTimeout("The upstream stalled mid-stream.") from exc
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a line over the read buffer
             self.failures += 1
             raise UpstreamFailed("The upstream's stream broke off.") from exc
         if not done:
