@@ -2,6 +2,8 @@
 
 import base64
 import io
+import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +12,7 @@ import openai
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from tests.e2e.conftest import QWEN, SMALL, Server, Spec
+from tests.e2e.conftest import API_KEY, QWEN, SMALL, Server, Spec
 from tests.website import Page, Site, website
 
 QUESTION = "What number is written in the image? Answer with the number only."
@@ -160,3 +162,24 @@ def test_only_images_can_be_uploaded(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.files.create(file=("notes.txt", b"just some text", "text/plain"), purpose="vision")
     assert caught.value.response.json()["error"]["param"] == "file"
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(server: Server) -> None:
+    """A gigabyte announced and never sent: the answer comes from the header alone."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head.encode() + b"--x\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            piece = connection.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400"
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["error"]["param"] == "file" and "limited" in body["error"]["message"]

@@ -1,13 +1,13 @@
 """Files: ``GET /files/{id}`` serves generated and uploaded images (the unguessable id is the capability,
 no token is needed); ``POST /v1/files`` uploads an image to refer to by URL."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 
 from chatgate.api.deps import CallerDep, FilesDep
-from chatgate.errors import NotFound
+from chatgate.errors import InvalidRequest, NotFound
 
 router = APIRouter()
 api_router = APIRouter()
@@ -29,25 +29,37 @@ async def get_file(file_id: str, files: FilesDep, download: bool = False) -> Fil
 
 
 @api_router.post("/files")
-async def upload_file(
-    caller: CallerDep,
-    files: FilesDep,
-    file: Annotated[UploadFile, File()],
-    purpose: Annotated[str, Form()] = "vision",
-) -> JSONResponse:
-    """An image uploaded to refer to by URL in chat: ``{"type": "image_url", "image_url": {"url": <url>}}``."""
-    data = await file.read(files.store.max_file_bytes + 1)
-    stored = await files.upload(caller.principal, data, file.filename or "upload")
-    url = f"{files.public_url}/files/{stored.id}"
+async def upload_file(request: Request, caller: CallerDep, files: FilesDep) -> JSONResponse:
+    """An image uploaded to refer to by URL in chat: ``{"type": "image_url", "image_url": {"url": <url>}}``.
+
+    Multipart, as the SDK's ``files.create`` sends it. The size is checked from Content-Length before
+    anything is read, so an oversized upload is refused without being spooled to disk.
+    """
+    limit = files.store.max_file_bytes + 64 * 1024  # the file and the multipart framing around it
+    length = request.headers.get("content-length", "")
+    if not length.isdigit():
+        raise InvalidRequest("Uploads need a Content-Length header.", param="file")
+    if int(length) > limit:
+        raise InvalidRequest(f"Files are limited to {files.store.max_file_bytes} bytes.", param="file")
+    try:
+        async with request.form(max_files=1, max_fields=4) as form:
+            file, purpose = form.get("file"), form.get("purpose", "vision")
+            if not isinstance(file, UploadFile):
+                raise InvalidRequest("The form needs a 'file' part holding the image.", param="file")
+            data = await file.read(files.store.max_file_bytes + 1)
+            filename = file.filename or "upload"
+    except (MultiPartException, ValueError) as exc:
+        raise InvalidRequest(f"The upload is not valid multipart form data: {exc}", param="file") from exc
+    stored = await files.upload(caller.principal, data, filename)
     return JSONResponse(
         {
             "id": stored.id,
             "object": "file",
             "bytes": stored.bytes,
             "created_at": stored.created,
-            "filename": file.filename or stored.filename,
-            "purpose": purpose,
+            "filename": filename,
+            "purpose": str(purpose),
             "status": "processed",
-            "url": url,
+            "url": f"{files.public_url}/files/{stored.id}",
         }
     )
