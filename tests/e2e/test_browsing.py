@@ -107,7 +107,9 @@ def _client(server: Server, key: str = API_KEY) -> openai.OpenAI:
 def test_searxng_answer_cites_the_page_and_charges_every_step(server: Server, site: Site, spec: Spec) -> None:
     key = server.cli("keys", "create", "--user", "browser@example.com").strip().splitlines()[-1]
     began = time.monotonic()
-    raw = _client(server, key).chat.completions.with_raw_response.create(model=WEB, messages=QUESTION)  # type: ignore[arg-type]
+    raw = _client(server, key).chat.completions.with_raw_response.create(
+        model=WEB, messages=QUESTION, temperature=0
+    )  # type: ignore[arg-type]
     elapsed = time.monotonic() - began
     spec.validate("CreateChatCompletionResponse", raw.http_response.json())
     answer = raw.parse()
@@ -142,6 +144,7 @@ def test_searxng_answer_streamed(server: Server, site: Site, spec: Spec) -> None
         messages=QUESTION,
         stream=True,
         stream_options={"include_usage": True},  # type: ignore[arg-type]
+        temperature=0,  # greedy: the same answer every run
     )
     content, usage = "", None
     for chunk in stream:
@@ -159,13 +162,15 @@ def test_searxng_answer_streamed(server: Server, site: Site, spec: Spec) -> None
 def test_local_index_answer_streamed_and_not(server: Server, notes: Path) -> None:
     url = (notes / "velmora.md").resolve().as_uri()
     client = _client(server)
-    answer = client.chat.completions.create(model=LOCAL, messages=QUESTION)  # type: ignore[arg-type]
+    answer = client.chat.completions.create(model=LOCAL, messages=QUESTION, temperature=0)  # type: ignore[arg-type]
     content = answer.choices[0].message.content or ""
     assert "Ostrander Quill" in content and f"]({url})" in content
     assert url in [a.url_citation.url for a in answer.choices[0].message.annotations or []]
     streamed = "".join(
         choice.delta.content or ""
-        for chunk in client.chat.completions.create(model=LOCAL, messages=QUESTION, stream=True)  # type: ignore[arg-type]
+        for chunk in client.chat.completions.create(
+            model=LOCAL, messages=QUESTION, stream=True, temperature=0
+        )  # type: ignore[arg-type]
         for choice in chunk.choices
     )
     assert "Ostrander Quill" in streamed and f"]({url})" in streamed
