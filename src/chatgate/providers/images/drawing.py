@@ -29,11 +29,10 @@ PLAN_TOKENS = 256
 
 INSTRUCTIONS = (
     "You write prompts for an image generator. Read the conversation and answer with JSON. "
-    '"prompt": the image to make, following the user\'s latest request and any earlier images: its '
-    "subject, setting, style, colours and composition, in English, in one or two sentences. "
+    '"prompt": a description of the image to make (its subject, setting, style, colours and '
+    "composition), following the user's latest request and any earlier images. "
     '"size": one of {sizes} (the first, unless the user asks for another shape or size). '
-    '"caption": one short sentence for the user saying what the picture shows, such as '
-    '"Here is a red apple on a white table."'
+    '"caption": one short sentence for the user saying what the picture shows.'
 )
 
 
