@@ -42,6 +42,35 @@ def prompt_bound(request: ChatCompletionRequest) -> int:
     return size
 
 
+def upstream_error(
+    status: int, raw: bytes, retry_after: str | None, *, who: str = "The upstream"
+) -> UpstreamFailed | UpstreamRefused:
+    """What an upstream's 4xx or 5xx answer (``raw``, its body) becomes.
+
+    A 4xx keeps its status and message (a 429 stays a 429), except 401, 403 and 404, which are
+    the upstream refusing chatgate itself (its key, its model name): not the caller's doing.
+    """
+    error: dict[str, Any] = {}
+    try:
+        parsed = json.loads(raw)
+        error = parsed.get("error", {}) if isinstance(parsed, dict) else {}
+        error = error if isinstance(error, dict) else {"message": str(error)}
+    except ValueError:
+        pass
+    message = str(error.get("message") or raw[:300].decode(errors="replace") or "no message")
+    if status >= 500:
+        return UpstreamFailed(f"{who} failed with status {status}: {message}")
+    if status in (401, 403, 404):
+        return UpstreamFailed(f"{who} refused this deployment (status {status}).")
+    return UpstreamRefused(
+        message,
+        status=400 if status == 422 else status,
+        retry_after=retry_after,
+        code=error.get("code") if isinstance(error.get("code"), str) else None,
+        param=error.get("param") if isinstance(error.get("param"), str) else None,
+    )
+
+
 class UpstreamProvider:
     def __init__(self, deployment: UpstreamDeployment, relay: RelaySession) -> None:
         self.deployment = deployment
@@ -127,28 +156,10 @@ class UpstreamProvider:
             raw = await response.read()
         except (TimeoutError, aiohttp.ClientError):
             raw = b""
-        error: dict[str, Any] = {}
-        try:
-            parsed = json.loads(raw)
-            error = parsed.get("error", {}) if isinstance(parsed, dict) else {}
-            error = error if isinstance(error, dict) else {"message": str(error)}
-        except ValueError:
-            pass
-        message = str(error.get("message") or raw[:300].decode(errors="replace") or "no message")
-        if response.status >= 500:
+        error = upstream_error(response.status, raw, response.headers.get("retry-after"))
+        if isinstance(error, UpstreamFailed):
             self.failures += 1
-            raise UpstreamFailed(f"The upstream failed with status {response.status}: {message}")
-        if response.status in (401, 403, 404):
-            # The upstream refused chatgate itself (its key, its model name): not the caller's doing.
-            self.failures += 1
-            raise UpstreamFailed(f"The upstream refused this deployment (status {response.status}).")
-        raise UpstreamRefused(
-            message,
-            status=400 if response.status == 422 else response.status,
-            retry_after=response.headers.get("retry-after"),
-            code=error.get("code") if isinstance(error.get("code"), str) else None,
-            param=error.get("param") if isinstance(error.get("param"), str) else None,
-        )
+        raise error
 
     async def _whole(self, response: aiohttp.ClientResponse) -> list[ProviderEvent]:
         """A non-streamed answer as events, with the upstream's exact usage."""

@@ -13,12 +13,13 @@ import httpx
 from PIL import Image
 
 from chatgate.config import ImagesAPIBackend
-from chatgate.errors import ChatgateError, InvalidImage, UpstreamFailed, UpstreamRefused, UpstreamTimeout
+from chatgate.errors import InvalidImage, UpstreamFailed, UpstreamTimeout
 from chatgate.protocol.messages import AssistantMessage, SystemMessage, UserMessage
 from chatgate.protocol.requests import ChatCompletionRequest, JsonSchemaFormat, JsonSchemaResponseFormat
 from chatgate.providers.base import Provider, collect
 from chatgate.providers.images import sketch
 from chatgate.providers.images.decode import Picture, decode
+from chatgate.providers.upstream import upstream_error
 from chatgate.providers.web.fetch import FetchError, GuardedFetcher
 
 MAX_RESULT_BYTES = 50_000_000  # a generated image downloaded from the backend's URL
@@ -143,7 +144,8 @@ class ImagesAPI:
         except httpx.HTTPError as exc:
             raise UpstreamFailed(f"The image backend could not be reached: {type(exc).__name__}.") from exc
         if response.status_code >= 400:
-            raise _refusal(response)
+            retry_after = response.headers.get("retry-after")
+            raise upstream_error(response.status_code, response.content, retry_after, who="The image backend")
         data = await self._image_bytes(response)
         try:
             picture = await anyio.to_thread.run_sync(
@@ -173,22 +175,6 @@ class ImagesAPI:
             except FetchError as exc:
                 raise UpstreamFailed(f"The image backend's image could not be downloaded: {exc}") from exc
         raise UpstreamFailed("The image backend's answer has no image in it.")
-
-
-def _refusal(response: httpx.Response) -> ChatgateError:
-    try:
-        error = response.json().get("error") or {}
-        message = str(error.get("message") or response.text[:200])
-        code = error.get("code")
-    except (ValueError, AttributeError):
-        message, code = response.text[:200], None
-    message = f"The image backend answered {response.status_code}: {message}"
-    if response.status_code in (401, 403, 404) or response.status_code >= 500:
-        return UpstreamFailed(message)  # the operator's key or configuration, or the backend, is at fault
-    retry_after = response.headers.get("retry-after")
-    return UpstreamRefused(
-        message, status=response.status_code, code=str(code) if code else None, retry_after=retry_after
-    )
 
 
 def plan_format(sizes: list[str]) -> JsonSchemaResponseFormat:
