@@ -95,12 +95,13 @@ def build_outside(settings: Settings) -> Outside:
     fetcher = GuardedFetcher(allow_hosts=settings.allowed_hosts)
     files = FileStore(
         settings.files_path,
+        public_url=settings.base_url,
         max_file_bytes=settings.file_max_bytes,
         max_total_bytes=settings.files_max_total_bytes,
         retention_seconds=settings.file_retention_hours * 3600,
     )
     limits = ImageLimits(max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels)
-    source = ImageSource(fetcher, files, public_url=settings.base_url, limits=limits)
+    source = ImageSource(fetcher, files, limits=limits)
     analyser = ImageAnalyser() if settings.image_analysis else None
     return Outside(upstream_client(), RelaySession(), fetcher, files, ImagePreparer(source, analyser))
 
@@ -203,7 +204,6 @@ def _drawing(
         backend=backend,
         store=outside.files,
         preparer=outside.images,
-        public_url=settings.base_url,
         sizes=deployment.sizes,
         image_price=deployment.image_price,
         name=name,
@@ -303,7 +303,7 @@ def build_services(settings: Settings, registry: ModelRegistry, outside: Outside
         usage=recorder,
         limiter=limiter,
         images=ImageService(chat_service),
-        files=FileService(outside.files, max_pixels=settings.image_max_pixels, public_url=settings.base_url),
+        files=FileService(outside.files, max_pixels=settings.image_max_pixels),
     )
 
 

@@ -189,7 +189,6 @@ class ImageGenerationDeployment(BaseModel):
         default_factory=lambda: ["1024x1024", "1024x1536", "1536x1024"], min_length=1
     )
     image_price: int = Field(default=40_000, ge=0)  # credits per image, on top of the tokens
-    weight: int = Field(default=1, ge=0)
 
 
 class LocalIndexSearch(BaseModel):
@@ -245,7 +244,6 @@ class BrowsingDeployment(BaseModel):
     query_tokens: int = Field(default=32, ge=4, le=256)  # for writing the search query
     fetch_timeout: float = Field(default=8.0, gt=0)  # seconds per page, and for all reading together
     fetch_max_bytes: int = Field(default=2_000_000, ge=1024)
-    weight: int = Field(default=1, ge=0)
 
 
 def _deployment_kind(value: object) -> str:

@@ -11,7 +11,7 @@ from chatgate.storage.files import FileStore, FileTooLarge
 
 def store(root: Path, **overrides: int) -> FileStore:
     limits = {"max_file_bytes": 1000, "max_total_bytes": 2500, "retention_seconds": 3600, **overrides}
-    return FileStore(root, **limits)
+    return FileStore(root, public_url="http://gate.example", **limits)
 
 
 async def test_a_stored_file_comes_back_with_its_type(tmp_path: Path) -> None:

@@ -60,6 +60,6 @@ async def upload_file(request: Request, caller: CallerDep, files: FilesDep) -> J
             "filename": filename,
             "purpose": str(purpose),
             "status": "processed",
-            "url": f"{files.public_url}/files/{stored.id}",
+            "url": files.store.url(stored.id),
         }
     )

@@ -2,17 +2,16 @@
 
 import anyio
 
-from chatgate.errors import InvalidImage, InvalidRequest
+from chatgate.errors import InvalidRequest
 from chatgate.providers.images.decode import MIME, decode
 from chatgate.services.auth import Principal
-from chatgate.storage.files import FileStore, FileTooLarge, StoredFile
+from chatgate.storage.files import FileStore, StoredFile
 
 
 class FileService:
-    def __init__(self, store: FileStore, *, max_pixels: int, public_url: str) -> None:
+    def __init__(self, store: FileStore, *, max_pixels: int) -> None:
         self.store = store
         self._max_pixels = max_pixels
-        self.public_url = public_url.rstrip("/")
 
     async def upload(self, principal: Principal, data: bytes, filename: str) -> StoredFile:
         """Store an uploaded image as sent, once it is known to decode; anything else is a 400."""
@@ -24,9 +23,6 @@ class FileService:
             lambda: decode(data, max_pixels=self._max_pixels, max_side=1_000_000, param="file")
         )
         owner = f"user:{principal.user_id}" if principal.user_id is not None else "master"
-        try:
-            return await self.store.put(
-                data, content_type=MIME[picture.format], extension=picture.format, owner=owner
-            )
-        except FileTooLarge as exc:
-            raise InvalidImage(str(exc), param="file") from exc
+        return await self.store.put(
+            data, content_type=MIME[picture.format], extension=picture.format, owner=owner
+        )

@@ -34,12 +34,22 @@ class StoredFile:
 
 class FileStore:
     def __init__(
-        self, root: Path, *, max_file_bytes: int, max_total_bytes: int, retention_seconds: int
+        self,
+        root: Path,
+        *,
+        public_url: str,
+        max_file_bytes: int,
+        max_total_bytes: int,
+        retention_seconds: int,
     ) -> None:
         self.root = root
+        self.url_prefix = public_url.rstrip("/") + "/files/"  # how clients reach a file: prefix + id
         self.max_file_bytes = max_file_bytes
         self.max_total_bytes = max_total_bytes
         self.retention_seconds = retention_seconds
+
+    def url(self, file_id: str) -> str:
+        return self.url_prefix + file_id
 
     def _paths(self, file_id: str) -> tuple[Path, Path] | None:
         if not _ID.match(file_id):

@@ -5,7 +5,7 @@ sentence about the image. Usage is the sum of every model step; the image itself
 """
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +46,8 @@ class ImageStore(Protocol):
         self, data: bytes, *, content_type: str, extension: str, owner: str | None = None
     ) -> StoredImage: ...
 
+    def url(self, file_id: str) -> str: ...
+
 
 @dataclass(frozen=True)
 class Generated:
@@ -54,8 +56,6 @@ class Generated:
     file_id: str
     url: str
     png: bytes
-    prompt: str
-    size: str
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -72,7 +72,6 @@ class ImageGenerationProvider:
         backend: ImageBackend,
         store: ImageStore,
         preparer: ImagePreparer,
-        public_url: str,
         sizes: list[str],
         image_price: int,
         name: str,
@@ -82,7 +81,6 @@ class ImageGenerationProvider:
         self.backend = backend
         self._store = store
         self._preparer = preparer
-        self._files_url = public_url.rstrip("/") + "/files/"
         self.sizes = sizes
         self.image_price = image_price
         self.name = name
@@ -110,8 +108,7 @@ class ImageGenerationProvider:
         """One image for a prompt, stored; what drawing it cost in tokens comes with it."""
         drawn = await self.backend.draw(prompt, parse_size(size), inputs)
         stored = await self._store.put(drawn.png, content_type="image/png", extension="png")
-        url = self._files_url + stored.id
-        return Generated(stored.id, url, drawn.png, prompt, size), drawn
+        return Generated(stored.id, self._store.url(stored.id), drawn.png), drawn
 
     def _refuse(self, request: ChatCompletionRequest) -> None:
         for param, used in (
@@ -129,13 +126,10 @@ class ImageGenerationProvider:
         self, request: ChatCompletionRequest, pictures: list[Picture]
     ) -> ChatCompletionRequest:
         """The conversation, its images made readable for the base model, asking for the plan."""
-        if has_images(request):
-            if self._base_vision or self._preparer.analyser is not None:
-                request = await self._preparer.prepare(request, native=self._base_vision, pictures=pictures)
-            else:
-                request = request.model_copy(
-                    update={"messages": [_without_images(m) for m in request.messages]}
-                )
+        if self._base_vision or self._preparer.analyser is not None:
+            request = await self._preparer.prepare(request, native=self._base_vision, pictures=pictures)
+        elif has_images(request):
+            request = request.model_copy(update={"messages": [_without_images(m) for m in request.messages]})
         system = SystemMessage(role="system", content=INSTRUCTIONS.format(sizes=", ".join(self.sizes)))
         return ChatCompletionRequest(
             model=request.model,
@@ -161,7 +155,7 @@ class ImageGenerationProvider:
                 extra_cost=self.image_price,
             )
             yield await anext(events)  # Running: the base model took the request
-            plan = await collect(_rest(events))
+            plan = await collect(events)
         finally:
             await events.aclose()
         prompt_tokens = plan.prompt_tokens or first.prompt_tokens
@@ -179,11 +173,6 @@ class ImageGenerationProvider:
         completion_tokens = plan.completion_tokens + drawn.completion_tokens
         yield Finished("stop", prompt_tokens, completion_tokens)
         yield UsageReport(prompt_tokens, completion_tokens, extra_cost=self.image_price)
-
-
-async def _rest(events: AsyncGenerator[ProviderEvent, None]) -> AsyncIterator[ProviderEvent]:
-    async for event in events:
-        yield event
 
 
 def _without_images(message: object) -> object:

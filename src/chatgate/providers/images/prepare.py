@@ -31,7 +31,10 @@ def has_images(request: ChatCompletionRequest) -> bool:
     )
 
 
-def _url_and_detail(part: ImagePart | FileURLPart) -> tuple[str, str]:
+Detail = Literal["auto", "low", "high"]
+
+
+def _url_and_detail(part: ImagePart | FileURLPart) -> tuple[str, Detail]:
     if isinstance(part, ImagePart):
         return part.image_url.url, part.image_url.detail
     return part.file_url.url, "auto"
@@ -95,7 +98,9 @@ class ImagePreparer:
                 if native:
                     url = "data:image/png;base64," + base64.b64encode(picture.png()).decode()
                     parts.append(
-                        ImagePart(type="image_url", image_url=ImageURL(url=url, detail=_detail(part)))
+                        ImagePart(
+                            type="image_url", image_url=ImageURL(url=url, detail=_url_and_detail(part)[1])
+                        )
                     )
                 else:
                     assert analyser is not None
@@ -103,7 +108,3 @@ class ImagePreparer:
                     parts.append(TextPart(type="text", text=text))
             messages.append(message.model_copy(update={"content": parts}))
         return request.model_copy(update={"messages": messages})
-
-
-def _detail(part: ImagePart | FileURLPart) -> Literal["auto", "low", "high"]:
-    return part.image_url.detail if isinstance(part, ImagePart) else "auto"

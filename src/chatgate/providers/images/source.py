@@ -16,6 +16,8 @@ FILE_ID = re.compile(r"^file-[A-Za-z0-9_-]{20,64}$")
 class FileReader(Protocol):
     """Reads a stored file by id: its bytes, or None if there is no such file (or it expired)."""
 
+    url_prefix: str  # the files' public URLs are this prefix and the id
+
     async def read(self, file_id: str) -> bytes | None: ...
 
 
@@ -27,17 +29,14 @@ class ImageLimits:
 
 
 class ImageSource:
-    def __init__(
-        self, fetcher: GuardedFetcher, files: FileReader, *, public_url: str, limits: ImageLimits
-    ) -> None:
+    def __init__(self, fetcher: GuardedFetcher, files: FileReader, *, limits: ImageLimits) -> None:
         self._fetcher = fetcher
         self._files = files
-        self._own = public_url.rstrip("/") + "/files/"
         self.limits = limits
 
     def own_file_id(self, url: str) -> str | None:
         """The id of one of chatgate's own files that ``url`` names, if it does."""
-        for prefix in (self._own, "/files/"):
+        for prefix in (self._files.url_prefix, "/files/"):
             if url.startswith(prefix):
                 file_id = url[len(prefix) :].split("?", 1)[0]
                 if FILE_ID.match(file_id):

@@ -38,6 +38,8 @@ def request_with_image() -> ChatCompletionRequest:
 
 
 class NoFiles:
+    url_prefix = "http://x/files/"
+
     async def read(self, file_id: str) -> bytes | None:
         return None
 
@@ -45,7 +47,7 @@ class NoFiles:
 @pytest.fixture
 async def source() -> AsyncIterator[ImageSource]:
     fetcher = GuardedFetcher()
-    yield ImageSource(fetcher, NoFiles(), public_url="http://x", limits=ImageLimits())
+    yield ImageSource(fetcher, NoFiles(), limits=ImageLimits())
     await fetcher.aclose()
 
 

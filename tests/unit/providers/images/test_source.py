@@ -21,6 +21,8 @@ class NoConnections:
 
 
 class Files:
+    url_prefix = "http://gate.example:8000/files/"
+
     def __init__(self) -> None:
         self.stored = {"file-" + "a" * 32: b"stored bytes"}
 
@@ -31,9 +33,7 @@ class Files:
 @pytest.fixture
 async def source() -> AsyncIterator[ImageSource]:
     fetcher = GuardedFetcher(connector=NoConnections(), timeout=2.0)
-    yield ImageSource(
-        fetcher, Files(), public_url="http://gate.example:8000", limits=ImageLimits(max_bytes=1000)
-    )
+    yield ImageSource(fetcher, Files(), limits=ImageLimits(max_bytes=1000))
     await fetcher.aclose()
 
 
