@@ -159,7 +159,7 @@ class ChatService:
         try:
             result = await collect(admitted.events)
         except BaseException as exc:
-            await self._settle(caller, admitted, 0, "error", _code(exc))
+            await self._settle(caller, admitted, 0, "error", error_code(exc))
             raise
         if result.prompt_tokens:  # the engine's exact count replaces the estimate reserved on
             admitted.prompt_tokens = result.prompt_tokens
@@ -243,7 +243,7 @@ class ChatService:
             except BaseException as exc:
                 # Nothing ran: give back the whole reservation and log the request, before any await.
                 refund = self.quota.settle(admitted.reservation, 0, 0)[1]
-                self.record(caller, model, started, 0, 0, 0, "error", _code(exc), refund)
+                self.record(caller, model, started, 0, 0, 0, "error", error_code(exc), refund)
                 recorded = True
                 with anyio.CancelScope(shield=True):
                     await events.aclose()
@@ -420,7 +420,7 @@ class ChatService:
             await events.aclose()
 
 
-def _code(exc: BaseException) -> str:
+def error_code(exc: BaseException) -> str:
     return exc.code if isinstance(exc, ChatgateError) else "internal_error"
 
 

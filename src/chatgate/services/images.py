@@ -9,7 +9,7 @@ from chatgate.errors import InvalidRequest, NotImplementedFeature
 from chatgate.protocol.images import ImageData, ImageGenerationRequest, ImagesResponse
 from chatgate.providers.images.drawing import ImageGenerationProvider
 from chatgate.services.catalogue import Route
-from chatgate.services.chat import Caller, ChatService
+from chatgate.services.chat import Caller, ChatService, error_code
 
 
 class ImageService:
@@ -69,7 +69,7 @@ class ImageService:
                     data.append(ImageData(url=generated.url, revised_prompt=request.prompt))
             status, code = "ok", None
         except Exception as exc:
-            code = getattr(exc, "code", "internal_error")
+            code = error_code(exc)
             raise
         finally:
             with anyio.CancelScope(shield=True):
