@@ -294,21 +294,32 @@ class ChatService:
         The token count is shielded: it must finish even when a disconnect is cancelling the request.
         """
         prompt_tokens = admitted.prompt_tokens if completion_tokens or status == "ok" else 0
-        charged, refund = self.quota.settle(
-            admitted.reservation, prompt_tokens, completion_tokens, extra_cost
-        )
-        # The refund and the usage row are queued before any await, so nothing can skip them.
-        self.record(
+        await self.charge(
             caller,
             admitted.route.name,
             admitted.started,
-            prompt_tokens,
-            completion_tokens,
-            charged,
+            admitted.reservation,
+            (prompt_tokens, completion_tokens, extra_cost),
             status,
             code,
-            refund,
         )
+
+    async def charge(
+        self,
+        caller: Caller,
+        model: str,
+        started: float,
+        reservation: Reservation,
+        used: tuple[int, int, int],
+        status: str,
+        code: str | None,
+    ) -> None:
+        """Settle a reservation for what was used (prompt tokens, completion tokens, extra credits),
+        log the request, and count its tokens against the rate limit."""
+        prompt_tokens, completion_tokens, extra_cost = used
+        charged, refund = self.quota.settle(reservation, prompt_tokens, completion_tokens, extra_cost)
+        # The refund and the usage row are queued before any await, so nothing can skip them.
+        self.record(caller, model, started, prompt_tokens, completion_tokens, charged, status, code, refund)
         with anyio.CancelScope(shield=True):
             await self.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
 

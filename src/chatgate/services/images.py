@@ -73,19 +73,6 @@ class ImageService:
             raise
         finally:
             with anyio.CancelScope(shield=True):
-                charged, refund = self._chat.quota.settle(
-                    reservation, prompt_tokens, completion_tokens, made * provider.image_price
-                )
-                self._chat.record(
-                    caller,
-                    route.name,
-                    started,
-                    prompt_tokens,
-                    completion_tokens,
-                    charged,
-                    status,
-                    code,
-                    refund,
-                )
-                await self._chat.limiter.add_tokens(caller.principal, prompt_tokens + completion_tokens)
+                used = (prompt_tokens, completion_tokens, made * provider.image_price)
+                await self._chat.charge(caller, route.name, started, reservation, used, status, code)
         return ImagesResponse(created=int(time.time()), data=data), decision.headers()
