@@ -1,4 +1,8 @@
-"""Route dependencies, read from ``app.state.services`` (built once in create_app)."""
+"""Route dependencies, read from ``app.state.services`` (built once in create_app).
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency on a worker thread, a
+thread hop per dependency on every request (see the gateway numbers in docs/benchmarks.md).
+"""
 
 import hmac
 from typing import Annotated, Any
@@ -25,37 +29,37 @@ def services_of(request: Request) -> Any:
     return request.app.state.services
 
 
-def _chat(request: Request) -> ChatService:
+async def _chat(request: Request) -> ChatService:
     service: ChatService = services_of(request).chat
     return service
 
 
-def _registry(request: Request) -> ModelRegistry:
+async def _registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = services_of(request).registry
     return registry
 
 
-def _accounts(request: Request) -> AccountService:
+async def _accounts(request: Request) -> AccountService:
     service: AccountService = services_of(request).accounts
     return service
 
 
-def _tokens(request: Request) -> TokenService:
+async def _tokens(request: Request) -> TokenService:
     service: TokenService = services_of(request).tokens
     return service
 
 
-def _images(request: Request) -> ImageService:
+async def _images(request: Request) -> ImageService:
     service: ImageService = services_of(request).images
     return service
 
 
-def _files(request: Request) -> FileService:
+async def _files(request: Request) -> FileService:
     service: FileService = services_of(request).files
     return service
 
 
-def _usage(request: Request) -> UsageRecorder:
+async def _usage(request: Request) -> UsageRecorder:
     recorder: UsageRecorder = services_of(request).usage
     return recorder
 
@@ -67,7 +71,8 @@ async def _caller(request: Request, authorization: Annotated[str | None, Header(
 
 async def _signed_in(request: Request) -> SignedIn:
     """A console session; state-changing requests must also echo its CSRF token in a header."""
-    signed_in = await _accounts(request).session(request.cookies.get(SESSION_COOKIE))
+    accounts: AccountService = services_of(request).accounts
+    signed_in = await accounts.session(request.cookies.get(SESSION_COOKIE))
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), signed_in.csrf_token.encode()):
