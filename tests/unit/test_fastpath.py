@@ -1,0 +1,76 @@
+"""SQLite's hot-path queries: on the event loop's own connection, and on the worker thread when locked."""
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from chatgate.storage.database import migrate
+from chatgate.storage.fastpath import SqliteFastPath
+
+NOW = "2026-11-25 12:00:00.000000"
+
+
+def database_with_a_token(tmp_path: Path, credits: int) -> str:
+    path = tmp_path / "chatgate.db"
+    migrate(f"sqlite+aiosqlite:///{path}")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO users (id, email, is_admin, disabled, credits, created_at) VALUES (1, 'a@b.c', 0, 0, ?, ?)",
+            (credits, NOW),
+        )
+        conn.execute(
+            "INSERT INTO api_tokens (id, user_id, name, prefix, secret_hash, created_at, spent)"
+            " VALUES (7, 1, 'k', 'sk-x', 'h', ?, 0)",
+            (NOW,),
+        )
+    return str(path)
+
+
+def balance(path: str) -> tuple[int, int, int]:
+    with sqlite3.connect(path) as conn:
+        credits = conn.execute("SELECT credits FROM users WHERE id = 1").fetchone()[0]
+        spent = conn.execute("SELECT spent FROM api_tokens WHERE id = 7").fetchone()[0]
+        entries = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
+    return credits, spent, entries
+
+
+def test_the_queries_run_on_the_loop_thread_when_the_database_is_free(tmp_path: Path) -> None:
+    path = database_with_a_token(tmp_path, credits=100)
+    fast = SqliteFastPath(path)
+
+    async def use() -> None:
+        row = await fast.token("h")
+        assert row is not None and row.token_id == 7 and row.user_id == 1
+        assert await fast.token("other") is None
+        assert await fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=60)
+        assert not await fast.reserve(user_id=1, token_id=7, trace_id="t2", amount=60)  # 40 left
+        fast.close()
+
+    asyncio.run(use())
+    assert fast._conn is None  # the worker thread's connection was never needed
+    assert balance(path) == (40, 60, 1)
+
+
+def test_a_locked_database_sends_the_reservation_to_the_thread_that_waits(tmp_path: Path) -> None:
+    path = database_with_a_token(tmp_path, credits=100)
+    fast = SqliteFastPath(path)
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("BEGIN IMMEDIATE")  # someone else holds the write lock (a batch of usage rows)
+    writer.execute("UPDATE users SET credits = credits + 5 WHERE id = 1")
+    released = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+
+    async def use() -> bool:
+        released.start()
+        covered = await fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=30)
+        fast.close()
+        return covered
+
+    try:
+        assert asyncio.run(use())
+    finally:
+        released.join()
+        writer.close()
+    assert fast._conn is not None  # it went to the worker thread
+    assert balance(path) == (75, 30, 1)  # both writes landed, once each
