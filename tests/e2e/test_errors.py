@@ -134,6 +134,7 @@ CASES: list[tuple[str, dict[str, Any] | str, int, str, str | None]] = [
     ("completion over the context", body(max_tokens=5000), 400, "context_length_exceeded", "max_tokens"),
     ("malformed JSON", '{"model": "x", "messages": [', 400, "invalid_json", None),
     ("JSON that is not an object", "[1, 2]", 400, "invalid_json", None),
+    ("empty body", "", 400, "invalid_json", None),
 ]
 
 

@@ -1,5 +1,6 @@
 """The one table from domain errors to HTTP, and the envelope every failure is rendered in."""
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -107,13 +109,26 @@ def _from_validation(error: ErrorDetails, body: Any) -> InvalidRequest:
     param = _param(error["loc"], body)
     if kind == "json_invalid":
         return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
-    if kind == "model_attributes_type" and not param:
+    if kind in ("model_attributes_type", "model_type") and not param:
         return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     if kind == "extra_forbidden":
         return InvalidRequest(
             f"Unrecognized request argument supplied: {param}", param=param, code=_CODES[kind]
         )
     return InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param, code=_CODES.get(kind))
+
+
+def invalid_body(exc: ValidationError, raw: bytes) -> InvalidRequest:
+    """A request body that failed ``model_validate_json``, as the 400 naming its first fault."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    errors = exc.errors()
+    first: ErrorDetails = (
+        errors[0] if errors else {"type": "value_error", "loc": (), "msg": "invalid", "input": None}
+    )
+    return _from_validation(first, body)
 
 
 async def on_chatgate_error(request: Request, exc: Exception) -> JSONResponse:
