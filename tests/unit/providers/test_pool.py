@@ -61,3 +61,25 @@ async def test_a_waiter_that_gives_up_does_not_swallow_the_instance() -> None:
     pool.release(held)
     slot = await asyncio.wait_for(stayer, 1)
     assert slot is held and pool.queued == 0
+
+
+async def test_threads_are_shared_from_the_moment_instances_are_taken() -> None:
+    budget = ThreadBudget(2)
+    pool = EnginePool(path=Path("unused.gguf"), context_length=512, instances=2, budget=budget, max_queue=4)
+    for index in range(2):
+        slot = Slot(index=index, llama=None, threads=2)
+        pool.slots.append(slot)
+        pool.release(slot)
+    assert budget.share() == 2
+    first = await pool.acquire()
+    assert budget.share() == 2  # alone: every thread
+    second = await pool.acquire()
+    assert budget.share() == 1  # before either has started generating, so neither starts on both
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    pool.release(first)  # straight to the waiter: still two taken
+    third = await waiting
+    assert budget.share() == 1
+    pool.release(second)
+    pool.release(third)
+    assert budget.share() == 2 and budget.active == 0

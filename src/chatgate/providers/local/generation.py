@@ -27,10 +27,15 @@ class Job:
     tools: ToolPlan | None = None
 
 
-PREFILL_STEP = 256  # prompt tokens evaluated between checks for a cancelled request
+PREFILL_STEP = 64  # prompt tokens evaluated between checks for a cancelled request
 
 
-def prefill(llama: Any, prompt: list[int], cancel: threading.Event | None = None) -> bool:
+def prefill(
+    llama: Any,
+    prompt: list[int],
+    cancel: threading.Event | None = None,
+    rebalance: Callable[[], None] | None = None,
+) -> bool:
     """Evaluate the prompt, reusing whatever prefix of it the instance's KV cache already holds.
 
     False if ``cancel`` was set before it was all in.
@@ -48,6 +53,8 @@ def prefill(llama: Any, prompt: list[int], cancel: threading.Event | None = None
     for start in range(cached, len(prompt), PREFILL_STEP):
         if cancel is not None and cancel.is_set():
             return False  # the client left while the prompt was going in
+        if rebalance is not None:
+            rebalance()
         llama.eval(prompt[start : start + PREFILL_STEP])
     return True
 
@@ -94,7 +101,7 @@ class Generation:
     def _choice(self, index: int, s: Sampling) -> bool:
         llama, tools = self.llama, self.job.tools
         vocab = llama._model.vocab
-        if not prefill(llama, self.job.prompt, self.cancel):
+        if not prefill(llama, self.job.prompt, self.cancel, self.rebalance):
             return False
         constrained_tools = tools is not None and tools.required
         grammar = tools.grammar_from_start if tools is not None and tools.required else self.job.grammar

@@ -48,6 +48,7 @@ class Slot:
     threads: int
     started: float = field(default=0.0)
     generating: bool = False
+    held: bool = False  # acquired by a request, and counted in the thread budget
     worker: threading.Thread | None = None
 
 
@@ -123,10 +124,15 @@ class EnginePool:
                     self._waiters.remove(waiter)
                 raise
         slot.started = time.monotonic()
+        slot.held = True
+        self.budget.begin()  # counted from now, so a generation starting alone sees it coming
         return slot
 
     def release(self, slot: Slot) -> None:
         """Return an instance: straight to the longest waiter, if any. Call on the event loop."""
+        if slot.held:
+            slot.held = False
+            self.budget.end()
         elapsed = time.monotonic() - slot.started
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
         while self._waiters:

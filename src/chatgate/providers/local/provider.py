@@ -211,7 +211,6 @@ class LocalProvider:
         self, slot: Slot, job: Job, cancel: threading.Event, emit: Emit, release: Callable[[], None]
     ) -> None:
         """Runs on the generation's own thread; hands the instance back when done."""
-        self.pool.budget.begin()
         slot.generating = True
         try:
             self.pool.rebalance(slot)
@@ -221,5 +220,4 @@ class LocalProvider:
             emit(exc)
         finally:
             slot.generating = False
-            self.pool.budget.end()
             release()
