@@ -27,7 +27,7 @@ class Job:
     tools: ToolPlan | None = None
 
 
-PREFILL_STEP = 64  # prompt tokens evaluated between checks for a cancelled request
+PREFILL_STEP = 256  # prompt tokens evaluated between checks (a cancelled request, a new thread share); smaller steps run slower (64: -9%)
 
 
 def prefill(
