@@ -4,7 +4,6 @@ Balances are integer credits; prices are credits per million tokens, rounded up 
 The master key is not metered.
 """
 
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from chatgate.errors import Conflict, InsufficientQuota
 from chatgate.services.auth import Principal
 from chatgate.storage import ledger
 from chatgate.storage.database import Database
+from chatgate.storage.fastpath import DuplicateReservation
 from chatgate.storage.ledger import Refund
 
 PER = 1_000_000
@@ -81,7 +81,7 @@ class QuotaService:
                 covered = await self._db.fast.reserve(
                     user_id=principal.user_id, token_id=principal.token_id, trace_id=trace_id, amount=amount
                 )
-            except sqlite3.IntegrityError as exc:
+            except DuplicateReservation as exc:
                 raise _duplicate(trace_id) from exc
             if not covered:
                 raise _insufficient(amount)

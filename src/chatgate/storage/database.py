@@ -13,7 +13,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from chatgate.errors import ConfigError
-from chatgate.storage.fastpath import SqliteFastPath
+from chatgate.storage.fastpath import FastPath, SqliteFastPath
+from chatgate.storage.fastpath_postgres import PostgresFastPath
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -42,11 +43,13 @@ class Database:
         else:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **options)
-        self.fast: SqliteFastPath | None = None
+        self.fast: FastPath | None = None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             if parsed.database and parsed.database != ":memory:":
                 self.fast = SqliteFastPath(parsed.database)
+        elif parsed.get_backend_name() == "postgresql":
+            self.fast = PostgresFastPath(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -70,7 +73,7 @@ class Database:
 
     async def dispose(self) -> None:
         if self.fast is not None:
-            self.fast.close()
+            await self.fast.aclose()
         await self.engine.dispose()
 
 

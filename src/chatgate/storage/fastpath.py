@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 # SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back the same.
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -33,6 +33,25 @@ class TokenRow:
     rpm_limit: int | None
     tpm_limit: int | None
     user_disabled: bool
+
+
+class DuplicateReservation(Exception):
+    """A reservation for a trace id that already has one."""
+
+
+class FastPath(Protocol):
+    """The hot-path queries, one implementation per database."""
+
+    async def token(self, secret_hash: str) -> TokenRow | None: ...
+
+    async def reserve(self, *, user_id: int, token_id: int | None, trace_id: str, amount: int) -> bool:
+        """Take ``amount`` from the balance and the token's cap, both or neither; False if not covered.
+
+        Raises DuplicateReservation for a trace id that was already reserved.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -84,7 +103,13 @@ class SqliteFastPath:
         return await self._run(_token, secret_hash)  # type: ignore[no-any-return]
 
     async def reserve(self, *, user_id: int, token_id: int | None, trace_id: str, amount: int) -> bool:
-        return await self._run(_reserve, user_id, token_id, trace_id, amount)  # type: ignore[no-any-return]
+        try:
+            return await self._run(_reserve, user_id, token_id, trace_id, amount)  # type: ignore[no-any-return]
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateReservation(trace_id) from exc
+
+    async def aclose(self) -> None:
+        self.close()
 
     def close(self) -> None:
         def shut() -> None:

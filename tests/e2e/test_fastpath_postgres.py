@@ -1,0 +1,120 @@
+"""PostgreSQL's hot-path queries against a real server: exact under concurrency, all or nothing."""
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from chatgate.storage.database import migrate
+from chatgate.storage.fastpath import DuplicateReservation
+from chatgate.storage.fastpath_postgres import PostgresFastPath
+from tests.e2e import infra
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def url(postgres: infra.Postgres) -> Iterator[str]:
+    url = postgres.create_database(f"fastpath{next(_names)}")
+    migrate(url)
+    yield url
+
+
+async def seed(url: str, *, credits: int, quota_cap: int | None) -> None:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    now = datetime.now(UTC)
+    try:
+        await conn.execute(
+            "INSERT INTO users (id, email, is_admin, disabled, credits, created_at) VALUES (1, 'a@b.c', false, false, $1, $2)",
+            credits,
+            now,
+        )
+        await conn.execute(
+            "INSERT INTO api_tokens (id, user_id, name, prefix, secret_hash, created_at, expires_at, allowed_models, quota_cap, spent, rpm_limit)"
+            " VALUES (7, 1, 'k', 'sk-x', 'h', $1, $2, '[\"m1\"]', $3, 0, 9)",
+            now,
+            now + timedelta(days=1),
+            quota_cap,
+        )
+    finally:
+        await conn.close()
+
+
+async def state(url: str) -> tuple[int, int, int]:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        credits = await conn.fetchval("SELECT credits FROM users WHERE id = 1")
+        spent = await conn.fetchval("SELECT spent FROM api_tokens WHERE id = 7")
+        entries = await conn.fetchval("SELECT count(*) FROM ledger")
+    finally:
+        await conn.close()
+    return credits, spent, entries
+
+
+def test_the_token_row_reads_back_typed(url: str) -> None:
+    async def run() -> None:
+        await seed(url, credits=10, quota_cap=None)
+        fast = PostgresFastPath(url)
+        try:
+            row = await fast.token("h")
+            assert await fast.token("nope") is None
+        finally:
+            await fast.aclose()
+        assert row is not None
+        assert (row.token_id, row.user_id, row.revoked, row.user_disabled) == (7, 1, False, False)
+        assert row.allowed_models == ["m1"] and row.rpm_limit == 9 and row.tpm_limit is None
+        assert row.expires_at is not None and row.expires_at > datetime.now(UTC)
+
+    asyncio.run(run())
+
+
+def test_concurrent_reservations_never_pass_the_token_cap(url: str) -> None:
+    async def run() -> list[bool]:
+        await seed(url, credits=1000, quota_cap=500)
+        fast = PostgresFastPath(url)
+        try:
+            return await asyncio.gather(
+                *(fast.reserve(user_id=1, token_id=7, trace_id=f"t{i}", amount=20) for i in range(60))
+            )
+        finally:
+            await fast.aclose()
+
+    results = asyncio.run(run())
+    assert results.count(True) == 25  # 500 / 20
+    assert asyncio.run(state(url)) == (500, 500, 25)
+
+
+def test_concurrent_reservations_never_pass_the_balance(url: str) -> None:
+    async def run() -> list[bool]:
+        await seed(url, credits=100, quota_cap=None)
+        fast = PostgresFastPath(url)
+        try:
+            with_token = [fast.reserve(user_id=1, token_id=7, trace_id=f"a{i}", amount=30) for i in range(10)]
+            without = [fast.reserve(user_id=1, token_id=None, trace_id=f"b{i}", amount=30) for i in range(10)]
+            return await asyncio.gather(*with_token, *without)
+        finally:
+            await fast.aclose()
+
+    results = asyncio.run(run())
+    assert results.count(True) == 3  # 100 // 30, whichever path took them
+    credits, spent, entries = asyncio.run(state(url))
+    assert credits == 10 and entries == 3 and spent == 30 * results[:10].count(True)
+
+
+def test_a_refused_or_repeated_reservation_changes_nothing(url: str) -> None:
+    async def run() -> None:
+        await seed(url, credits=100, quota_cap=50)
+        fast = PostgresFastPath(url)
+        try:
+            assert not await fast.reserve(user_id=1, token_id=7, trace_id="big", amount=60)  # over the cap
+            assert await fast.reserve(user_id=1, token_id=7, trace_id="once", amount=20)
+            with pytest.raises(DuplicateReservation):
+                await fast.reserve(user_id=1, token_id=7, trace_id="once", amount=20)
+        finally:
+            await fast.aclose()
+
+    asyncio.run(run())
+    assert asyncio.run(state(url)) == (80, 20, 1)
