@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,3 +122,18 @@ def spec() -> Spec:
 def sse_events(response: httpx.Response) -> list[str]:
     """The ``data:`` payloads of an SSE response, in order (comments and blank lines skipped)."""
     return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def well_inside_a_minute() -> None:
+    """Limits count per whole minute; start a burst early in one so it doesn't straddle two."""
+    if time.time() % 60 > 45:
+        time.sleep(61 - time.time() % 60)
+
+
+def admitted_until_the_limit(responses: list[httpx.Response], limit: int) -> None:
+    """Requests pass while the minute's tokens are under ``limit``, and are refused from then on."""
+    codes = [r.status_code for r in responses]
+    passed = codes.count(200)
+    assert passed and codes == [200] * passed + [429] * (len(codes) - passed), codes
+    totals = [r.json()["usage"]["total_tokens"] for r in responses[:passed]]
+    assert sum(totals[:-1]) < limit <= sum(totals), totals

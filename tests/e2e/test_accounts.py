@@ -13,7 +13,7 @@ from chatgate.storage import ledger, usage
 from chatgate.storage.database import Database
 from chatgate.storage.tables import ApiToken, User
 from tests.e2e import infra
-from tests.e2e.conftest import SMALL
+from tests.e2e.conftest import SMALL, admitted_until_the_limit, well_inside_a_minute
 from tests.e2e.infra import Server
 
 CATALOGUE = f"""
@@ -363,3 +363,25 @@ def test_one_user_never_sees_anothers_usage_or_request_log(accounts_server: Serv
     with httpx.Client(base_url=accounts_server.base_url) as anonymous:
         assert anonymous.get("/api/usage").status_code == 401
         assert anonymous.get("/api/usage/requests").status_code == 401
+
+
+def test_rpm_and_tpm_limits_in_one_process(accounts_server: Server) -> None:
+    email = f"limits-{datetime.now(UTC).timestamp()}@example.com"
+    rpm_key = accounts_server.cli("keys", "create", "--user", email, "--rpm", "3").strip().splitlines()[-1]
+    tpm_key = accounts_server.cli("keys", "create", "--user", email, "--tpm", "60").strip().splitlines()[-1]
+    with httpx.Client(base_url=accounts_server.base_url, timeout=60) as http:
+        well_inside_a_minute()
+
+        def call(key: str) -> httpx.Response:
+            body = {"model": SMALL, "messages": HI, "max_tokens": 4}
+            return http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+
+        codes = [call(rpm_key).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        responses = [call(tpm_key) for _ in range(8)]
+    admitted_until_the_limit(responses, 60)
+    refused = responses[-1]
+    assert refused.json()["error"]["code"] == "too_many_requests"
+    assert refused.headers["x-ratelimit-limit-tokens"] == "60"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert int(refused.headers["retry-after"]) >= 1

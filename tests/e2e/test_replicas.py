@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.e2e import infra
-from tests.e2e.conftest import SMALL
+from tests.e2e.conftest import SMALL, admitted_until_the_limit, well_inside_a_minute
 from tests.e2e.infra import Server
 
 CATALOGUE = f"""
@@ -60,12 +60,6 @@ def usage_when(server: Server, key: str, ready: Callable[[dict[str, Any]], bool]
             time.sleep(0.1)
 
 
-def well_inside_a_minute() -> None:
-    """Limits count per whole minute; start a burst early in one so it doesn't straddle two."""
-    if time.time() % 60 > 45:
-        time.sleep(61 - time.time() % 60)
-
-
 def test_rpm_limit_holds_across_both_processes(replicas: Replicas) -> None:
     key = new_key(replicas.a, "--rpm", "5")
     well_inside_a_minute()
@@ -78,6 +72,15 @@ def test_rpm_limit_holds_across_both_processes(replicas: Replicas) -> None:
     assert refused.headers["x-ratelimit-limit-requests"] == "5"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert responses[0].headers["x-ratelimit-remaining-requests"] == "4"
+
+
+def test_tpm_limit_holds_across_both_processes(replicas: Replicas) -> None:
+    key = new_key(replicas.a, "--tpm", "60", "--rpm", "1000")
+    well_inside_a_minute()
+    responses = [call(replicas.a if i % 2 == 0 else replicas.b, key) for i in range(8)]
+    admitted_until_the_limit(responses, 60)  # each replica counts what the other's requests used
+    assert responses[-1].headers["x-ratelimit-limit-tokens"] == "60"
+    assert responses[-1].headers["x-ratelimit-remaining-tokens"] == "0"
 
 
 def test_quota_holds_across_both_processes(replicas: Replicas) -> None:
