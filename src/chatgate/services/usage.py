@@ -97,8 +97,10 @@ class UsageRecorder:
         self, rows: list[dict[str, Any]], refunds: list[Refund], last_used: dict[int, datetime]
     ) -> None:
         async with self._db.transaction() as session:
-            await ledger.settle_many(session, refunds=refunds)
+            # Usage rows first: the updates of balances and tokens lock rows that reservations wait
+            # on, so they come last, just before the commit.
             await usage.insert_many(session, rows=rows)
+            await ledger.settle_many(session, refunds=refunds)
             await tokens.touch(session, last_used=last_used)
 
     async def _write_each(self, rows: list[dict[str, Any]], refunds: list[Refund]) -> None:

@@ -20,22 +20,26 @@ _TOKEN = (
     " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = $1"
 )
 
-# The same rule as ledger.reserve, as one statement. The rows are locked first (FOR UPDATE); a
-# concurrent reservation that changed them in the meantime makes PostgreSQL re-check the WHERE
-# against the new values, so two requests can never both spend the same credits. The updates and
-# the ledger row happen only if that check passed, and all in one statement, so all or none.
+# The same rule as ledger.reserve, as one statement. The user's row is locked first, then the
+# token's (the order every other writer takes them in, so no deadlock). A row that a concurrent
+# reservation changed in the meantime is re-checked against its new values before it is locked, so
+# two requests can never both spend the same credits. The updates and the ledger row happen only
+# if both checks passed, all in one statement: all or nothing.
 _RESERVE_WITH_TOKEN = """
-WITH covered AS (
-    SELECT u.id FROM users u JOIN api_tokens t ON t.id = $3 AND t.user_id = u.id
-    WHERE u.id = $2 AND u.credits >= $1 AND (t.quota_cap IS NULL OR t.spent + $1 <= t.quota_cap)
-    FOR UPDATE OF u, t
+WITH balance AS (
+    SELECT id FROM users WHERE id = $2 AND credits >= $1 FOR UPDATE
+), cap AS (
+    SELECT id FROM api_tokens
+    WHERE id = $3 AND user_id = $2 AND (quota_cap IS NULL OR spent + $1 <= quota_cap)
+        AND EXISTS (SELECT 1 FROM balance)
+    FOR UPDATE
 ), debit AS (
-    UPDATE users SET credits = credits - $1 WHERE id = $2 AND EXISTS (SELECT 1 FROM covered)
+    UPDATE users SET credits = credits - $1 WHERE id = $2 AND EXISTS (SELECT 1 FROM cap)
 ), spend AS (
-    UPDATE api_tokens SET spent = spent + $1 WHERE id = $3 AND EXISTS (SELECT 1 FROM covered)
+    UPDATE api_tokens SET spent = spent + $1 WHERE id = $3 AND EXISTS (SELECT 1 FROM cap)
 )
 INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at)
-SELECT $4, 'reserve', $2, $3, -$1, $5 FROM covered
+SELECT $4, 'reserve', $2, $3, -$1, $5 FROM cap
 RETURNING id
 """
 
@@ -60,7 +64,7 @@ class PostgresFastPath:
         if self._pool is None:
             async with self._opening:  # opened on first use, inside the serving event loop
                 if self._pool is None:
-                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max)
+                    self._pool = await asyncpg.create_pool(self._dsn, min_size=2, max_size=self._max)
         return self._pool
 
     async def token(self, secret_hash: str) -> TokenRow | None:

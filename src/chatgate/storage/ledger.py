@@ -64,7 +64,7 @@ class Refund:
 
 
 async def settle_many(session: AsyncSession, *, refunds: list[Refund]) -> None:
-    """Apply many settlements at once: one update per user and per token, one insert for the rows."""
+    """Apply many settlements at once: one insert for the rows, one update per user and per token."""
     if not refunds:
         return
     per_user: dict[int, int] = defaultdict(int)
@@ -73,16 +73,8 @@ async def settle_many(session: AsyncSession, *, refunds: list[Refund]) -> None:
         per_user[refund.user_id] += refund.amount
         if refund.token_id is not None:
             per_token[refund.token_id] += refund.amount
-    for user_id, amount in per_user.items():
-        if amount:
-            await session.execute(
-                update(User).where(User.id == user_id).values(credits=User.credits + amount)
-            )
-    for token_id, amount in per_token.items():
-        if amount:
-            await session.execute(
-                update(ApiToken).where(ApiToken.id == token_id).values(spent=ApiToken.spent - amount)
-            )
+    # The rows first, the balances last: a balance's row lock (which reservations wait on) is then
+    # held only from these updates to the commit, not while the batch's rows go in.
     created = now()
     await session.execute(
         insert(LedgerEntry),
@@ -98,6 +90,16 @@ async def settle_many(session: AsyncSession, *, refunds: list[Refund]) -> None:
             for r in refunds
         ],
     )
+    for user_id, amount in sorted(per_user.items()):  # always in one order: no deadlocks between replicas
+        if amount:
+            await session.execute(
+                update(User).where(User.id == user_id).values(credits=User.credits + amount)
+            )
+    for token_id, amount in sorted(per_token.items()):
+        if amount:
+            await session.execute(
+                update(ApiToken).where(ApiToken.id == token_id).values(spent=ApiToken.spent - amount)
+            )
 
 
 async def request_total(session: AsyncSession, *, user_id: int | None = None) -> int:
