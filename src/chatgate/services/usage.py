@@ -15,6 +15,11 @@ from chatgate.storage.ledger import Refund
 
 log = logging.getLogger("chatgate.usage")
 MAX_BUFFER = 100_000
+# A batch is written once this many rows wait, without waiting for the next round. The write's
+# Python work runs on the event loop, so a second's worth of rows at 200 requests/s (10 ms of it,
+# and more when a new batch size is first prepared) stalled the requests behind it: p99 53 ms on
+# PostgreSQL, 7 ms with batches this size.
+BATCH_ROWS = 64
 
 
 class UsageRecorder:
@@ -26,6 +31,7 @@ class UsageRecorder:
         self._last_used: dict[int, datetime] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._full = asyncio.Event()  # BATCH_ROWS are waiting
 
     def record(
         self,
@@ -63,6 +69,8 @@ class UsageRecorder:
         )
         if principal.token_id is not None:
             self._last_used[principal.token_id] = now
+        if len(self._rows) >= BATCH_ROWS:
+            self._full.set()
         if len(self._rows) > MAX_BUFFER:  # the database has been unreachable for a long time
             del self._rows[: len(self._rows) - MAX_BUFFER]  # refunds are kept: they are owed
 
@@ -120,9 +128,13 @@ class UsageRecorder:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._flush_seconds)
-            with contextlib.suppress(Exception):  # logged in flush; the rows wait for the next round
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self._flush_seconds)
+            self._full.clear()
+            try:
                 await self.flush()
+            except Exception:  # logged in flush; the rows wait, and the next try a whole round
+                await asyncio.sleep(self._flush_seconds)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -1,0 +1,57 @@
+"""The usage recorder writes in batches: every round, and at once when a batch is full."""
+
+import asyncio
+from pathlib import Path
+
+from chatgate.services.auth import MASTER
+from chatgate.services.usage import BATCH_ROWS, UsageRecorder
+from chatgate.storage import usage
+from chatgate.storage.database import Database, migrate
+
+
+async def written(db: Database) -> int:
+    async with db.sessions() as session:
+        return (await usage.totals(session)).requests
+
+
+def record(recorder: UsageRecorder, count: int) -> None:
+    for i in range(count):
+        recorder.record(
+            trace_id=f"t{i}-{id(recorder)}",
+            principal=MASTER,
+            model="m",
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost=0,
+            latency_ms=1,
+            status="ok",
+            error_code=None,
+        )
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_round(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    migrate(url)
+
+    async def run() -> tuple[int, int, int]:
+        db = Database(url)
+        recorder = UsageRecorder(db, flush_seconds=3600)
+        await recorder.start()
+        try:
+            record(recorder, BATCH_ROWS - 1)
+            await asyncio.sleep(0.3)
+            before = await written(db)  # not full: waits for the (hour-long) round
+            record(recorder, 1)
+            for _ in range(100):  # a bound on waiting, not a timing test
+                await asyncio.sleep(0.05)
+                if await written(db):
+                    break
+            after = await written(db)
+            record(recorder, 3)
+        finally:
+            await recorder.stop()  # writes what is left
+        stopped = await written(db)
+        await db.dispose()
+        return before, after, stopped
+
+    assert asyncio.run(run()) == (0, BATCH_ROWS, BATCH_ROWS + 3)
