@@ -56,7 +56,7 @@ from chatgate.services.images import ImageService
 from chatgate.services.quota import QuotaService
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from chatgate.services.tokens import TokenService
-from chatgate.services.usage import UsageRecorder
+from chatgate.services.usage import POSTGRES_BATCH_ROWS, UsageRecorder
 from chatgate.storage.database import Database
 from chatgate.storage.files import FileStore
 
@@ -286,7 +286,11 @@ class Services:
 def build_services(settings: Settings, registry: ModelRegistry, outside: Outside | None = None) -> Services:
     db = Database(settings.database)
     limiter: RateLimiter = RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
-    recorder = UsageRecorder(db, flush_seconds=settings.usage_flush_seconds)
+    recorder = UsageRecorder(
+        db,
+        flush_seconds=settings.usage_flush_seconds,
+        batch_rows=None if db.is_sqlite else POSTGRES_BATCH_ROWS,
+    )
     outside = outside or build_outside(settings)
     chat_service = ChatService(
         registry, QuotaService(db, flush_refunds=recorder.flush), limiter, recorder, images=outside.images

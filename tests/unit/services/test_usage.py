@@ -4,9 +4,11 @@ import asyncio
 from pathlib import Path
 
 from chatgate.services.auth import MASTER
-from chatgate.services.usage import BATCH_ROWS, UsageRecorder
+from chatgate.services.usage import UsageRecorder
 from chatgate.storage import usage
 from chatgate.storage.database import Database, migrate
+
+BATCH_ROWS = 16
 
 
 async def written(db: Database) -> int:
@@ -35,7 +37,7 @@ def test_a_full_batch_is_written_without_waiting_for_the_round(tmp_path: Path) -
 
     async def run() -> tuple[int, int, int]:
         db = Database(url)
-        recorder = UsageRecorder(db, flush_seconds=3600)
+        recorder = UsageRecorder(db, flush_seconds=3600, batch_rows=BATCH_ROWS)
         await recorder.start()
         try:
             record(recorder, BATCH_ROWS - 1)
