@@ -14,7 +14,7 @@ from chatgate.errors import Forbidden
 from chatgate.services.accounts import AccountService, SignedIn
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
-from chatgate.services.chat import Caller, ChatService
+from chatgate.services.chat import Caller
 from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
 from chatgate.services.tokens import TokenService
@@ -27,11 +27,6 @@ CSRF_HEADER = "x-csrf-token"
 def services_of(request: Request) -> Any:
     """The services create_app built; each dependency below names the one it hands out."""
     return request.app.state.services
-
-
-async def _chat(request: Request) -> ChatService:
-    service: ChatService = services_of(request).chat
-    return service
 
 
 async def _registry(request: Request) -> ModelRegistry:
@@ -86,7 +81,6 @@ async def _admin(signed_in: Annotated[SignedIn, Depends(_signed_in)]) -> SignedI
     return signed_in
 
 
-ChatDep = Annotated[ChatService, Depends(_chat)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 CallerDep = Annotated[Caller, Depends(_caller)]
 AccountsDep = Annotated[AccountService, Depends(_accounts)]

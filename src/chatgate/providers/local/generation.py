@@ -27,7 +27,9 @@ class Job:
     tools: ToolPlan | None = None
 
 
-PREFILL_STEP = 256  # prompt tokens evaluated between checks (a cancelled request, a new thread share); smaller steps run slower (64: -9%)
+# Prompt tokens evaluated between checks for a cancelled request and a new thread share. Smaller
+# steps prefill more slowly: 64-token steps took a 1,200-token prompt 9% longer.
+PREFILL_STEP = 256
 
 
 def prefill(
