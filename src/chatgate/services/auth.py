@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from chatgate.errors import AuthError, TokenMismatch
-from chatgate.storage import tokens
 from chatgate.storage.database import Database
 from chatgate.storage.fastpath import TokenRow
 
@@ -77,20 +76,4 @@ class AuthService:
         )
 
     async def _lookup(self, digest: str) -> TokenRow | None:
-        if self._db.fast is not None:
-            return await self._db.fast.token(digest)
-        async with self._db.sessions() as session:
-            found = await tokens.with_owner_by_hash(session, secret_hash=digest)
-        if found is None:
-            return None
-        token, user = found
-        return TokenRow(
-            token_id=token.id,
-            user_id=user.id,
-            revoked=token.revoked_at is not None,
-            expires_at=token.expires_at,
-            allowed_models=token.allowed_models,
-            rpm_limit=token.rpm_limit,
-            tpm_limit=token.tpm_limit,
-            user_disabled=user.disabled,
-        )
+        return await self._db.fast.token(digest)

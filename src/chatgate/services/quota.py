@@ -7,12 +7,9 @@ The master key is not metered.
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
-
 from chatgate.config import Price
 from chatgate.errors import Conflict, InsufficientQuota
 from chatgate.services.auth import Principal
-from chatgate.storage import ledger
 from chatgate.storage.database import Database
 from chatgate.storage.fastpath import DuplicateReservation
 from chatgate.storage.ledger import Refund
@@ -76,29 +73,14 @@ class QuotaService:
 
     async def _take(self, principal: Principal, trace_id: str, amount: int) -> None:
         assert principal.user_id is not None
-        if self._db.fast is not None:
-            try:
-                covered = await self._db.fast.reserve(
-                    user_id=principal.user_id, token_id=principal.token_id, trace_id=trace_id, amount=amount
-                )
-            except DuplicateReservation as exc:
-                raise _duplicate(trace_id) from exc
-            if not covered:
-                raise _insufficient(amount)
-            return
         try:
-            async with self._db.transaction() as session:
-                covered = await ledger.reserve(
-                    session,
-                    user_id=principal.user_id,
-                    token_id=principal.token_id,
-                    trace_id=trace_id,
-                    amount=amount,
-                )
-                if not covered:
-                    raise _insufficient(amount)
-        except IntegrityError as exc:
+            covered = await self._db.fast.reserve(
+                user_id=principal.user_id, token_id=principal.token_id, trace_id=trace_id, amount=amount
+            )
+        except DuplicateReservation as exc:
             raise _duplicate(trace_id) from exc
+        if not covered:
+            raise _insufficient(amount)
 
     def settle(
         self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, extra_cost: int = 0

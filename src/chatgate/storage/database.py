@@ -43,14 +43,23 @@ class Database:
         else:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **options)
-        self.fast: FastPath | None = None
+        self._fast: FastPath | None = None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             if parsed.database and parsed.database != ":memory:":
-                self.fast = SqliteFastPath(parsed.database)
+                self._fast = SqliteFastPath(parsed.database)
         elif parsed.get_backend_name() == "postgresql":
-            self.fast = PostgresFastPath(url)
+            self._fast = PostgresFastPath(url)
+        else:
+            raise ConfigError(f"chatgate runs on SQLite or PostgreSQL, not {parsed.get_backend_name()}.")
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def fast(self) -> FastPath:
+        """The token lookup and the credit reservation, the two queries on every request's path."""
+        if self._fast is None:
+            raise ConfigError("An in-memory database holds no API tokens or credits; use a database file.")
+        return self._fast
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -72,8 +81,8 @@ class Database:
             )
 
     async def dispose(self) -> None:
-        if self.fast is not None:
-            await self.fast.aclose()
+        if self._fast is not None:
+            await self._fast.aclose()
         await self.engine.dispose()
 
 

@@ -6,8 +6,8 @@ own sqlite3 connection it costs about 0.26 ms, nearly all of it the two thread w
 query first runs right on the event loop's thread, on a connection of its own that never waits
 for a lock (``busy_timeout`` 0) and never checkpoints: tens of microseconds. Only when the
 database is locked at that instant (a batch of usage rows being written) does it go to the worker
-thread, which waits for the lock. Only these two queries take this path; everything else, and
-every query on PostgreSQL, goes through SQLAlchemy.
+thread, which waits for the lock. Only these two queries take this path (PostgreSQL has its own,
+in ``fastpath_postgres``); everything else goes through SQLAlchemy.
 """
 
 import asyncio
@@ -146,7 +146,7 @@ def _token(conn: sqlite3.Connection, secret_hash: str) -> TokenRow | None:
 def _reserve(
     conn: sqlite3.Connection, user_id: int, token_id: int | None, trace_id: str, amount: int
 ) -> bool:
-    """The same rule as ledger.reserve: the balance and the token's cap both cover it, or nothing changes."""
+    """The balance and the token's cap both cover it, or nothing changes (the rule of PostgresFastPath too)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         taken = conn.execute(

@@ -20,7 +20,7 @@ _TOKEN = (
     " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = $1"
 )
 
-# The same rule as ledger.reserve, as one statement. The user's row is locked first, then the
+# The same rule as SQLite's _reserve, as one statement. The user's row is locked first, then the
 # token's (the order every other writer takes them in, so no deadlock). A row that a concurrent
 # reservation changed in the meantime is re-checked against its new values before it is locked, so
 # two requests can never both spend the same credits. The updates and the ledger row happen only

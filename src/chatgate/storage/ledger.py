@@ -1,9 +1,10 @@
-"""Credit movements: atomic reservations against the balance and the token's cap, and settlements.
+"""Credit movements after the reservation: settlements, and the totals of what requests spent.
 
-Each function runs inside the caller's transaction; a reservation that cannot be covered changes
-nothing. Settlements only give credits back, so they can be applied later, in batches, without
-any risk of overspending. Every movement is a ledger row keyed by (trace id, kind), so a repeated trace id is refused
-instead of charged twice.
+Reservations, which take credits before a request runs, are on every request's path and live in
+the fast paths (``fastpath`` for SQLite, ``fastpath_postgres``). Settlements only give credits
+back, so they are applied later, in batches, inside the caller's transaction, without any risk of
+overspending. Every movement is a ledger row keyed by (trace id, kind), so a repeated trace id is
+refused instead of charged twice.
 """
 
 from collections import defaultdict
@@ -14,43 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatgate.storage.tables import ApiToken, LedgerEntry, User
 from chatgate.storage.users import now
-
-
-async def reserve(
-    session: AsyncSession, *, user_id: int, token_id: int | None, trace_id: str, amount: int
-) -> bool:
-    """Take ``amount`` credits from the user's balance and the token's cap.
-
-    False means it could not be covered; the caller must then abandon the transaction.
-    """
-    taken = await session.execute(
-        update(User).where(User.id == user_id, User.credits >= amount).values(credits=User.credits - amount)
-    )
-    if not taken.rowcount:  # type: ignore[attr-defined]
-        return False
-    if token_id is not None:
-        capped = await session.execute(
-            update(ApiToken)
-            .where(
-                ApiToken.id == token_id,
-                (ApiToken.quota_cap.is_(None)) | (ApiToken.spent + amount <= ApiToken.quota_cap),
-            )
-            .values(spent=ApiToken.spent + amount)
-        )
-        if not capped.rowcount:  # type: ignore[attr-defined]
-            return False  # the caller raises, and its transaction undoes the balance update
-    session.add(
-        LedgerEntry(
-            trace_id=trace_id,
-            kind="reserve",
-            user_id=user_id,
-            token_id=token_id,
-            amount=-amount,
-            created_at=now(),
-        )
-    )
-    await session.flush()
-    return True
 
 
 @dataclass(frozen=True)

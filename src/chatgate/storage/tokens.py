@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatgate.storage.tables import ApiToken, User
+from chatgate.storage.tables import ApiToken
 from chatgate.storage.users import now
 
 
@@ -38,16 +38,6 @@ async def insert(
     session.add(token)
     await session.flush()
     return token
-
-
-async def with_owner_by_hash(session: AsyncSession, *, secret_hash: str) -> tuple[ApiToken, User] | None:
-    result = await session.execute(
-        select(ApiToken, User)
-        .join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.secret_hash == secret_hash)
-    )
-    row = result.one_or_none()
-    return (row[0], row[1]) if row else None
 
 
 async def of_user(session: AsyncSession, *, user_id: int) -> list[ApiToken]:
