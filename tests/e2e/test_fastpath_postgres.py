@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from chatgate.storage.database import migrate
+from chatgate.services.auth import Principal
+from chatgate.services.usage import UsageRecorder
+from chatgate.storage.database import Database, migrate
 from chatgate.storage.fastpath import DuplicateReservation
 from chatgate.storage.fastpath_postgres import PostgresFastPath
+from chatgate.storage.ledger import Refund
 from tests.e2e import infra
 
 _names = itertools.count()
@@ -118,3 +121,58 @@ def test_a_refused_or_repeated_reservation_changes_nothing(url: str) -> None:
 
     asyncio.run(run())
     assert asyncio.run(state(url)) == (80, 20, 1)
+
+
+def test_reservations_beside_usage_batches_never_deadlock(url: str) -> None:
+    """Reservations and settlements (usage rows, refunds) from many tasks at once: no deadlock, exact sums."""
+
+    async def run() -> int:
+        await seed(url, credits=10**6, quota_cap=None)
+        db = Database(url)
+        recorder = UsageRecorder(db, flush_seconds=0.05, batch_rows=8)
+        await recorder.start()
+        principal = Principal(user_id=1, token_id=7)
+        spent = 0
+
+        async def client(n: int) -> None:
+            nonlocal spent
+            for i in range(25):
+                trace = f"c{n}-{i}"
+                assert await db.fast.reserve(user_id=1, token_id=7, trace_id=trace, amount=10)
+                spent += 4
+                recorder.record(
+                    trace_id=trace,
+                    principal=principal,
+                    model="m",
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    cost=4,
+                    latency_ms=1,
+                    status="ok",
+                    error_code=None,
+                    refund=Refund(1, 7, trace, 6),
+                )
+                await asyncio.sleep(0)
+
+        try:
+            await asyncio.gather(*(client(n) for n in range(16)))
+        finally:
+            await recorder.stop()
+            await db.dispose()
+        return spent
+
+    spent = asyncio.run(run())
+    assert spent == 16 * 25 * 4
+    assert asyncio.run(state(url)) == (10**6 - spent, spent, 2 * 16 * 25)  # a reserve and a settle row each
+
+
+def test_driver_options_in_the_url_are_read_as_sqlalchemy_reads_them(url: str) -> None:
+    async def run() -> None:
+        await seed(url, credits=10, quota_cap=None)
+        fast = PostgresFastPath(url + "?ssl=disable&prepared_statement_cache_size=0")
+        try:
+            assert await fast.token("h") is not None
+        finally:
+            await fast.aclose()
+
+    asyncio.run(run())
