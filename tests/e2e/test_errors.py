@@ -1,5 +1,6 @@
 """Every failure is an enveloped error with the right status, code and param; never a 422 or a bare 500."""
 
+import json
 from typing import Any
 
 import httpx
@@ -135,6 +136,7 @@ CASES: list[tuple[str, dict[str, Any] | str, int, str, str | None]] = [
     ("malformed JSON", '{"model": "x", "messages": [', 400, "invalid_json", None),
     ("JSON that is not an object", "[1, 2]", 400, "invalid_json", None),
     ("empty body", "", 400, "invalid_json", None),
+    ("a field named body", body(body=1), 400, "unknown_parameter", "body"),
 ]
 
 
@@ -212,3 +214,24 @@ def test_the_sdk_raises_its_own_typed_errors(server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         right.chat.completions.create(model=SMALL, messages=OK_MESSAGES, temperature=9)  # type: ignore[arg-type]
     assert bad.value.param == "temperature"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding"),
+    [
+        ("text/plain", "utf-8"),
+        ("application/x-www-form-urlencoded", "utf-8"),  # what `curl -d` sends
+        (None, "utf-8"),
+        ("application/json", "utf-8-sig"),  # a byte-order mark
+        ("application/json", "utf-16"),
+    ],
+    ids=["text", "form", "none", "bom", "utf-16"],
+)
+def test_a_json_body_is_read_whatever_its_content_type_and_encoding(
+    http: httpx.Client, content_type: str | None, encoding: str
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    raw = json.dumps(body(max_tokens=1)).encode(encoding)
+    response = http.post("/v1/chat/completions", content=raw, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"

@@ -9,10 +9,9 @@ Errors are the same as everywhere: the caller first (401), then the body (400 na
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
+from chatgate.api.body import parse
 from chatgate.api.deps import services_of
-from chatgate.api.errors import invalid_body
 from chatgate.api.sse import sse_response
 from chatgate.api.trace import trace_id_of
 from chatgate.protocol.requests import ChatCompletionRequest
@@ -28,11 +27,7 @@ async def create_chat_completion(request: Request) -> Response:
     auth: AuthService = services.auth
     chat: ChatService = services.chat
     caller = Caller(await auth.authenticate(request.headers.get("authorization")), trace_id_of(request))
-    raw = await request.body()
-    try:
-        body = ChatCompletionRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        raise invalid_body(exc, raw) from None
+    body = parse(ChatCompletionRequest, await request.body())
     if body.stream:
         chunks, headers = await chat.stream(caller, body)
         return sse_response(chunks, caller.trace_id, headers)

@@ -1,6 +1,5 @@
 """The one table from domain errors to HTTP, and the envelope every failure is rendered in."""
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -8,7 +7,6 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -104,7 +102,7 @@ _CODES: Mapping[str, str] = {
 }
 
 
-def _from_validation(error: ErrorDetails, body: Any) -> InvalidRequest:
+def from_validation(error: ErrorDetails, body: Any) -> InvalidRequest:
     kind = error["type"]
     param = _param(error["loc"], body)
     if kind == "json_invalid":
@@ -118,19 +116,6 @@ def _from_validation(error: ErrorDetails, body: Any) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param, code=_CODES.get(kind))
 
 
-def invalid_body(exc: ValidationError, raw: bytes) -> InvalidRequest:
-    """A request body that failed ``model_validate_json``, as the 400 naming its first fault."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    errors = exc.errors()
-    first: ErrorDetails = (
-        errors[0] if errors else {"type": "value_error", "loc": (), "msg": "invalid", "input": None}
-    )
-    return _from_validation(first, body)
-
-
 async def on_chatgate_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatgateError)
     return error_response(exc, trace_id_of(request))
@@ -142,7 +127,7 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     first: ErrorDetails = (
         errors[0] if errors else {"type": "value_error", "loc": (), "msg": "invalid", "input": None}
     )
-    return error_response(_from_validation(first, exc.body), trace_id_of(request))
+    return error_response(from_validation(first, exc.body), trace_id_of(request))
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
