@@ -34,7 +34,7 @@ class UsageRecorder:
         self._last_used: dict[int, datetime] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._full = asyncio.Event()  # a whole batch is waiting
+        self._full: asyncio.Event | None = None  # a whole batch is waiting; made in start(), on its loop
 
     def record(
         self,
@@ -72,7 +72,7 @@ class UsageRecorder:
         )
         if principal.token_id is not None:
             self._last_used[principal.token_id] = now
-        if self._batch_rows is not None and len(self._rows) >= self._batch_rows:
+        if self._full is not None and self._batch_rows is not None and len(self._rows) >= self._batch_rows:
             self._full.set()
         if len(self._rows) > MAX_BUFFER:  # the database has been unreachable for a long time
             del self._rows[: len(self._rows) - MAX_BUFFER]  # refunds are kept: they are owed
@@ -127,13 +127,14 @@ class UsageRecorder:
                 log.error("dropped a usage row that does not fit the schema: trace %s", row["trace_id"])
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-recorder")
+        self._full = asyncio.Event()
+        self._task = asyncio.create_task(self._run(self._full), name="usage-recorder")
 
-    async def _run(self) -> None:
+    async def _run(self, full: asyncio.Event) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self._flush_seconds)
-            self._full.clear()
+                await asyncio.wait_for(full.wait(), self._flush_seconds)
+            full.clear()
             try:
                 await self.flush()
             except Exception:  # logged in flush; the rows wait, and the next try a whole round
