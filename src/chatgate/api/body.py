@@ -8,7 +8,6 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 
 from chatgate.api.errors import from_validation
 from chatgate.errors import InvalidRequest
@@ -34,9 +33,5 @@ def parse(model: type[M], raw: bytes) -> M:
 
 
 def _invalid(exc: ValidationError, body: Any = None) -> InvalidRequest:
-    """The 400 naming the body's first fault (locations as FastAPI gives them, under ``body``)."""
-    errors = exc.errors()
-    first: ErrorDetails = (
-        errors[0] if errors else {"type": "value_error", "loc": (), "msg": "invalid", "input": None}
-    )
-    return from_validation({**first, "loc": ("body", *first["loc"])}, body)
+    """Pydantic's locations for a model validated on its own, put under ``body`` as FastAPI's are."""
+    return from_validation([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()], body)

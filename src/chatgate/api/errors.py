@@ -1,7 +1,7 @@
 """The one table from domain errors to HTTP, and the envelope every failure is rendered in."""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -102,7 +102,12 @@ _CODES: Mapping[str, str] = {
 }
 
 
-def from_validation(error: ErrorDetails, body: Any) -> InvalidRequest:
+def from_validation(errors: Sequence[ErrorDetails], body: Any) -> InvalidRequest:
+    """The 400 for a body that failed validation, naming its first fault (locations as FastAPI
+    gives them, under ``body``)."""
+    error: ErrorDetails = (
+        errors[0] if errors else {"type": "value_error", "loc": ("body",), "msg": "invalid", "input": None}
+    )
     kind = error["type"]
     param = _param(error["loc"], body)
     if kind == "json_invalid":
@@ -123,11 +128,7 @@ async def on_chatgate_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first: ErrorDetails = (
-        errors[0] if errors else {"type": "value_error", "loc": (), "msg": "invalid", "input": None}
-    )
-    return error_response(from_validation(first, exc.body), trace_id_of(request))
+    return error_response(from_validation(exc.errors(), exc.body), trace_id_of(request))
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
