@@ -54,6 +54,27 @@ class FastPath(Protocol):
     async def aclose(self) -> None: ...
 
 
+# The token lookup, the same on both databases but for its placeholder (SQLite's ?, asyncpg's $1).
+TOKEN_QUERY = (
+    "SELECT t.id, t.user_id, t.revoked_at, t.expires_at, t.allowed_models, t.rpm_limit, t.tpm_limit, u.disabled"
+    " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = {}"
+)
+
+
+def token_row(row: Any, expires_at: datetime | None) -> TokenRow:
+    """A TOKEN_QUERY row; ``expires_at`` as each driver reads it into an aware datetime."""
+    return TokenRow(
+        token_id=row[0],
+        user_id=row[1],
+        revoked=row[2] is not None,
+        expires_at=expires_at,
+        allowed_models=json.loads(row[4]) if row[4] is not None else None,
+        rpm_limit=row[5],
+        tpm_limit=row[6],
+        user_disabled=bool(row[7]),
+    )
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -124,23 +145,8 @@ class SqliteFastPath:
 
 
 def _token(conn: sqlite3.Connection, secret_hash: str) -> TokenRow | None:
-    row = conn.execute(
-        "SELECT t.id, t.user_id, t.revoked_at, t.expires_at, t.allowed_models, t.rpm_limit, t.tpm_limit, u.disabled"
-        " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = ?",
-        (secret_hash,),
-    ).fetchone()
-    if row is None:
-        return None
-    return TokenRow(
-        token_id=row[0],
-        user_id=row[1],
-        revoked=row[2] is not None,
-        expires_at=_parse_time(row[3]),
-        allowed_models=json.loads(row[4]) if row[4] is not None else None,
-        rpm_limit=row[5],
-        tpm_limit=row[6],
-        user_disabled=bool(row[7]),
-    )
+    row = conn.execute(TOKEN_QUERY.format("?"), (secret_hash,)).fetchone()
+    return None if row is None else token_row(row, _parse_time(row[3]))
 
 
 def _reserve(

@@ -7,7 +7,6 @@ SQLAlchemy.
 """
 
 import asyncio
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,12 +14,9 @@ import asyncpg
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Dialect, make_url
 
-from chatgate.storage.fastpath import DuplicateReservation, TokenRow
+from chatgate.storage.fastpath import TOKEN_QUERY, DuplicateReservation, TokenRow, token_row
 
-_TOKEN = (
-    "SELECT t.id, t.user_id, t.revoked_at, t.expires_at, t.allowed_models, t.rpm_limit, t.tpm_limit, u.disabled"
-    " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = $1"
-)
+_TOKEN = TOKEN_QUERY.format("$1")
 
 # The same rule as SQLite's _reserve, in one short transaction: plain UPDATEs whose WHERE holds the
 # rule. Under concurrency PostgreSQL re-checks an updated row's WHERE against its newest version, so
@@ -68,18 +64,7 @@ class PostgresFastPath:
     async def token(self, secret_hash: str) -> TokenRow | None:
         pool = await self._connections()
         row = await pool.fetchrow(_TOKEN, secret_hash)
-        if row is None:
-            return None
-        return TokenRow(
-            token_id=row[0],
-            user_id=row[1],
-            revoked=row[2] is not None,
-            expires_at=row[3],
-            allowed_models=json.loads(row[4]) if row[4] is not None else None,
-            rpm_limit=row[5],
-            tpm_limit=row[6],
-            user_disabled=bool(row[7]),
-        )
+        return None if row is None else token_row(row, row[3])
 
     async def reserve(self, *, user_id: int, token_id: int | None, trace_id: str, amount: int) -> bool:
         pool = await self._connections()
