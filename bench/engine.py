@@ -15,6 +15,12 @@ Four scenarios, each with the same model file, the same 2 CPU threads and greedy
   sequence at a time, so the N "concurrent" requests are submitted at once from N threads and take
   turns behind a lock; their time to first token therefore includes the time spent queueing.
 
+With ``--xllamacpp`` it also runs ``xllamacpp x1`` / ``xllamacpp xN``: the same streams, over the
+same lean client, against llama.cpp's own server in-process through ``xllamacpp`` (a prebuilt
+wheel, installed into ``.venv-xllamacpp`` on first use; ``bench/xllamacpp_server.py``), which
+decodes up to N sequences together in one context (continuous batching) on the same 2 threads.
+That is the alternative engine the core issue asks to weigh against a pool of instances.
+
 Per stream the script records: the request start, the arrival of the first and of the last
 non-empty content delta, the end of the stream, and the number of completion tokens. Per scenario:
 
@@ -54,6 +60,7 @@ From the repository root::
     .venv/bin/python bench/engine.py                      # table on stdout, progress on stderr
     .venv/bin/python bench/engine.py --max-tokens 256 --repeats 3
     .venv/bin/python bench/engine.py --json               # the same numbers as JSON
+    .venv/bin/python bench/engine.py --max-tokens 128 --repeats 3 --xllamacpp
 
 Run it on an otherwise idle machine; anything else using the CPU skews both sides.
 """
@@ -68,6 +75,7 @@ import os
 import secrets
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -460,6 +468,73 @@ async def run_chatgate(
 
 
 # --------------------------------------------------------------------------------------------
+# llama.cpp's own server through xllamacpp (continuous batching), with --xllamacpp
+
+XLLAMACPP_VENV = REPO / ".venv-xllamacpp"
+XLLAMACPP_MARKER = "listening "
+
+
+def ensure_xllamacpp(venv: Path) -> Path:
+    """xllamacpp's prebuilt wheel in a virtualenv of its own; returns its interpreter."""
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        log(f"installing xllamacpp into {venv} (first run only)")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--progress-bar", "on", "xllamacpp"], check=True
+        )
+        (venv / ".installed").touch()
+    return python
+
+
+async def run_xllamacpp(
+    model: Path, max_tokens: int, repeats: int, concurrency: int
+) -> dict[str, ScenarioResult]:
+    """The same streams against llama.cpp's server batching ``concurrency`` sequences in one context."""
+    python = ensure_xllamacpp(XLLAMACPP_VENV)
+    command = [
+        str(python),
+        str(REPO / "bench" / "xllamacpp_server.py"),
+        str(model),
+        f"--threads={THREADS}",
+        f"--parallel={concurrency}",
+        f"--context={CONTEXT_LENGTH}",
+    ]
+    log(f"starting: {' '.join(command)}")
+    results: dict[str, ScenarioResult] = {}
+    with tempfile.TemporaryFile() as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=stderr
+        )
+        try:
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT_S)).decode()
+            if not line.startswith(XLLAMACPP_MARKER):
+                stderr.seek(0)
+                tail = stderr.read().decode(errors="replace")[-3000:]
+                raise ServerError(f"xllamacpp did not start (status {proc.returncode}):\n{tail}")
+            base_url = line[len(XLLAMACPP_MARKER) :].strip()
+            log(f"xllamacpp ready at {base_url}; warm-up: {concurrency} requests at once")
+            await lean_scenario(base_url, "unused", concurrency, min(max_tokens, WARMUP_MAX_TOKENS))
+            for streams in (1, concurrency):
+                label = f"xllamacpp x{streams}"
+                runs = []
+                for i in range(repeats):
+                    runs.append(await lean_scenario(base_url, "unused", streams, max_tokens))
+                    log(_describe(f"{label} (repeat {i + 1}/{repeats})", runs[-1]))
+                results[label] = median_result(runs)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 30)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+    return results
+
+
+# --------------------------------------------------------------------------------------------
 # llama-cpp-python directly
 
 
@@ -586,6 +661,8 @@ def build_report(
         f"direct x{n}",
         f"chatgate x{n}",
         f"chatgate x{n} httpx",
+        "xllamacpp x1",
+        f"xllamacpp x{n}",
     ]
     r = results
     return {
@@ -614,6 +691,18 @@ def build_report(
             "chatgate_x1_httpx_over_direct_x1_decode": _ratio(
                 r["chatgate x1 httpx"].per_stream_tok_s, r["direct x1"].per_stream_tok_s
             ),
+            **(
+                {
+                    f"xllamacpp_x{n}_over_xllamacpp_x1_aggregate": _ratio(
+                        r[f"xllamacpp x{n}"].aggregate_tok_s, r["xllamacpp x1"].aggregate_tok_s
+                    ),
+                    f"chatgate_x{n}_over_xllamacpp_x{n}_aggregate": _ratio(
+                        r[f"chatgate x{n}"].aggregate_tok_s, r[f"xllamacpp x{n}"].aggregate_tok_s
+                    ),
+                }
+                if "xllamacpp x1" in r
+                else {}
+            ),
         },
     }
 
@@ -639,6 +728,12 @@ def print_table(report: dict[str, Any], concurrency: int) -> None:
     print(f"chatgate x{n} / chatgate x1 aggregate: {'n/a' if scale is None else f'{scale:.2f}x'}")
     versus = ratios[f"chatgate_x{n}_over_direct_x{n}_aggregate"]
     print(f"chatgate x{n} / direct x{n} aggregate: {'n/a' if versus is None else f'{versus:.2f}x'}")
+    for key, label in (
+        (f"xllamacpp_x{n}_over_xllamacpp_x1_aggregate", f"xllamacpp x{n} / xllamacpp x1 aggregate"),
+        (f"chatgate_x{n}_over_xllamacpp_x{n}_aggregate", f"chatgate x{n} / xllamacpp x{n} aggregate"),
+    ):
+        if (value := ratios.get(key)) is not None:
+            print(f"{label}: {value:.2f}x")
     print(
         f"(median of {report['config']['repeats']} repeats; max_tokens={report['config']['max_tokens']}; "
         f"{THREADS} threads; tokens = total completion tokens per scenario)"
@@ -654,6 +749,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="runs per scenario; the median is reported")
     parser.add_argument(
         "--concurrency", type=int, default=4, help="streams in the concurrent scenarios (default 4)"
+    )
+    parser.add_argument(
+        "--xllamacpp",
+        action="store_true",
+        help="also run llama.cpp's own server (xllamacpp, continuous batching), installed into .venv-xllamacpp",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)
@@ -676,6 +776,12 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         print(f"bench: chatgate side failed: {exc}", file=sys.stderr)
         return 1
+    if args.xllamacpp:
+        try:
+            results.update(asyncio.run(run_xllamacpp(args.model, args.max_tokens, args.repeats, n)))
+        except ServerError as exc:
+            print(f"bench: xllamacpp side failed: {exc}", file=sys.stderr)
+            return 1
     results.update(run_direct(args.model, args.max_tokens, args.repeats, n))
     report = build_report(results, args, n)
     if args.json:
