@@ -1,9 +1,12 @@
 """What chatgate adds per request: the same load through chatgate and straight to the upstream, side by side.
 
-Three paths carry the same load in one run: straight to the upstream, through chatgate, and
-through LiteLLM's proxy (``litellm[proxy]``, the reference peer, installed by this script into
-``.venv-litellm`` when missing, configured with the same upstream and a master key; without a
-database it does no per-key spend tracking, so it does less per request than chatgate does).
+Four paths carry the same load in one run: straight to the upstream, through chatgate, through
+a bare relay (``bench/bare_relay.py``: the same server stack and upstream client as chatgate,
+doing nothing but pass the bytes on, so what it adds is the floor for any gateway built this
+way), and through LiteLLM's proxy (``litellm[proxy]``, the reference peer, installed by this
+script into ``.venv-litellm`` when missing, configured with the same upstream and a master key;
+without a database it does no per-key spend tracking, so it does less per request than chatgate
+does).
 
 The upstream is ``bench/stub_upstream.py``, which answers at once, so what the chatgate path adds
 is chatgate's own work: authentication (a user's API token, looked up in the database), the rate
@@ -293,6 +296,7 @@ async def measure(args: argparse.Namespace, ports: dict[str, int], token: str) -
     clients["chatgate"] = Client(
         ports["chatgate"], "/v1/chat/completions", {"Authorization": f"Bearer {token}"}, BODY
     )
+    clients["bare"] = Client(ports["bare"], "/v1/chat/completions", {}, BODY)
     if "litellm" in ports:
         headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
         clients["litellm"] = Client(ports["litellm"], "/v1/chat/completions", headers, BODY)
@@ -341,10 +345,12 @@ def print_report(report: dict[str, Any]) -> None:
         for name, added in paths.items():
             print(f"at {rate}/s {name} adds: p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms")
         if "litellm" in paths:
-            ours, theirs = paths["chatgate"], paths["litellm"]
-            for q in ("p50", "p99"):
-                if theirs[q] > 0:
-                    print(f"at {rate}/s chatgate adds {ours[q] / theirs[q]:.3f}x of what litellm adds at {q}")
+            theirs = paths["litellm"]
+            for name in ("chatgate", "bare"):
+                for q in ("p50", "p99"):
+                    if theirs[q] > 0:
+                        ours = paths[name][q]
+                        print(f"at {rate}/s {name} adds {ours / theirs[q]:.3f}x of what litellm adds at {q}")
     parts = [f"{name} {t['requests_per_s']} req/s" for name, t in report["max_throughput"].items()]
     print(f"max throughput ({report['config']['connections']} connections): " + ", ".join(parts))
 
@@ -400,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             stack.enter_context(running(stub, dict(os.environ), stub_port, workdir / "stub.log"))
             stack.enter_context(running(gate, env, gate_port, workdir / "chatgate.log"))
+            ports["bare"] = free_port()
+            bare = [PYTHON, str(ROOT / "bench" / "bare_relay.py"), "--port", str(ports["bare"])]
+            bare += ["--upstream", f"http://127.0.0.1:{stub_port}"]
+            stack.enter_context(running(bare, dict(os.environ), ports["bare"], workdir / "bare.log"))
             if not args.no_litellm:
                 binary = ensure_litellm(args.litellm_venv)
                 ports["litellm"] = free_port()
