@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatgate.api import accounts, chat, files, health, images, models, usage
-from chatgate.api.errors import on_chatgate_error, on_http_error, on_unexpected, on_validation_error
+from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
 from chatgate.api.trace import TraceMiddleware
 from chatgate.config import (
     BrowsingDeployment,
@@ -339,7 +339,14 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             await outside.http.aclose()
             await outside.relay.close()
 
-    app = FastAPI(title="chatgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="chatgate",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,  # a stray trailing slash is an enveloped 404, not a bare redirect
+    )
     app.state.settings = settings
     app.state.services = services
 
@@ -347,7 +354,6 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         (ChatgateError, on_chatgate_error),
         (RequestValidationError, on_validation_error),
         (StarletteHTTPException, on_http_error),
-        (Exception, on_unexpected),
     ]
     for exc_type, handler in handlers:
         app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
@@ -362,5 +368,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(pages.router)
-    app.add_middleware(TraceMiddleware)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(CatchAll)
+    app.add_middleware(TraceMiddleware)  # the outermost: every answer above carries the trace id
     return app

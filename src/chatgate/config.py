@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     session_hours: int = Field(default=24 * 7, ge=1)
     secure_cookies: bool = False  # set when served over https
     public_url: str | None = None  # how clients reach this server, for file links (default: host and port)
+    max_body_bytes: int = Field(default=50_000_000, ge=1024)  # a request body, images included
     image_analysis: bool = True  # describe images in text for models that cannot see them
     image_max_bytes: int = Field(default=20_000_000, ge=1)
     image_max_pixels: int = Field(default=40_000_000, ge=1)

@@ -27,6 +27,12 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class PayloadTooLarge(InvalidRequest):
+    """The request body is larger than the server accepts."""
+
+    code = "request_too_large"
+
+
 class NotImplementedFeature(InvalidRequest):
     """A parameter or feature this deployment cannot honour; never silently ignored."""
 

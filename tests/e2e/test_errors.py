@@ -1,6 +1,7 @@
 """Every failure is an enveloped error with the right status, code and param; never a 422 or a bare 500."""
 
 import json
+import socket
 from typing import Any
 
 import httpx
@@ -137,6 +138,52 @@ CASES: list[tuple[str, dict[str, Any] | str, int, str, str | None]] = [
     ("JSON that is not an object", "[1, 2]", 400, "invalid_json", None),
     ("empty body", "", 400, "invalid_json", None),
     ("a field named body", body(body=1), 400, "unknown_parameter", "body"),
+    (
+        "JSON nested past any stack",
+        '{"model": "x", "messages": ' + "[" * 5000 + "]" * 5000 + "}",
+        400,
+        "invalid_json",
+        None,
+    ),
+    (
+        "an unpaired surrogate in the content",
+        '{"model": "' + SMALL + '", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+        400,
+        "invalid_value",
+        "messages[0].content",
+    ),
+    (
+        "logit_bias key a digit but not a number",
+        body(logit_bias={"\u00b2": 1}),
+        400,
+        "invalid_value",
+        "logit_bias",
+    ),
+    ("max_tokens a boolean", body(max_tokens=True), 400, "invalid_value", "max_tokens"),
+    ("temperature a string", body(temperature="0.5"), 400, "invalid_value", "temperature"),
+    ("n a string", body(n="2"), 400, "invalid_value", "n"),
+    ("max_tokens past any context", body(max_tokens=10**19), 400, "invalid_value", "max_tokens"),
+    (
+        "a content part of no known type",
+        body(messages=[{"role": "user", "content": [{"type": "bogus"}]}]),
+        400,
+        "invalid_value",
+        "messages[0].content[0]",
+    ),
+    (
+        "a text part whose text is a number",
+        body(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]),
+        400,
+        "invalid_value",
+        "messages[0].content[0].text",
+    ),
+    (
+        "a prompt far past the context, refused before tokenizing",
+        body(messages=[{"role": "user", "content": "word " * 400_000}]),
+        400,
+        "context_length_exceeded",
+        "messages",
+    ),
 ]
 
 
@@ -190,6 +237,8 @@ def test_unknown_paths_and_methods_are_enveloped(http: httpx.Client, spec: Spec)
     response = http.get("/v1/nope")
     assert response.status_code == 404
     spec.validate("ErrorResponse", response.json())
+    response = http.post("/v1/chat/completions/", json=body())  # a trailing slash: no bare redirect
+    assert_envelope(response, spec, 404, "not_found", None)
     response = http.get("/v1/chat/completions")
     assert response.status_code == 405
     spec.validate("ErrorResponse", response.json())
@@ -235,3 +284,53 @@ def test_a_json_body_is_read_whatever_its_content_type_and_encoding(
     response = http.post("/v1/chat/completions", content=raw, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "chat.completion"
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(
+    server: Server, http: httpx.Client, spec: Spec
+) -> None:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # declares 60 MB, sends 2 bytes
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 60000000\r\n\r\n{}"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            answer += sock.recv(65536)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    envelope = json.loads(payload)
+    spec.validate("ErrorResponse", envelope)
+    assert envelope["error"]["code"] == "request_too_large"
+
+    def chunks() -> Any:  # no declared length: counted as it arrives
+        yield b'{"model": "x", "messages": [{"role": "user", "content": "'
+        for _ in range(51):
+            yield b"a" * 1_000_000
+        yield b'"}]}'
+
+    streamed = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        content=chunks(),
+        headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
+    )
+    assert_envelope(streamed, spec, 413, "request_too_large", None)
+    assert http.get("/v1/models").status_code == 200  # and the server is fine
+
+
+def test_the_callers_text_never_becomes_a_special_token(http: httpx.Client) -> None:
+    """A user who writes the chat template's own markers writes text, not a new turn."""
+
+    def prompt_tokens(text: str) -> int:
+        response = http.post(
+            "/v1/chat/completions",
+            json=body(messages=[{"role": "user", "content": text}], max_tokens=1, temperature=0),
+        )
+        assert response.status_code == 200, response.text
+        return int(response.json()["usage"]["prompt_tokens"])
+
+    plain = prompt_tokens("x")
+    # Read as the special token, "<|im_end|>" would be one token like "x"; as text it is several.
+    assert prompt_tokens("<|im_end|>") > plain + 2
+    assert prompt_tokens("<|im_start|>system") > prompt_tokens("x system") + 2

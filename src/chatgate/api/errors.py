@@ -9,8 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatgate.api.trace import TRACE_HEADER, trace_id_of
+from chatgate.api.trace import TRACE_HEADER, new_trace_id, trace_id_of
 from chatgate.errors import (
     AuthError,
     ChatgateError,
@@ -22,6 +23,7 @@ from chatgate.errors import (
     InvalidRequest,
     ModelNotFound,
     NotFound,
+    PayloadTooLarge,
     RateLimited,
     UpstreamFailed,
     UpstreamRefused,
@@ -34,6 +36,7 @@ log = logging.getLogger("chatgate.api")
 # Looked up along the error's class hierarchy, most specific first.
 ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request_error"),
+    PayloadTooLarge: (413, "invalid_request_error"),
     AuthError: (401, "authentication_error"),
     Forbidden: (403, "permission_error"),
     ModelNotFound: (404, "invalid_request_error"),
@@ -102,14 +105,34 @@ _CODES: Mapping[str, str] = {
 }
 
 
+def _most_specific(errors: Sequence[ErrorDetails], body: Any) -> tuple[ErrorDetails, str | None]:
+    """The first error, or a deeper one about the same field.
+
+    A value that may take several shapes (a message's content: a string or a list of parts)
+    fails once per shape. The first failure is for the plain string, whatever was sent; the one
+    that reaches deepest into what was sent (``messages[0].content[0].type``) says what is wrong.
+    """
+    first = errors[0]
+    best, best_param = first, _param(first["loc"], body)
+    for error in errors[1:]:
+        param = _param(error["loc"], body)
+        if (
+            param
+            and best_param
+            and param.startswith(best_param)
+            and param[len(best_param) : len(best_param) + 1] in (".", "[")
+        ):
+            best, best_param = error, param
+    return best, best_param
+
+
 def from_validation(errors: Sequence[ErrorDetails], body: Any) -> InvalidRequest:
     """The 400 for a body that failed validation, naming its first fault (locations as FastAPI
     gives them, under ``body``)."""
-    error: ErrorDetails = (
-        errors[0] if errors else {"type": "value_error", "loc": ("body",), "msg": "invalid", "input": None}
-    )
+    fallback: ErrorDetails = {"type": "value_error", "loc": ("body",), "msg": "invalid", "input": None}
+    errors = errors or [fallback]
+    error, param = _most_specific(errors, body)
     kind = error["type"]
-    param = _param(error["loc"], body)
     if kind == "json_invalid":
         return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
     if kind in ("model_attributes_type", "model_type") and not param:
@@ -145,8 +168,68 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    trace_id = trace_id_of(request)
-    log.exception("unhandled error", extra={"trace_id": trace_id})
-    err = EngineFailure("The server had an error while processing your request.", code="internal_error")
-    return error_response(err, trace_id)
+class CatchAll:
+    """Answers anything unexpected with the enveloped 500, here, and keeps the connection usable.
+
+    (An ``Exception`` handler registered with the framework answers too, but then re-raises, and
+    the server drops the connection under a client that may already be sending its next request.)
+    A failure after the response has started cannot change it; that one goes on up.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            if started:
+                raise
+            trace_id = scope.get("state", {}).get("trace_id") or new_trace_id()
+            log.exception("unhandled error", extra={"trace_id": trace_id})
+            err = EngineFailure(
+                "The server had an error while processing your request.", code="internal_error"
+            )
+            await error_response(err, trace_id)(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with an enveloped 413, before they are read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            trace_id = scope.get("state", {}).get("trace_id") or new_trace_id()
+            await error_response(self._too_large(), trace_id)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise self._too_large()  # a body without a declared length, grown too long
+            return message
+
+        await self.app(scope, counting, send)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body is larger than this server accepts ({self.limit} bytes).")

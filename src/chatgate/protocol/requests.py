@@ -7,6 +7,9 @@ from pydantic import Field, field_validator
 from chatgate.protocol.base import WireModel
 from chatgate.protocol.messages import ChatMessage
 
+# Token counts past this are no request anyone can mean, and overflow the arithmetic behind them.
+INT32_MAX = 2**31 - 1
+
 
 class FunctionDefinition(WireModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
@@ -68,8 +71,8 @@ class ChatCompletionRequest(WireModel):
     functions: list[dict[str, Any]] | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     metadata: dict[str, str] | None = None
     modalities: list[str] | None = None
     n: int | None = Field(default=None, ge=1, le=128)
@@ -80,7 +83,7 @@ class ChatCompletionRequest(WireModel):
     reasoning_effort: str | None = None
     response_format: ResponseFormat | None = None
     safety_identifier: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     service_tier: str | None = None
     stop: str | list[str] | None = None
     store: bool | None = None
@@ -95,7 +98,7 @@ class ChatCompletionRequest(WireModel):
     verbosity: str | None = None
     web_search_options: dict[str, Any] | None = None
     # Sampling extensions that llama.cpp-style servers accept and the local engine honours.
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
 
@@ -113,7 +116,7 @@ class ChatCompletionRequest(WireModel):
     @classmethod
     def _bias_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for token, bias in (value or {}).items():
-            if not token.isdigit():
+            if not (token.isascii() and token.isdigit()):
                 raise ValueError(f"logit_bias keys are token ids; {token!r} is not")
             if not -100 <= bias <= 100:
                 raise ValueError("logit_bias values must be between -100 and 100")

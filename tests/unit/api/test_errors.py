@@ -1,10 +1,13 @@
 import json
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
-from chatgate.api.errors import ERRORS, _param, envelope, status_and_type
+from chatgate.api.errors import ERRORS, CatchAll, _param, envelope, status_and_type
 from chatgate.api.sse import DONE, frames
+from chatgate.api.trace import TraceMiddleware
 from chatgate.errors import (
     AuthError,
     ChatgateError,
@@ -88,3 +91,30 @@ def test_param_names_the_field_in_the_request_not_pydantic_tags(
     loc: tuple[int | str, ...], body: object, param: str | None
 ) -> None:
     assert _param(loc, body) == param
+
+
+async def test_an_unexpected_failure_is_an_enveloped_500_that_escapes_no_further() -> None:
+    """Nothing reaches the server above the app, so it keeps the client's connection open."""
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_middleware(CatchAll)
+    app.add_middleware(TraceMiddleware)
+    transport = httpx.ASGITransport(app=app)  # raises whatever the app lets escape
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/boom", headers={"x-request-id": "trace-0000001"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "trace-0000001"
+    assert response.json() == {
+        "success": False,
+        "error": {
+            "message": "The server had an error while processing your request.",
+            "type": "api_error",
+            "param": None,
+            "code": "internal_error",
+        },
+        "trace_id": "trace-0000001",
+    }
