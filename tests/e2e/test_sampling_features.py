@@ -85,6 +85,23 @@ def test_logprobs_join_to_the_content(client: openai.OpenAI, spec: Spec) -> None
         assert t.token == t.top_logprobs[0].token  # greedy picks the most likely token
 
 
+def test_no_logprob_for_the_end_of_turn_token(client: openai.OpenAI) -> None:
+    """An answer that ends by itself has as many logprobs as completion tokens, not one more."""
+    answer = client.chat.completions.create(
+        model=SMALL,
+        messages=[{"role": "user", "content": "Say hello."}],
+        logprobs=True,
+        max_tokens=64,
+        temperature=0,
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "stop", "the prompt should make the small model stop early"
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    assert answer.usage is not None
+    assert len(choice.logprobs.content) == answer.usage.completion_tokens
+    assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+
+
 def test_logprobs_stream(http: httpx.Client, spec: Spec) -> None:
     body = {
         "model": SMALL,

@@ -118,11 +118,11 @@ class Generation:
             if self.cancel.is_set():
                 return False
             token = chain.sample(llama._ctx, -1)
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                reason = "stop"  # the end-of-turn token is not part of the answer, nor of its logprobs
+                break
             if s.top_logprobs is not None and calls is None:
                 pending.append(_token_logprob(llama, token, s.top_logprobs))
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                reason = "stop"
-                break
             produced += 1
             self._unreported += 1
             piece = llama._model.detokenize([token], special=False)

@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from chatgate.config import LocalDeployment
@@ -27,6 +28,9 @@ DEFAULT_TOP_P = 1.0
 DEFAULT_TOP_K = 40
 DEFAULT_MIN_P = 0.05
 MAX_CHOICES = 8
+# No token of a real vocabulary spells more bytes than this, so a prompt longer than the context
+# times this is over the context whatever it holds, and is refused without being tokenized.
+MAX_BYTES_PER_TOKEN = 64
 
 Emit = Callable[[ProviderEvent | BaseException], None]
 
@@ -94,7 +98,7 @@ class LocalProvider:
         self._bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
         source = llama.metadata.get("tokenizer.chat_template")
-        self._template = ChatTemplate(source, bos_token=self._bos, eos_token=eos)
+        self._template = ChatTemplate(source, bos_token=self._bos, eos_token=eos, specials=_specials(llama))
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.pool.close)
@@ -121,9 +125,22 @@ class LocalProvider:
                 "A forced tool call cannot also follow response_format.", param="response_format"
             )
         prompt = self._template.render(request.messages, plan)
-        add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
+        size = len(prompt.text.encode("utf-8", "surrogatepass"))
+        if size > self.context_length * MAX_BYTES_PER_TOKEN:  # refused without tokenizing it all
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens. However, your "
+                f"messages are {size} bytes long, more than that many tokens can hold. Please reduce "
+                "the length of the messages.",
+                param="messages",
+            )
+        add_bos = self._add_bos and not (self._bos and prompt.text.startswith(self._bos))
         llama: Any = self.pool.tokenizer
-        tokens: list[int] = llama.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        tokens: list[int] = []
+        for text, literal in prompt.pieces():
+            # The template's own spellings are special tokens; the caller's text never is.
+            tokens += llama.tokenize(
+                text.encode("utf-8"), add_bos=add_bos and not tokens, special=not literal
+            )
         return Job(
             prompt=tokens, sampling=self._sampling(request, len(tokens)), n=n, grammar=grammar, tools=plan
         )
@@ -221,3 +238,15 @@ class LocalProvider:
         finally:
             slot.generating = False
             release()
+
+
+def _specials(llama: Any) -> list[str]:
+    """How the model's control and user-defined tokens are spelled: what ``special=True`` reads as them."""
+    vocab = llama._model.vocab
+    kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+    kinds |= llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    return [
+        llama._model.token_get_text(token)
+        for token in range(llama.n_vocab())
+        if llama_cpp.llama_vocab_get_attr(vocab, token) & kinds
+    ]
