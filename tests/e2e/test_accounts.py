@@ -1,6 +1,7 @@
 """Accounts, tokens, quota and usage against a real server, on SQLite and on PostgreSQL."""
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -159,9 +160,21 @@ def test_dead_tokens_are_401_invalid_token(accounts_server: Server, clients: Cli
 
 def test_model_outside_the_allow_list_is_token_mismatched(accounts_server: Server, clients: Clients) -> None:
     key = clients.console(unique("allow")).token(allowed_models=["some-other-model"])["key"]
+    sdk = clients.sdk(key)
     with pytest.raises(openai.BadRequestError) as caught:
-        clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
+        sdk.chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
     assert caught.value.code == "token_mismatched"
+    # Nor does the token see the model: not listed, and not found when asked for by name.
+    assert SMALL not in [m.id for m in sdk.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve(SMALL)
+
+
+def test_a_token_limited_to_a_model_lists_just_that_model(accounts_server: Server, clients: Clients) -> None:
+    key = clients.console(unique("only")).token(allowed_models=[SMALL])["key"]
+    sdk = clients.sdk(key)
+    assert [m.id for m in sdk.models.list()] == [SMALL]
+    assert sdk.models.retrieve(SMALL).id == SMALL
 
 
 def test_out_of_quota_is_429_insufficient_quota_and_the_sdk_does_not_retry(
@@ -328,6 +341,36 @@ def test_cli_keys_and_grants(accounts_server: Server, clients: Clients) -> None:
     accounts_server.cli("keys", "revoke", key[:10])
     with pytest.raises(openai.AuthenticationError):
         clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
+
+
+def test_cli_revokes_a_token_by_its_prefix_as_keys_list_prints_it(
+    accounts_server: Server, clients: Clients
+) -> None:
+    email = unique("cli-prefix")
+    first, second = (
+        accounts_server.cli("keys", "create", "--user", email, "--name", name).strip().splitlines()[-1]
+        for name in ("first", "second")
+    )
+    listed = {
+        line.split("\t")[2]: line.split("\t")[1]
+        for line in accounts_server.cli("keys", "list", "--user", email).splitlines()
+    }
+    assert listed == {"first": first[:10] + "...", "second": second[:10] + "..."}
+
+    for printed, answer in (("sk-...", "More than one"), ("sk-\u2026", "More than one"), ("...", "No")):
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            accounts_server.cli("keys", "revoke", printed)
+        assert f"{answer} token matches {printed!r}" in refused.value.stderr
+    assert "active" in accounts_server.cli("keys", "list", "--user", email)
+
+    assert f"revoked token {listed['first']}" in accounts_server.cli("keys", "revoke", listed["first"])
+    assert f"revoked token {listed['second']}" in accounts_server.cli(
+        "keys", "revoke", second[:10] + "\u2026"
+    )
+    assert "active" not in accounts_server.cli("keys", "list", "--user", email)
+    for key in (first, second):
+        with pytest.raises(openai.AuthenticationError):
+            clients.sdk(key).chat.completions.create(model=SMALL, messages=HI, max_tokens=2)
 
 
 def test_a_resent_request_id_is_refused_and_does_not_block_later_accounting(

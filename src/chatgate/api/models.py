@@ -10,9 +10,9 @@ router = APIRouter()
 
 @router.get("/models")
 async def list_models(caller: CallerDep, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(registry.model_list().model_dump(mode="json"))
+    return JSONResponse(registry.model_list(caller.principal.allowed_models).model_dump(mode="json"))
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, caller: CallerDep, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(registry.describe(model_id).model_dump(mode="json"))
+    return JSONResponse(registry.describe(model_id, caller.principal.allowed_models).model_dump(mode="json"))

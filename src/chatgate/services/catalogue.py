@@ -33,14 +33,23 @@ class ModelRegistry:
             )
         return route
 
-    def describe(self, name: str) -> Model:
+    def describe(self, name: str, allowed: tuple[str, ...] | None = None) -> Model:
+        """One model; a token limited to other models is told it does not exist, as in the list."""
         route = self.resolve(name)
+        if allowed is not None and route.name not in self._permitted(allowed):
+            raise ModelNotFound(
+                f"The model '{name}' does not exist or you do not have access to it.", param="model"
+            )
         return Model(id=route.name, created=route.created, owned_by=route.owned_by)
 
-    def model_list(self) -> ModelList:
-        return ModelList(
-            data=[Model(id=r.name, created=r.created, owned_by=r.owned_by) for r in self._routes.values()]
-        )
+    def model_list(self, allowed: tuple[str, ...] | None = None) -> ModelList:
+        """The routable models; for a token limited to some models (by name or alias), just those."""
+        names = self._routes.keys() if allowed is None else self._permitted(allowed)
+        routes = [r for r in self._routes.values() if r.name in names]
+        return ModelList(data=[Model(id=r.name, created=r.created, owned_by=r.owned_by) for r in routes])
+
+    def _permitted(self, allowed: tuple[str, ...]) -> set[str]:
+        return {self._aliases.get(name, name) for name in allowed}
 
     @property
     def routes(self) -> dict[str, Route]:
