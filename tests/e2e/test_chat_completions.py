@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import httpx
 import llama_cpp
 import openai
+import pytest
 
 from chatgate.providers.local import assets
 from tests.e2e.conftest import API_KEY, QWEN, ROOT, SMALL, Server, Spec, sse_events
@@ -208,6 +209,28 @@ def test_client_disconnect_stops_generation(server: Server, http: httpx.Client) 
             next(lines)
 
     # The stream is closed. The engine notices at its next token and frees the instance.
+    def idle() -> dict[str, Any] | None:
+        stats: dict[str, Any] = http.get("/healthz").json()["models"][SMALL]
+        return stats if stats["busy"] == 0 else None
+
+    stats = wait_for(idle, 10.0)
+    assert stats["cancelled"] == before + 1
+
+
+def test_a_client_that_leaves_a_non_streamed_answer_stops_its_generation(
+    server: Server, http: httpx.Client
+) -> None:
+    before = http.get("/healthz").json()["models"][SMALL]["cancelled"]
+    body = {
+        "model": SMALL,
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        "max_tokens": 1500,
+        "temperature": 0,
+        "logit_bias": {"2": -100},  # the small model's end of turn: it cannot stop before the cap
+    }
+    with pytest.raises(httpx.ReadTimeout):  # gives up waiting, and closes the connection
+        http.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(10, read=1.0))
+
     def idle() -> dict[str, Any] | None:
         stats: dict[str, Any] = http.get("/healthz").json()["models"][SMALL]
         return stats if stats["busy"] == 0 else None

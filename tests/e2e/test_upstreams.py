@@ -263,3 +263,36 @@ def test_a_client_disconnect_cancels_the_upstream_request(gateway: Gateway, serv
                 break
             time.sleep(0.05)
         assert upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1
+
+
+def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_and_pays_nothing(
+    gateway: Gateway, server: Server
+) -> None:
+    """Non-streamed: the gateway is still waiting for the upstream's whole answer when the client goes."""
+    with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {API_KEY}"}) as upstream:
+        before = upstream.get("/healthz").json()["models"][SMALL]["cancelled"]
+        left = gateway.usage()["credits_left"]
+        body = {
+            "model": "relay-chatgate",
+            "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+            "max_tokens": 1500,
+            "temperature": 0,
+            "logit_bias": {"2": -100},  # the small model's end of turn: it cannot stop before the cap
+        }
+        with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=gateway.server.base_url) as http:
+            http.post(
+                "/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {gateway.key}"},
+                timeout=httpx.Timeout(10, read=1.0),
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1:
+                break
+            time.sleep(0.05)
+        assert upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1
+        deadline = time.monotonic() + 5  # the refund is settled as the request unwinds
+        while gateway.usage()["credits_left"] != left and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gateway.usage()["credits_left"] == left

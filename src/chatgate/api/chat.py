@@ -5,7 +5,14 @@ body itself instead of through FastAPI's dependency and body machinery: the body
 straight from its bytes (``model_validate_json``) and the answer serialised straight to bytes,
 which together take about a third of what the framework's path took (see docs/benchmarks.md).
 Errors are the same as everywhere: the caller first (401), then the body (400 naming the field).
+
+A client that leaves before its answer starts (a non-streamed answer being generated, or a stream
+still waiting for its upstream's first byte) cancels the request: the generation or the upstream
+call stops, and what was reserved is given back. Once a stream is flowing, its own response
+watches for the client leaving.
 """
+
+import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -28,8 +35,25 @@ async def create_chat_completion(request: Request) -> Response:
     chat: ChatService = services.chat
     caller = Caller(await auth.authenticate(request.headers.get("authorization")), trace_id_of(request))
     body = parse(ChatCompletionRequest, await request.body())
-    if body.stream:
-        chunks, headers = await chat.stream(caller, body)
-        return sse_response(chunks, caller.trace_id, headers)
-    completion, headers = await chat.complete(caller, body)
+    this = asyncio.current_task()
+    assert this is not None
+    watcher = asyncio.create_task(_cancel_when_gone(request, this))
+    try:
+        if body.stream:
+            chunks, headers = await chat.stream(caller, body)
+            return sse_response(chunks, caller.trace_id, headers)
+        completion, headers = await chat.complete(caller, body)
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled() and this.uncancel() == 0:
+            return Response(status_code=499)  # the client has gone: nobody reads this
+        raise
+    finally:
+        watcher.cancel()
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
+
+
+async def _cancel_when_gone(request: Request, task: asyncio.Task[object]) -> None:
+    """Cancels ``task`` if the client disconnects (its body is read, so nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    task.cancel()
