@@ -103,13 +103,14 @@ class TokenService:
         return await self._owned(user_id, token_id)
 
     async def find(self, prefix_or_id: str) -> TokenInfo:
-        """For the operator's CLI: a token by id or by its shown prefix."""
+        """For the operator's CLI: a token by id or by its shown prefix, dots and all (``sk-AbC1234...``)."""
+        prefix = prefix_or_id.strip().removesuffix("...").removesuffix("\u2026")
         async with self._db.sessions() as session:
-            if prefix_or_id.isdigit():
-                row = await tokens.by_id(session, token_id=int(prefix_or_id))
+            if prefix.isdigit():
+                row = await tokens.by_id(session, token_id=int(prefix))
                 if row is not None:
                     return TokenInfo.of(row)
-            rows = await tokens.by_prefix(session, prefix=prefix_or_id)
+            rows = await tokens.by_prefix(session, prefix=prefix) if prefix else []
         if len(rows) != 1:
             raise NotFound(f"{'No' if not rows else 'More than one'} token matches {prefix_or_id!r}.")
         return TokenInfo.of(rows[0])
