@@ -23,3 +23,4 @@ await build({
   logLevel: "info",
 });
 await copyFile("src/index.html", new URL("index.html", out));
+await copyFile("src/icon.svg", new URL("assets/icon.svg", out)); // the tab's icon: no request for /favicon.ico

@@ -25,7 +25,8 @@ export async function api(method, path, body) {
   return data;
 }
 
-// Secrets are shown once by the server; the browser keeps the ones it acquired, to use in the playground.
+// Secrets are shown once by the server; the browser keeps the ones it acquired, to use in the playground,
+// until the user signs out.
 const KEYS = "chatgate.keys";
 export const keys = {
   all: () => JSON.parse(localStorage.getItem(KEYS) || "{}"),
@@ -39,4 +40,5 @@ export const keys = {
     delete all[id];
     localStorage.setItem(KEYS, JSON.stringify(all));
   },
+  clear: () => localStorage.removeItem(KEYS),
 };

@@ -79,9 +79,13 @@ async function tokensPage() {
   const list = h("tbody");
   const reveal = h("div", { class: "reveal", hidden: true });
   const name = h("input", { value: "my token", maxlength: 100 });
+  const balance = h("p", { "data-testid": "balance" });
 
   async function refresh() {
-    const { data } = await api("GET", "/api/tokens");
+    // The balance changes with every API call, not only here: read it afresh with the tokens.
+    const [{ data }, me] = await Promise.all([api("GET", "/api/tokens"), api("GET", "/api/me")]);
+    session.user = me.user;
+    balance.textContent = `Balance: ${fmt(session.user.credits)} credits.`;
     list.replaceChildren(
       ...data.map((t) =>
         h(
@@ -148,7 +152,7 @@ async function tokensPage() {
 
   show(
     h("h1", {}, "API tokens"),
-    h("p", {}, `Balance: ${fmt(session.user.credits)} credits.`),
+    balance,
     h("div", { class: "card row wrap" }, field("Name", name), h("button", { onclick: acquire }, "Acquire")),
     reveal,
     h(
@@ -233,7 +237,9 @@ async function playgroundPage() {
     if (!key()) return;
     try {
       const response = await fetch("/v1/models", { headers: { Authorization: `Bearer ${key()}` } });
-      const { data } = await response.json();
+      const body = await response.json().catch(() => null);
+      if (!response.ok) throw new Error(body?.error?.message || `HTTP ${response.status}`);
+      const { data } = body;
       model.replaceChildren(...data.map((m) => h("option", { value: m.id }, m.id)));
       render();
     } catch (error) {
@@ -381,8 +387,13 @@ async function usagePage() {
       pager,
     ),
   );
-  const days = summary.daily.map((d) => Date.parse(d.date) / 1000);
+  // Each (UTC) date at midnight on the browser's clock, so its bars stand over the tick with its date.
+  const days = summary.daily.map((d) => Date.parse(`${d.date}T00:00`) / 1000);
   if (days.length) {
+    // A day either side of the data, so a single day is a bar, not a three-year axis. Worked out from
+    // the days themselves: uPlot widens a range of one point by far more than a day before asking.
+    const first = Math.min(...days) - 86400;
+    const last = Math.max(...days) + 86400;
     const width = Math.min(chart.clientWidth || 600, 900);
     new uPlot(
       {
@@ -394,9 +405,10 @@ async function usagePage() {
           { label: "Completion tokens", stroke: "#16a34a", fill: "#16a34a55", paths: uPlot.paths.bars({ size: [0.3, 40], align: 1 }) },
           { label: "Credits", stroke: "#d97706", scale: "c", points: { show: true, size: 7 } },
         ],
-        axes: [{}, { label: "tokens" }, { scale: "c", side: 1, label: "credits", grid: { show: false } }],
-        // A day either side, so a single day of data is a bar, not a three-year axis.
-        scales: { x: { time: true, range: (u, min, max) => [min - 86400, max + 86400] }, y: { range: (u, min, max) => [0, max * 1.15 || 1] }, c: { range: (u, min, max) => [0, max * 1.15 || 1] } },
+        axes: [{ incrs: [1, 2, 7, 14, 30, 91, 182, 365].map((n) => n * 86400) }, { label: "tokens" }, { scale: "c", side: 1, label: "credits", grid: { show: false } }],
+        // The time span shown, in seconds, on the chart's element (data-from, data-to).
+        hooks: { setScale: [(u, scale) => scale === "x" && Object.assign(chart.dataset, { from: u.scales.x.min, to: u.scales.x.max })] },
+        scales: { x: { time: true, range: () => [first, last] }, y: { range: (u, min, max) => [0, max * 1.15 || 1] }, c: { range: (u, min, max) => [0, max * 1.15 || 1] } },
       },
       [days, summary.daily.map((d) => d.prompt_tokens), summary.daily.map((d) => d.completion_tokens), summary.daily.map((d) => d.credits_used)],
       chart,
@@ -447,6 +459,14 @@ async function adminPage() {
 
 // ---- account -------------------------------------------------------------------------------
 
+// Signing out forgets the secrets this browser acquired: "shown only this once" holds on a shared machine.
+async function signOut() {
+  keys.clear();
+  await api("POST", "/api/logout").catch(fail);
+  await loadMe();
+  location.hash = "#/login";
+}
+
 function accountPage() {
   const current = h("input", { type: "password", autocomplete: "current-password" });
   const next = h("input", { type: "password", autocomplete: "new-password", minlength: 8 });
@@ -472,7 +492,7 @@ function accountPage() {
       field("New password", next, "At least 8 characters."),
       h("button", { type: "submit" }, "Change password"),
     ),
-    h("button", { class: "secondary", onclick: async () => (await api("POST", "/api/logout").catch(fail), await loadMe(), (location.hash = "#/login")) }, "Sign out"),
+    h("button", { class: "secondary", onclick: signOut }, "Sign out"),
   );
 }
 

@@ -3,11 +3,15 @@ const q = (s) => JSON.stringify(s);
 
 function pyLiteral(value, indent = 0) {
   const pad = " ".repeat(indent);
-  if (Array.isArray(value)) return `[\n${value.map((v) => `${pad}    ${pyLiteral(v, indent + 4)}`).join(",\n")},\n${pad}]`;
+  if (Array.isArray(value)) {
+    if (!value.length) return "[]";
+    return `[\n${value.map((v) => `${pad}    ${pyLiteral(v, indent + 4)}`).join(",\n")},\n${pad}]`;
+  }
   if (value && typeof value === "object")
     return `{${Object.entries(value).map(([k, v]) => `${q(k)}: ${pyLiteral(v, indent)}`).join(", ")}}`;
   if (value === true) return "True";
   if (value === false) return "False";
+  if (value === null || (typeof value === "number" && !Number.isFinite(value))) return "None";
   return JSON.stringify(value);
 }
 

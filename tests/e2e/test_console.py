@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -87,7 +88,13 @@ def test_sign_up_acquire_try_run_the_code_see_usage_revoke(
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     page.on("dialog", lambda dialog: dialog.accept())
+    missing: list[str] = []
+    page.on("response", lambda response: response.status == 404 and missing.append(response.url))
     page.goto(base + "/")
+    page.wait_for_load_state("networkidle")
+    icon = page.evaluate("fetch(document.querySelector('link[rel=icon]').href).then((r) => r.status)")
+    assert icon == 200
+    assert missing == []  # no /favicon.ico, nor anything else, answered 404
     shot(page, "login-desktop")
     sign_up(page, base, "journey@example.com")
 
@@ -125,12 +132,22 @@ def test_sign_up_acquire_try_run_the_code_see_usage_revoke(
     log = page.get_by_test_id("request-log")
     expect(log.get_by_role("row")).to_have_count(3)  # the header, the playground's request, the script's
     expect(log).to_contain_text(SMALL)
+    # One day of data: the time axis spans the days either side of it, not years.
+    (day,) = [d["date"] for d in page.evaluate("fetch('/api/usage').then((r) => r.json())")["daily"]]
+    noon = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() + 43_200
+    chart = page.get_by_role("img", name="Tokens per day")
+    low, high = (float(chart.get_attribute(f"data-{end}") or "nan") for end in ("from", "to"))
+    assert low < noon < high and high - low <= 3 * 86_400
+    credits_left = page.get_by_test_id("credits-left").inner_text()
     shot(page, "usage-desktop")
 
     page.get_by_role("link", name="Account").click()
     shot(page, "account-desktop")
 
     page.get_by_role("link", name="Tokens").click()
+    # The balance is read afresh, after the playground's and the script's requests spent credits.
+    expect(page.get_by_test_id("balance")).to_have_text(f"Balance: {credits_left} credits.")
+    expect(page.get_by_role("cell", name=f"{credits_left} left (balance)", exact=False)).to_be_visible()
     page.get_by_role("button", name="Revoke laptop").click()
     expect(page.get_by_text("revoked", exact=True)).to_be_visible()
     with httpx.Client(base_url=base) as http:
@@ -206,4 +223,40 @@ def test_the_playground_shows_a_drawing_model_s_picture(console_server: Server, 
     assert picture.evaluate("img => img.complete && img.naturalWidth") == 256
     assert "```json" in page.get_by_test_id("reply").inner_text()
     shot(page, "playground-drawing-desktop")
+
+    # Signing out forgets the acquired secret: it was shown only once, and the next session must paste it.
+    assert "sk-" in page.evaluate("localStorage.getItem('chatgate.keys')")
+    page.get_by_role("link", name="Account").click()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to chatgate")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('chatgate.keys')") is None
+    page.get_by_label("Email").fill("painter@example.com")
+    page.get_by_label("Password").fill("a long enough password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+    page.get_by_role("link", name="Playground").click()
+    expect(page.get_by_label("Authorization").locator("option")).to_have_text(["Paste a token…"])
+    expect(page.get_by_label("Token", exact=True)).to_be_visible()
+    context.close()
+
+
+def test_the_playground_with_a_wrong_token_and_no_messages(console_server: Server, browser: Browser) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    sign_up(page, console_server.base_url, "paster@example.com")
+    page.get_by_role("link", name="Playground").click()
+    page.get_by_label("Token", exact=True).fill("sk-wrong-token-123")
+    page.get_by_label("Token", exact=True).press("Tab")
+    expect(page.locator("#toast")).to_have_text("Incorrect API key provided.")  # the server's own message
+
+    remove = page.get_by_role("button", name="Remove message")
+    while remove.count():
+        remove.first.click()
+    for language in ("Python (openai)", "Python (requests)"):
+        page.get_by_role("tab", name=language).click()
+        code = page.get_by_test_id("code").inner_text()
+        assert "sk-wrong-token-123" in code
+        compile(code, language, "exec")  # valid Python even with no messages
+    page.get_by_role("tab", name="Python (openai)").click()
+    assert "messages=[]," in page.get_by_test_id("code").inner_text()
     context.close()
