@@ -73,6 +73,8 @@ class ImageService:
             raise
         finally:
             with anyio.CancelScope(shield=True):
-                used = (prompt_tokens, completion_tokens, made * provider.image_price)
+                # A failed request returns no image, so it costs nothing, not even the images drawn before.
+                spent = (prompt_tokens, completion_tokens, made * provider.image_price)
+                used = spent if status == "ok" else (0, 0, 0)
                 await self._chat.charge(caller, route.name, started, reservation, used, status, code)
         return ImagesResponse(created=int(time.time()), data=data), decision.headers()
