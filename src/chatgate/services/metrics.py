@@ -11,16 +11,20 @@ from chatgate.services.catalogue import ModelRegistry
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf)
 
+UNKNOWN_MODEL = "unknown"  # the label of requests for a model not in the catalogue
+
 Labels = tuple[tuple[str, str], ...]
+
+
+def escape(value: str) -> str:
+    """A label value as the text exposition format writes it: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _labels(labels: Labels) -> str:
     if not labels:
         return ""
-    escaped = (
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels
-    )
-    return "{" + ",".join(escaped) + "}"
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels) + "}"
 
 
 class Histogram:
