@@ -21,6 +21,15 @@ from chatgate.providers.base import Provider, ProviderEvent, Running, Started
 RETRYABLE_STATUSES = {408, 409, 429}
 
 
+def within_reservation(request: ChatCompletionRequest, started: Started) -> ChatCompletionRequest:
+    """The request for the attempts after the first: credits were reserved on the first attempt's
+    output bound, so a fallback deployment with a larger default must not write more than it."""
+    if request.token_limit is not None:
+        return request
+    per_choice = max(1, started.max_completion_tokens // (request.n or 1))
+    return request.model_copy(update={"max_completion_tokens": per_choice})
+
+
 def retryable(exc: BaseException) -> bool:
     if isinstance(exc, UpstreamRefused):
         return exc.status in RETRYABLE_STATUSES
@@ -113,6 +122,7 @@ class RouterProvider:
     async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
         tried: set[Deployment] = set()
         started = False
+        attempt_request = request
         last_error: ChatgateError | None = None
         for attempt in range(self.retries + 1):
             deployment = self.pick(tried) or (self.pick(set()) if tried else None)
@@ -121,7 +131,7 @@ class RouterProvider:
             tried.add(deployment)
             deployment.in_flight += 1
             deployment.requests += 1
-            events = deployment.provider.stream(request)
+            events = deployment.provider.stream(attempt_request)
             try:
                 try:
                     first = await anext(events)
@@ -129,6 +139,7 @@ class RouterProvider:
                         raise RuntimeError(f"deployment {deployment.name} began with {first!r}")
                     if not started:  # credits are reserved once, on the first attempt's estimate
                         started = True
+                        attempt_request = within_reservation(request, first)
                         yield first
                     running = await anext(events)
                     if not isinstance(running, Running):
