@@ -8,19 +8,31 @@ What it does depends on the requested model:
   malformed   streams a chunk that is not JSON
   ratelimit   429 with Retry-After: 1
   badrequest  400 with an OpenAI-style error naming a param
-GET /stats answers how many requests each model received.
+  counting    as many words as the max_completion_tokens (or max_tokens) it was sent, 200 without,
+              with usage counted as a tokenizer would: about 4 bytes a token, 765 an image
+  nousage     as counting, without usage
+  nullusage   as counting, streamed with a usage whose prompt_tokens is null
+  noid        a tool call without an id
+  refusal     a refusal instead of content
+POST /v1/images/generations draws on odd calls and fails with a 500 on even ones.
+GET /stats answers how many requests each model received; GET /last the last body each model got.
 """
 
 import argparse
 import asyncio
+import base64
+import io
 import json
 import time
 from collections import Counter
 from typing import Any
 
 import uvicorn
+from PIL import Image
 
 seen: Counter[str] = Counter()
+last: dict[str, Any] = {}
+IMAGE_TOKENS = 765  # what OpenAI charges for a 1024x1024 image in high detail
 WORDS = ["Hello", " from", " upstream", "."]
 
 
@@ -67,6 +79,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["path"] == "/stats":
         await respond(send, 200, json.dumps(seen).encode())
         return
+    if scope["path"] == "/last":
+        await respond(send, 200, json.dumps(last).encode())
+        return
     raw = b""
     while True:
         message = await receive()
@@ -74,8 +89,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     request = json.loads(raw or b"{}")
+    if scope["path"].endswith("/images/generations"):
+        await draw(send)
+        return
     model = str(request.get("model"))
     seen[model] += 1
+    last[model] = request
+    if model in ("counting", "nousage", "nullusage", "noid", "refusal"):
+        await counted(send, model, request)
+        return
     if model == "flaky" and seen[model] % 2 == 1:
         await respond(send, 500, error("upstream is having a moment", "server_error"))
         return
@@ -132,6 +154,83 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         usage_chunk(model) if (request.get("stream_options") or {}).get("include_usage") else b""
     )
     await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+
+
+async def draw(send: Any) -> None:
+    seen["images"] += 1
+    if seen["images"] % 2 == 0:
+        await respond(send, 500, error("the image backend fell over", "server_error"))
+        return
+    out = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 30, 30)).save(out, format="PNG")
+    data = [{"b64_json": base64.b64encode(out.getvalue()).decode()}]
+    await respond(send, 200, json.dumps({"created": int(time.time()), "data": data}).encode())
+
+
+def prompt_tokens(request: dict[str, Any]) -> int:
+    """About what a tokenizer makes of everything in the prompt: 4 bytes a token, an image 765."""
+    tokens = 0
+    for message in request["messages"]:
+        parts = message.get("content") if isinstance(message.get("content"), list) else []
+        images = sum(part.get("type") == "image_url" for part in parts)
+        text = (
+            {**message, "content": [p for p in parts if p.get("type") != "image_url"]} if images else message
+        )
+        tokens += len(json.dumps(text)) // 4 + images * IMAGE_TOKENS
+    return tokens + sum(
+        len(json.dumps(request[k])) // 4 for k in ("tools", "response_format") if k in request
+    )
+
+
+def pieces(model: str, words: int) -> list[dict[str, Any]]:
+    """The answer as stream deltas."""
+    if model == "refusal":
+        return [{"refusal": "I can't"}, {"refusal": " help with that."}]
+    if model == "noid":
+        call = {"index": 0, "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        rest = {"index": 0, "function": {"arguments": '{"city": "Paris"}'}}
+        return [{"tool_calls": [call]}, {"tool_calls": [rest]}]
+    return [{"content": " word"} for _ in range(words)]
+
+
+async def counted(send: Any, model: str, request: dict[str, Any]) -> None:
+    words = int(request.get("max_completion_tokens") or request.get("max_tokens") or 200)
+    deltas = pieces(model, words)
+    usage: dict[str, Any] | None = {
+        "prompt_tokens": prompt_tokens(request),
+        "completion_tokens": len(deltas),
+        "total_tokens": prompt_tokens(request) + len(deltas),
+    }
+    if model == "nousage":
+        usage = None
+    finish = "tool_calls" if model == "noid" else "stop"
+    if not request.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": None}
+        for delta in deltas:
+            for key in ("content", "refusal"):
+                if key in delta:
+                    message[key] = (message.get(key) or "") + delta[key]
+        if model == "noid":
+            message["tool_calls"] = [
+                {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+            ]
+        body = {
+            "id": "chatcmpl-up",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        }
+        await respond(send, 200, json.dumps(body | ({"usage": usage} if usage else {})).encode())
+        return
+    out = [chunk(model, {"role": "assistant", "content": ""})]
+    out += [chunk(model, delta) for delta in deltas] + [chunk(model, {}, finish)]
+    if model == "nullusage" and usage is not None:
+        usage["prompt_tokens"] = None
+    if usage is not None and (request.get("stream_options") or {}).get("include_usage"):
+        tail = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 0, "model": model}
+        out.append(b"data: " + json.dumps(tail | {"choices": [], "usage": usage}).encode() + b"\n\n")
+    await respond(send, 200, b"".join(out) + b"data: [DONE]\n\n", b"text/event-stream")
 
 
 if __name__ == "__main__":

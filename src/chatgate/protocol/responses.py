@@ -96,6 +96,7 @@ class ToolCallDelta(WireModel):
 class Delta(WireModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 

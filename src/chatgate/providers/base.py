@@ -1,5 +1,6 @@
 """The one small interface every engine and upstream implements, and the events it yields."""
 
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -13,9 +14,15 @@ from chatgate.protocol.responses import Annotation, FinishReason, TokenLogprob
 class Started:
     """The request is valid and its prompt measured; it has not yet waited for the engine."""
 
-    prompt_tokens: int
+    prompt_tokens: int  # exact, or an upper bound: what credits are reserved on
     max_completion_tokens: int  # the most it can generate, all choices together
     extra_cost: int = 0  # credits beyond the tokens (a generated image), the most it can come to
+    prompt_estimate: int | None = None  # charged when no exact count comes (an upstream without usage)
+
+    @property
+    def prompt_charge(self) -> int:
+        """The prompt tokens to charge unless a UsageReport replaces them."""
+        return self.prompt_tokens if self.prompt_estimate is None else self.prompt_estimate
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class TextDelta:
     index: int = 0
     logprobs: list[TokenLogprob] | None = None
     tokens: int = 0  # tokens generated since the previous delta of this request
+    refusal: bool = False  # the text is the model's refusal, not content
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,11 @@ class Finished:
 
 @dataclass(frozen=True)
 class UsageReport:
-    """Exact counts for the whole request, when the engine reports them only at the end (upstreams)."""
+    """Exact counts for the whole request, when the engine reports them only at the end (upstreams).
+
+    An engine that has no exact count sends none: the prompt is then charged at Started's
+    ``prompt_charge``, and the completion at what each Finished counts.
+    """
 
     prompt_tokens: int
     completion_tokens: int
@@ -77,6 +89,7 @@ ProviderEvent = Started | Running | TextDelta | ToolCallDelta | Citations | Fini
 class ChoiceResult:
     text: str = ""
     reason: FinishReason = "stop"
+    refusal: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     annotations: list[Annotation] | None = None
@@ -114,6 +127,11 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+def new_call_id() -> str:
+    """An id for a tool call that came without one."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
 async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
     """Drain a provider stream into one completion with every choice."""
     choices: dict[int, ChoiceResult] = {}
@@ -121,7 +139,7 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
     reported = False
     async for event in events:
         if isinstance(event, Started):
-            prompt_tokens = event.prompt_tokens
+            prompt_tokens = event.prompt_charge
             continue
         if isinstance(event, Running):
             continue
@@ -131,17 +149,21 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
             reported = True
             continue
         choice = choices.setdefault(event.index, ChoiceResult())
-        if isinstance(event, TextDelta):
+        if isinstance(event, TextDelta) and event.refusal:
+            choice.refusal = (choice.refusal or "") + event.text
+        elif isinstance(event, TextDelta):
             choice.text += event.text
             if event.logprobs is not None:
                 choice.logprobs = (choice.logprobs or []) + event.logprobs
         elif isinstance(event, Citations):
             choice.annotations = (choice.annotations or []) + event.annotations
         elif isinstance(event, ToolCallDelta):
-            if event.call_id is not None:
+            calls = choice.tool_calls
+            if event.call_id is not None or event.call_index >= len(calls):
                 call = FunctionCall(name=event.name or "", arguments="")
-                choice.tool_calls.append(ToolCall(id=event.call_id, function=call))
-            choice.tool_calls[event.call_index].function.arguments += event.arguments
+                calls.append(ToolCall(id=event.call_id or new_call_id(), function=call))
+            target = calls[event.call_index] if event.call_index < len(calls) else calls[-1]
+            target.function.arguments += event.arguments
         else:
             choice.reason = event.reason
             if not reported:

@@ -1,8 +1,9 @@
 """An OpenAI-compatible upstream as a Provider: one pooled HTTP client, streamed relay, exact usage.
 
 A streamed request is relayed as a stream, asking for ``stream_options.include_usage`` so usage is
-exact (an upstream that ignores it is counted a token per piece); a non-streamed one is relayed
-as is, and its ``usage`` is exact. Upstream
+exact; a non-streamed one is relayed as is, and its ``usage`` is exact. An upstream that sends no
+usage (or a malformed one) is estimated at ``BYTES_PER_TOKEN`` bytes a token, never reported as zero.
+The reservation's output bound is always sent upstream. Upstream
 4xx keep their status and message; 5xx, broken streams and bad JSON become UpstreamFailed, time-outs
 UpstreamTimeout. Nothing is retried here once output has started.
 """
@@ -10,13 +11,24 @@ UpstreamTimeout. Nothing is retried here once output has started.
 import json
 from collections import Counter
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from chatgate.config import UpstreamDeployment
 from chatgate.errors import UpstreamFailed, UpstreamRefused, UpstreamTimeout
-from chatgate.protocol.messages import text_of
+from chatgate.protocol.messages import (
+    AssistantMessage,
+    AudioPart,
+    FilePart,
+    FileURLPart,
+    ImagePart,
+    RefusalPart,
+    TextPart,
+    ToolMessage,
+)
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import FinishReason, TokenLogprob
 from chatgate.providers.base import (
@@ -27,19 +39,102 @@ from chatgate.providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageReport,
+    new_call_id,
 )
 from chatgate.providers.relay import RelaySession
 
-PER_MESSAGE_OVERHEAD = 8
+PER_MESSAGE_OVERHEAD = 8  # bytes: the role and the chat template's separators
+SCHEMA_OVERHEAD = 64  # bytes: the words an upstream wraps tool definitions and a response schema in
+# Tokens one image part can cost, whatever its size: OpenAI's high-detail images cost at most about
+# 1,500 tokens (gpt-4o's tiles) to 2,500 (gpt-4.1-mini's patches), so this bounds them all.
+IMAGE_PART_TOKENS = 2500
+# Bytes a token when the upstream reports no usage: English runs about 4 bytes a token, code and
+# most European languages 3 to 4, Chinese and Japanese about 3 (a character is 3 bytes in UTF-8).
+BYTES_PER_TOKEN = 3
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 
 
-def prompt_bound(request: ChatCompletionRequest) -> int:
-    """An upper bound on the prompt's tokens without the upstream's tokenizer: a token is at least a byte."""
-    size = sum(len(text_of(m).encode()) + PER_MESSAGE_OVERHEAD for m in request.messages)
+@dataclass(frozen=True)
+class PromptSize:
+    """What a request sends upstream: the bytes of its text, and its parts that are not text."""
+
+    text_bytes: int
+    media_parts: int
+
+    @property
+    def bound(self) -> int:
+        """An upper bound on its tokens without the upstream's tokenizer: a token is at least a byte."""
+        return self.text_bytes + self.media_parts * IMAGE_PART_TOKENS
+
+    @property
+    def estimate(self) -> int:
+        """A likely count, charged when the upstream reports none."""
+        return estimate_tokens(self.text_bytes) + self.media_parts * IMAGE_PART_TOKENS
+
+
+def estimate_tokens(size: int) -> int:
+    return -(-size // BYTES_PER_TOKEN)
+
+
+def _size(text: str | None) -> int:
+    return len(text.encode()) if text else 0
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode())
+
+
+def prompt_size(request: ChatCompletionRequest) -> PromptSize:
+    """Every part of the prompt as sent upstream: message text and names, tool calls (ids, names,
+    arguments), tool call ids, tool and function definitions, the response schema, and a bound per
+    image, audio or file part (an inlined image's data URL is far more bytes than it has tokens)."""
+    text = media = 0
+    for message in request.messages:
+        text += PER_MESSAGE_OVERHEAD + _size(getattr(message, "name", None))
+        content = message.content
+        if isinstance(content, str):
+            text += _size(content)
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, TextPart):
+                text += _size(part.text)
+            elif isinstance(part, RefusalPart):
+                text += _size(part.refusal)
+            elif isinstance(part, ImagePart | FileURLPart):
+                media += 1
+            elif isinstance(part, AudioPart):
+                text += _size(part.input_audio.data)  # base64 audio: more bytes than its tokens
+            elif isinstance(part, FilePart):
+                media += 1  # a document's pages can be read as images, as well as its text
+                text += _size(part.file.file_data) + _size(part.file.filename)
+        if isinstance(message, AssistantMessage):
+            text += _size(message.refusal)
+            calls = [call.function for call in message.tool_calls or []]
+            calls += [message.function_call] if message.function_call else []
+            text += sum(_size(f.name) + _size(f.arguments) for f in calls)
+            text += sum(_size(call.id) for call in message.tool_calls or [])
+            text += _json_size(message.audio) if message.audio else 0
+        elif isinstance(message, ToolMessage):
+            text += _size(message.tool_call_id)
+    schemas: list[Any] = []
     if request.tools:
-        size += len(json.dumps([t.model_dump() for t in request.tools]).encode())
-    return size
+        schemas.append([tool.model_dump(mode="json", exclude_none=True) for tool in request.tools])
+    if request.functions:
+        schemas.append(request.functions)
+    if request.response_format is not None:
+        schemas.append(request.response_format.model_dump(mode="json", exclude_none=True, by_alias=True))
+    text += sum(_json_size(schema) + SCHEMA_OVERHEAD for schema in schemas)
+    return PromptSize(text, media)
+
+
+def prompt_bound(request: ChatCompletionRequest) -> int:
+    return prompt_size(request).bound
+
+
+def display_url(url: str) -> str:
+    """A URL fit to show on unauthenticated pages: without user, password, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def upstream_error(
@@ -103,18 +198,26 @@ class UpstreamProvider:
 
     @property
     def name(self) -> str:
-        return f"{self.deployment.base_url}#{self.deployment.model}"
+        return f"{display_url(self.deployment.base_url)}#{self.deployment.model}"
 
     def _body(self, request: ChatCompletionRequest) -> dict[str, Any]:
         body: dict[str, Any] = request.model_dump(mode="json", exclude_none=True, by_alias=True)
         body["model"] = self.deployment.model
+        if request.token_limit is None:
+            # Credits are reserved for this many tokens a choice: the upstream must not write more.
+            body["max_completion_tokens"] = self.deployment.max_tokens
         if request.stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
         limit = request.token_limit or self.deployment.max_tokens
-        yield Started(prompt_tokens=prompt_bound(request), max_completion_tokens=limit * (request.n or 1))
+        size = prompt_size(request)
+        yield Started(
+            prompt_tokens=size.bound,
+            max_completion_tokens=limit * (request.n or 1),
+            prompt_estimate=size.estimate,
+        )
         self.in_flight += 1
         try:
             body = json.dumps(self._body(request)).encode()
@@ -133,14 +236,16 @@ class UpstreamProvider:
                 if response.status >= 400:
                     await self._refuse(response)
                 if not request.stream:
-                    answer = await self._whole(response)  # still before Running: a bad answer can be retried
+                    answer = await self._whole(
+                        response, limit
+                    )  # still before Running: a bad answer can be retried
                     complete = True
                     yield Running()
                     for event in answer:
                         yield event
                     return
                 yield Running()
-                async for event in self._events(response):
+                async for event in self._events(response, limit):
                     yield event
                 complete = True
             finally:
@@ -161,8 +266,9 @@ class UpstreamProvider:
             self.failures += 1
         raise error
 
-    async def _whole(self, response: aiohttp.ClientResponse) -> list[ProviderEvent]:
-        """A non-streamed answer as events, with the upstream's exact usage."""
+    async def _whole(self, response: aiohttp.ClientResponse, limit: int) -> list[ProviderEvent]:
+        """A non-streamed answer as events, with the upstream's exact usage, or each choice estimated
+        (at most ``limit``, the tokens a choice it was sent)."""
         try:
             body = json.loads(await response.read())
             events: list[ProviderEvent] = []
@@ -171,26 +277,23 @@ class UpstreamProvider:
                 message = choice.get("message") or {}
                 logprobs = (choice.get("logprobs") or {}).get("content")
                 parsed = [TokenLogprob.model_validate(t) for t in logprobs] if logprobs else None
-                if message.get("content") or parsed:
-                    events.append(TextDelta(message.get("content") or "", index, parsed))
+                content, refusal = _text(message.get("content")), _text(message.get("refusal"))
+                if content or parsed:
+                    events.append(TextDelta(content or "", index, parsed))
+                if refusal:
+                    events.append(TextDelta(refusal, index, refusal=True))
+                written = _size(content) + _size(refusal)
                 for number, call in enumerate(message.get("tool_calls") or []):
                     function = call.get("function") or {}
-                    events.append(
-                        ToolCallDelta(
-                            number,
-                            function.get("arguments") or "",
-                            call.get("id"),
-                            function.get("name"),
-                            index,
-                        )
-                    )
+                    name, arguments = _text(function.get("name")), _text(function.get("arguments")) or ""
+                    written += _size(name) + _size(arguments)
+                    call_id = _text(call.get("id")) or new_call_id()
+                    events.append(ToolCallDelta(number, arguments, call_id, name, index))
                 reason = choice.get("finish_reason")
-                events.append(Finished(reason if reason in FINISH_REASONS else "stop", 0, 0, index))
-            usage = body.get("usage") or {}
-            events.append(
-                UsageReport(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
-            )
-            return events
+                final: FinishReason = reason if reason in FINISH_REASONS else "stop"
+                events.append(Finished(final, 0, min(limit, estimate_tokens(written)), index))
+            usage = _reported(body.get("usage"))
+            return events if usage is None else [*events, usage]
         except TimeoutError as exc:
             self.failures += 1
             raise UpstreamTimeout("The upstream stalled mid-answer.") from exc
@@ -201,9 +304,14 @@ class UpstreamProvider:
             self.failures += 1
             raise UpstreamFailed("The upstream's answer was not a chat completion.") from exc
 
-    async def _events(self, response: aiohttp.ClientResponse) -> AsyncGenerator[ProviderEvent, None]:
+    async def _events(
+        self, response: aiohttp.ClientResponse, limit: int
+    ) -> AsyncGenerator[ProviderEvent, None]:
         done = False
-        deltas: Counter[int] = Counter()  # content pieces per choice: the count when no usage comes
+        # Per choice, for upstreams that send no usage (llama.cpp's server): pieces and bytes written.
+        pieces: Counter[int] = Counter()
+        written: Counter[int] = Counter()
+        calls: set[tuple[int, int]] = set()  # (choice, call) pairs seen, to give an id to those without
         try:
             async for raw in response.content:
                 if not raw.startswith(b"data:"):
@@ -214,16 +322,24 @@ class UpstreamProvider:
                     break
                 try:
                     chunk = json.loads(payload)
-                except ValueError as exc:
-                    raise UpstreamFailed("The upstream sent malformed JSON in its stream.") from exc
-                if "error" in chunk:
-                    raise UpstreamFailed(f"The upstream failed mid-stream: {chunk['error']}")
-                for event in _chunk_events(chunk):
-                    if isinstance(event, TextDelta | ToolCallDelta):
-                        deltas[event.index] += event.tokens
+                    events = _chunk_events(chunk)
+                except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                    raise UpstreamFailed("The upstream sent a malformed chunk in its stream.") from exc
+                for event in events:
+                    if isinstance(event, TextDelta):
+                        pieces[event.index] += event.tokens
+                        written[event.index] += _size(event.text)
+                    elif isinstance(event, ToolCallDelta):
+                        pieces[event.index] += event.tokens
+                        written[event.index] += _size(event.name) + _size(event.arguments)
+                        if (event.index, event.call_index) not in calls:
+                            calls.add((event.index, event.call_index))
+                            if event.call_id is None:
+                                event = replace(event, call_id=new_call_id())
                     elif isinstance(event, Finished):
-                        # Upstreams that send no usage (llama.cpp's server): a piece per token.
-                        event = Finished(event.reason, 0, deltas[event.index], event.index)
+                        estimate = min(limit, estimate_tokens(written[event.index]))
+                        counted = max(pieces[event.index], estimate)
+                        event = Finished(event.reason, 0, counted, event.index)
                     yield event
         except TimeoutError as exc:
             self.failures += 1
@@ -236,24 +352,49 @@ class UpstreamProvider:
             raise UpstreamFailed("The upstream's stream ended without [DONE].")
 
 
+def _reported(usage: Any) -> UsageReport | None:
+    """The upstream's usage if it is one (two counts that are integers), else None: to be estimated."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return UsageReport(prompt, completion)
+
+
+def _text(value: Any) -> str | None:
+    """A text field of the upstream's answer; anything but a string or null makes it malformed."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _chunk_events(chunk: dict[str, Any]) -> list[ProviderEvent]:
+    if "error" in chunk:
+        raise UpstreamFailed(f"The upstream failed mid-stream: {chunk['error']}")
     events: list[ProviderEvent] = []
     for choice in chunk.get("choices") or []:
         index = int(choice.get("index", 0))
         delta = choice.get("delta") or {}
         logprobs = (choice.get("logprobs") or {}).get("content")
-        content = delta.get("content")
+        content, refusal = _text(delta.get("content")), _text(delta.get("refusal"))
         if content or logprobs:
             parsed = [TokenLogprob.model_validate(t) for t in logprobs] if logprobs else None
             events.append(TextDelta(content or "", index, parsed, tokens=1))
+        if refusal:
+            events.append(TextDelta(refusal, index, tokens=1, refusal=True))
         for call in delta.get("tool_calls") or []:
             function = call.get("function") or {}
             events.append(
                 ToolCallDelta(
                     call_index=int(call.get("index", 0)),
-                    arguments=function.get("arguments") or "",
-                    call_id=call.get("id"),
-                    name=function.get("name"),
+                    arguments=_text(function.get("arguments")) or "",
+                    call_id=_text(call.get("id")),
+                    name=_text(function.get("name")),
                     index=index,
                     tokens=1,
                 )
@@ -262,7 +403,5 @@ def _chunk_events(chunk: dict[str, Any]) -> list[ProviderEvent]:
         if reason:
             final: FinishReason = reason if reason in FINISH_REASONS else "stop"
             events.append(Finished(final, 0, 0, index))
-    usage = chunk.get("usage")
-    if usage:
-        events.append(UsageReport(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))))
-    return events
+    usage = _reported(chunk.get("usage"))
+    return events if usage is None else [*events, usage]

@@ -38,7 +38,7 @@ from chatgate.providers.base import ToolCallDelta as ToolPiece
 from chatgate.providers.images.prepare import ImagePreparer, has_images
 from chatgate.services.auth import Principal
 from chatgate.services.catalogue import ModelRegistry, Route
-from chatgate.services.metrics import Metrics
+from chatgate.services.metrics import UNKNOWN_MODEL, Metrics
 from chatgate.services.quota import QuotaService, Reservation
 from chatgate.services.ratelimit import RateLimiter
 from chatgate.services.usage import UsageRecorder
@@ -77,6 +77,8 @@ def check_supported(request: ChatCompletionRequest) -> None:
 
 
 def _message(result: ChoiceResult) -> ResponseMessage:
+    if result.refusal is not None:
+        return ResponseMessage(content=result.text or None, refusal=result.refusal)
     if result.tool_calls:
         return ResponseMessage(content=result.text or None, tool_calls=result.tool_calls)
     return ResponseMessage(content=result.text, annotations=result.annotations)
@@ -235,7 +237,7 @@ class ChatService:
                 with anyio.CancelScope(shield=True):
                     await events.aclose()
                 raise
-            admitted = Admitted(route, events, first.prompt_tokens, reservation, decision.headers(), started)
+            admitted = Admitted(route, events, first.prompt_charge, reservation, decision.headers(), started)
             try:
                 running = await anext(events)
                 if not isinstance(running, Running):
@@ -351,7 +353,7 @@ class ChatService:
             refund=refund,
         )
         self.metrics.request(
-            model=model,
+            model=model if model in self.registry.routes else UNKNOWN_MODEL,  # a client's name: unbounded
             status=status,
             code=code,
             seconds=seconds,
@@ -412,7 +414,7 @@ class ChatService:
                     self.metrics.first_token(model=route.name, seconds=time.monotonic() - admitted.started)
                 if isinstance(event, TextDelta):
                     logprobs = ChoiceLogprobs(content=event.logprobs) if event.logprobs is not None else None
-                    delta = Delta(content=event.text)
+                    delta = Delta(refusal=event.text) if event.refusal else Delta(content=event.text)
                     yield chunk([ChunkChoice(index=event.index, delta=delta, logprobs=logprobs)])
                     tally.delivered += event.tokens
                 elif isinstance(event, ToolPiece):
