@@ -144,6 +144,9 @@ class UpstreamDeployment(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=120.0, gt=0)  # seconds to the first byte, and between bytes after
     max_tokens: int = Field(default=4096, ge=1)  # assumed when a request sets none, for reserving credits
+    # The field the upstream reads its output limit from: most OpenAI-compatible servers (vLLM,
+    # Ollama, llama.cpp's) read max_tokens; OpenAI's reasoning models take only max_completion_tokens.
+    limit_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     weight: int = Field(default=1, ge=0)  # share of traffic among a model's deployments
     max_concurrency: int | None = Field(default=None, ge=1)
     vision: bool = False  # the upstream model reads images itself (gpt-4o, a vLLM or Ollama VLM)
@@ -376,6 +379,7 @@ def openai_catalogue(
                 base_url=base_url,
                 model=name,
                 api_key_env="OPENAI_API_KEY",
+                limit_field="max_completion_tokens",
                 vision=True,  # every model listed reads images
             ),
         )

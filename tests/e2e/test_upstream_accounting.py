@@ -170,7 +170,7 @@ def test_the_reserved_output_bound_is_sent_upstream_when_the_client_sets_none(
             usage = chunks[-1].usage
         else:
             usage = client.chat.completions.create(model="capped", messages=ASK).usage
-    assert gateway.last_body("counting")["max_completion_tokens"] == 10
+    assert gateway.last_body("counting")["max_tokens"] == 10
     assert usage is not None and usage.completion_tokens == 10
     assert gateway.charged(before, usage.total_tokens) == usage.total_tokens
 

@@ -203,9 +203,11 @@ class UpstreamProvider:
     def _body(self, request: ChatCompletionRequest) -> dict[str, Any]:
         body: dict[str, Any] = request.model_dump(mode="json", exclude_none=True, by_alias=True)
         body["model"] = self.deployment.model
-        if request.token_limit is None:
-            # Credits are reserved for this many tokens a choice: the upstream must not write more.
-            body["max_completion_tokens"] = self.deployment.max_tokens
+        # The output limit goes in the one field this upstream reads. When the client set none,
+        # credits are reserved for the deployment's max_tokens a choice: the upstream must not write more.
+        body.pop("max_tokens", None)
+        body.pop("max_completion_tokens", None)
+        body[self.deployment.limit_field] = request.token_limit or self.deployment.max_tokens
         if request.stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body

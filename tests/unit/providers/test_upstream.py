@@ -79,12 +79,20 @@ def provider(**fields: Any) -> UpstreamProvider:
 
 def test_the_reserved_output_bound_is_sent_when_the_client_sets_none() -> None:
     body = provider(max_tokens=10)._body(request(messages=ASK))
-    assert body["max_completion_tokens"] == 10 and "max_tokens" not in body
+    assert body["max_tokens"] == 10 and "max_completion_tokens" not in body
     assert provider(max_tokens=10)._body(request(messages=ASK, max_tokens=5)) == {
         "messages": ASK,
         "model": "up",
         "max_tokens": 5,
     }
+
+
+@pytest.mark.parametrize("sent", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_the_limit_goes_in_the_field_the_upstream_reads(sent: str, field: str) -> None:
+    body = provider(max_tokens=10, limit_field=field)._body(request(messages=ASK, **{sent: 7}))
+    assert body[field] == 7 and len({"max_tokens", "max_completion_tokens"} & body.keys()) == 1
+    assert provider(max_tokens=10, limit_field=field)._body(request(messages=ASK))[field] == 10
 
 
 @pytest.mark.parametrize(
