@@ -1,5 +1,6 @@
 """Chat completions: check what a request asks for, run it on its model's provider, shape the answer."""
 
+import asyncio
 import json
 import logging
 import time
@@ -160,6 +161,9 @@ class ChatService:
         admitted = await self._admit(caller, request)
         try:
             result = await collect(admitted.events)
+        except asyncio.CancelledError:  # the client left before its answer was ready
+            await self._settle(caller, admitted, 0, "cancelled", None)
+            raise
         except BaseException as exc:
             await self._settle(caller, admitted, 0, "error", error_code(exc))
             raise
