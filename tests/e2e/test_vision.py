@@ -164,12 +164,22 @@ def test_only_images_can_be_uploaded(client: openai.OpenAI) -> None:
     assert caught.value.response.json()["error"]["param"] == "file"
 
 
-def test_an_oversized_upload_is_refused_before_it_is_read(server: Server) -> None:
-    """A gigabyte announced and never sent: the answer comes from the header alone."""
+@pytest.mark.parametrize(
+    ("declared", "status", "code", "param"),
+    [
+        (30_000_000, b"400", "invalid_value", "file"),  # over the upload limit (25 MB)
+        (1_000_000_000, b"413", "request_too_large", None),  # over any request body's (50 MB)
+    ],
+    ids=["over the upload limit", "over the body limit"],
+)
+def test_an_oversized_upload_is_refused_before_it_is_read(
+    server: Server, declared: int, status: bytes, code: str, param: str | None
+) -> None:
+    """A size announced and never sent: the answer comes from the header alone."""
     host, port = server.base_url.removeprefix("http://").split(":")
     head = (
         f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
-        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000000000\r\n\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {declared}\r\n\r\n"
     )
     with socket.create_connection((host, int(port)), timeout=10) as connection:
         connection.sendall(head.encode() + b"--x\r\n")
@@ -180,6 +190,7 @@ def test_an_oversized_upload_is_refused_before_it_is_read(server: Server) -> Non
                 break
             answer += piece
     status_line, _, rest = answer.partition(b"\r\n")
-    assert status_line.split()[1] == b"400"
+    assert status_line.split()[1] == status
     body = json.loads(rest.partition(b"\r\n\r\n")[2])
-    assert body["error"]["param"] == "file" and "limited" in body["error"]["message"]
+    assert body["error"]["code"] == code and body["error"]["param"] == param
+    assert "limited" in body["error"]["message"] or "larger than" in body["error"]["message"]
