@@ -396,6 +396,20 @@ def test_a_resent_request_id_is_refused_and_does_not_block_later_accounting(
     assert report["credits_left"] == 100000 - expected  # every refund landed
 
 
+def test_another_users_request_id_is_no_obstacle(accounts_server: Server, clients: Clients) -> None:
+    """Request ids are unique per user: the same x-request-id from two users is two requests."""
+    trace = f"shared-{datetime.now(UTC).timestamp()}"
+    body = {"model": SMALL, "messages": HI, "max_tokens": 2}
+    with httpx.Client(base_url=accounts_server.base_url, timeout=60) as http:
+        for name in ("first-user", "second-user"):
+            key = clients.console(unique(name)).token()["key"]
+            headers = {"authorization": f"Bearer {key}", "x-request-id": trace}
+            response = http.post("/v1/chat/completions", json=body, headers=headers)
+            assert response.status_code == 200, response.text
+            assert response.headers["x-request-id"] == trace
+            assert clients.usage(key)["credits_used"] > 0
+
+
 def test_one_user_never_sees_anothers_usage_or_request_log(accounts_server: Server, clients: Clients) -> None:
     alice, bob = clients.console(unique("alice-log")), clients.console(unique("bob-log"))
     key = alice.token()["key"]

@@ -62,7 +62,7 @@ class LedgerEntry(Base):
     """Append-only: every movement of credits, keyed by trace id so a retry can't charge twice."""
 
     __tablename__ = "ledger"
-    __table_args__ = (UniqueConstraint("trace_id", "kind", name="uq_ledger_trace_kind"),)
+    __table_args__ = (UniqueConstraint("user_id", "trace_id", "kind", name="uq_ledger_user_trace_kind"),)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     trace_id: Mapped[str] = mapped_column(String(128))
