@@ -5,6 +5,7 @@ class ChatgateError(Exception):
     """Base of every error chatgate reports to a caller.
 
     ``code`` is the machine-readable code sent to the caller; ``param`` names the request field at fault.
+    ``headers`` carries what the caller is told beside any answer (its rate-limit state), once known.
     """
 
     code: str = "api_error"
@@ -13,6 +14,7 @@ class ChatgateError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers: dict[str, str] = {}
         if code is not None:
             self.code = code
 

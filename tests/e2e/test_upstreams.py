@@ -173,6 +173,7 @@ def test_failures_before_the_first_byte_cost_nothing(
     spec.validate("ErrorResponse", response.json())
     assert response.json()["error"]["type"] == kind
     assert response.json()["trace_id"] == response.headers["x-request-id"]
+    assert response.headers["x-ratelimit-remaining-requests"]  # the caller's limits, on failures too
     if model == "badrequest":
         assert response.json()["error"]["param"] == "messages"  # the upstream's own words, kept
     assert gateway.usage()["credits_left"] == left

@@ -74,8 +74,7 @@ def error_response(exc: ChatgateError, trace_id: str) -> JSONResponse:
     headers = {TRACE_HEADER: trace_id}
     if isinstance(exc, EngineBusy | RateLimited):
         headers["retry-after"] = str(exc.retry_after)
-    if isinstance(exc, RateLimited):
-        headers.update(exc.headers)
+    headers.update(exc.headers)  # the rate-limit state, for a refusal and any failure after admission
     if isinstance(exc, UpstreamRefused) and exc.retry_after:
         headers["retry-after"] = exc.retry_after
     if isinstance(exc, InsufficientQuota):

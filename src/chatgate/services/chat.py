@@ -166,6 +166,8 @@ class ChatService:
             raise
         except BaseException as exc:
             await self._settle(caller, admitted, 0, "error", error_code(exc))
+            if isinstance(exc, ChatgateError):
+                exc.headers = {**admitted.headers, **exc.headers}
             raise
         if result.prompt_tokens:  # the engine's exact count replaces the estimate reserved on
             admitted.prompt_tokens = result.prompt_tokens
@@ -213,12 +215,14 @@ class ChatService:
         started = time.monotonic()
         model = request.model
         recorded = False
+        limits: dict[str, str] = {}  # the caller's rate-limit state, once the limiter has been asked
         try:
             route = self.registry.resolve(request.model)
             model = route.name
             caller.principal.check_model(request.model, route.name)
             check_supported(request)
             decision = await self.limiter.admit(caller.principal)
+            limits = decision.headers()
             if self.images is not None and not route.handles_images and has_images(request):
                 request = await self.images.prepare(request, native=route.vision)
             events = route.provider.stream(request)
@@ -241,7 +245,7 @@ class ChatService:
                 with anyio.CancelScope(shield=True):
                     await events.aclose()
                 raise
-            admitted = Admitted(route, events, first.prompt_charge, reservation, decision.headers(), started)
+            admitted = Admitted(route, events, first.prompt_charge, reservation, limits, started)
             try:
                 running = await anext(events)
                 if not isinstance(running, Running):
@@ -257,6 +261,7 @@ class ChatService:
         except ChatgateError as exc:
             if not recorded:
                 self.record(caller, model, started, 0, 0, 0, "error", exc.code)
+            exc.headers = {**limits, **exc.headers}  # a failure after admission still reports the limits
             raise
         return admitted
 
