@@ -112,7 +112,7 @@ class ChatTemplate:
         if plan is not None and self.knows_tools:
             extra["tools"] = literal(plan.template_tools())
         elif plan is not None:
-            converted = _with_instructions(converted, plan.instructions())
+            converted = _with_instructions(converted, plan.instructions(literal))
         try:
             text = self._template.render(
                 messages=converted,

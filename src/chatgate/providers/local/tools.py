@@ -9,7 +9,7 @@ parameter schemas constrains every token, so arguments always parse and match. `
 import json
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +47,9 @@ class ToolPlan:
     def template_tools(self) -> list[dict[str, Any]]:
         return [tool.model_dump(exclude_none=True) for tool in self.tools]
 
-    def instructions(self) -> str:
-        lines = [json.dumps(tool.function.model_dump(exclude_none=True)) for tool in self.tools]
+    def instructions(self, literal: Callable[[str], str] = str) -> str:
+        """How to call the tools, for templates that don't render them; ``literal`` marks the caller's text."""
+        lines = [literal(json.dumps(tool.function.model_dump(exclude_none=True))) for tool in self.tools]
         return INSTRUCTIONS + "\n".join(lines)
 
 
