@@ -207,7 +207,7 @@ class BrowsingProvider:
             first = await anext(events)
             if not isinstance(first, Started):
                 raise RuntimeError(f"the base model began with {first!r}")
-            prompt, completion = first.prompt_tokens, 0
+            prompt, completion = first.prompt_charge, 0  # the estimate, unless the base reports usage
             reason: FinishReason = "stop"
             pieces: list[str] = []
             async for event in events:

@@ -153,6 +153,9 @@ class ImageGenerationProvider:
                 prompt_tokens=first.prompt_tokens + extra_prompt,
                 max_completion_tokens=first.max_completion_tokens + extra_completion,
                 extra_cost=self.image_price,
+                prompt_estimate=None
+                if first.prompt_estimate is None
+                else first.prompt_estimate + extra_prompt,
             )
             yield await anext(events)  # Running: the base model took the request
             plan = await collect(events)
