@@ -167,6 +167,12 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _trace_of(scope: Scope) -> str:
+    """The trace id TraceMiddleware gave the request (a fresh one outside it)."""
+    trace_id = scope.get("state", {}).get("trace_id")
+    return trace_id if isinstance(trace_id, str) else new_trace_id()
+
+
 class CatchAll:
     """Answers anything unexpected with the enveloped 500, here, and keeps the connection usable.
 
@@ -194,7 +200,7 @@ class CatchAll:
         except Exception:
             if started:
                 raise
-            trace_id = scope.get("state", {}).get("trace_id") or new_trace_id()
+            trace_id = _trace_of(scope)
             log.exception("unhandled error", extra={"trace_id": trace_id})
             err = EngineFailure(
                 "The server had an error while processing your request.", code="internal_error"
@@ -215,8 +221,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            trace_id = scope.get("state", {}).get("trace_id") or new_trace_id()
-            await error_response(self._too_large(), trace_id)(scope, receive, send)
+            await error_response(self._too_large(), _trace_of(scope))(scope, receive, send)
             return
         seen = 0
 

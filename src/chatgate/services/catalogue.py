@@ -51,6 +51,10 @@ class ModelRegistry:
     def _permitted(self, allowed: tuple[str, ...]) -> set[str]:
         return {self._aliases.get(name, name) for name in allowed}
 
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is a model's public name (aliases are not)."""
+        return name in self._routes
+
     @property
     def routes(self) -> dict[str, Route]:
         return dict(self._routes)

@@ -362,7 +362,7 @@ class ChatService:
             refund=refund,
         )
         self.metrics.request(
-            model=model if model in self.registry.routes else UNKNOWN_MODEL,  # a client's name: unbounded
+            model=model if model in self.registry else UNKNOWN_MODEL,  # a client's name: unbounded
             status=status,
             code=code,
             seconds=seconds,

@@ -125,7 +125,9 @@ class LocalProvider:
                 "A forced tool call cannot also follow response_format.", param="response_format"
             )
         prompt = self._template.render(request.messages, plan)
-        size = len(prompt.text.encode("utf-8", "surrogatepass"))
+        # The template's own spellings are special tokens; the caller's text (literal) never is.
+        pieces = [(text.encode("utf-8"), literal) for text, literal in prompt.pieces()]
+        size = sum(len(raw) for raw, _ in pieces)
         if size > self.context_length * MAX_BYTES_PER_TOKEN:  # refused without tokenizing it all
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.context_length} tokens. However, your "
@@ -136,11 +138,8 @@ class LocalProvider:
         add_bos = self._add_bos and not (self._bos and prompt.text.startswith(self._bos))
         llama: Any = self.pool.tokenizer
         tokens: list[int] = []
-        for text, literal in prompt.pieces():
-            # The template's own spellings are special tokens; the caller's text never is.
-            tokens += llama.tokenize(
-                text.encode("utf-8"), add_bos=add_bos and not tokens, special=not literal
-            )
+        for raw, literal in pieces:
+            tokens += llama.tokenize(raw, add_bos=add_bos and not tokens, special=not literal)
         return Job(
             prompt=tokens, sampling=self._sampling(request, len(tokens)), n=n, grammar=grammar, tools=plan
         )

@@ -64,12 +64,17 @@ class Prompt:
         return out
 
 
+def _spellings(specials: Iterable[str]) -> re.Pattern[str] | None:
+    """One pattern for every special-token spelling, the longest first."""
+    spelled = sorted({s for s in specials if s}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, spelled))) if spelled else None
+
+
 class _Literals:
     """Replaces special-token spellings in the caller's strings with placeholders, remembering them."""
 
-    def __init__(self, specials: Iterable[str]) -> None:
-        spelled = sorted({s for s in specials if s}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, spelled))) if spelled else None
+    def __init__(self, pattern: re.Pattern[str] | None) -> None:
+        self._pattern = pattern
         self.mark = "\ue000" + secrets.token_hex(8) + "\ue001"
         self.found: list[str] = []
 
@@ -101,12 +106,12 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self.bos_token = bos_token
         self.eos_token = eos_token
-        self.specials = tuple(specials)  # spellings the tokenizer would read as special tokens
+        self._specials = _spellings(specials)  # what the tokenizer would read as special tokens
         # Templates trained for tool use render `tools` themselves; others get them described in text.
         self.knows_tools = "tools" in self.source
 
     def render(self, messages: list[ChatMessage], plan: ToolPlan | None = None) -> Prompt:
-        literal = _Literals(self.specials)
+        literal = _Literals(self._specials)
         converted = [_as_template_message(m, literal, inline_calls=not self.knows_tools) for m in messages]
         extra: dict[str, Any] = {}
         if plan is not None and self.knows_tools:
