@@ -297,19 +297,25 @@ class ChatgateServer:
         if proc is None:
             return
         self._proc = None
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                log("chatgate did not stop within 30 s of SIGTERM; killing it")
-                proc.kill()
-                await proc.wait()
+        await terminate(proc, "chatgate")
         if self._drain is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain
         note = " = SIGTERM, as sent" if proc.returncode == -signal.SIGTERM else ""
         log(f"chatgate stopped (status {proc.returncode}{note})")
+
+
+async def terminate(proc: asyncio.subprocess.Process, name: str) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within 30 s."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        log(f"{name} did not stop within 30 s of SIGTERM; killing it")
+        proc.kill()
+        await proc.wait()
 
 
 async def chatgate_stream(client: httpx.AsyncClient, max_tokens: int) -> StreamTiming:
@@ -524,13 +530,7 @@ async def run_xllamacpp(
                     log(_describe(f"{label} (repeat {i + 1}/{repeats})", runs[-1]))
                 results[label] = median_result(runs)
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 30)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await terminate(proc, "xllamacpp")
     return results
 
 

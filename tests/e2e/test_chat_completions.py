@@ -194,26 +194,34 @@ def test_a_full_queue_answers_429_with_retry_after(server: Server, spec: Spec) -
     assert busy.json()["error"]["code"] == "too_many_requests"
 
 
+# Far longer than any test waits for it: what a leaving client must cut short.
+LONG_ANSWER = {
+    "model": SMALL,
+    "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+    "max_tokens": 1500,
+    "temperature": 0,
+}
+
+
+def once_idle(http: httpx.Client) -> dict[str, Any]:
+    """The small model's engine stats once no instance is busy."""
+
+    def idle() -> dict[str, Any] | None:
+        stats: dict[str, Any] = http.get("/healthz").json()["models"][SMALL]
+        return stats if stats["busy"] == 0 else None
+
+    return wait_for(idle, 10.0)
+
+
 def test_client_disconnect_stops_generation(server: Server, http: httpx.Client) -> None:
     before = http.get("/healthz").json()["models"][SMALL]["cancelled"]
-    body = {
-        "model": SMALL,
-        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
-        "max_tokens": 1500,
-        "temperature": 0,
-        "stream": True,
-    }
-    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+    with http.stream("POST", "/v1/chat/completions", json={**LONG_ANSWER, "stream": True}) as response:
         lines = response.iter_lines()
         for _ in range(6):
             next(lines)
 
     # The stream is closed. The engine notices at its next token and frees the instance.
-    def idle() -> dict[str, Any] | None:
-        stats: dict[str, Any] = http.get("/healthz").json()["models"][SMALL]
-        return stats if stats["busy"] == 0 else None
-
-    stats = wait_for(idle, 10.0)
+    stats = once_idle(http)
     assert stats["cancelled"] == before + 1
 
 
@@ -221,21 +229,11 @@ def test_a_client_that_leaves_a_non_streamed_answer_stops_its_generation(
     server: Server, http: httpx.Client
 ) -> None:
     before = http.get("/healthz").json()["models"][SMALL]["cancelled"]
-    body = {
-        "model": SMALL,
-        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
-        "max_tokens": 1500,
-        "temperature": 0,
-        "logit_bias": {"2": -100},  # the small model's end of turn: it cannot stop before the cap
-    }
+    body = {**LONG_ANSWER, "logit_bias": {"2": -100}}  # the small model's end of turn: it can't stop early
     with pytest.raises(httpx.ReadTimeout):  # gives up waiting, and closes the connection
         http.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(10, read=1.0))
 
-    def idle() -> dict[str, Any] | None:
-        stats: dict[str, Any] = http.get("/healthz").json()["models"][SMALL]
-        return stats if stats["busy"] == 0 else None
-
-    stats = wait_for(idle, 10.0)
+    stats = once_idle(http)
     assert stats["cancelled"] == before + 1
 
 

@@ -238,17 +238,30 @@ def test_one_json_log_line_per_request_with_its_trace_id(gateway: Gateway) -> No
     assert len(lines) == 1 and lines[0]["event"] == "chat_request" and lines[0]["model"] == "flaky"
 
 
+# Relayed to the upstream chatgate's small model: far longer than any test waits for it.
+LONG_ANSWER = {
+    "model": "relay-chatgate",
+    "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+    "max_tokens": 1500,
+    "temperature": 0,
+}
+
+
+def cancelled_upstream(upstream: httpx.Client, expected: int) -> int:
+    """The upstream's count of cancelled generations, once it reaches ``expected`` (or 10 s pass)."""
+    deadline = time.monotonic() + 10
+    while (count := upstream.get("/healthz").json()["models"][SMALL]["cancelled"]) != expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return int(count)
+
+
 def test_a_client_disconnect_cancels_the_upstream_request(gateway: Gateway, server: Server) -> None:
     """The gateway drops its upstream connection, and the upstream (a chatgate) stops generating."""
     with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {API_KEY}"}) as upstream:
         before = upstream.get("/healthz").json()["models"][SMALL]["cancelled"]
-        body = {
-            "model": "relay-chatgate",
-            "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
-            "max_tokens": 1500,
-            "temperature": 0,
-            "stream": True,
-        }
+        body = {**LONG_ANSWER, "stream": True}
         with (
             httpx.Client(base_url=gateway.server.base_url, timeout=30) as http,
             http.stream(
@@ -258,12 +271,7 @@ def test_a_client_disconnect_cancels_the_upstream_request(gateway: Gateway, serv
             lines = response.iter_lines()
             for _ in range(6):
                 next(lines)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1:
-                break
-            time.sleep(0.05)
-        assert upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1
+        assert cancelled_upstream(upstream, before + 1) == before + 1
 
 
 def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_and_pays_nothing(
@@ -274,12 +282,9 @@ def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_and_pays_no
         before = upstream.get("/healthz").json()["models"][SMALL]["cancelled"]
         left = gateway.usage()["credits_left"]
         body = {
-            "model": "relay-chatgate",
-            "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
-            "max_tokens": 1500,
-            "temperature": 0,
-            "logit_bias": {"2": -100},  # the small model's end of turn: it cannot stop before the cap
-        }
+            **LONG_ANSWER,
+            "logit_bias": {"2": -100},
+        }  # the small model's end of turn: it can't stop early
         with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=gateway.server.base_url) as http:
             http.post(
                 "/v1/chat/completions",
@@ -287,12 +292,7 @@ def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_and_pays_no
                 headers={"authorization": f"Bearer {gateway.key}"},
                 timeout=httpx.Timeout(10, read=1.0),
             )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1:
-                break
-            time.sleep(0.05)
-        assert upstream.get("/healthz").json()["models"][SMALL]["cancelled"] == before + 1
+        assert cancelled_upstream(upstream, before + 1) == before + 1
         deadline = time.monotonic() + 5  # the refund is settled as the request unwinds
         while gateway.usage()["credits_left"] != left and time.monotonic() < deadline:
             time.sleep(0.05)
