@@ -349,7 +349,7 @@ def load_catalogue(path: Path) -> Catalogue:
 # OpenAI's chat models and list prices (USD per million tokens, prompt and completion). With the
 # convention 1 credit = $0.000001, a price in credits per million tokens is the USD price x 1e6.
 OPENAI_MODELS: dict[str, tuple[float, float, list[str]]] = {
-    "gpt-4o": (2.50, 10.00, ["gpt-4"]),
+    "gpt-4o": (2.50, 10.00, ["gpt-4", "gpt-4-vision-preview"]),
     "gpt-4o-mini": (0.15, 0.60, ["gpt-3.5-turbo"]),
     "gpt-4.1": (2.00, 8.00, []),
     "gpt-4.1-mini": (0.40, 1.60, []),

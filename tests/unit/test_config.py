@@ -146,6 +146,8 @@ def test_openais_catalogue_sees_images_and_draws(monkeypatch: pytest.MonkeyPatch
     catalogue = effective_catalogue(Settings())
     chat = catalogue.models[0].all_deployments[0]
     assert isinstance(chat, UpstreamDeployment) and chat.vision
+    vision = catalogue.entry("gpt-4-vision-preview")  # the name older documents call
+    assert vision is not None and vision.name == "gpt-4o"
     drawing = catalogue.entry("gpt-4o-image")
     assert drawing is not None and isinstance(drawing.derived, ImageGenerationDeployment)
     assert drawing.derived.base == "gpt-4o" and drawing.derived.backend.backend == "openai_images"
