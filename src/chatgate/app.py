@@ -32,9 +32,10 @@ from chatgate.config import (
 from chatgate.console import api as console_api
 from chatgate.console import pages
 from chatgate.errors import ChatgateError, ConfigError
-from chatgate.providers.base import Provider
+from chatgate.providers.base import AnyProvider
 from chatgate.providers.browsing import search
 from chatgate.providers.browsing.provider import BrowsingProvider
+from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.images import backends
 from chatgate.providers.images.analysis import ImageAnalyser
 from chatgate.providers.images.drawing import ImageGenerationProvider
@@ -53,12 +54,14 @@ from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.chat import ChatService
 from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
-from chatgate.services.quota import QuotaService
+from chatgate.services.metering import Metering
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from chatgate.services.recovery import Recovery, new_owner
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import POSTGRES_BATCH_ROWS, UsageRecorder
 from chatgate.storage.database import Database
 from chatgate.storage.files import FileStore
+from chatgate.storage.money import DatabaseMoney
 
 log = logging.getLogger("chatgate")
 
@@ -82,13 +85,14 @@ def master_key(settings: Settings) -> str:
 @dataclass
 class Outside:
     """What reaches beyond chatgate, built once and shared: the upstream client, the guarded fetcher,
-    the file store, and image input handling."""
+    the file store, image input handling, and the host's bound on heavy work."""
 
     http: httpx.AsyncClient  # search services and images APIs
     relay: RelaySession  # chat completions to upstreams: the hot path
     fetcher: GuardedFetcher
     files: FileStore
     images: ImagePreparer
+    heavy: HeavyWork
 
 
 def build_outside(settings: Settings) -> Outside:
@@ -100,10 +104,18 @@ def build_outside(settings: Settings) -> Outside:
         max_total_bytes=settings.files_max_total_bytes,
         retention_seconds=settings.file_retention_hours * 3600,
     )
-    limits = ImageLimits(max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels)
+    limits = ImageLimits(
+        max_bytes=settings.image_max_bytes,
+        max_pixels=settings.image_max_pixels,
+        request_bytes=settings.image_request_bytes,
+        request_pixels=settings.image_request_pixels,
+    )
     source = ImageSource(fetcher, files, limits=limits)
     analyser = ImageAnalyser() if settings.image_analysis else None
-    return Outside(upstream_client(), RelaySession(), fetcher, files, ImagePreparer(source, analyser))
+    # The lock files are shared by every chatgate process using this data directory (this host's).
+    heavy = HeavyWork(settings.data_dir / "locks", slots=settings.heavy_concurrency)
+    preparer = ImagePreparer(source, analyser, heavy)
+    return Outside(upstream_client(), RelaySession(), fetcher, files, preparer, heavy)
 
 
 def build_registry(
@@ -121,8 +133,8 @@ def build_registry(
             aliases.update({alias: entry.name for alias in entry.aliases})
             continue
         ordinary = _ordinary(entry)
-        built = [_provider(settings, d, outside.relay, budget, progress) for d in ordinary]
-        provider: Provider
+        built = [_provider(settings, d, outside, budget, progress) for d in ordinary]
+        provider: AnyProvider
         if len(built) == 1 and isinstance(built[0][0], LocalProvider):
             provider, fingerprint = built[0]
         else:
@@ -140,7 +152,7 @@ def build_registry(
         assert entry.derived is not None
         base = _base(plain, entry.derived.base, entry.name)
         if isinstance(entry.derived, BrowsingDeployment):
-            provider = _browsing(settings, entry.derived, base, http)
+            provider = _browsing(settings, entry.derived, base, http, outside.heavy)
             route = Route(entry.name, entry.owned_by, created, provider, base.fingerprint, entry.price)
         else:
             provider = _drawing(settings, entry.name, entry.derived, base, plain, outside)
@@ -171,8 +183,12 @@ def _base(registry: ModelRegistry, name: str, of: str) -> Route:
 
 
 def _browsing(
-    settings: Settings, deployment: BrowsingDeployment, base: Route, http: httpx.AsyncClient
-) -> Provider:
+    settings: Settings,
+    deployment: BrowsingDeployment,
+    base: Route,
+    http: httpx.AsyncClient,
+    heavy: HeavyWork,
+) -> AnyProvider:
     """A model that searches, reads and answers with its base model, citing its sources."""
     fetcher = GuardedFetcher(
         allow_hosts=settings.allowed_hosts,
@@ -180,7 +196,7 @@ def _browsing(
         timeout=deployment.fetch_timeout,
     )
     backend = search.backend(deployment.search, http, settings.index_path)
-    return BrowsingProvider(deployment, base.provider, base.name, backend, fetcher)
+    return BrowsingProvider(deployment, base.provider, base.name, backend, fetcher, heavy)
 
 
 def _drawing(
@@ -190,7 +206,7 @@ def _drawing(
     base: Route,
     plain: ModelRegistry,
     outside: Outside,
-) -> Provider:
+) -> AnyProvider:
     """A model that draws: its base model plans the image, a backend makes it."""
     backend: backends.ImageBackend
     if deployment.backend.backend == "sketch":
@@ -213,14 +229,14 @@ def _drawing(
 def _provider(
     settings: Settings,
     deployment: LocalDeployment | UpstreamDeployment,
-    relay: RelaySession,
+    outside: Outside,
     budget: ThreadBudget,
     progress: Progress | None,
-) -> tuple[Provider, str]:
+) -> tuple[AnyProvider, str]:
     """A deployment's provider and its system fingerprint."""
     if isinstance(deployment, UpstreamDeployment):
         digest = hashlib.sha256(f"{deployment.base_url}|{deployment.model}".encode()).hexdigest()
-        return UpstreamProvider(deployment, relay), "fp_" + digest[:10]
+        return UpstreamProvider(deployment, outside.relay), "fp_" + digest[:10]
     if deployment.asset is not None:
         asset = assets.resolve(deployment.asset)
         path = assets.ensure(asset, settings.models_path, progress)
@@ -231,12 +247,17 @@ def _provider(
         stat = path.stat()
         fingerprint = f"fp_{stat.st_size:x}{stat.st_mtime_ns % 0xFFFF:x}"
     local = LocalProvider(
-        path=path, deployment=deployment, budget=budget, max_queue=settings.max_queue, fingerprint=fingerprint
+        path=path,
+        deployment=deployment,
+        budget=budget,
+        max_queue=settings.max_queue,
+        fingerprint=fingerprint,
+        heavy=outside.heavy,
     )
     return local, fingerprint
 
 
-def _name(deployment: LocalDeployment | UpstreamDeployment, provider: Provider) -> str:
+def _name(deployment: LocalDeployment | UpstreamDeployment, provider: AnyProvider) -> str:
     if isinstance(provider, UpstreamProvider):
         return provider.name
     return f"local:{deployment.asset or deployment.path}" if isinstance(deployment, LocalDeployment) else "?"
@@ -281,6 +302,8 @@ class Services:
     limiter: RateLimiter
     images: ImageService
     files: FileService
+    metering: Metering
+    recovery: Recovery
 
 
 def build_services(settings: Settings, registry: ModelRegistry, outside: Outside | None = None) -> Services:
@@ -292,9 +315,11 @@ def build_services(settings: Settings, registry: ModelRegistry, outside: Outside
         batch_rows=None if db.is_sqlite else POSTGRES_BATCH_ROWS,
     )
     outside = outside or build_outside(settings)
-    chat_service = ChatService(
-        registry, QuotaService(db, flush_refunds=recorder.flush), limiter, recorder, images=outside.images
-    )
+    money = DatabaseMoney(db)
+    owner = new_owner()
+    metering = Metering(money, limiter, recorder, owner=owner.owner, models=registry)
+    recovery = Recovery(money, owner, lease_seconds=settings.lease_seconds, in_flight=metering.in_flight)
+    chat_service = ChatService(registry, metering, images=outside.images)
     return Services(
         db=db,
         registry=registry,
@@ -306,8 +331,10 @@ def build_services(settings: Settings, registry: ModelRegistry, outside: Outside
         chat=chat_service,
         usage=recorder,
         limiter=limiter,
-        images=ImageService(chat_service),
+        images=ImageService(registry, metering),
         files=FileService(outside.files, max_pixels=settings.image_max_pixels),
+        metering=metering,
+        recovery=recovery,
     )
 
 
@@ -320,6 +347,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.db.check_schema()
         await services.usage.start()
+        await services.recovery.start()  # takes this process's lease; refunds what dead ones held
         await outside.relay.open()
         for provider in registry.providers:
             await provider.start()
@@ -333,11 +361,13 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             await outside.fetcher.aclose()
             for provider in registry.providers:
                 await provider.aclose()
+            await services.recovery.stop()
             await services.usage.stop()
             await services.limiter.aclose()
             await services.db.dispose()
             await outside.http.aclose()
             await outside.relay.close()
+            outside.heavy.close()
 
     app = FastAPI(
         title="chatgate",
@@ -368,7 +398,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(pages.router)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.body_limit)
     app.add_middleware(CatchAll)
     app.add_middleware(TraceMiddleware)  # the outermost: every answer above carries the trace id
     return app

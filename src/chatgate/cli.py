@@ -184,6 +184,32 @@ def _quota_grant(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(work))
 
 
+def _ledger_verify(args: argparse.Namespace) -> int:
+    from chatgate.config import Settings
+    from chatgate.storage.database import Database
+    from chatgate.storage.reservations import discrepancies
+
+    async def work() -> int:
+        db = Database(Settings().database)
+        try:
+            await db.check_schema()
+            async with db.snapshot() as session:
+                problems, counts = await discrepancies(session)
+        finally:
+            await db.dispose()
+        for problem in problems:
+            print(problem)
+        if problems:
+            return 1
+        print(
+            f"ledger verified: {counts['users']} users, {counts['tokens']} tokens, "
+            f"{counts['open']} open reservations"
+        )
+        return 0
+
+    return asyncio.run(work())
+
+
 def _index_add(args: argparse.Namespace) -> int:
     from chatgate.config import Settings
     from chatgate.providers.browsing.index import LocalIndex, add_sources
@@ -282,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--user", required=True)
     grant.add_argument("--credits", type=int, required=True)
     grant.set_defaults(run=_quota_grant)
+
+    ledger = sub.add_parser("ledger", help="the credit ledger").add_subparsers(
+        dest="ledger_command", required=True
+    )
+    ledger.add_parser(
+        "verify",
+        help="check that every user's ledger adds up to the balance, and that credits granted = balance + "
+        "settled charges + open reservations; one line per discrepancy, exit status 1 if any",
+    ).set_defaults(run=_ledger_verify)
 
     index = sub.add_parser("index", help="the local search index of browsing models").add_subparsers(
         dest="index_command", required=True

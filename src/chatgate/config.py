@@ -20,6 +20,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chatgate.errors import ConfigError
 
 DEFAULT_CATALOGUE = Path(__file__).parent / "catalogue" / "default.yaml"
+# A request's text (messages, tools, schemas) at most, for the default body limit: a million
+# tokens of text, the longest context any catalogue model offers, is about 4 MB.
+TEXT_BYTES = 4 * 2**20
+# Request fields beyond OpenAI's chat API that OpenAI-compatible servers take (vLLM, llama.cpp's
+# server, SGLang): forwarded to a deployment only if its ``extra_fields`` lists them.
+EXTENSION_FIELDS = ("top_k", "min_p", "repetition_penalty", "chat_template_kwargs")
+# OpenAI's fields that change the bill (a priority tier, predicted output, web searches, audio
+# priced apart from text) or where the data is kept (stored completions and their metadata):
+# forwarded only where the catalogue enables them, in ``extra_fields`` too.
+GATED_FIELDS = ("service_tier", "store", "metadata", "prediction", "web_search_options", "audio")
 
 
 class Settings(BaseSettings):
@@ -46,10 +56,17 @@ class Settings(BaseSettings):
     session_hours: int = Field(default=24 * 7, ge=1)
     secure_cookies: bool = False  # set when served over https
     public_url: str | None = None  # how clients reach this server, for file links (default: host and port)
-    max_body_bytes: int = Field(default=50_000_000, ge=1024)  # a request body, images included
+    # A request body at most; default: what the largest request the image limits allow needs (body_limit).
+    max_body_bytes: int | None = Field(default=None, ge=1024)
     image_analysis: bool = True  # describe images in text for models that cannot see them
-    image_max_bytes: int = Field(default=20_000_000, ge=1)
-    image_max_pixels: int = Field(default=40_000_000, ge=1)
+    image_max_bytes: int = Field(default=20_000_000, ge=1)  # one image
+    image_max_pixels: int = Field(default=40_000_000, ge=1)  # one image, as its header declares it
+    image_request_bytes: int = Field(default=20_000_000, ge=1)  # all the images of one request
+    image_request_pixels: int = Field(default=50_000_000, ge=1)
+    # Heavy work (images, grammars, PDFs) at once on this host, across all its chatgate processes.
+    heavy_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # How long a process's hold on its reservations lasts without renewal (renewed every third).
+    lease_seconds: float = Field(default=30.0, ge=3)
     files_dir: Path | None = None  # generated images (default: the data dir's files/)
     file_max_bytes: int = Field(default=25_000_000, ge=1)
     files_max_total_bytes: int = Field(default=2_000_000_000, ge=1)
@@ -69,6 +86,15 @@ class Settings(BaseSettings):
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'chatgate.db').resolve()}"
+
+    @property
+    def body_limit(self) -> int:
+        """The largest request body accepted: ``max_body_bytes`` if set, else what the largest request
+        the limits allow needs: all its images inlined as base64 data URLs (4 bytes for every 3 of
+        ``image_request_bytes``), and its text (TEXT_BYTES). 31 MB with the default limits."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return -(-self.image_request_bytes // 3) * 4 + TEXT_BYTES
 
     @property
     def allowed_hosts(self) -> list[str]:
@@ -150,6 +176,17 @@ class UpstreamDeployment(BaseModel):
     weight: int = Field(default=1, ge=0)  # share of traffic among a model's deployments
     max_concurrency: int | None = Field(default=None, ge=1)
     vision: bool = False  # the upstream model reads images itself (gpt-4o, a vLLM or Ollama VLM)
+    # Request fields forwarded beyond OpenAI's usual ones: EXTENSION_FIELDS the server takes, and the
+    # GATED_FIELDS this deployment may be sent (they change the bill or where the data is kept).
+    extra_fields: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> "UpstreamDeployment":
+        known = (*EXTENSION_FIELDS, *GATED_FIELDS)
+        unknown = [field for field in self.extra_fields if field not in known]
+        if unknown:
+            raise ValueError(f"extra_fields may name {', '.join(known)}; not {', '.join(unknown)}")
+        return self
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None

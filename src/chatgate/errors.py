@@ -41,6 +41,12 @@ class NotImplementedFeature(InvalidRequest):
     code = "api_not_implemented"
 
 
+class UnsupportedParameter(InvalidRequest):
+    """A parameter this model's deployment does not take (as OpenAI answers for such a parameter)."""
+
+    code = "unsupported_parameter"
+
+
 class InvalidImage(InvalidRequest):
     """An image part that cannot be used: not an image, corrupt, too large, or at a refused address."""
 
@@ -129,6 +135,12 @@ class UpstreamFailed(ChatgateError):
 
 class UpstreamTimeout(ChatgateError):
     code = "upstream_timeout"
+
+
+class StorageUnavailable(ChatgateError):
+    """The database cannot take what a request must record: the request fails rather than go unrecorded."""
+
+    code = "storage_unavailable"
 
 
 class AssetError(ChatgateError):

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from chatgate.storage.ledger import Refund
 
 from chatgate.services.auth import Principal
 from chatgate.services.usage import UsageRecorder
 from chatgate.storage.database import Database, migrate
 from chatgate.storage.fastpath import DuplicateReservation
 from chatgate.storage.fastpath_postgres import PostgresFastPath
-from chatgate.storage.ledger import Refund
 from tests.e2e import infra
 
 _names = itertools.count()

@@ -3,10 +3,12 @@
 import asyncio
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chatgate.storage.database import migrate
-from chatgate.storage.fastpath import SqliteFastPath
+from chatgate.storage.fastpath import Settlement, SqliteFastPath
+from chatgate.storage.usage import UsageRow
 
 NOW = "2026-11-25 12:00:00.000000"
 
@@ -35,6 +37,52 @@ def balance(path: str) -> tuple[int, int, int]:
     return credits, spent, entries
 
 
+def held(path: str) -> list[tuple[str, int, str, str]]:
+    with sqlite3.connect(path) as conn:
+        return [tuple(r) for r in conn.execute("SELECT trace_id, amount, model, owner FROM reservations")]
+
+
+def usage_row(trace_id: str, cost: int, user_id: int | None = 1, token_id: int | None = 7) -> UsageRow:
+    return UsageRow(
+        trace_id=trace_id,
+        user_id=user_id,
+        token_id=token_id,
+        model="m",
+        prompt_tokens=3,
+        completion_tokens=4,
+        cost=cost,
+        latency_ms=5,
+        status="ok",
+        error_code=None,
+        created_at=datetime.now(UTC),
+    )
+
+
+def test_a_settlement_is_one_transaction_and_happens_once(tmp_path: Path) -> None:
+    path = database_with_a_token(tmp_path, credits=100)
+    fast = SqliteFastPath(path)
+
+    async def use() -> tuple[bool, bool, bool]:
+        await fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=60, model="m", owner="o")
+        first = await fast.settle(Settlement(usage_row("t1", 25), refund=35))
+        again = await fast.settle(Settlement(usage_row("t1", 25), refund=35))  # already settled
+        master = await fast.settle(Settlement(usage_row("m1", 9, user_id=None, token_id=None)))
+        fast.close()
+        return first, again, master
+
+    assert asyncio.run(use()) == (True, False, True)
+    assert balance(path) == (75, 25, 2)  # reserve and settle rows; the refund given back once
+    assert held(path) == []
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT trace_id, user_id, cost, status, day FROM usage_log ORDER BY id"
+        ).fetchall()
+        last_used = conn.execute("SELECT last_used_at FROM api_tokens WHERE id = 7").fetchone()[0]
+    today = datetime.now(UTC).date().isoformat()
+    assert rows == [("t1", 1, 25, "ok", today), ("t1", 1, 0, "ok", today), ("m1", None, 9, "ok", today)]
+    assert last_used is not None
+
+
 def test_the_queries_run_on_the_loop_thread_when_the_database_is_free(tmp_path: Path) -> None:
     path = database_with_a_token(tmp_path, credits=100)
     fast = SqliteFastPath(path)
@@ -43,13 +91,14 @@ def test_the_queries_run_on_the_loop_thread_when_the_database_is_free(tmp_path: 
         row = await fast.token("h")
         assert row is not None and row.token_id == 7 and row.user_id == 1
         assert await fast.token("other") is None
-        assert await fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=60)
-        assert not await fast.reserve(user_id=1, token_id=7, trace_id="t2", amount=60)  # 40 left
+        assert await fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=60, model="m", owner="o")
+        assert not await fast.reserve(user_id=1, token_id=7, trace_id="t2", amount=60, model="m", owner="o")
         fast.close()
 
     asyncio.run(use())
     assert fast._conn is None  # the worker thread's connection was never needed
     assert balance(path) == (40, 60, 1)
+    assert held(path) == [("t1", 60, "m", "o")]
 
 
 def test_a_locked_database_sends_the_reservation_to_the_thread_that_waits(tmp_path: Path) -> None:
@@ -63,7 +112,7 @@ def test_a_locked_database_sends_the_reservation_to_the_thread_that_waits(tmp_pa
 
     async def use() -> bool:
         released.start()
-        covered = await fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=30)
+        covered = await fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=30, model="m", owner="o")
         fast.close()
         return covered
 

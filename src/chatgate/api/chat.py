@@ -23,7 +23,8 @@ from chatgate.api.sse import sse_response
 from chatgate.api.trace import trace_id_of
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.services.auth import AuthService
-from chatgate.services.chat import Caller, ChatService
+from chatgate.services.chat import ChatService
+from chatgate.services.metering import Caller
 
 router = APIRouter()
 
@@ -34,6 +35,7 @@ async def create_chat_completion(request: Request) -> Response:
     auth: AuthService = services.auth
     chat: ChatService = services.chat
     caller = Caller(await auth.authenticate(request.headers.get("authorization")), trace_id_of(request))
+    chat.check_credits(caller.principal)  # a token with nothing left is refused before its body is read
     body = parse(ChatCompletionRequest, await request.body())
     this = asyncio.current_task()
     assert this is not None

@@ -14,9 +14,9 @@ from chatgate.errors import Forbidden
 from chatgate.services.accounts import AccountService, SignedIn
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
-from chatgate.services.chat import Caller
 from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
+from chatgate.services.metering import Caller
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import UsageRecorder
 

@@ -25,6 +25,7 @@ from chatgate.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    StorageUnavailable,
     UpstreamFailed,
     UpstreamRefused,
     UpstreamTimeout,
@@ -48,6 +49,7 @@ ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
     EngineFailure: (500, "api_error"),
     UpstreamFailed: (502, "api_error"),
     UpstreamTimeout: (504, "api_error"),
+    StorageUnavailable: (503, "api_error"),
 }
 # An upstream's own refusal keeps its status; its type follows from the status.
 _UPSTREAM_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}

@@ -101,6 +101,9 @@ class ChatCompletionRequest(WireModel):
     top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
+    # Keyword arguments for the model's chat template (vLLM's and SGLang's extension: Qwen3's
+    # ``enable_thinking``, for one); forwarded to upstreams whose catalogue entry allows it.
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod

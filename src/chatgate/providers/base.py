@@ -3,7 +3,7 @@
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from chatgate.protocol.messages import FunctionCall, ToolCall
 from chatgate.protocol.requests import ChatCompletionRequest
@@ -11,23 +11,37 @@ from chatgate.protocol.responses import Annotation, FinishReason, TokenLogprob
 
 
 @dataclass(frozen=True)
-class Started:
-    """The request is valid and its prompt measured; it has not yet waited for the engine."""
+class Bound:
+    """The most a request can cost, computed from the request alone: what credits are reserved on."""
 
-    prompt_tokens: int  # exact, or an upper bound: what credits are reserved on
-    max_completion_tokens: int  # the most it can generate, all choices together
+    prompt_tokens: int
+    completion_tokens: int  # all choices together
     extra_cost: int = 0  # credits beyond the tokens (a generated image), the most it can come to
-    prompt_estimate: int | None = None  # charged when no exact count comes (an upstream without usage)
 
-    @property
-    def prompt_charge(self) -> int:
-        """The prompt tokens to charge unless a UsageReport replaces them."""
-        return self.prompt_tokens if self.prompt_estimate is None else self.prompt_estimate
+    def __add__(self, other: "Bound") -> "Bound":
+        return Bound(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.extra_cost + other.extra_cost,
+        )
 
 
 @dataclass(frozen=True)
-class Running:
-    """The engine took the request (a free instance, a connected upstream); output follows."""
+class Plan:
+    """A request its provider has checked, and the most it can cost. Providers extend it with
+    whatever they worked out cheaply and ``run`` needs."""
+
+    request: ChatCompletionRequest
+    bound: Bound
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The engine or upstream took the request: from here its prompt is billable, even if the client
+    leaves before the first token. ``prompt_tokens`` is charged for the prompt unless a UsageReport
+    gives an exact count; a provider that runs several steps may send it again with a larger count."""
+
+    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -65,13 +79,13 @@ class Finished:
 class UsageReport:
     """Exact counts for the whole request, when the engine reports them only at the end (upstreams).
 
-    An engine that has no exact count sends none: the prompt is then charged at Started's
-    ``prompt_charge``, and the completion at what each Finished counts.
+    An engine that has no exact count sends none: the prompt is then charged at Accepted's
+    ``prompt_tokens``, and the completion at what each Finished counts.
     """
 
     prompt_tokens: int
     completion_tokens: int
-    extra_cost: int = 0  # credits beyond the tokens, as in Started
+    extra_cost: int = 0  # credits beyond the tokens, as in Bound
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ class Citations:
     index: int = 0
 
 
-ProviderEvent = Started | Running | TextDelta | ToolCallDelta | Citations | Finished | UsageReport
+ProviderEvent = Accepted | TextDelta | ToolCallDelta | Citations | Finished | UsageReport
 
 
 @dataclass
@@ -103,18 +117,26 @@ class Completion:
     extra_cost: int = 0
 
 
-class Provider(Protocol):
-    """Generates chat completions for the catalogue models it serves.
+PlanT = TypeVar("PlanT", bound=Plan)
 
-    ``stream`` yields ``Started`` once the request is checked and measured, then ``Running`` once the
-    engine has taken it (errors until then are refusals that can still become HTTP statuses), then
-    deltas, then one ``Finished`` per choice.
+
+class Provider(Protocol[PlanT]):
+    """Generates chat completions for the catalogue models it serves, in two steps.
+
+    ``prepare`` checks a request and bounds what it can cost, from the request alone: no network,
+    no decoder, no engine, no tokenizing of a long prompt (a 400 from here costs nothing, and
+    nothing has been reserved yet). ``run`` does the work, after the caller's credits are
+    reserved on the plan's bound: it yields ``Accepted`` once the engine or upstream has taken the
+    request (an error before then can still become an HTTP status, and a router may retry it
+    elsewhere), then deltas, then one ``Finished`` per choice, then at most one ``UsageReport``.
     Closing the iterator early cancels the generation.
     """
 
     async def start(self) -> None: ...
 
-    def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]: ...
+    def prepare(self, request: ChatCompletionRequest) -> PlanT: ...
+
+    def run(self, plan: PlanT) -> AsyncGenerator[ProviderEvent, None]: ...
 
     def stats(self) -> dict[str, int]:
         """Load figures for health checks: busy and queued requests, and the like."""
@@ -125,6 +147,15 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+AnyProvider = Provider[Any]  # a provider of any plan type: what routes and deployments hold
+
+
+async def generate(provider: AnyProvider, request: ChatCompletionRequest) -> Completion:
+    """Prepare and run a request to the end: for steps inside a provider (a browsing model's query,
+    a drawing model's plan), whose credits the outer request has already reserved."""
+    return await collect(provider.run(provider.prepare(request)))
 
 
 def new_call_id() -> str:
@@ -138,10 +169,9 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
     prompt_tokens = completion_tokens = extra_cost = 0
     reported = False
     async for event in events:
-        if isinstance(event, Started):
-            prompt_tokens = event.prompt_charge
-            continue
-        if isinstance(event, Running):
+        if isinstance(event, Accepted):
+            if not reported:
+                prompt_tokens = event.prompt_tokens
             continue
         if isinstance(event, UsageReport):
             prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens

@@ -1,33 +1,28 @@
 """Several deployments behind one model name: weighted choice, retries and fallback before the first byte.
 
 A deployment is picked at random in proportion to its weight among those that are healthy and have
-room; when the weights are equal, the least busy one. A failure before the engine has produced
-anything (connection refused, a time-out, an upstream 5xx or 429, a full local queue) is retried
+room; when the weights are equal, the least busy one. A failure before the engine has accepted the
+request (connection refused, a time-out, an upstream 5xx or 429, a full local queue) is retried
 with backoff on another deployment. Once output has started nothing is retried, so nothing is ever
 sent twice. A deployment that fails ``failure_threshold`` times in a row cools down for
 ``cooldown`` seconds, then gets traffic again.
+
+A request is planned on every deployment: it is bounded at the most any of them can cost, so
+whichever runs it stays within what was reserved, and it goes only to the deployments that take
+it (one that refuses a parameter is left out; if all do, the first refusal is the answer).
 """
 
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
 
 from chatgate.errors import ChatgateError, EngineBusy, UpstreamFailed, UpstreamRefused, UpstreamTimeout
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Provider, ProviderEvent, Running, Started
+from chatgate.providers.base import AnyProvider, Bound, Plan, ProviderEvent
 
 RETRYABLE_STATUSES = {408, 409, 429}
-
-
-def within_reservation(request: ChatCompletionRequest, started: Started) -> ChatCompletionRequest:
-    """The request for the attempts after the first: credits were reserved on the first attempt's
-    output bound, so a fallback deployment with a larger default must not write more than it."""
-    if request.token_limit is not None:
-        return request
-    per_choice = max(1, started.max_completion_tokens // (request.n or 1))
-    return request.model_copy(update={"max_completion_tokens": per_choice})
 
 
 def retryable(exc: BaseException) -> bool:
@@ -39,7 +34,7 @@ def retryable(exc: BaseException) -> bool:
 @dataclass(eq=False)
 class Deployment:
     name: str
-    provider: Provider
+    provider: AnyProvider
     weight: int = 1
     max_concurrency: int | None = None
     in_flight: int = 0
@@ -53,6 +48,11 @@ class Deployment:
 
     def has_room(self) -> bool:
         return self.max_concurrency is None or self.in_flight < self.max_concurrency
+
+
+@dataclass(frozen=True)
+class RouterPlan(Plan):
+    plans: dict[Deployment, Plan]  # the deployments that take the request, each with its plan
 
 
 class RouterProvider:
@@ -101,9 +101,15 @@ class RouterProvider:
             for d in self.deployments
         ]
 
-    def pick(self, exclude: set[Deployment]) -> Deployment | None:
+    def pick(
+        self, exclude: set[Deployment], among: Collection[Deployment] | None = None
+    ) -> Deployment | None:
         now = time.monotonic()
-        candidates = [d for d in self.deployments if d not in exclude and d.weight > 0 and d.has_room()]
+        candidates = [
+            d
+            for d in self.deployments
+            if d not in exclude and d.weight > 0 and d.has_room() and (among is None or d in among)
+        ]
         healthy = [d for d in candidates if d.healthy(now)]
         pool = healthy or candidates  # when every deployment is cooling down, try one anyway
         if not pool:
@@ -119,31 +125,42 @@ class RouterProvider:
         if deployment.consecutive_failures >= self.failure_threshold:
             deployment.cooling_until = time.monotonic() + self.cooldown
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
+    def prepare(self, request: ChatCompletionRequest) -> RouterPlan:
+        plans: dict[Deployment, Plan] = {}
+        refusal: ChatgateError | None = None
+        for deployment in self.deployments:
+            try:
+                plans[deployment] = deployment.provider.prepare(request)
+            except ChatgateError as exc:
+                refusal = refusal or exc
+        if not plans:
+            assert refusal is not None
+            raise refusal
+        bounds = [plan.bound for plan in plans.values()]
+        bound = Bound(
+            max(b.prompt_tokens for b in bounds),
+            max(b.completion_tokens for b in bounds),
+            max(b.extra_cost for b in bounds),
+        )
+        return RouterPlan(request, bound, plans=plans)
+
+    async def run(self, plan: RouterPlan) -> AsyncGenerator[ProviderEvent, None]:
         tried: set[Deployment] = set()
-        started = False
-        attempt_request = request
         last_error: ChatgateError | None = None
         for attempt in range(self.retries + 1):
-            deployment = self.pick(tried) or (self.pick(set()) if tried else None)
+            deployment = self.pick(tried, plan.plans) or (self.pick(set(), plan.plans) if tried else None)
             if deployment is None:
                 break
             tried.add(deployment)
             deployment.in_flight += 1
             deployment.requests += 1
-            events = deployment.provider.stream(attempt_request)
+            events = deployment.provider.run(plan.plans[deployment])
             try:
                 try:
                     first = await anext(events)
-                    if not isinstance(first, Started):
-                        raise RuntimeError(f"deployment {deployment.name} began with {first!r}")
-                    if not started:  # credits are reserved once, on the first attempt's estimate
-                        started = True
-                        attempt_request = within_reservation(request, first)
-                        yield first
-                    running = await anext(events)
-                    if not isinstance(running, Running):
-                        raise RuntimeError(f"deployment {deployment.name} sent {running!r} before Running")
+                except StopAsyncIteration:
+                    deployment.consecutive_failures = 0
+                    return
                 except ChatgateError as exc:
                     await events.aclose()
                     if not retryable(exc):
@@ -152,8 +169,8 @@ class RouterProvider:
                     last_error = exc
                     await asyncio.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
                     continue
-                # Output follows: from here on, nothing is retried.
-                yield running
+                # The engine took it (or output began): from here on, nothing is retried.
+                yield first
                 try:
                     async for event in events:
                         yield event

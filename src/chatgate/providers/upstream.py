@@ -6,6 +6,14 @@ usage (or a malformed one) is estimated at ``BYTES_PER_TOKEN`` bytes a token, ne
 The reservation's output bound is always sent upstream. Upstream
 4xx keep their status and message; 5xx, broken streams and bad JSON become UpstreamFailed, time-outs
 UpstreamTimeout. Nothing is retried here once output has started.
+
+Only what the deployment accepts goes upstream: OpenAI's chat fields, and the fields the catalogue
+lists in its ``extra_fields`` (the extensions of OpenAI-compatible servers, and OpenAI's fields
+that change the bill or where the data is kept). A request that sets any other is refused before
+anything is reserved (``unsupported_parameter``, naming the field).
+
+The upstream has accepted a request (its prompt billable, see metering.py) once it answers with a
+success status: at once for a stream, with the whole answer otherwise.
 """
 
 import json
@@ -17,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from chatgate.config import UpstreamDeployment
-from chatgate.errors import UpstreamFailed, UpstreamRefused, UpstreamTimeout
+from chatgate.config import EXTENSION_FIELDS, GATED_FIELDS, UpstreamDeployment
+from chatgate.errors import UnsupportedParameter, UpstreamFailed, UpstreamRefused, UpstreamTimeout
 from chatgate.protocol.messages import (
     AssistantMessage,
     AudioPart,
@@ -32,10 +40,11 @@ from chatgate.protocol.messages import (
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import FinishReason, TokenLogprob
 from chatgate.providers.base import (
+    Accepted,
+    Bound,
     Finished,
+    Plan,
     ProviderEvent,
-    Running,
-    Started,
     TextDelta,
     ToolCallDelta,
     UsageReport,
@@ -52,6 +61,8 @@ IMAGE_PART_TOKENS = 2500
 # most European languages 3 to 4, Chinese and Japanese about 3 (a character is 3 bytes in UTF-8).
 BYTES_PER_TOKEN = 3
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+# What every deployment forwards: the request's fields but chatgate's extensions and the gated ones.
+OPENAI_FIELDS = frozenset(ChatCompletionRequest.model_fields) - set(EXTENSION_FIELDS) - set(GATED_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,12 @@ def prompt_bound(request: ChatCompletionRequest) -> int:
     return prompt_size(request).bound
 
 
+@dataclass(frozen=True)
+class UpstreamPlan(Plan):
+    limit: int  # the tokens a choice may write: the client's limit, or the deployment's
+    prompt_estimate: int  # charged when the upstream reports no usage
+
+
 def display_url(url: str) -> str:
     """A URL fit to show on unauthenticated pages: without user, password, query or fragment."""
     parts = urlsplit(url)
@@ -183,6 +200,7 @@ class UpstreamProvider:
             self._headers["authorization"] = f"Bearer {key}"
         self.in_flight = 0
         self.failures = 0
+        self._forwarded: set[str] = set(OPENAI_FIELDS) | set(deployment.extra_fields)
 
     async def start(self) -> None:
         return None
@@ -200,29 +218,37 @@ class UpstreamProvider:
     def name(self) -> str:
         return f"{display_url(self.deployment.base_url)}#{self.deployment.model}"
 
-    def _body(self, request: ChatCompletionRequest) -> dict[str, Any]:
-        body: dict[str, Any] = request.model_dump(mode="json", exclude_none=True, by_alias=True)
+    def _body(self, request: ChatCompletionRequest, limit: int) -> dict[str, Any]:
+        body: dict[str, Any] = request.model_dump(
+            mode="json", exclude_none=True, by_alias=True, include=self._forwarded
+        )
         body["model"] = self.deployment.model
         # The output limit goes in the one field this upstream reads. When the client set none,
         # credits are reserved for the deployment's max_tokens a choice: the upstream must not write more.
         body.pop("max_tokens", None)
         body.pop("max_completion_tokens", None)
-        body[self.deployment.limit_field] = request.token_limit or self.deployment.max_tokens
+        body[self.deployment.limit_field] = limit
         if request.stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
+    def prepare(self, request: ChatCompletionRequest) -> UpstreamPlan:
+        for field in (*EXTENSION_FIELDS, *GATED_FIELDS):
+            value = getattr(request, field)
+            if value is not None and value is not False and field not in self._forwarded:
+                raise UnsupportedParameter(
+                    f"Unsupported parameter: '{field}' is not supported with this model.", param=field
+                )
         limit = request.token_limit or self.deployment.max_tokens
         size = prompt_size(request)
-        yield Started(
-            prompt_tokens=size.bound,
-            max_completion_tokens=limit * (request.n or 1),
-            prompt_estimate=size.estimate,
-        )
+        bound = Bound(size.bound, limit * (request.n or 1))
+        return UpstreamPlan(request, bound, limit=limit, prompt_estimate=size.estimate)
+
+    async def run(self, plan: UpstreamPlan) -> AsyncGenerator[ProviderEvent, None]:
+        request, limit = plan.request, plan.limit
         self.in_flight += 1
         try:
-            body = json.dumps(self._body(request)).encode()
+            body = json.dumps(self._body(request, limit)).encode()
             try:
                 response = await self._relay.session.post(
                     self._url, data=body, headers=self._headers, timeout=self._timeout
@@ -240,13 +266,13 @@ class UpstreamProvider:
                 if not request.stream:
                     answer = await self._whole(
                         response, limit
-                    )  # still before Running: a bad answer can be retried
+                    )  # before Accepted: a bad answer can be retried
                     complete = True
-                    yield Running()
+                    yield Accepted(plan.prompt_estimate)
                     for event in answer:
                         yield event
                     return
-                yield Running()
+                yield Accepted(plan.prompt_estimate)
                 async for event in self._events(response, limit):
                     yield event
                 complete = True

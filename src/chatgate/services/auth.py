@@ -23,6 +23,7 @@ class Principal:
     allowed_models: tuple[str, ...] | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    credits_left: int | None = None  # as the token was looked up; None: not metered (the master key)
 
     @property
     def limit_key(self) -> str:
@@ -73,6 +74,7 @@ class AuthService:
             allowed_models=tuple(row.allowed_models) if row.allowed_models is not None else None,
             rpm_limit=row.rpm_limit if row.rpm_limit is not None else self._default_rpm,
             tpm_limit=row.tpm_limit if row.tpm_limit is not None else self._default_tpm,
+            credits_left=row.credits_left,
         )
 
     async def _lookup(self, digest: str) -> TokenRow | None:

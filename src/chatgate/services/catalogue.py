@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from chatgate.config import Price
 from chatgate.errors import ModelNotFound
 from chatgate.protocol.models import Model, ModelList
-from chatgate.providers.base import Provider
+from chatgate.providers.base import AnyProvider
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class Route:
     name: str
     owned_by: str
     created: int
-    provider: Provider
+    provider: AnyProvider
     fingerprint: str
     price: Price
     vision: bool = False  # its model reads images itself; others get them described in text
@@ -66,5 +66,5 @@ class ModelRegistry:
         return {name: route.provider.stats() for name, route in self._routes.items()}
 
     @property
-    def providers(self) -> list[Provider]:
+    def providers(self) -> list[AnyProvider]:
         return [route.provider for route in self._routes.values()]

@@ -1,26 +1,32 @@
-"""The usage log and credit refunds: buffered per request, written together in batches off the request path."""
+"""The usage log: the rows of refused requests, written in batches off the request path, and the totals.
+
+A request that was admitted writes its own row, with its settlement, before its answer ends (see
+metering.py). A refused one moves no credits, so its row waits for the next batch: every
+``flush_seconds``, or (on PostgreSQL) as soon as ``batch_rows`` wait. Rows are never dropped:
+while the database cannot be reached they wait, and once ``MAX_BACKLOG`` wait, new requests are
+refused (``backlogged``) until the batch goes through.
+"""
 
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from chatgate.services.auth import Principal
-from chatgate.storage import ledger, tokens, usage, users
+from chatgate.storage import tokens, usage, users
 from chatgate.storage.database import Database
-from chatgate.storage.ledger import Refund
+from chatgate.storage.usage import UsageRow
 
 log = logging.getLogger("chatgate.usage")
-MAX_BUFFER = 100_000
+MAX_BACKLOG = 100_000
 # On PostgreSQL a batch is written once this many rows wait, without waiting for the next round.
 # The write's Python work runs on the event loop, so a second's worth of rows at 200 requests/s
 # (10 ms of it, and more when a new batch size is first prepared) stalled the requests behind it:
 # p99 added 53 ms, 4 ms with batches this size. Not on SQLite: there every batch takes the
-# database's one write lock, which reservations need too, and batches this small cut the most
-# requests/s from 1,875 to 1,333, while one batch a second leaves p99 at 2 ms.
+# database's one write lock, which reservations need too.
 POSTGRES_BATCH_ROWS = 64
 
 
@@ -29,102 +35,53 @@ class UsageRecorder:
         self._db = db
         self._flush_seconds = flush_seconds
         self._batch_rows = batch_rows  # None: only once a round
-        self._rows: list[dict[str, Any]] = []
-        self._refunds: list[Refund] = []
+        self._rows: list[UsageRow] = []
         self._last_used: dict[int, datetime] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._full: asyncio.Event | None = None  # a whole batch is waiting; made in start(), on its loop
 
-    def record(
-        self,
-        *,
-        trace_id: str,
-        principal: Principal,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cost: int,
-        latency_ms: int,
-        status: str,
-        error_code: str | None,
-        refund: Refund | None = None,
-    ) -> None:
-        """Queue the request's usage row and its credit refund; both are written in the next batch."""
-        now = datetime.now(UTC)
-        if refund is not None:
-            self._refunds.append(refund)
-        self._rows.append(
-            {
-                "trace_id": trace_id,
-                "user_id": principal.user_id,
-                "token_id": principal.token_id,
-                "model": model,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "cost": cost,
-                "latency_ms": latency_ms,
-                "status": status,
-                "error_code": error_code,
-                "day": now.date().isoformat(),
-                "created_at": now,
-            }
-        )
-        if principal.token_id is not None:
-            self._last_used[principal.token_id] = now
+    def record(self, row: UsageRow) -> None:
+        """Queue a refused request's usage row; it is written in the next batch."""
+        self._rows.append(row)
+        if row.token_id is not None:
+            self._last_used[row.token_id] = row.created_at
         if self._full is not None and self._batch_rows is not None and len(self._rows) >= self._batch_rows:
             self._full.set()
-        if len(self._rows) > MAX_BUFFER:  # the database has been unreachable for a long time
-            del self._rows[: len(self._rows) - MAX_BUFFER]  # refunds are kept: they are owed
 
-    def refund(self, refund: Refund | None) -> None:
-        """Queue a refund that has no usage row of its own."""
-        if refund is not None:
-            self._refunds.append(refund)
+    @property
+    def backlogged(self) -> bool:
+        return len(self._rows) >= MAX_BACKLOG
 
     async def flush(self) -> None:
         async with self._lock:
             rows, self._rows = self._rows, []
-            refunds, self._refunds = self._refunds, []
             last_used, self._last_used = self._last_used, {}
-            if not rows and not refunds and not last_used:
+            if not rows and not last_used:
                 return
             try:
                 try:
-                    await self._write(rows, refunds, last_used)
+                    await self._write(rows, last_used)
                 except IntegrityError:
                     # One bad row must not hold back the rest: write them one by one, drop the offenders.
-                    await self._write_each(rows, refunds)
+                    await self._write_each(rows)
             except BaseException:  # the database is unreachable, or this task is being cancelled
-                log.exception(
-                    "could not write %d usage rows and %d refunds; will retry", len(rows), len(refunds)
-                )
+                log.exception("could not write %d usage rows; will retry", len(rows))
                 self._rows[:0] = rows
-                self._refunds[:0] = refunds
                 self._last_used = {**last_used, **self._last_used}
                 raise
 
-    async def _write(
-        self, rows: list[dict[str, Any]], refunds: list[Refund], last_used: dict[int, datetime]
-    ) -> None:
+    async def _write(self, rows: list[UsageRow], last_used: dict[int, datetime]) -> None:
         async with self._db.transaction() as session:
-            # Usage rows first: the updates of balances and tokens lock rows that reservations wait
-            # on, so they come last, just before the commit.
-            await usage.insert_many(session, rows=rows)
-            await ledger.settle_many(session, refunds=refunds)
+            await usage.insert_many(session, rows=[row.values() for row in rows])
             await tokens.touch(session, last_used=last_used)
 
-    async def _write_each(self, rows: list[dict[str, Any]], refunds: list[Refund]) -> None:
-        for refund in refunds:
-            try:
-                await self._write([], [refund], {})
-            except IntegrityError:
-                log.error("dropped a refund already settled: trace %s", refund.trace_id)
+    async def _write_each(self, rows: list[UsageRow]) -> None:
         for row in rows:
             try:
-                await self._write([row], [], {})
+                await self._write([row], {})
             except IntegrityError:
-                log.error("dropped a usage row that does not fit the schema: trace %s", row["trace_id"])
+                log.error("dropped a usage row that does not fit the schema: trace %s", row.trace_id)
 
     async def start(self) -> None:
         self._full = asyncio.Event()

@@ -67,6 +67,17 @@ class Database:
         async with self.sessions() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read-only session whose every query sees the database at one moment."""
+        async with self.engine.connect() as connection:
+            if self.is_sqlite:
+                await connection.exec_driver_sql("BEGIN")  # the driver would begin only before a write
+            else:
+                connection = await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with AsyncSession(bind=connection) as session:
+                yield session
+
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:
             return await conn.run_sync(_revision_of)

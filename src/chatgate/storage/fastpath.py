@@ -1,4 +1,4 @@
-"""The two queries on every request's path (token lookup, credit reservation), for SQLite.
+"""The queries on every request's path (token lookup, reservation, settlement), for SQLite.
 
 Through SQLAlchemy and aiosqlite every statement is a hop to a worker thread and back, so a
 three-statement reservation costs about 1.1 ms; run as one function on a thread that owns its
@@ -6,18 +6,32 @@ own sqlite3 connection it costs about 0.26 ms, nearly all of it the two thread w
 query first runs right on the event loop's thread, on a connection of its own that never waits
 for a lock (``busy_timeout`` 0) and never checkpoints: tens of microseconds. Only when the
 database is locked at that instant (a batch of usage rows being written) does it go to the worker
-thread, which waits for the lock. Only these two queries take this path (PostgreSQL has its own,
+thread, which waits for the lock. Only these queries take this path (PostgreSQL has its own,
 in ``fastpath_postgres``); everything else goes through SQLAlchemy.
+
+A settlement is one transaction too: the request's usage row, its ledger row, the refund to the
+balance and the token, and the deletion of its open reservation, committed before the request's
+last byte is written. The database runs in WAL mode with ``synchronous=NORMAL``: a commit is in
+the WAL file (the operating system's cache) when it returns, so it survives the process being
+killed; only a power loss or a kernel crash can take the last commits with it (``FULL`` would
+fsync every commit). The inline connection never checkpoints: every ``CHECKPOINT_EVERY`` writes
+a passive checkpoint runs on a thread of its own, so the WAL file does not grow without end.
 """
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from chatgate.storage.usage import UsageRow
+
+log = logging.getLogger("chatgate.storage")
+CHECKPOINT_EVERY = 1000  # writes (reservations, settlements) between passive WAL checkpoints
 
 # SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back the same.
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -33,10 +47,20 @@ class TokenRow:
     rpm_limit: int | None
     tpm_limit: int | None
     user_disabled: bool
+    credits_left: int  # what the balance and the token's cap allow now, the smaller
 
 
 class DuplicateReservation(Exception):
     """A reservation for a trace id that already has one."""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How a request ended: its usage row (``cost`` is the charge) and, for a user's request, what
+    goes back of its reservation (the reserved amount less the charge)."""
+
+    usage: UsageRow
+    refund: int = 0
 
 
 class FastPath(Protocol):
@@ -44,10 +68,21 @@ class FastPath(Protocol):
 
     async def token(self, secret_hash: str) -> TokenRow | None: ...
 
-    async def reserve(self, *, user_id: int, token_id: int | None, trace_id: str, amount: int) -> bool:
-        """Take ``amount`` from the balance and the token's cap, both or neither; False if not covered.
+    async def reserve(
+        self, *, user_id: int, token_id: int | None, trace_id: str, amount: int, model: str, owner: str
+    ) -> bool:
+        """Take ``amount`` from the balance and the token's cap, both or neither, and record the open
+        reservation (for ``model``) as ``owner``'s; False if not covered.
 
         Raises DuplicateReservation for a trace id that was already reserved.
+        """
+        ...
+
+    async def settle(self, settlement: Settlement) -> bool:
+        """Commit a request's settlement (durably, see the module docstring) before returning.
+
+        False if its reservation was no longer open (a sweep refunded it in full): then nothing is
+        refunded again and the usage row is written with no cost.
         """
         ...
 
@@ -56,8 +91,8 @@ class FastPath(Protocol):
 
 # The token lookup, the same on both databases but for its placeholder (SQLite's ?, asyncpg's $1).
 TOKEN_QUERY = (
-    "SELECT t.id, t.user_id, t.revoked_at, t.expires_at, t.allowed_models, t.rpm_limit, t.tpm_limit, u.disabled"
-    " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = {}"
+    "SELECT t.id, t.user_id, t.revoked_at, t.expires_at, t.allowed_models, t.rpm_limit, t.tpm_limit, u.disabled,"
+    " u.credits, t.quota_cap, t.spent FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = {}"
 )
 
 
@@ -72,6 +107,7 @@ def token_row(row: Any, expires_at: datetime | None) -> TokenRow:
         rpm_limit=row[5],
         tpm_limit=row[6],
         user_disabled=bool(row[7]),
+        credits_left=row[8] if row[9] is None else min(row[8], row[9] - row[10]),
     )
 
 
@@ -88,6 +124,10 @@ class SqliteFastPath:
         self._conn: sqlite3.Connection | None = None
         self._inline: sqlite3.Connection | None = None
         self._inline_thread: int | None = None
+        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._writes = 0
+        self._checkpointing = False
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:  # created on, and used only by, the executor's one thread
@@ -123,11 +163,40 @@ class SqliteFastPath:
     async def token(self, secret_hash: str) -> TokenRow | None:
         return await self._run(_token, secret_hash)  # type: ignore[no-any-return]
 
-    async def reserve(self, *, user_id: int, token_id: int | None, trace_id: str, amount: int) -> bool:
+    async def reserve(
+        self, *, user_id: int, token_id: int | None, trace_id: str, amount: int, model: str, owner: str
+    ) -> bool:
         try:
-            return await self._run(_reserve, user_id, token_id, trace_id, amount)  # type: ignore[no-any-return]
+            covered: bool = await self._run(_reserve, user_id, token_id, trace_id, amount, model, owner)
         except sqlite3.IntegrityError as exc:
             raise DuplicateReservation(trace_id) from exc
+        self._wrote()
+        return covered
+
+    async def settle(self, settlement: Settlement) -> bool:
+        held: bool = await self._run(_settle, settlement)
+        self._wrote()
+        return held
+
+    def _wrote(self) -> None:
+        """Count a write; now and then start a checkpoint (never two at once), without waiting for it."""
+        self._writes += 1
+        if self._writes < CHECKPOINT_EVERY or self._checkpointing:
+            return
+        self._writes, self._checkpointing = 0, True
+        future = self._checkpointer.submit(self._checkpoint)
+        future.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, future: "Future[None]") -> None:
+        self._checkpointing = False
+        if future.exception() is not None:
+            log.warning("WAL checkpoint failed: %s", future.exception())
+
+    def _checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file, without waiting for anyone (PASSIVE)."""
+        if self._checkpoint_conn is None:
+            self._checkpoint_conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+        self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     async def aclose(self) -> None:
         self.close()
@@ -137,8 +206,14 @@ class SqliteFastPath:
             if self._conn is not None:
                 self._conn.close()
 
+        def shut_checkpoints() -> None:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+
         self._executor.submit(shut).result()
         self._executor.shutdown()
+        self._checkpointer.submit(shut_checkpoints).result()
+        self._checkpointer.shutdown()
         if self._inline is not None and self._inline_thread == threading.get_ident():
             self._inline.close()
             self._inline = None
@@ -149,8 +224,18 @@ def _token(conn: sqlite3.Connection, secret_hash: str) -> TokenRow | None:
     return None if row is None else token_row(row, _parse_time(row[3]))
 
 
+def _now() -> str:
+    return datetime.now(UTC).strftime(_SQLITE_TIME)
+
+
 def _reserve(
-    conn: sqlite3.Connection, user_id: int, token_id: int | None, trace_id: str, amount: int
+    conn: sqlite3.Connection,
+    user_id: int,
+    token_id: int | None,
+    trace_id: str,
+    amount: int,
+    model: str,
+    owner: str,
 ) -> bool:
     """The balance and the token's cap both cover it, or nothing changes (the rule of PostgresFastPath too)."""
     conn.execute("BEGIN IMMEDIATE")
@@ -166,12 +251,80 @@ def _reserve(
         if not taken:
             conn.execute("ROLLBACK")
             return False
+        now = _now()
         conn.execute(
             "INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at) VALUES (?, 'reserve', ?, ?, ?, ?)",
-            (trace_id, user_id, token_id, -amount, datetime.now(UTC).strftime(_SQLITE_TIME)),
+            (trace_id, user_id, token_id, -amount, now),
+        )
+        conn.execute(
+            "INSERT INTO reservations (user_id, token_id, trace_id, amount, model, owner, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (user_id, token_id, trace_id, amount, model, owner, now),
         )
         conn.execute("COMMIT")
         return True
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+_USAGE_INSERT = (
+    "INSERT INTO usage_log (trace_id, user_id, token_id, model, prompt_tokens, completion_tokens, cost,"
+    " latency_ms, status, error_code, day, created_at) VALUES ({})"
+)
+_USAGE = _USAGE_INSERT.format(", ".join("?" * 12))
+
+
+def _settle(conn: sqlite3.Connection, settlement: Settlement) -> bool:
+    """One transaction: the reservation closed, the refund given back, the usage row written."""
+    row = settlement.usage
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        held = True
+        now = _now()
+        if row.user_id is not None:
+            held = (
+                conn.execute(
+                    "DELETE FROM reservations WHERE user_id = ? AND trace_id = ?", (row.user_id, row.trace_id)
+                ).rowcount
+                == 1
+            )
+            if held:
+                conn.execute(
+                    "INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at) VALUES (?, 'settle', ?, ?, ?, ?)",
+                    (row.trace_id, row.user_id, row.token_id, settlement.refund, now),
+                )
+                if settlement.refund:
+                    conn.execute(
+                        "UPDATE users SET credits = credits + ? WHERE id = ?",
+                        (settlement.refund, row.user_id),
+                    )
+        if row.token_id is not None:
+            conn.execute(
+                "UPDATE api_tokens SET spent = spent - ?, last_used_at = ? WHERE id = ?",
+                (settlement.refund if held and row.user_id is not None else 0, now, row.token_id),
+            )
+        conn.execute(_USAGE, _usage_values(row, held, row.created_at.strftime(_SQLITE_TIME)))
+        conn.execute("COMMIT")
+        return held
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _usage_values(row: UsageRow, held: bool, created_at: Any) -> tuple[Any, ...]:
+    """The usage row's values in _USAGE_INSERT's order; no cost if its reservation had been swept."""
+    return (
+        row.trace_id,
+        row.user_id,
+        row.token_id,
+        row.model,
+        row.prompt_tokens,
+        row.completion_tokens,
+        row.cost if held else 0,
+        row.latency_ms,
+        row.status,
+        row.error_code,
+        row.created_at.date().isoformat(),
+        created_at,
+    )

@@ -73,8 +73,37 @@ class LedgerEntry(Base):
     created_at: Mapped[datetime]
 
 
+class OpenReservation(Base):
+    """Credits a request holds while it runs: inserted with its reserve row, deleted in the
+    transaction that settles it. ``owner`` is the serving process; see Lease."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (UniqueConstraint("user_id", "trace_id", name="uq_reservations_user_trace"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    trace_id: Mapped[str] = mapped_column(String(128))
+    amount: Mapped[int]
+    model: Mapped[str | None] = mapped_column(String(200))  # None: opened before revision 0003
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime]
+
+
+class Lease(Base):
+    """A serving process that may hold reservations, alive while it keeps ``expires_at`` ahead."""
+
+    __tablename__ = "leases"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))  # see services/recovery.py: host_identity
+    pid: Mapped[int] = mapped_column(Integer)
+    process_start: Mapped[int]  # the process's start time (clock ticks since boot), against pid reuse
+    expires_at: Mapped[datetime]
+
+
 class UsageRecord(Base):
-    """One row per request, written off the hot path in batches."""
+    """One row per request: written with its settlement, or (a refusal) in a batch."""
 
     __tablename__ = "usage_log"
     __table_args__ = (

@@ -1,12 +1,34 @@
-"""The usage log: batched inserts and the totals the API and the console show."""
+"""The usage log: its rows, batched inserts, and the totals the API and the console show."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatgate.storage.tables import UsageRecord
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One request as the usage log keeps it."""
+
+    trace_id: str
+    user_id: int | None  # None: the operator's master key
+    token_id: int | None
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int  # credits charged
+    latency_ms: int
+    status: str  # ok | cancelled | error
+    error_code: str | None
+    created_at: datetime  # aware, UTC
+
+    def values(self) -> dict[str, Any]:
+        """The row's columns, with the UTC day it is counted under."""
+        return {**asdict(self), "day": self.created_at.date().isoformat()}
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,9 @@
 from collections.abc import AsyncIterator
 
 from chatgate.providers.base import (
+    Accepted,
     Finished,
     ProviderEvent,
-    Running,
-    Started,
     TextDelta,
     ToolCallDelta,
     UsageReport,
@@ -21,8 +20,7 @@ async def replay(events: list[ProviderEvent]) -> AsyncIterator[ProviderEvent]:
 
 async def test_without_a_usage_report_the_prompt_is_charged_at_the_estimate() -> None:
     events: list[ProviderEvent] = [
-        Started(3000, 10, prompt_estimate=1000),
-        Running(),
+        Accepted(1000),
         TextDelta("a"),
         Finished("stop", 0, 7),
     ]
@@ -32,8 +30,7 @@ async def test_without_a_usage_report_the_prompt_is_charged_at_the_estimate() ->
 
 async def test_a_usage_report_replaces_the_estimates() -> None:
     events: list[ProviderEvent] = [
-        Started(3000, 10, prompt_estimate=1000),
-        Running(),
+        Accepted(1000),
         Finished("stop", 0, 7),
         UsageReport(600, 5),
     ]
@@ -43,8 +40,7 @@ async def test_a_usage_report_replaces_the_estimates() -> None:
 
 async def test_a_tool_call_without_an_id_gets_one() -> None:
     events: list[ProviderEvent] = [
-        Started(1, 1),
-        Running(),
+        Accepted(1),
         ToolCallDelta(0, '{"a":', name="f"),
         ToolCallDelta(0, " 1}"),
         ToolCallDelta(1, "{}", "call_given", "g"),
@@ -57,8 +53,7 @@ async def test_a_tool_call_without_an_id_gets_one() -> None:
 
 async def test_a_refusal_is_kept_apart_from_the_content() -> None:
     events: list[ProviderEvent] = [
-        Started(1, 1),
-        Running(),
+        Accepted(1),
         TextDelta("No", refusal=True),
         TextDelta(".", refusal=True),
         Finished("stop", 0, 2),

@@ -1,34 +1,40 @@
-"""The router's fallback: a later attempt never asks for more output than the first one reserved."""
+"""The router: a request is bounded at the most any deployment can cost, retried before output on
+another deployment, and sent only to the deployments that take it."""
 
 from collections.abc import AsyncGenerator
 
 import pytest
 
-from chatgate.errors import UpstreamFailed
+from chatgate.errors import UnsupportedParameter, UpstreamFailed
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Finished, ProviderEvent, Running, Started, collect
+from chatgate.providers.base import Accepted, Bound, Finished, Plan, ProviderEvent, collect
 from chatgate.providers.router import Deployment, RouterProvider
 
 
 class Attempt:
-    """Reserves on its own default output bound, and fails before output if told to."""
+    """Bounds a request on its own default output limit, and fails before output if told to."""
 
-    def __init__(self, default_limit: int, *, fails: bool) -> None:
+    def __init__(self, default_limit: int, *, fails: bool, refuses: bool = False) -> None:
         self.default_limit = default_limit
         self.fails = fails
-        self.limits: list[int | None] = []
+        self.refuses = refuses
+        self.runs = 0
 
     async def start(self) -> None:
         return None
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
-        self.limits.append(request.token_limit)
+    def prepare(self, request: ChatCompletionRequest) -> Plan:
+        if self.refuses:
+            raise UnsupportedParameter("no top_k here", param="top_k")
         limit = request.token_limit or self.default_limit
-        yield Started(prompt_tokens=5, max_completion_tokens=limit * (request.n or 1))
+        return Plan(request, Bound(5, limit * (request.n or 1)))
+
+    async def run(self, plan: Plan) -> AsyncGenerator[ProviderEvent, None]:
+        self.runs += 1
         if self.fails:
             raise UpstreamFailed("down")
-        yield Running()
-        yield Finished("stop", 5, limit)
+        yield Accepted(5)
+        yield Finished("stop", 5, plan.bound.completion_tokens)
 
     def stats(self) -> dict[str, int]:
         return {}
@@ -42,30 +48,41 @@ class Attempt:
 
 def router(first: Attempt, second: Attempt) -> RouterProvider:
     deployments = [Deployment("first", first), Deployment("second", second)]
-    routed = RouterProvider(deployments, retries=1, backoff=0)
-    order = iter(deployments)
-    routed.pick = lambda exclude: next(order, None)  # type: ignore[method-assign]
-    return routed
+    return RouterProvider(deployments, retries=1, backoff=0)
 
 
-@pytest.mark.parametrize(("n", "client_limit", "sent"), [(1, None, 10), (2, None, 10), (1, 50, 50)])
-async def test_a_fallback_asks_for_no_more_than_was_reserved(
-    n: int, client_limit: int | None, sent: int
-) -> None:
-    first, second = Attempt(10, fails=True), Attempt(4096, fails=False)
-    request = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": n, "max_tokens": client_limit}
+def request(**extra: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
     )
-    events = [event async for event in router(first, second).stream(request)]
-    started = [e for e in events if isinstance(e, Started)]
-    assert len(started) == 1 and started[0].max_completion_tokens == sent * n  # reserved once
-    assert first.limits == [client_limit] and second.limits == [sent]
 
 
-async def test_the_request_itself_is_left_as_the_client_sent_it() -> None:
-    first, second = Attempt(10, fails=True), Attempt(4096, fails=False)
-    request = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+@pytest.mark.parametrize(("n", "client_limit", "bound"), [(1, None, 4096), (2, None, 8192), (1, 50, 50)])
+def test_the_bound_covers_whichever_deployment_runs_it(n: int, client_limit: int | None, bound: int) -> None:
+    plan = router(Attempt(10, fails=True), Attempt(4096, fails=False)).prepare(
+        request(n=n, max_tokens=client_limit)
     )
-    completion = await collect(router(first, second).stream(request))
-    assert completion.completion_tokens == 10 and request.token_limit is None
+    assert plan.bound == Bound(5, bound)
+
+
+async def test_a_failure_before_acceptance_is_retried_on_the_other_deployment() -> None:
+    first, second = Attempt(10, fails=True), Attempt(4096, fails=False)
+    routed = router(first, second)
+    order = iter(routed.deployments)
+    routed.pick = lambda exclude, among=None: next(order, None)  # type: ignore[method-assign]
+    completion = await collect(routed.run(routed.prepare(request())))
+    assert (first.runs, second.runs) == (1, 1)
+    assert completion.completion_tokens == 4096
+
+
+async def test_a_deployment_that_refuses_the_request_is_left_out() -> None:
+    refusing, taking = Attempt(10, fails=False, refuses=True), Attempt(10, fails=False)
+    routed = router(refusing, taking)
+    plan = routed.prepare(request())
+    assert [d.name for d in plan.plans] == ["second"]
+    await collect(routed.run(plan))
+    assert (refusing.runs, taking.runs) == (0, 1)
+    with pytest.raises(UnsupportedParameter):
+        router(Attempt(1, fails=False, refuses=True), Attempt(1, fails=False, refuses=True)).prepare(
+            request()
+        )

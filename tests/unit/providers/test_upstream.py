@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from chatgate.config import UpstreamDeployment
+from chatgate.errors import UnsupportedParameter
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.providers.base import Finished, TextDelta, UsageReport
 from chatgate.providers.relay import RelaySession
@@ -77,22 +78,65 @@ def provider(**fields: Any) -> UpstreamProvider:
     return UpstreamProvider(UpstreamDeployment.model_validate({**base, **fields}), RelaySession())
 
 
+def sent(upstream: UpstreamProvider, request: ChatCompletionRequest) -> dict[str, Any]:
+    """The body ``upstream`` would send for ``request``, after its checks."""
+    return upstream._body(request, upstream.prepare(request).limit)
+
+
 def test_the_reserved_output_bound_is_sent_when_the_client_sets_none() -> None:
-    body = provider(max_tokens=10)._body(request(messages=ASK))
+    body = sent(provider(max_tokens=10), request(messages=ASK))
     assert body["max_tokens"] == 10 and "max_completion_tokens" not in body
-    assert provider(max_tokens=10)._body(request(messages=ASK, max_tokens=5)) == {
+    assert sent(provider(max_tokens=10), request(messages=ASK, max_tokens=5)) == {
         "messages": ASK,
         "model": "up",
         "max_tokens": 5,
     }
 
 
-@pytest.mark.parametrize("sent", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("given", ["max_tokens", "max_completion_tokens"])
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
-def test_the_limit_goes_in_the_field_the_upstream_reads(sent: str, field: str) -> None:
-    body = provider(max_tokens=10, limit_field=field)._body(request(messages=ASK, **{sent: 7}))
+def test_the_limit_goes_in_the_field_the_upstream_reads(given: str, field: str) -> None:
+    body = sent(provider(max_tokens=10, limit_field=field), request(messages=ASK, **{given: 7}))
     assert body[field] == 7 and len({"max_tokens", "max_completion_tokens"} & body.keys()) == 1
-    assert provider(max_tokens=10, limit_field=field)._body(request(messages=ASK))[field] == 10
+    assert sent(provider(max_tokens=10, limit_field=field), request(messages=ASK))[field] == 10
+
+
+GATED_AND_EXTENDED: dict[str, Any] = {
+    "service_tier": "priority",
+    "store": True,
+    "metadata": {"k": "v"},
+    "prediction": {"type": "content", "content": "x"},
+    "web_search_options": {},
+    "audio": {"voice": "alloy", "format": "wav"},
+    "top_k": 20,
+    "min_p": 0.1,
+    "repetition_penalty": 1.1,
+    "chat_template_kwargs": {"enable_thinking": False},
+}
+
+
+@pytest.mark.parametrize("field", GATED_AND_EXTENDED)
+def test_a_field_the_deployment_does_not_take_is_refused_naming_it(field: str) -> None:
+    with pytest.raises(UnsupportedParameter) as caught:
+        provider().prepare(request(messages=ASK, **{field: GATED_AND_EXTENDED[field]}))
+    assert caught.value.param == field and caught.value.code == "unsupported_parameter"
+
+
+@pytest.mark.parametrize("field", GATED_AND_EXTENDED)
+def test_a_field_the_catalogue_enables_is_forwarded(field: str) -> None:
+    value = GATED_AND_EXTENDED[field]
+    assert sent(provider(extra_fields=[field]), request(messages=ASK, **{field: value}))[field] == value
+
+
+def test_openai_fields_go_as_they_are_and_a_false_store_is_no_request_to_store() -> None:
+    body = sent(provider(), request(messages=ASK, temperature=0.5, seed=3, user="u", store=False))
+    assert (body["temperature"], body["seed"], body["user"]) == (0.5, 3, "u")
+    assert "store" not in body
+
+
+def test_the_catalogue_names_only_fields_it_can_forward() -> None:
+    with pytest.raises(ValueError, match="extra_fields"):
+        provider(extra_fields=["temperature_boost"])
 
 
 @pytest.mark.parametrize(

@@ -1,49 +1,19 @@
 """ChatService against a scripted provider: chunk order, usage, refusals, and early close."""
 
-from collections.abc import AsyncGenerator
-
 import pytest
 
 from chatgate.config import Price
 from chatgate.errors import InvalidRequest, ModelNotFound
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Finished, ProviderEvent, Running, Started, TextDelta
+from chatgate.providers.base import Accepted, Finished, ProviderEvent, TextDelta
 from chatgate.services.auth import MASTER
 from chatgate.services.catalogue import ModelRegistry, Route
-from chatgate.services.chat import Caller, ChatService
-from chatgate.services.quota import QuotaService
-from chatgate.services.ratelimit import LocalRateLimiter
-from chatgate.services.usage import UsageRecorder
-from chatgate.storage.database import Database
+from chatgate.services.chat import ChatService
+from chatgate.services.metering import Caller, Metering
+from tests.unit.fakes import CountingLimiter, FakeStore, Refusals, ScriptedProvider
 
-
-class ScriptedProvider:
-    """Replays a fixed script of events; records whether its stream was closed."""
-
-    def __init__(self, script: list[ProviderEvent]) -> None:
-        self.script = script
-        self.closed = False
-
-    async def start(self) -> None:
-        return None
-
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
-        try:
-            for event in self.script:
-                yield event
-        finally:
-            self.closed = True
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-    async def aclose(self) -> None:
-        return None
-
-
-SCRIPT: list[ProviderEvent] = [
-    Started(5, 16),
-    Running(),
+SCRIPT: list[ProviderEvent | Exception] = [
+    Accepted(5),
     TextDelta("Hel", tokens=1),
     TextDelta("lo", tokens=1),
     Finished("stop", 5, 2),
@@ -55,9 +25,9 @@ CALLER = Caller(MASTER, "req_unit")
 
 def service(provider: ScriptedProvider) -> ChatService:
     route = Route("m", "me", 0, provider, "fp_test", Price())
-    db = Database("sqlite+aiosqlite:///:memory:")  # never touched: the master key is not metered
-    recorder = UsageRecorder(db, flush_seconds=3600)
-    return ChatService(ModelRegistry([route], {"alias": "m"}), QuotaService(db), LocalRateLimiter(), recorder)
+    registry = ModelRegistry([route], {"alias": "m"})
+    metering = Metering(FakeStore(), CountingLimiter(), Refusals(), owner="me", models=registry)
+    return ChatService(registry, metering)
 
 
 def request(**extra: object) -> ChatCompletionRequest:
@@ -128,4 +98,6 @@ async def test_a_stream_closed_before_it_was_read_still_releases_and_records() -
     chunks, _ = await chat.stream(CALLER, request(stream=True))
     await chunks.aclose()  # type: ignore[attr-defined]
     assert provider.closed
-    assert [row["status"] for row in chat.usage._rows] == ["cancelled"]
+    store = chat.metering._store
+    assert isinstance(store, FakeStore)
+    assert [row.status for row in store.usage] == ["cancelled"]

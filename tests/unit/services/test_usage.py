@@ -1,12 +1,13 @@
-"""The usage recorder writes in batches: every round, and at once when a batch is full."""
+"""The usage rows of refused requests are written in batches: every round, and at once when a batch is full."""
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
-from chatgate.services.auth import MASTER
 from chatgate.services.usage import UsageRecorder
 from chatgate.storage import usage
 from chatgate.storage.database import Database, migrate
+from chatgate.storage.usage import UsageRow
 
 BATCH_ROWS = 16
 
@@ -19,15 +20,19 @@ async def written(db: Database) -> int:
 def record(recorder: UsageRecorder, count: int) -> None:
     for i in range(count):
         recorder.record(
-            trace_id=f"t{i}-{id(recorder)}",
-            principal=MASTER,
-            model="m",
-            prompt_tokens=1,
-            completion_tokens=1,
-            cost=0,
-            latency_ms=1,
-            status="ok",
-            error_code=None,
+            UsageRow(
+                trace_id=f"t{i}-{id(recorder)}",
+                user_id=None,
+                token_id=None,
+                model="m",
+                prompt_tokens=0,
+                completion_tokens=0,
+                cost=0,
+                latency_ms=1,
+                status="error",
+                error_code="too_many_requests",
+                created_at=datetime.now(UTC),
+            )
         )
 
 

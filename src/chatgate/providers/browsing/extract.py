@@ -1,13 +1,21 @@
-"""The readable text of a fetched page or a file: HTML through trafilatura, PDF through pypdf."""
+"""The readable text of a fetched page or a file: HTML through trafilatura, PDF through pypdf.
+
+A PDF is read within bounds, so a small file cannot make the reader inflate gigabytes (a
+decompression bomb): each stream inflates to at most PDF_STREAM_BYTES, at most MAX_PDF_PAGES pages
+are read, for at most PDF_SECONDS. A document past a bound is left out (as a page that cannot be
+read is), and ``chatgate index add`` says so. Callers run this as heavy work (see providers/heavy.py).
+"""
 
 import io
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trafilatura
-from pypdf import PdfReader
+from pypdf import PdfReader, apply_configuration
 from pypdf.errors import PdfReadError
 
 log = logging.getLogger(__name__)
@@ -23,6 +31,23 @@ SUFFIXES = {
     ".pdf": "application/pdf",
 }
 MAX_PDF_PAGES = 200
+PDF_STREAM_BYTES = 8_000_000
+PDF_SECONDS = 5.0
+PDF_LIMITS: dict[str, Any] = {
+    "maximum_declared_stream_length": PDF_STREAM_BYTES,
+    "array_based_stream_maximum_output_length": PDF_STREAM_BYTES,
+    "jbig2_maximum_output_length": PDF_STREAM_BYTES,
+    "lzw_maximum_output_length": PDF_STREAM_BYTES,
+    "run_length_maximum_output_length": PDF_STREAM_BYTES,
+    "zlib_maximum_output_length": PDF_STREAM_BYTES,
+    "brotli_maximum_output_length": PDF_STREAM_BYTES,
+    "image_maximum_buffer_size": PDF_STREAM_BYTES,
+    "stream_decoding_work_maximum_length": 4 * PDF_STREAM_BYTES,
+}
+
+
+class DocumentTooLarge(Exception):
+    """A document past the reader's bounds."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +105,17 @@ def _html(url: str, body: bytes) -> Document | None:
 
 
 def _pdf(url: str, body: bytes) -> Document | None:
+    deadline = time.monotonic() + PDF_SECONDS
     try:
-        reader = PdfReader(io.BytesIO(body))
-        pages = [page.extract_text() or "" for page in reader.pages[:MAX_PDF_PAGES]]
-        meta = reader.metadata
-        title = (meta.title if meta is not None else None) or _fallback_title(url)
+        with apply_configuration(None, **PDF_LIMITS):
+            reader = PdfReader(io.BytesIO(body))
+            pages = []
+            for page in reader.pages[:MAX_PDF_PAGES]:
+                if time.monotonic() > deadline:
+                    raise DocumentTooLarge(f"reading {url} took longer than {PDF_SECONDS:g} s")
+                pages.append(page.extract_text() or "")
+            meta = reader.metadata
+            title = (meta.title if meta is not None else None) or _fallback_title(url)
     except PdfReadError:
         return None
     text = "\n\n".join(p.strip() for p in pages if p.strip())

@@ -6,6 +6,11 @@ and the top pages are fetched through the guarded fetcher and read, concurrently
 time-out; (3) the passages closest to the question that fit the budget become numbered sources;
 (4) the base model answers from them, streamed through, followed by a "Sources:" list of markdown
 links, which the non-streamed message also carries as ``url_citation`` annotations.
+
+The whole request is reserved before the first step runs (so before anything is searched): its
+bound is the base model's for the query step plus its bound for the longest answer prompt the
+sources' budget allows. The request is accepted once the base model accepts the query step, and
+again (with the prompt so far) once it accepts the answer step. Reading pages is heavy work.
 """
 
 import asyncio
@@ -20,12 +25,12 @@ from chatgate.protocol.messages import text_of
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import Annotation, FinishReason, UrlCitation
 from chatgate.providers.base import (
+    Accepted,
+    AnyProvider,
     Citations,
     Finished,
-    Provider,
+    Plan,
     ProviderEvent,
-    Running,
-    Started,
     TextDelta,
     UsageReport,
     collect,
@@ -33,7 +38,7 @@ from chatgate.providers.base import (
 from chatgate.providers.browsing.extract import Document, extract
 from chatgate.providers.browsing.passages import Passage, budget_bytes, rank, select, split
 from chatgate.providers.browsing.search import SearchBackend, SearchHit
-from chatgate.providers.upstream import prompt_bound
+from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.web.fetch import FetchError, GuardedFetcher
 
 log = logging.getLogger(__name__)
@@ -67,15 +72,22 @@ class Source:
     passages: list[Passage]
 
 
+@dataclass(frozen=True)
+class BrowsingPlan(Plan):
+    answer_limit: int
+
+
 class BrowsingProvider:
     def __init__(
         self,
         deployment: BrowsingDeployment,
-        base: Provider,
+        base: AnyProvider,
         base_name: str,
         search: SearchBackend,
         fetcher: GuardedFetcher,
+        heavy: HeavyWork | None = None,
     ) -> None:
+        self.heavy = heavy or HeavyWork(None, slots=2)
         self.deployment = deployment
         self.base = base
         self.base_name = base_name
@@ -95,30 +107,36 @@ class BrowsingProvider:
     def health(self) -> list[dict[str, object]]:
         return [{"deployment": f"browsing:{self.base_name}", "up": True, **self.stats()}]
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
+    def prepare(self, request: ChatCompletionRequest) -> BrowsingPlan:
         if request.n not in (None, 1):
             raise NotImplementedFeature("Browsing models give one choice (n=1).", param="n")
         if request.tools or request.functions:
             raise NotImplementedFeature("Browsing models do not call tools.", param="tools")
         answer_limit = request.token_limit or self.deployment.max_tokens
-        query_request = self._query_request(request)
         most = self._answer_request(request, _placeholder(self.deployment.passage_tokens), answer_limit)
-        yield Started(
-            prompt_tokens=prompt_bound(query_request) + prompt_bound(most),
-            max_completion_tokens=self.deployment.query_tokens + answer_limit,
-        )
+        bound = self.base.prepare(self._query_request(request)).bound + self.base.prepare(most).bound
+        return BrowsingPlan(request, bound, answer_limit=answer_limit)
+
+    async def run(self, plan: BrowsingPlan) -> AsyncGenerator[ProviderEvent, None]:
+        request = plan.request
         self.in_flight += 1
         try:
-            written = await collect(self.base.stream(query_request))
+            steps = self.base.run(self.base.prepare(self._query_request(request)))
+            events: list[ProviderEvent] = []
+            async for event in steps:
+                if isinstance(event, Accepted) and not events:
+                    yield event  # the base model took the query step: the search is under way
+                events.append(event)
+            written = await collect(_replay(events))
             question = _question(request)
             model_query = _clean_query(written.choices[0].text if written.choices else "")
             queries = list(dict.fromkeys(q for q in (model_query, question[:300]) if q))
             documents = await self._read(queries)
             sources = _sources(documents, f"{question} {model_query}", self.deployment.passage_tokens)
-            async for event in self._answer(
-                request, sources, answer_limit, written.prompt_tokens, written.completion_tokens
+            async for answered in self._answer(
+                request, sources, plan.answer_limit, written.prompt_tokens, written.completion_tokens
             ):
-                yield event
+                yield answered
         finally:
             self.in_flight -= 1
 
@@ -188,7 +206,7 @@ class BrowsingProvider:
         except FetchError as exc:
             log.info("skipped %s: %s: %s", hit.url, type(exc).__name__, exc)
             return None
-        document = await asyncio.to_thread(extract, fetched.url, fetched.body, fetched.content_type)
+        document = await self.heavy.run(extract, fetched.url, fetched.body, fetched.content_type)
         if document is None:
             return None
         # Cite the page as the search result named it, with the title it gave when the page has none.
@@ -202,17 +220,16 @@ class BrowsingProvider:
         spent_prompt: int,
         spent_completion: int,
     ) -> AsyncGenerator[ProviderEvent, None]:
-        events = self.base.stream(self._answer_request(request, _render(sources), limit))
+        answer_request = self._answer_request(request, _render(sources), limit)
+        events = self.base.run(self.base.prepare(answer_request))
+        prompt, completion = 0, 0  # the base model's counts, as it reports or estimates them
+        reason: FinishReason = "stop"
+        pieces: list[str] = []
         try:
-            first = await anext(events)
-            if not isinstance(first, Started):
-                raise RuntimeError(f"the base model began with {first!r}")
-            prompt, completion = first.prompt_charge, 0  # the estimate, unless the base reports usage
-            reason: FinishReason = "stop"
-            pieces: list[str] = []
             async for event in events:
-                if isinstance(event, Running):
-                    yield event
+                if isinstance(event, Accepted):
+                    prompt = event.prompt_tokens
+                    yield Accepted(spent_prompt + prompt)
                 elif isinstance(event, TextDelta) and event.index == 0:
                     pieces.append(event.text)
                     yield event
@@ -230,6 +247,11 @@ class BrowsingProvider:
         total_prompt, total_completion = spent_prompt + prompt, spent_completion + completion
         yield Finished(reason, total_prompt, total_completion)
         yield UsageReport(total_prompt, total_completion)
+
+
+async def _replay(events: list[ProviderEvent]) -> AsyncGenerator[ProviderEvent, None]:
+    for event in events:
+        yield event
 
 
 def _question(request: ChatCompletionRequest) -> str:

@@ -16,7 +16,7 @@ from chatgate.config import ImagesAPIBackend
 from chatgate.errors import InvalidImage, UpstreamFailed, UpstreamTimeout
 from chatgate.protocol.messages import AssistantMessage, SystemMessage, UserMessage
 from chatgate.protocol.requests import ChatCompletionRequest, JsonSchemaFormat, JsonSchemaResponseFormat
-from chatgate.providers.base import Provider, collect
+from chatgate.providers.base import AnyProvider, generate
 from chatgate.providers.images import sketch
 from chatgate.providers.images.decode import Picture, decode
 from chatgate.providers.upstream import upstream_error
@@ -55,7 +55,7 @@ def as_png(picture: Picture, size: tuple[int, int]) -> bytes:
 class SketchBackend:
     """Draws offline: a catalogue model writes the shapes, resvg renders them."""
 
-    def __init__(self, model: Provider, *, max_shapes: int) -> None:
+    def __init__(self, model: AnyProvider, *, max_shapes: int) -> None:
         self._model = model
         self._max_shapes = max_shapes
         self._max_tokens = 48 * max_shapes + 32
@@ -79,7 +79,7 @@ class SketchBackend:
             max_tokens=self._max_tokens,
             temperature=0.6,
         )
-        result = await collect(self._model.stream(request))
+        result = await generate(self._model, request)
         text = result.choices[0].text if result.choices else ""
         svg = sketch.to_svg(sketch.salvage(text))
         png = await anyio.to_thread.run_sync(sketch.render, svg, *size)

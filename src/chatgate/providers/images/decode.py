@@ -49,13 +49,39 @@ class Picture:
         return out.getvalue()
 
 
-def decode(data: bytes, *, max_pixels: int, max_side: int, param: str = "messages") -> Picture:
-    """Decode and normalise an image, or raise InvalidImage saying what is wrong with it."""
+def _kind(data: bytes, param: str) -> str:
     kind = sniff(data)
     if kind is None:
         raise InvalidImage(
             "The image is not a PNG, JPEG, GIF or WebP file (judged by its content).", param=param
         )
+    return kind
+
+
+def dimensions(data: bytes, *, param: str = "messages") -> tuple[int, int]:
+    """Width and height as the image's header declares them, read without decoding a pixel."""
+    kind = _kind(data, param)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged by the caller
+            with Image.open(io.BytesIO(data), formats=[kind.upper()]) as opened:
+                return opened.size
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(f"The image is too large to decode: {exc}", param=param) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(
+            f"The {kind.upper()} image is damaged and cannot be decoded.", param=param
+        ) from exc
+
+
+def decode(data: bytes, *, max_pixels: int, max_side: int, param: str = "messages") -> Picture:
+    """Decode and normalise an image, or raise InvalidImage saying what is wrong with it.
+
+    The pixel count is checked from the header before anything is decompressed, so a small file
+    that inflates to a huge image (a decompression bomb) costs nothing; so is a PNG text chunk
+    that would inflate past Pillow's limit.
+    """
+    kind = _kind(data, param)
     try:
         with warnings.catch_warnings():
             # Pillow warns (rather than fails) between max_pixels and twice that: refuse both.

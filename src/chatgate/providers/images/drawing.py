@@ -2,6 +2,10 @@
 
 The reply has a fixed shape: the plan as a JSON block, the image in markdown, a download link, and a
 sentence about the image. Usage is the sum of every model step; the image itself costs a flat price.
+
+The request is bounded (and reserved) before any input image is read: the plan step as the base
+model bounds it, each input image at upstream.IMAGE_PART_TOKENS, the backend's budget for one
+drawing, and the image's price. Input images are loaded in ``run``, as heavy work.
 """
 
 import json
@@ -10,20 +14,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chatgate.errors import InvalidRequest, NotImplementedFeature
-from chatgate.protocol.messages import FileURLPart, ImagePart, SystemMessage, TextPart, UserMessage, text_of
+from chatgate.protocol.messages import SystemMessage, text_of
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.providers.base import (
+    Accepted,
+    AnyProvider,
+    Bound,
     Finished,
-    Provider,
+    Plan,
     ProviderEvent,
-    Started,
     TextDelta,
     UsageReport,
     collect,
 )
 from chatgate.providers.images.backends import Drawn, ImageBackend, parse_plan, plan_format
 from chatgate.providers.images.decode import Picture
-from chatgate.providers.images.prepare import ImagePreparer, has_images
+from chatgate.providers.images.prepare import ImagePreparer, has_images, without_images
+from chatgate.providers.upstream import IMAGE_PART_TOKENS
 
 PLAN_TOKENS = 256
 
@@ -67,7 +74,7 @@ class ImageGenerationProvider:
     def __init__(
         self,
         *,
-        base: Provider,
+        base: AnyProvider,
         base_vision: bool,
         backend: ImageBackend,
         store: ImageStore,
@@ -122,14 +129,21 @@ class ImageGenerationProvider:
             if used:
                 raise NotImplementedFeature(f"'{param}' is not supported by the drawing model.", param=param)
 
+    def _readable(self) -> bool:
+        """Whether the base model gets the input images (inlined, or described), not just a mention."""
+        return self._base_vision or self._preparer.analyser is not None
+
     async def _plan_request(
         self, request: ChatCompletionRequest, pictures: list[Picture]
     ) -> ChatCompletionRequest:
         """The conversation, its images made readable for the base model, asking for the plan."""
-        if self._base_vision or self._preparer.analyser is not None:
+        if self._readable():
             request = await self._preparer.prepare(request, native=self._base_vision, pictures=pictures)
         elif has_images(request):
-            request = request.model_copy(update={"messages": [_without_images(m) for m in request.messages]})
+            request = without_images(request, "[an input image]")
+        return self._planning(request)
+
+    def _planning(self, request: ChatCompletionRequest) -> ChatCompletionRequest:
         system = SystemMessage(role="system", content=INSTRUCTIONS.format(sizes=", ".join(self.sizes)))
         return ChatCompletionRequest(
             model=request.model,
@@ -141,48 +155,48 @@ class ImageGenerationProvider:
             user=request.user,
         )
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
+    def prepare(self, request: ChatCompletionRequest) -> Plan:
         self._refuse(request)
-        inputs = await self._preparer.load_all(request)  # checked now, while a 400 is still possible
-        events = self._base.stream(await self._plan_request(request, inputs))
+        parts = self._preparer.check(request, native=True)
+        if self._base_vision:
+            planning = self._base.prepare(self._planning(request)).bound
+        else:  # each image in the plan request as a description (or a mention), bounded per part
+            text = self._base.prepare(self._planning(without_images(request, "[an input image]"))).bound
+            planning = text + Bound(len(parts) * IMAGE_PART_TOKENS if self._readable() else 0, 0)
+        drawing = Bound(*self.backend.token_budget(), self.image_price)
+        return Plan(request, planning + drawing)
+
+    async def run(self, plan: Plan) -> AsyncGenerator[ProviderEvent, None]:
+        request = plan.request
+        inputs = await self._preparer.load_all(request)
+        planning = await self._plan_request(request, inputs)
+        events = self._base.run(self._base.prepare(planning))
+        steps: list[ProviderEvent] = []
         try:
-            first = await anext(events)
-            assert isinstance(first, Started)
-            extra_prompt, extra_completion = self.backend.token_budget()
-            yield Started(
-                prompt_tokens=first.prompt_tokens + extra_prompt,
-                max_completion_tokens=first.max_completion_tokens + extra_completion,
-                extra_cost=self.image_price,
-                prompt_estimate=None
-                if first.prompt_estimate is None
-                else first.prompt_estimate + extra_prompt,
-            )
-            yield await anext(events)  # Running: the base model took the request
-            plan = await collect(events)
+            async for event in events:
+                if isinstance(event, Accepted) and not steps:
+                    yield event  # the base model took the plan step
+                steps.append(event)
         finally:
             await events.aclose()
-        prompt_tokens = plan.prompt_tokens or first.prompt_tokens
-        text = plan.choices[0].text if plan.choices else ""
+        plan_result = await collect(_replay(steps))
+        prompt_tokens = plan_result.prompt_tokens
+        text = plan_result.choices[0].text if plan_result.choices else ""
         fallback = text_of(request.messages[-1]) or "a picture"
         prompt, size, caption = parse_plan(text, self.sizes, fallback)
         block = json.dumps({"prompt": prompt, "size": size}, ensure_ascii=False, indent=2)
-        yield TextDelta(f"```json\n{block}\n```\n\n", tokens=plan.completion_tokens)
+        yield TextDelta(f"```json\n{block}\n```\n\n", tokens=plan_result.completion_tokens)
         picture, drawn = await self.draw(prompt, size, inputs)
         yield TextDelta(
             f"![{picture.file_id}]({picture.url})\n\n[Download⏬]({picture.url}?download=1)\n\n{caption}",
             tokens=drawn.completion_tokens,
         )
         prompt_tokens += drawn.prompt_tokens
-        completion_tokens = plan.completion_tokens + drawn.completion_tokens
+        completion_tokens = plan_result.completion_tokens + drawn.completion_tokens
         yield Finished("stop", prompt_tokens, completion_tokens)
         yield UsageReport(prompt_tokens, completion_tokens, extra_cost=self.image_price)
 
 
-def _without_images(message: object) -> object:
-    if not isinstance(message, UserMessage) or isinstance(message.content, str):
-        return message
-    parts = [
-        TextPart(type="text", text="[an input image]") if isinstance(p, ImagePart | FileURLPart) else p
-        for p in message.content
-    ]
-    return message.model_copy(update={"content": parts})
+async def _replay(events: list[ProviderEvent]) -> AsyncGenerator[ProviderEvent, None]:
+    for event in events:
+        yield event

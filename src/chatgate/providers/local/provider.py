@@ -1,10 +1,18 @@
-"""The local engine as a Provider: chat template, request checks, sampling settings, and a thread per job."""
+"""The local engine as a Provider: chat template, request checks, sampling settings, and a thread per job.
+
+``prepare`` renders the prompt and bounds it: a short prompt (up to EXACT_BYTES) is tokenized at
+once and reserved at its exact count; a longer one at its size in bytes (no token spells less than
+a byte), and is tokenized in ``run``. Grammars (response_format, tools) are converted in ``run``
+too, under the host's heavy-work bound. The engine has accepted the request once an instance is
+free for it (``Accepted``, with the prompt's exact count): its prompt is read from then on.
+"""
 
 import asyncio
 import json
 import secrets
 import threading
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +22,8 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from chatgate.config import LocalDeployment
 from chatgate.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, NotImplementedFeature
 from chatgate.protocol.requests import ChatCompletionRequest, JsonObjectFormat, JsonSchemaResponseFormat
-from chatgate.providers.base import Finished, ProviderEvent, Running, Started
+from chatgate.providers.base import Accepted, Bound, Finished, Plan, ProviderEvent
+from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.local import tools
 from chatgate.providers.local.generation import Generation, Job
 from chatgate.providers.local.pool import EnginePool, Slot, ThreadBudget
@@ -31,6 +40,9 @@ MAX_CHOICES = 8
 # No token of a real vocabulary spells more bytes than this, so a prompt longer than the context
 # times this is over the context whatever it holds, and is refused without being tokenized.
 MAX_BYTES_PER_TOKEN = 64
+# Prompts up to this many bytes are tokenized in prepare, for an exact reservation (a fraction of a
+# millisecond); longer ones are reserved on their size in bytes and tokenized after admission.
+EXACT_BYTES = 4096
 
 Emit = Callable[[ProviderEvent | BaseException], None]
 
@@ -44,6 +56,7 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
         ("modalities", any(m != "text" for m in request.modalities or [])),
         ("prediction", request.prediction is not None),
         ("web_search_options", request.web_search_options is not None),
+        ("chat_template_kwargs", request.chat_template_kwargs is not None),
         ("store", bool(request.store)),
         ("reasoning_effort", request.reasoning_effort is not None),
         ("verbosity", request.verbosity is not None),
@@ -67,6 +80,15 @@ def response_grammar(request: ChatCompletionRequest) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class LocalPlan(Plan):
+    n: int
+    pieces: list[tuple[bytes, bool]]  # the rendered prompt: (bytes, is the caller's literal text)
+    add_bos: bool
+    prompt: list[int] | None  # tokenized already (a short prompt)
+    sampling: Sampling | None  # worked out already (a short prompt)
+
+
 class LocalProvider:
     """Serves one catalogue model from a pool of llama.cpp instances."""
 
@@ -78,7 +100,9 @@ class LocalProvider:
         budget: ThreadBudget,
         max_queue: int,
         fingerprint: str,
+        heavy: HeavyWork | None = None,
     ) -> None:
+        self.heavy = heavy or HeavyWork(None, slots=2)
         self.context_length = deployment.context_length
         self.fingerprint = fingerprint
         self.pool = EnginePool(
@@ -111,19 +135,19 @@ class LocalProvider:
             {"deployment": f"local:{self.pool.path.name}", "up": bool(self.pool.slots), **self.pool.stats()}
         ]
 
-    def _job(self, request: ChatCompletionRequest) -> Job:
-        """Everything about a request that can be refused, checked before it queues for an instance."""
+    def prepare(self, request: ChatCompletionRequest) -> LocalPlan:
+        """Everything about a request that can be refused cheaply, checked before it is admitted."""
         assert self._template is not None, "LocalProvider.start() was not awaited"
         refuse_unsupported(request)
         n = request.n or 1
         if n > MAX_CHOICES:
             raise InvalidRequest(f"n must be at most {MAX_CHOICES} on this model.", param="n")
-        plan = tools.plan(request)
-        grammar = response_grammar(request)
-        if plan is not None and grammar is not None and plan.required:
-            raise InvalidRequest(
-                "A forced tool call cannot also follow response_format.", param="response_format"
-            )
+        plan = tools.plan(request, grammars=False)
+        if plan is not None and request.response_format is not None and plan.required:
+            if isinstance(request.response_format, JsonObjectFormat | JsonSchemaResponseFormat):
+                raise InvalidRequest(
+                    "A forced tool call cannot also follow response_format.", param="response_format"
+                )
         prompt = self._template.render(request.messages, plan)
         # The template's own spellings are special tokens; the caller's text (literal) never is.
         pieces = [(text.encode("utf-8"), literal) for text, literal in prompt.pieces()]
@@ -136,13 +160,35 @@ class LocalProvider:
                 param="messages",
             )
         add_bos = self._add_bos and not (self._bos and prompt.text.startswith(self._bos))
+        tokens = self._tokenize(pieces, add_bos) if size <= EXACT_BYTES else None
+        sampling = self._sampling(request, len(tokens)) if tokens is not None else None
+        if tokens is not None and sampling is not None:
+            bound = Bound(len(tokens), sampling.max_tokens * n)
+        else:  # a token is at least a byte, but for a BOS and each piece's leading space
+            most = min(size + len(pieces) + 1, self.context_length - 1)
+            limit = request.token_limit
+            bound = Bound(most, n * min(limit or self.context_length, self.context_length - 1))
+        return LocalPlan(
+            request, bound, n=n, pieces=pieces, add_bos=add_bos, prompt=tokens, sampling=sampling
+        )
+
+    def _tokenize(self, pieces: list[tuple[bytes, bool]], add_bos: bool) -> list[int]:
         llama: Any = self.pool.tokenizer
         tokens: list[int] = []
         for raw, literal in pieces:
             tokens += llama.tokenize(raw, add_bos=add_bos and not tokens, special=not literal)
-        return Job(
-            prompt=tokens, sampling=self._sampling(request, len(tokens)), n=n, grammar=grammar, tools=plan
-        )
+        return tokens
+
+    async def _job(self, plan: LocalPlan) -> Job:
+        """The work ``prepare`` left for after admission: the grammars, a long prompt's tokens."""
+        request = plan.request
+        grammar = await self.heavy.run(response_grammar, request) if request.response_format else None
+        tool_plan = await self.heavy.run(tools.plan, request) if request.tools else None
+        prompt = plan.prompt
+        if prompt is None:  # tokenising stays off the event loop
+            prompt = await asyncio.to_thread(self._tokenize, plan.pieces, plan.add_bos)
+        sampling = plan.sampling or self._sampling(request, len(prompt))
+        return Job(prompt=prompt, sampling=sampling, n=plan.n, grammar=grammar, tools=tool_plan)
 
     def _sampling(self, request: ChatCompletionRequest, prompt_tokens: int) -> Sampling:
         room = self.context_length - prompt_tokens
@@ -186,9 +232,8 @@ class LocalProvider:
             )
         return bias
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
-        job = await asyncio.to_thread(self._job, request)  # tokenising and grammars stay off the event loop
-        yield Started(prompt_tokens=len(job.prompt), max_completion_tokens=job.sampling.max_tokens * job.n)
+    async def run(self, plan: LocalPlan) -> AsyncGenerator[ProviderEvent, None]:
+        job = await self._job(plan)
         slot = await self.pool.acquire()  # a full queue refuses here, still before any output
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[ProviderEvent | BaseException] = asyncio.Queue()
@@ -208,7 +253,7 @@ class LocalProvider:
 
         running = False
         try:
-            yield Running()
+            yield Accepted(len(job.prompt))
             self.pool.run(slot, lambda: self._run(slot, job, cancel, emit, release))
             running = True
             finished = 0

@@ -57,8 +57,12 @@ def grammar_with_root(rules: str, root: str) -> str:
     return f"root ::= {root}\n{rules}"
 
 
-def plan(request: ChatCompletionRequest) -> ToolPlan | None:
-    """What the request asks of tools, or None when the model must not call any."""
+def plan(request: ChatCompletionRequest, *, grammars: bool = True) -> ToolPlan | None:
+    """What the request asks of tools, or None when the model must not call any.
+
+    ``grammars=False`` leaves the grammars out (empty): enough to render the prompt and check the
+    request, without the work of converting every parameter schema.
+    """
     tools = request.tools or []
     choice = request.tool_choice
     if not tools or choice == "none":
@@ -75,10 +79,12 @@ def plan(request: ChatCompletionRequest) -> ToolPlan | None:
         required=forced is not None or choice == "required",
         forced_name=forced,
         parallel=parallel,
-        grammar_after_open=_call_grammar(chosen, parallel),
+        grammar_after_open=_call_grammar(chosen, parallel) if grammars else "",
         grammar_after_fence=grammar_with_root(
             _call_grammar(chosen, False), f'"\\n"? tc-call "\\n"? "{FENCE_CLOSE}"'
-        ),
+        )
+        if grammars
+        else "",
     )
 
 

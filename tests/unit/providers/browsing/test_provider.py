@@ -9,11 +9,12 @@ from chatgate.config import BrowsingDeployment, Price
 from chatgate.protocol.messages import text_of
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.providers.base import (
+    Accepted,
+    Bound,
     Citations,
     Finished,
+    Plan,
     ProviderEvent,
-    Running,
-    Started,
     TextDelta,
     UsageReport,
     collect,
@@ -25,11 +26,9 @@ from chatgate.providers.browsing.search import LocalIndexBackend, SearchFailed, 
 from chatgate.providers.web.fetch import GuardedFetcher
 from chatgate.services.auth import MASTER
 from chatgate.services.catalogue import ModelRegistry, Route
-from chatgate.services.chat import Caller, ChatService
-from chatgate.services.quota import QuotaService
-from chatgate.services.ratelimit import LocalRateLimiter
-from chatgate.services.usage import UsageRecorder
-from chatgate.storage.database import Database
+from chatgate.services.chat import ChatService
+from chatgate.services.metering import Caller, Metering
+from tests.unit.fakes import CountingLimiter, FakeStore, Refusals
 from tests.website import Page, Site, website
 
 FACT = "The lighthouse keeper of Velmora Island is Ostrander Quill."
@@ -45,12 +44,15 @@ class Base:
     async def start(self) -> None:
         return None
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
+    def prepare(self, request: ChatCompletionRequest) -> Plan:
+        return Plan(request, Bound(10_000, request.token_limit or 100))
+
+    async def run(self, plan: Plan) -> AsyncGenerator[ProviderEvent, None]:
+        request = plan.request
         self.requests.append(request)
         text = "Velmora lighthouse keeper" if len(self.requests) == 1 else self.answer
         prompt = 10 * len(self.requests)
-        yield Started(prompt, request.token_limit or 100)
-        yield Running()
+        yield Accepted(prompt)
         for word in text.split(" "):
             yield TextDelta(word if word == text.split(" ")[0] else " " + word, tokens=1)
         yield Finished("stop", prompt, len(text.split(" ")))
@@ -145,9 +147,10 @@ async def test_answers_from_the_page_with_a_cited_link_and_all_usage(site: Site)
     search = Search(hits(site, "/to-secret", "/slow", "/huge", "/binary", "/velmora", "/bread"))
     base = Base()
     browsing = provider(site, search, base, max_pages=6)
-    events = [e async for e in browsing.stream(request())]
-    started, running = events[0], events[1]
-    assert isinstance(started, Started) and isinstance(running, Running)
+    plan = browsing.prepare(request())
+    events = [e async for e in browsing.run(plan)]
+    accepted = [e for e in events if isinstance(e, Accepted)]
+    assert [a.prompt_tokens for a in accepted] == [10, 30]  # the query step, then the answer step
     assert search.queries == ["Velmora lighthouse keeper", "Who keeps the Velmora lighthouse?"]
     assert site.hits.get("/secret") is None  # the redirect to localhost was refused
     answer_prompt = text_of(base.requests[1].messages[0])
@@ -163,19 +166,19 @@ async def test_answers_from_the_page_with_a_cited_link_and_all_usage(site: Site)
     assert (citation.url, citation.title) == (url, "Velmora Island")
     # Usage covers both steps: 10 + 20 prompt tokens; 3 query words and 5 answer words.
     assert (completion.prompt_tokens, completion.completion_tokens) == (30, 3 + 5)
-    assert started.prompt_tokens >= 30 and started.max_completion_tokens >= 8
+    assert plan.bound.prompt_tokens >= 30 and plan.bound.completion_tokens >= 8
     assert isinstance(events[-1], UsageReport)
 
 
 async def test_lists_every_source_when_none_is_cited_and_says_so_when_nothing_is_found(site: Site) -> None:
     browsing = provider(site, Search(hits(site, "/velmora", "/bread")), Base("No numbers here."))
-    completion = await collect(browsing.stream(request()))
+    completion = await collect(browsing.run(browsing.prepare(request())))
     text = completion.choices[0].text
     assert "[1] [Velmora Island]" in text and "[2] [Bread]" in text
     assert len(completion.choices[0].annotations or []) == 2
     base = Base("I found nothing.")
     nothing = provider(site, Search([], fail=True), base)
-    completion = await collect(nothing.stream(request()))
+    completion = await collect(nothing.run(nothing.prepare(request())))
     assert completion.choices[0].text == "I found nothing."
     assert completion.choices[0].annotations is None
     assert "no sources" in text_of(base.requests[1].messages[0])
@@ -188,7 +191,7 @@ async def test_local_index_hits_need_no_fetch(tmp_path: Path, site: Site) -> Non
     base = Base()
     fetcher = GuardedFetcher(connector=_no_connections)
     browsing = BrowsingProvider(deployment(), base, "base", LocalIndexBackend(tmp_path / "index.db"), fetcher)
-    completion = await collect(browsing.stream(request()))
+    completion = await collect(browsing.run(browsing.prepare(request())))
     await browsing.aclose()
     assert "[1] [Velmora notes](file:///notes/velmora.md)" in completion.choices[0].text
     assert FACT in text_of(base.requests[1].messages[0])
@@ -197,13 +200,8 @@ async def test_local_index_hits_need_no_fetch(tmp_path: Path, site: Site) -> Non
 async def test_the_chat_service_puts_annotations_on_the_message(site: Site) -> None:
     browsing = provider(site, Search(hits(site, "/velmora")), Base())
     route = Route("base-browsing", "me", 0, browsing, "fp", Price())
-    db = Database("sqlite+aiosqlite:///:memory:")
-    chat = ChatService(
-        ModelRegistry([route], {}),
-        QuotaService(db),
-        LocalRateLimiter(),
-        UsageRecorder(db, flush_seconds=3600),
-    )
+    registry = ModelRegistry([route], {})
+    chat = ChatService(registry, Metering(FakeStore(), CountingLimiter(), Refusals(), owner="me"))
     answer, _ = await chat.complete(Caller(MASTER, "req"), request())
     message = answer.model_dump(mode="json")["choices"][0]["message"]
     (annotation,) = message["annotations"]
@@ -224,7 +222,7 @@ async def test_the_chat_service_puts_annotations_on_the_message(site: Site) -> N
 async def test_refuses_what_it_cannot_do(site: Site) -> None:
     browsing = provider(site, Search([]), Base())
     with pytest.raises(Exception, match="one choice"):
-        await anext(browsing.stream(request(n=2)))
+        browsing.prepare(request(n=2))
 
 
 async def _no_connections(ip: str, port: int, timeout: float | None) -> object:
