@@ -1,6 +1,8 @@
 """One real chatgate server per test session, started as a subprocess and spoken to over HTTP."""
 
+import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ import jsonschema
 import openai
 import pytest
 
+from chatgate.storage.database import Database
+from chatgate.storage.reservations import discrepancies
 from tests.e2e import infra
 from tests.e2e.infra import API_KEY, ROOT, Server
 
@@ -136,3 +140,47 @@ def admitted_until_the_limit(responses: list[httpx.Response], limit: int) -> Non
     assert passed and codes == [200] * passed + [429] * (len(codes) - passed), codes
     totals = [r.json()["usage"]["total_tokens"] for r in responses[:passed]]
     assert sum(totals[:-1]) < limit <= sum(totals), totals
+
+
+def database_url(server: Server) -> str:
+    return server.env.get("CHATGATE_DATABASE_URL") or (
+        f"sqlite+aiosqlite:///{server.env['CHATGATE_DATA_DIR']}/chatgate.db"
+    )
+
+
+async def _discrepancies(url: str) -> list[str]:
+    db = Database(url)
+    try:
+        async with db.snapshot() as session:
+            return (await discrepancies(session))[0]
+    finally:
+        await db.dispose()
+
+
+def assert_ledger_adds_up(server: Server, *, cli: bool = False) -> None:
+    """``chatgate ledger verify`` on the server's database: for every user the ledger adds up to the
+    balance, and granted = balance + settled charges + open reservations. In-process by default
+    (the very function the command runs, without its second of start-up), or as the command."""
+    if cli:
+        result = subprocess.run(
+            [sys.executable, "-m", "chatgate", "ledger", "verify"],
+            env=server.env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("ledger verified"), result.stdout
+        return
+    problems = asyncio.run(_discrepancies(database_url(server)))
+    assert problems == [], problems
+
+
+def ledger_checked(server_fixture: str) -> object:
+    """An autouse fixture for a module whose tests move credits: the ledger is verified after each."""
+
+    @pytest.fixture(autouse=True)
+    def checked(request: pytest.FixtureRequest) -> Iterator[None]:
+        yield
+        assert_ledger_adds_up(request.getfixturevalue(server_fixture))
+
+    return checked

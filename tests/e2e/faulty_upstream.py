@@ -14,6 +14,7 @@ What it does depends on the requested model:
   nullusage   as counting, streamed with a usage whose prompt_tokens is null
   noid        a tool call without an id
   refusal     a refusal instead of content
+  slow        streams as many words as it was sent max tokens for, one every 50 ms, then usage
 POST /v1/images/generations draws on odd calls and fails with a 500 on even ones.
 GET /stats answers how many requests each model received; GET /last the last body each model got.
 """
@@ -97,6 +98,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     last[model] = request
     if model in ("counting", "nousage", "nullusage", "noid", "refusal"):
         await counted(send, model, request)
+        return
+    if model == "slow":
+        await slowly(send, model, request)
         return
     if model == "flaky" and seen[model] % 2 == 1:
         await respond(send, 500, error("upstream is having a moment", "server_error"))
@@ -231,6 +235,24 @@ async def counted(send: Any, model: str, request: dict[str, Any]) -> None:
         tail = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 0, "model": model}
         out.append(b"data: " + json.dumps(tail | {"choices": [], "usage": usage}).encode() + b"\n\n")
     await respond(send, 200, b"".join(out) + b"data: [DONE]\n\n", b"text/event-stream")
+
+
+async def slowly(send: Any, model: str, request: dict[str, Any]) -> None:
+    words = int(request.get("max_completion_tokens") or request.get("max_tokens") or 200)
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/event-stream")],
+    }
+    await send(start)
+    for delta in [{"role": "assistant", "content": ""}] + [{"content": " word"}] * words:
+        await send({"type": "http.response.body", "body": chunk(model, delta), "more_body": True})
+        await asyncio.sleep(0.05)
+    usage = {"prompt_tokens": prompt_tokens(request), "completion_tokens": words}
+    usage["total_tokens"] = usage["prompt_tokens"] + words
+    tail = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 0, "model": model}
+    last = chunk(model, {}, "stop") + b"data: " + json.dumps(tail | {"choices": [], "usage": usage}).encode()
+    await send({"type": "http.response.body", "body": last + b"\n\ndata: [DONE]\n\n"})
 
 
 if __name__ == "__main__":

@@ -10,11 +10,18 @@ import httpx
 import openai
 import pytest
 
-from chatgate.storage import ledger, usage
+from chatgate.storage import usage
 from chatgate.storage.database import Database
 from chatgate.storage.tables import ApiToken, User
 from tests.e2e import infra
-from tests.e2e.conftest import SMALL, admitted_until_the_limit, well_inside_a_minute
+from tests.e2e.conftest import (
+    SMALL,
+    admitted_until_the_limit,
+    assert_ledger_adds_up,
+    database_url,
+    ledger_checked,
+    well_inside_a_minute,
+)
 from tests.e2e.infra import Server
 
 CATALOGUE = f"""
@@ -38,11 +45,10 @@ def accounts_server(
 
 
 def database_of(server: Server) -> Database:
-    url = (
-        server.env.get("CHATGATE_DATABASE_URL")
-        or f"sqlite+aiosqlite:///{server.env['CHATGATE_DATA_DIR']}/chatgate.db"
-    )
-    return Database(url)
+    return Database(database_url(server))
+
+
+verified = ledger_checked("accounts_server")
 
 
 class Console:
@@ -263,24 +269,24 @@ def test_fifty_parallel_requests_never_overspend(accounts_server: Server, client
         accounts_server.base_url + "/v1/usage", headers={"authorization": f"Bearer {created['key']}"}
     )  # flushes
 
-    async def audit() -> tuple[int, int, int, int, int]:
+    async def audit() -> tuple[int, int, int, int]:
         db = database_of(accounts_server)
         try:
             async with db.sessions() as session:
                 token = await session.get(ApiToken, created["id"])
                 user = await session.get(User, console.user["id"])
                 assert token is not None and user is not None
-                net = await ledger.request_total(session, user_id=user.id)
                 logged = await usage.totals(session, user_id=user.id)
-                return token.spent, user.credits, net, logged.cost, logged.requests
+                return token.spent, user.credits, logged.cost, logged.requests
         finally:
             await db.dispose()
 
-    spent, credits, net, logged_cost, logged_requests = asyncio.run(audit())
+    spent, credits, logged_cost, logged_requests = asyncio.run(audit())
     assert 0 <= spent <= cap
     assert credits >= 0
     assert logged_requests == 51  # the probe and the fifty
-    assert -net == logged_cost  # every credit the ledger took is in the usage log, and no more
+    assert credits + logged_cost == 100_000  # the free credits: every one spent is in the usage log
+    assert_ledger_adds_up(accounts_server, cli=True)  # and the ledger's own check, as the command
 
 
 def test_users_cannot_touch_each_others_tokens(accounts_server: Server, clients: Clients) -> None:

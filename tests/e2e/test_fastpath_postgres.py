@@ -7,13 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from chatgate.storage.ledger import Refund
 
-from chatgate.services.auth import Principal
 from chatgate.services.usage import UsageRecorder
 from chatgate.storage.database import Database, migrate
-from chatgate.storage.fastpath import DuplicateReservation
+from chatgate.storage.fastpath import DuplicateReservation, Settlement
 from chatgate.storage.fastpath_postgres import PostgresFastPath
+from chatgate.storage.usage import UsageRow
 from tests.e2e import infra
 
 _names = itertools.count()
@@ -80,7 +79,10 @@ def test_concurrent_reservations_never_pass_the_token_cap(url: str) -> None:
         fast = PostgresFastPath(url)
         try:
             return await asyncio.gather(
-                *(fast.reserve(user_id=1, token_id=7, trace_id=f"t{i}", amount=20) for i in range(60))
+                *(
+                    fast.reserve(user_id=1, token_id=7, trace_id=f"t{i}", amount=20, model="m", owner="o")
+                    for i in range(60)
+                )
             )
         finally:
             await fast.aclose()
@@ -95,8 +97,14 @@ def test_concurrent_reservations_never_pass_the_balance(url: str) -> None:
         await seed(url, credits=100, quota_cap=None)
         fast = PostgresFastPath(url)
         try:
-            with_token = [fast.reserve(user_id=1, token_id=7, trace_id=f"a{i}", amount=30) for i in range(10)]
-            without = [fast.reserve(user_id=1, token_id=None, trace_id=f"b{i}", amount=30) for i in range(10)]
+            with_token = [
+                fast.reserve(user_id=1, token_id=7, trace_id=f"a{i}", amount=30, model="m", owner="o")
+                for i in range(10)
+            ]
+            without = [
+                fast.reserve(user_id=1, token_id=None, trace_id=f"b{i}", amount=30, model="m", owner="o")
+                for i in range(10)
+            ]
             return await asyncio.gather(*with_token, *without)
         finally:
             await fast.aclose()
@@ -112,10 +120,12 @@ def test_a_refused_or_repeated_reservation_changes_nothing(url: str) -> None:
         await seed(url, credits=100, quota_cap=50)
         fast = PostgresFastPath(url)
         try:
-            assert not await fast.reserve(user_id=1, token_id=7, trace_id="big", amount=60)  # over the cap
-            assert await fast.reserve(user_id=1, token_id=7, trace_id="once", amount=20)
+            assert not await fast.reserve(
+                user_id=1, token_id=7, trace_id="big", amount=60, model="m", owner="o"
+            )  # over the cap
+            assert await fast.reserve(user_id=1, token_id=7, trace_id="once", amount=20, model="m", owner="o")
             with pytest.raises(DuplicateReservation):
-                await fast.reserve(user_id=1, token_id=7, trace_id="once", amount=20)
+                await fast.reserve(user_id=1, token_id=7, trace_id="once", amount=20, model="m", owner="o")
         finally:
             await fast.aclose()
 
@@ -123,36 +133,28 @@ def test_a_refused_or_repeated_reservation_changes_nothing(url: str) -> None:
     assert asyncio.run(state(url)) == (80, 20, 1)
 
 
-def test_reservations_beside_usage_batches_never_deadlock(url: str) -> None:
-    """Reservations and settlements (usage rows, refunds) from many tasks at once: no deadlock, exact sums."""
+def test_reservations_beside_group_committed_settlements_never_deadlock(url: str) -> None:
+    """Reservations and settlements (usage rows, refunds, group-committed) from many tasks at once,
+    beside refusals' usage batches: no deadlock, exact sums, nothing left open."""
 
     async def run() -> int:
         await seed(url, credits=10**6, quota_cap=None)
         db = Database(url)
         recorder = UsageRecorder(db, flush_seconds=0.05, batch_rows=8)
         await recorder.start()
-        principal = Principal(user_id=1, token_id=7)
         spent = 0
 
         async def client(n: int) -> None:
             nonlocal spent
             for i in range(25):
                 trace = f"c{n}-{i}"
-                assert await db.fast.reserve(user_id=1, token_id=7, trace_id=trace, amount=10)
-                spent += 4
-                recorder.record(
-                    trace_id=trace,
-                    principal=principal,
-                    model="m",
-                    prompt_tokens=1,
-                    completion_tokens=1,
-                    cost=4,
-                    latency_ms=1,
-                    status="ok",
-                    error_code=None,
-                    refund=Refund(1, 7, trace, 6),
+                assert await db.fast.reserve(
+                    user_id=1, token_id=7, trace_id=trace, amount=10, model="m", owner="o"
                 )
                 await asyncio.sleep(0)
+                assert await db.fast.settle(Settlement(row(trace, cost=4), refund=6))
+                spent += 4
+                recorder.record(row(f"refused-{trace}", cost=0))
 
         try:
             await asyncio.gather(*(client(n) for n in range(16)))
@@ -164,6 +166,57 @@ def test_reservations_beside_usage_batches_never_deadlock(url: str) -> None:
     spent = asyncio.run(run())
     assert spent == 16 * 25 * 4
     assert asyncio.run(state(url)) == (10**6 - spent, spent, 2 * 16 * 25)  # a reserve and a settle row each
+    assert asyncio.run(open_reservations(url)) == 0
+
+
+def test_a_settlement_group_closes_each_reservation_once(url: str) -> None:
+    async def run() -> list[bool]:
+        await seed(url, credits=1000, quota_cap=None)
+        fast = PostgresFastPath(url)
+        try:
+            for trace in ("a", "b"):
+                assert await fast.reserve(
+                    user_id=1, token_id=7, trace_id=trace, amount=100, model="m", owner="o"
+                )
+            return list(
+                await asyncio.gather(
+                    fast.settle(Settlement(row("a", cost=30), refund=70)),
+                    fast.settle(Settlement(row("b", cost=100), refund=0)),
+                    fast.settle(Settlement(row("a", cost=30), refund=70)),  # again: no second refund
+                    fast.settle(Settlement(row("m", cost=5, user_id=None, token_id=None))),
+                )
+            )
+        finally:
+            await fast.aclose()
+
+    assert asyncio.run(run()) == [True, True, False, True]
+    credits, spent, entries = asyncio.run(state(url))
+    assert (credits, spent, entries) == (870, 130, 4)
+    assert asyncio.run(open_reservations(url)) == 0
+
+
+def row(trace_id: str, *, cost: int, user_id: int | None = 1, token_id: int | None = 7) -> UsageRow:
+    return UsageRow(
+        trace_id=trace_id,
+        user_id=user_id,
+        token_id=token_id,
+        model="m",
+        prompt_tokens=1,
+        completion_tokens=1,
+        cost=cost,
+        latency_ms=1,
+        status="ok",
+        error_code=None,
+        created_at=datetime.now(UTC),
+    )
+
+
+async def open_reservations(url: str) -> int:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM reservations"))
+    finally:
+        await conn.close()
 
 
 def test_driver_options_in_the_url_are_read_as_sqlalchemy_reads_them(url: str) -> None:

@@ -35,7 +35,7 @@ async def create_chat_completion(request: Request) -> Response:
     auth: AuthService = services.auth
     chat: ChatService = services.chat
     caller = Caller(await auth.authenticate(request.headers.get("authorization")), trace_id_of(request))
-    chat.check_credits(caller.principal)  # a token with nothing left is refused before its body is read
+    chat.check_credits(caller)  # a token with nothing left is refused before its body is read
     body = parse(ChatCompletionRequest, await request.body())
     this = asyncio.current_task()
     assert this is not None

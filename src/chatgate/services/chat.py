@@ -35,7 +35,6 @@ from chatgate.providers.base import (
 from chatgate.providers.base import ToolCallDelta as ToolPiece
 from chatgate.providers.images.input import ImageInput
 from chatgate.providers.images.prepare import ImagePreparer, has_images
-from chatgate.services.auth import Principal
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.metering import Caller as Caller
 from chatgate.services.metering import Charge, Meter, Metering
@@ -137,12 +136,16 @@ class ChatService:
         # With a model that costs nothing, an empty balance is no reason to refuse a request unread.
         self._free = any(not (r.price.prompt or r.price.completion) for r in registry.routes.values())
 
-    def check_credits(self, principal: Principal) -> None:
-        """Refuse a token that has no credits left, before its request is even read."""
-        if principal.credits_left is not None and principal.credits_left <= 0 and not self._free:
-            raise InsufficientQuota(
+    def check_credits(self, caller: Caller) -> None:
+        """Refuse a token that has no credits left before its request is even read (logged with no
+        model: none was read)."""
+        left = caller.principal.credits_left
+        if left is not None and left <= 0 and not self._free:
+            refusal = InsufficientQuota(
                 "You exceeded your current quota: this API token has no credits left. Add credits."
             )
+            self.metering.refused(caller, "", refusal, time.monotonic())
+            raise refusal
 
     async def complete(
         self, caller: Caller, request: ChatCompletionRequest
