@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,12 +175,13 @@ def assert_ledger_adds_up(server: Server, *, cli: bool = False) -> None:
     assert problems == [], problems
 
 
-def ledger_checked(server_fixture: str) -> object:
-    """An autouse fixture for a module whose tests move credits: the ledger is verified after each."""
+def ledger_checked(fixture: str, server: Callable[[Any], Server] = lambda value: value) -> object:
+    """An autouse fixture for a module whose tests move credits: after each test, the ledger of the
+    server that ``fixture`` gives (``server`` picks it out of the fixture's value) is verified."""
 
     @pytest.fixture(autouse=True)
     def checked(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
-        assert_ledger_adds_up(request.getfixturevalue(server_fixture))
+        assert_ledger_adds_up(server(request.getfixturevalue(fixture)))
 
     return checked

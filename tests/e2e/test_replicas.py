@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.e2e import infra
-from tests.e2e.conftest import SMALL, admitted_until_the_limit, well_inside_a_minute
+from tests.e2e.conftest import SMALL, admitted_until_the_limit, ledger_checked, well_inside_a_minute
 from tests.e2e.infra import Server
 
 CATALOGUE = f"""
@@ -18,6 +18,8 @@ models:
     deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 1}}
 """
 BODY: dict[str, Any] = {"model": SMALL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3}
+
+verified = ledger_checked("replicas", lambda replicas: replicas.a)
 
 
 @dataclass

@@ -17,11 +17,15 @@ import openai
 import pytest
 from PIL import Image
 
+from tests import website
 from tests.e2e import infra
+from tests.e2e.conftest import ledger_checked
 from tests.e2e.infra import Server
 
 CREDITS = 10_000_000  # at the default price, a credit a token
 SECRET = "hunter2pass"
+
+verified = ledger_checked("gateway", lambda gateway: gateway.server)
 
 
 @dataclass
@@ -74,6 +78,7 @@ def catalogue(port: int) -> str:
         f"  - {{name: noid, retries: 0, deployment: {up('noid')}}}",
         f"  - {{name: refusal, retries: 0, deployment: {up('refusal')}}}",
         f"  - {{name: credentials, retries: 0, deployment: {up('counting', credentials)}}}",
+        f"  - {{name: open, retries: 0, deployment: {up('counting', extra_fields=list(FIELDS))}}}",
         f"  - {{name: drawer, deployment: {json.dumps(drawer)}}}",
     ]
     return "\n".join(lines) + "\n"
@@ -85,7 +90,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("accounting")
     faulty = [sys.executable, str(Path(__file__).with_name("faulty_upstream.py")), "--port", str(port)]
     with infra.process(faulty, port, workdir / "faulty.log"):
-        env = {"CHATGATE_FREE_CREDITS": str(CREDITS)}
+        # The tests' own web site (on loopback) may be fetched, so a fetch before admission would show.
+        env = {"CHATGATE_FREE_CREDITS": str(CREDITS), "CHATGATE_BROWSING_ALLOW_HOSTS": "127.0.0.1"}
         with infra.chatgate(workdir / "chatgate", catalogue(port), **env) as running:
             key = running.cli("keys", "create", "--user", "payer@example.com").strip().splitlines()[-1]
             yield Gateway(running, key, f"http://127.0.0.1:{port}")
@@ -97,6 +103,16 @@ def png_url() -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
 
 
+# Fields that change the bill or where the data is kept, and extensions of OpenAI-compatible servers.
+FIELDS: dict[str, Any] = {
+    "service_tier": "priority",
+    "store": True,
+    "metadata": {"project": "x"},
+    "prediction": {"type": "content", "content": "Hello"},
+    "top_k": 20,
+    "repetition_penalty": 1.1,
+    "chat_template_kwargs": {"enable_thinking": False},
+}
 BIG = "x" * 40_000
 TOOL_HISTORY: list[Any] = [
     {"role": "user", "content": "Call it."},
@@ -289,3 +305,64 @@ def test_a_failed_images_request_costs_nothing(gateway: Gateway) -> None:
         )
     assert response.status_code == 200, response.text
     assert gateway.charged(before, 1000) == 1000  # one image, at its price
+
+
+def test_fields_that_change_the_bill_go_upstream_only_where_the_catalogue_allows(gateway: Gateway) -> None:
+    before = gateway.credits_left()
+    with gateway.client() as client:
+        for field, value in FIELDS.items():
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.chat.completions.create(
+                    model="counting", messages=ASK, max_tokens=2, extra_body={field: value}
+                )
+            error = caught.value.body
+            assert isinstance(error, dict) and (error["code"], error["param"]) == (
+                "unsupported_parameter",
+                field,
+            )
+        assert gateway.charged(before, 0) == 0  # refused before anything was reserved
+        answer = client.chat.completions.create(model="open", messages=ASK, max_tokens=2, extra_body=FIELDS)
+    sent = gateway.last_body("counting")
+    assert {field: sent.get(field) for field in FIELDS} == FIELDS
+    assert answer.usage is not None
+
+
+def test_a_token_with_one_credit_is_refused_before_its_images_are_fetched(gateway: Gateway) -> None:
+    key = (
+        gateway.server.cli("keys", "create", "--user", "poor@example.com", "--quota", "1")
+        .strip()
+        .splitlines()[-1]
+    )
+    page = website.Page(png_url_bytes(), "image/png")
+    with website.website({"/big.png": page}) as site, httpx.Client(base_url=gateway.server.base_url) as http:
+        parts = [{"type": "text", "text": "What is this?"}] + [
+            {"type": "image_url", "image_url": {"url": site.url("/big.png")}}
+        ] * 8
+        response = http.post(
+            "/v1/chat/completions",
+            json={"model": "seeing", "messages": [{"role": "user", "content": parts}]},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
+        assert site.hits.get("/big.png") is None  # nothing was fetched, decoded or analysed
+        spent = gateway.server.cli("keys", "list", "--user", "poor@example.com")
+    assert "spent=0\t" in spent
+
+
+def test_a_token_with_no_credits_left_is_refused_before_its_body_is_read(gateway: Gateway) -> None:
+    key = (
+        gateway.server.cli("keys", "create", "--user", "broke@example.com", "--quota", "0")
+        .strip()
+        .splitlines()[-1]
+    )
+    with httpx.Client(base_url=gateway.server.base_url) as http:
+        response = http.post(
+            "/v1/chat/completions", content=b"{not json at all", headers={"authorization": f"Bearer {key}"}
+        )
+    assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
+
+
+def png_url_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 120, 200)).save(out, format="PNG")
+    return out.getvalue()

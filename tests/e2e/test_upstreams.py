@@ -14,11 +14,13 @@ import pytest
 
 from chatgate.providers.local import assets
 from tests.e2e import infra
-from tests.e2e.conftest import SMALL, Spec, sse_events
+from tests.e2e.conftest import SMALL, Spec, ledger_checked, sse_events
 from tests.e2e.infra import API_KEY, ROOT, Server
 
 HI: list[Any] = [{"role": "user", "content": "Name three colours."}]
 CREDITS = 1_000_000
+
+verified = ledger_checked("gateway", lambda gateway: gateway.server)
 
 
 @dataclass

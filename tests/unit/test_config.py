@@ -177,3 +177,15 @@ def test_a_local_deployment_cannot_claim_vision(tmp_path: Path) -> None:
     path.write_text("models:\n  - {name: m, deployment: {kind: local, asset: x, vision: true}}\n")
     with pytest.raises(ConfigError, match="--mmproj"):
         load_catalogue(path)
+
+
+def test_the_default_body_limit_is_what_the_largest_allowed_request_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings()
+    # every image of a request together (20 MB) as base64 data URLs, and 4 MiB of text
+    assert settings.body_limit == 26_666_668 + 4 * 2**20 == 30_860_972
+    monkeypatch.setenv("CHATGATE_IMAGE_REQUEST_BYTES", "3000000")
+    assert Settings().body_limit == 4_000_000 + 4 * 2**20
+    monkeypatch.setenv("CHATGATE_MAX_BODY_BYTES", "2048")
+    assert Settings().body_limit == 2048

@@ -8,17 +8,11 @@ model on the request as it will read it.
 """
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.providers.base import AnyProvider, Bound, Plan, ProviderEvent
 from chatgate.providers.images.prepare import ImagePreparer, without_images
 from chatgate.providers.upstream import IMAGE_PART_TOKENS
-
-
-@dataclass(frozen=True)
-class ImagePlan(Plan):
-    pass
 
 
 class ImageInput:
@@ -39,14 +33,14 @@ class ImageInput:
     def health(self) -> list[dict[str, object]]:
         return self._inner.health()
 
-    def prepare(self, request: ChatCompletionRequest) -> ImagePlan:
+    def prepare(self, request: ChatCompletionRequest) -> Plan:
         parts = self._preparer.check(request, native=self._native)
         if self._native:
-            return ImagePlan(request, self._inner.prepare(request).bound)
+            return Plan(request, self._inner.prepare(request).bound)
         described = Bound(len(parts) * IMAGE_PART_TOKENS, 0)
-        return ImagePlan(request, self._inner.prepare(without_images(request)).bound + described)
+        return Plan(request, self._inner.prepare(without_images(request)).bound + described)
 
-    async def run(self, plan: ImagePlan) -> AsyncGenerator[ProviderEvent, None]:
+    async def run(self, plan: Plan) -> AsyncGenerator[ProviderEvent, None]:
         request = await self._preparer.prepare(plan.request, native=self._native)
         async for event in self._inner.run(self._inner.prepare(request)):
             yield event

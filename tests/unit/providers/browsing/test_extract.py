@@ -1,5 +1,10 @@
 """Reading documents: the main text of HTML pages and the text of PDF files."""
 
+import io
+
+from pypdf import PdfWriter
+from pypdf.generic import DecodedStreamObject, NameObject
+
 from chatgate.providers.browsing.extract import extract
 
 
@@ -50,3 +55,16 @@ def test_the_main_text_of_a_page_is_kept_and_its_chrome_dropped() -> None:
 
 def test_binary_files_are_not_read() -> None:
     assert extract("http://site/blob", b"\x00\x01\x02" * 100, "application/octet-stream") is None
+
+
+def test_a_pdf_stream_that_inflates_past_the_bound_is_left_out() -> None:
+    """A few kilobytes that would inflate to 50 MB of page content: not read, and no error escapes."""
+    writer = PdfWriter()
+    page = writer.add_blank_page(200, 200)
+    content = DecodedStreamObject()
+    content.set_data(b"BT /F1 12 Tf 10 10 Td (bomb) Tj ET\n" + b" " * 50_000_000)
+    page[NameObject("/Contents")] = writer._add_object(content.flate_encode())
+    out = io.BytesIO()
+    writer.write(out)
+    assert len(out.getvalue()) < 200_000
+    assert extract("https://example.com/bomb.pdf", out.getvalue(), "application/pdf") is None
