@@ -6,10 +6,11 @@ straight from its bytes (``model_validate_json``) and the answer serialised stra
 which together take about a third of what the framework's path took (see docs/benchmarks.md).
 Errors are the same as everywhere: the caller first (401), then the body (400 naming the field).
 
-A client that leaves before its answer starts (a non-streamed answer being generated, or a stream
-still waiting for its upstream's first byte) cancels the request: the generation or the upstream
-call stops, and what was reserved is given back. Once a stream is flowing, its own response
-watches for the client leaving.
+A token with no credits left is refused before its body is read. A client that leaves before its
+answer starts (a non-streamed answer being generated, or a stream still waiting for its upstream's
+first byte) cancels the request: the generation or the upstream call stops, and the request is
+settled as cancelled (see services/metering.py for what that costs). Once a stream is flowing, its
+own response watches for the client leaving.
 """
 
 import asyncio

@@ -19,6 +19,7 @@ a passive checkpoint runs on a thread of its own, so the WAL file does not grow 
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -142,6 +143,8 @@ class SqliteFastPath:
         """The event loop thread's own connection (the first thread to ask owns it)."""
         if self._inline is None:
             conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+            with contextlib.suppress(sqlite3.OperationalError):  # WAL already, unless it was never set
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints are the other connections' work
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -195,7 +198,7 @@ class SqliteFastPath:
     def _checkpoint(self) -> None:
         """Copy what the WAL holds into the database file, without waiting for anyone (PASSIVE)."""
         if self._checkpoint_conn is None:
-            self._checkpoint_conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+            self._checkpoint_conn = sqlite3.connect(self._path, isolation_level=None, timeout=5)
         self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     async def aclose(self) -> None:
