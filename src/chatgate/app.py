@@ -213,7 +213,7 @@ def _drawing(
         drawer = _base(plain, deployment.backend.model or deployment.base, name)
         backend = backends.SketchBackend(drawer.provider, max_shapes=deployment.backend.max_shapes)
     else:
-        backend = backends.ImagesAPI(deployment.backend, outside.http, outside.fetcher)
+        backend = backends.ImagesAPI(deployment.backend, outside.http, outside.fetcher, outside.heavy)
     return ImageGenerationProvider(
         base=base.provider,
         base_vision=base.vision,
@@ -332,7 +332,7 @@ def build_services(settings: Settings, registry: ModelRegistry, outside: Outside
         usage=recorder,
         limiter=limiter,
         images=ImageService(registry, metering),
-        files=FileService(outside.files, max_pixels=settings.image_max_pixels),
+        files=FileService(outside.files, max_pixels=settings.image_max_pixels, heavy=outside.heavy),
         metering=metering,
         recovery=recovery,
     )

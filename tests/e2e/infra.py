@@ -77,6 +77,9 @@ def _pg_bin(name: str) -> str:
 class Postgres:
     port: int
     socket_dir: str
+    data: str = ""  # its data directory, options and log file: for stopping and starting it again
+    options: str = ""
+    log: str = ""
 
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
@@ -90,6 +93,15 @@ class Postgres:
             capture_output=True,
         )
         return self.url(name)
+
+    def stop(self) -> None:
+        """Stop the server at once, as a crash would: its clients' connections drop."""
+        command = [_pg_bin("pg_ctl"), "-D", self.data, "-m", "immediate", "stop"]
+        subprocess.run(_as_postgres(command), check=True, capture_output=True)
+
+    def start(self) -> None:
+        command = [_pg_bin("pg_ctl"), "-D", self.data, "-o", self.options, "-w", "-l", self.log, "start"]
+        subprocess.run(_as_postgres(command), check=True, capture_output=True)
 
 
 def _as_postgres(command: list[str]) -> list[str]:
@@ -121,7 +133,7 @@ def postgres() -> Iterator[Postgres]:
         capture_output=True,
     )
     try:
-        yield Postgres(port, sockets)
+        yield Postgres(port, sockets, data, options, os.path.join(base, "log"))
     finally:
         subprocess.run(
             _as_postgres([_pg_bin("pg_ctl"), "-D", data, "-m", "immediate", "stop"]), capture_output=True

@@ -6,6 +6,7 @@ is gone has its reservations swept by the survivors without a restart. One scena
 so that each starts only three servers."""
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -137,6 +138,15 @@ class Account:
         return report
 
 
+def streaming(
+    http: httpx.Client, account: Account, words: int
+) -> contextlib.AbstractContextManager[httpx.Response]:
+    """A stream of ``words`` words from the slow model, open while the block runs."""
+    return http.stream(
+        "POST", "/v1/chat/completions", json=body("slow", words, True), headers=account.headers()
+    )
+
+
 def body(model: str, max_tokens: int, stream: bool) -> dict[str, Any]:
     return {
         "model": model,
@@ -153,11 +163,7 @@ def test_credits_and_answers_survive_kill_9(cluster: Cluster) -> None:
     with contextlib.ExitStack() as streams:
         http = streams.enter_context(httpx.Client(base_url=first.server.base_url, timeout=30))
         for _ in range(3):  # three streams in flight, each having delivered a few words
-            response = streams.enter_context(
-                http.stream(
-                    "POST", "/v1/chat/completions", json=body("slow", 400, True), headers=account.headers()
-                )
-            )
+            response = streams.enter_context(streaming(http, account, 400))
             readers.append(response.iter_lines())
             for _ in range(6):
                 next(readers[-1])
@@ -181,9 +187,7 @@ def test_credits_and_answers_survive_kill_9(cluster: Cluster) -> None:
     # live one's requests alone...
     with (
         httpx.Client(base_url=second.server.base_url, timeout=60) as http,
-        http.stream(
-            "POST", "/v1/chat/completions", json=body("slow", 40, True), headers=account.headers()
-        ) as response,
+        streaming(http, account, 40) as response,
     ):
         lines = response.iter_lines()
         next(lines)
@@ -197,9 +201,7 @@ def test_credits_and_answers_survive_kill_9(cluster: Cluster) -> None:
     left = report["credits_left"]
     with (
         httpx.Client(base_url=second.server.base_url, timeout=60) as http,
-        http.stream(
-            "POST", "/v1/chat/completions", json=body("slow", 400, True), headers=account.headers()
-        ) as response,
+        streaming(http, account, 400) as response,
     ):
         next(response.iter_lines())
         second.kill()
@@ -208,3 +210,42 @@ def test_credits_and_answers_survive_kill_9(cluster: Cluster) -> None:
         time.sleep(0.2)
     assert account.usage(third)["credits_left"] == left
     assert_ledger_adds_up(third.server)
+
+
+def test_while_the_database_is_unreachable_requests_fail_closed_and_nothing_is_lost(
+    tmp_path: Path, upstream: str
+) -> None:
+    """PostgreSQL goes away mid-stream: the stream ends with an error instead of its final chunk,
+    nothing new is served, and once it is back the held credits are swept back and the ledger adds up."""
+    with infra.postgres() as own:
+        cluster = Cluster(tmp_path, upstream, own.create_database("unreachable"))
+        try:
+            node = cluster.start()
+            account = Account(node)
+            with (
+                httpx.Client(base_url=node.server.base_url, timeout=60) as http,
+                streaming(http, account, 20) as response,
+            ):
+                lines = response.iter_lines()
+                next(lines)
+                own.stop()
+                events = [line for line in lines if line.startswith("data: ")]
+                refused = http.post(
+                    "/v1/chat/completions", json=body("ok", 4, False), headers=account.headers()
+                )
+            assert events[-1] == "data: [DONE]"
+            assert json.loads(events[-2][len("data: ") :])["error"]["code"] == "storage_unavailable"
+            assert not any('"finish_reason":"stop"' in line for line in events)  # no end without a record
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "storage_unavailable"
+            own.start()
+            deadline = time.monotonic() + 20  # the sweep, each second, once the database answers again
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError, KeyError):
+                    if account.usage(node)["credits_left"] == QUOTA:
+                        break
+                time.sleep(0.3)
+            report = account.usage(node)
+            assert report["credits_left"] == QUOTA and report["credits_used"] == 0
+            assert_ledger_adds_up(node.server)
+        finally:
+            cluster.stop()

@@ -5,7 +5,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from chatgate.errors import AuthError, TokenMismatch
+from chatgate.errors import AuthError, StorageUnavailable, TokenMismatch
 from chatgate.storage.database import Database
 from chatgate.storage.fastpath import TokenRow
 
@@ -78,4 +78,7 @@ class AuthService:
         )
 
     async def _lookup(self, digest: str) -> TokenRow | None:
-        return await self._db.fast.token(digest)
+        try:
+            return await self._db.fast.token(digest)
+        except Exception as exc:  # the database is unreachable: refuse, clearly, rather than a 500
+            raise StorageUnavailable("The server cannot reach its database right now.") from exc

@@ -147,18 +147,12 @@ async def test_a_client_that_leaves_before_acceptance_pays_nothing() -> None:
     s.conserved()
 
 
-class Waiting:
+class Waiting(ScriptedProvider):
     """Accepts, then waits for ever: a non-streamed answer still being generated."""
 
     def __init__(self) -> None:
+        super().__init__([], BOUND)
         self.accepted = asyncio.Event()
-        self.closed = False
-
-    async def start(self) -> None:
-        return None
-
-    def prepare(self, request: ChatCompletionRequest) -> Plan:
-        return Plan(request, BOUND)
 
     async def run(self, plan: Plan) -> AsyncGenerator[ProviderEvent, None]:
         try:
@@ -168,15 +162,6 @@ class Waiting:
             yield TextDelta("never")
         finally:
             self.closed = True
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-    def health(self) -> list[dict[str, object]]:
-        return []
-
-    async def aclose(self) -> None:
-        return None
 
 
 async def test_a_cancelled_request_is_settled_and_its_engine_released() -> None:

@@ -17,6 +17,7 @@ from chatgate.errors import InvalidImage, UpstreamFailed, UpstreamTimeout
 from chatgate.protocol.messages import AssistantMessage, SystemMessage, UserMessage
 from chatgate.protocol.requests import ChatCompletionRequest, JsonSchemaFormat, JsonSchemaResponseFormat
 from chatgate.providers.base import AnyProvider, generate
+from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.images import sketch
 from chatgate.providers.images.decode import Picture, decode
 from chatgate.providers.upstream import upstream_error
@@ -97,7 +98,14 @@ def _examples() -> list[UserMessage | AssistantMessage]:
 class ImagesAPI:
     """``POST /images/generations`` (or ``/images/edits`` with input images) on an OpenAI-compatible server."""
 
-    def __init__(self, config: ImagesAPIBackend, http: httpx.AsyncClient, fetcher: GuardedFetcher) -> None:
+    def __init__(
+        self,
+        config: ImagesAPIBackend,
+        http: httpx.AsyncClient,
+        fetcher: GuardedFetcher,
+        heavy: HeavyWork | None = None,
+    ) -> None:
+        self._heavy = heavy or HeavyWork(None, slots=1)
         self._config = config
         self._http = http
         self._fetcher = fetcher
@@ -148,12 +156,10 @@ class ImagesAPI:
             raise upstream_error(response.status_code, response.content, retry_after, who="The image backend")
         data = await self._image_bytes(response)
         try:
-            picture = await anyio.to_thread.run_sync(
-                lambda: decode(data, max_pixels=64_000_000, max_side=8192, param="image")
-            )
+            picture = await self._heavy.run(decode, data, max_pixels=64_000_000, max_side=8192, param="image")
         except InvalidImage as exc:
             raise UpstreamFailed(f"The image backend sent an unusable image: {exc.message}") from exc
-        png = await anyio.to_thread.run_sync(as_png, picture, size)
+        png = await self._heavy.run(as_png, picture, size)
         return Drawn(png, size[0], size[1])
 
     async def _image_bytes(self, response: httpx.Response) -> bytes:
