@@ -122,9 +122,29 @@ def limit_memory(limit: int | None) -> Callable[[], None] | None:
     return apply
 
 
+def new_database(server_url: str, name: str) -> str:
+    """A fresh database on the PostgreSQL server at ``server_url``; its SQLAlchemy URL."""
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg", "postgresql") + "/postgres")
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return f"{server_url}/{name}"
+
+
 @contextlib.contextmanager
 def chatgate(
-    name: str, workdir: Path, stub_port: int, source: Path | None, memory: int | None
+    name: str,
+    workdir: Path,
+    stub_port: int,
+    source: Path | None,
+    memory: int | None,
+    database: str | None = None,
 ) -> Iterator[Side]:
     workdir.mkdir(parents=True)
     catalogue = workdir / "catalogue.yaml"
@@ -142,6 +162,8 @@ def chatgate(
     }
     if source is not None:
         env["PYTHONPATH"] = str(source)
+    if database is not None:
+        env["CHATGATE_DATABASE_URL"] = database
 
     def cli(*args: str) -> str:
         done = subprocess.run(
@@ -291,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=10, help="each latency run")
     parser.add_argument("--repeats", type=int, default=3, help="latency rounds")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="a PostgreSQL server (postgresql+asyncpg://user@host:port) to put both sides' databases on"
+        " (default: SQLite)",
+    )
+    parser.add_argument("--latency-only", action="store_true", help="only the added latency (4.)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     log("drawing the 6000x6000 white PNG")
@@ -307,11 +336,22 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.DEVNULL,
         )
         try:
+            databases: dict[str, str | None] = {"before": None, "after": None}
+            if args.postgres:
+                stamp = time.strftime("%Y%m%d%H%M%S")
+                databases = {side: new_database(args.postgres, f"abuse_{side}_{stamp}") for side in databases}
             with (
-                chatgate("after", workdir / "after", stub_port, None, None) as after,
-                chatgate("before", workdir / "before", stub_port, source, args.before_memory) as before,
+                chatgate("after", workdir / "after", stub_port, None, None, databases["after"]) as after,
+                chatgate(
+                    "before", workdir / "before", stub_port, source, args.before_memory, databases["before"]
+                ) as before,
             ):
                 sides = [before, after]
+                if args.latency_only:
+                    report["latency"] = asyncio.run(
+                        added_latency(sides, stub_port, args.rate, args.seconds, args.repeats)
+                    )
+                    return finish(report, args)
                 for side in sides:
                     log(f"{side.name}: one 1-credit image request")
                     report[f"{side.name}_one"] = asyncio.run(abusive(side, body, 1))
@@ -327,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stub.terminate()
             stub.wait()
+    return finish(report, args)
+
+
+def finish(report: dict[str, Any], args: argparse.Namespace) -> int:
     report["load_after"] = os.getloadavg()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -338,7 +382,12 @@ def main(argv: list[str] | None = None) -> int:
 def print_report(report: dict[str, Any]) -> None:
     print(f"load average before {report['load_before'][0]:.2f}, after {report['load_after'][0]:.2f}")
     print(f"{'scenario':<34}{'before':>36}{'after':>36}")
-    for scenario, label in (("one", "1-credit image request"), ("eight", "8 of them at once")):
+    scenarios = (
+        []
+        if "before_one" not in report
+        else [("one", "1-credit image request"), ("eight", "8 of them at once")]
+    )
+    for scenario, label in scenarios:
         before, after = report[f"before_{scenario}"], report[f"after_{scenario}"]
         for key in (
             "outcomes",
@@ -350,9 +399,10 @@ def print_report(report: dict[str, Any]) -> None:
             "server_alive",
         ):
             print(f"{label + ': ' + key:<34}{before[key]!s:>36}{after[key]!s:>36}")
-    print(
-        f"{'sign-up burst (30 from one address)':<34}{report['before_signups']!s:>36}{report['after_signups']!s:>36}"
-    )
+    if "before_signups" in report:
+        print(
+            f"{'sign-up burst (30 from one address)':<34}{report['before_signups']!s:>36}{report['after_signups']!s:>36}"
+        )
     latency = report["latency"]
     for q in ("p50", "p99"):
         cells = []
