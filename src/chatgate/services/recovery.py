@@ -109,8 +109,9 @@ class Recovery:
         self._task: asyncio.Task[None] | None = None
 
     def _alive_here(self, lease: Lease) -> bool | None:
-        """Whether the lease's process still runs, if it ran on this host; None if it ran elsewhere."""
-        if lease.host != self.me.host:
+        """Whether the lease's process still runs, if it ran on this host; None if it ran elsewhere
+        (or this system has no /proc to tell by)."""
+        if lease.host != self.me.host or self.me.process_start == 0:
             return None
         started = process_start(lease.pid)
         return started is not None and (lease.process_start == 0 or started == lease.process_start)
