@@ -79,20 +79,30 @@ def _message(result: ChoiceResult) -> ResponseMessage:
 
 @dataclass
 class Run:
-    """An admitted request whose provider has begun: its first event is in, the rest to follow."""
+    """An admitted request whose provider has begun: its first event is in, the rest to follow.
+
+    Iterating it gives every event, the first included, each counted by ``meter`` as it passes;
+    ``aclose`` stops the provider (the generation, the upstream call).
+    """
 
     route: Route
     meter: Meter
     events: AsyncGenerator[ProviderEvent, None]
     first: ProviderEvent | None  # None: the provider ended without a single event
 
-    async def rest(self) -> AsyncIterator[ProviderEvent]:
-        """Every event, the first included, each counted by the meter as it passes."""
+    def __aiter__(self) -> "Run":
+        return self
+
+    async def __anext__(self) -> ProviderEvent:
         if self.first is not None:
-            yield self.first
-        async for event in self.events:
-            self.meter.observe(event)
-            yield event
+            event, self.first = self.first, None  # counted when it came
+            return event
+        event = await self.events.__anext__()
+        self.meter.observe(event)
+        return event
+
+    async def aclose(self) -> None:
+        await self.events.aclose()
 
 
 class MeteredStream:
@@ -154,9 +164,9 @@ class ChatService:
         meter = run.meter
         try:
             try:
-                result = await collect(run.rest())
+                result = await collect(run)
             finally:
-                await run.events.aclose()
+                await run.aclose()
             charge = await meter.settle()  # committed before the answer is written
         except BaseException as exc:
             await meter.close(exc)
@@ -204,8 +214,12 @@ class ChatService:
 
     async def start(self, caller: Caller, request: ChatCompletionRequest) -> Run:
         """Plan, admit, reserve, and run the request up to its first event (an error until then
-        is a refusal, recorded, that can still become an HTTP status). The caller reads
-        ``Run.rest()``, then settles and closes ``Run.meter``."""
+        is a refusal, recorded, that can still become an HTTP status).
+
+        The caller (this service's ``complete`` and ``stream``, or another API's route built on
+        chat) then iterates the Run, calls ``run.meter.settle()`` before writing its answer's last
+        byte, and ends with ``run.meter.close()`` (``close(exc)`` and ``run.aclose()`` on failure).
+        """
         started = time.monotonic()
         try:
             route = self.registry.resolve(request.model)
@@ -234,7 +248,7 @@ class ChatService:
     async def _abandon(self, run: Run) -> None:
         """The client left before the stream was read at all: release the engine, settle."""
         try:
-            await run.events.aclose()
+            await run.aclose()
         finally:
             await run.meter.close(asyncio.CancelledError())
 
@@ -261,7 +275,7 @@ class ChatService:
         first_token = True
         final: list[ChatCompletionChunk] = []
         try:
-            async for event in run.rest():
+            async for event in run:
                 if isinstance(event, Accepted | Citations | UsageReport):
                     continue  # a stream delta has no annotations: its citations are links in the text
                 if event.index not in opened:
@@ -287,7 +301,7 @@ class ChatService:
             charge = await meter.settle()
         except BaseException as exc:
             try:
-                await run.events.aclose()
+                await run.aclose()
             finally:
                 await meter.close(exc)
             raise

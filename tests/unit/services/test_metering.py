@@ -256,7 +256,7 @@ async def test_a_settlement_that_cannot_be_written_fails_the_request_and_a_sweep
     s.store.down = True  # the database goes away mid-request
     with pytest.raises(StorageUnavailable):
         await s.chat.complete(s.caller, request(user="again"))  # a second request cannot even reserve
-    async for _ in run.rest():
+    async for _ in run:
         pass
     with pytest.raises(StorageUnavailable):
         await run.meter.settle()
