@@ -38,6 +38,7 @@ from chatgate.providers.images.prepare import ImagePreparer, has_images
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.metering import Caller as Caller
 from chatgate.services.metering import Charge, Meter, Metering
+from chatgate.services.metrics import Metrics
 
 
 def _completion_id() -> str:
@@ -145,6 +146,11 @@ class ChatService:
         self.images = images
         # With a model that costs nothing, an empty balance is no reason to refuse a request unread.
         self._free = any(not (r.price.prompt or r.price.completion) for r in registry.routes.values())
+
+    @property
+    def metrics(self) -> Metrics:
+        """The request metrics the metering unit keeps (what ``/metrics`` shows)."""
+        return self.metering.metrics
 
     def check_credits(self, caller: Caller) -> None:
         """Refuse a token that has no credits left before its request is even read (logged with no
@@ -283,9 +289,7 @@ class ChatService:
                     yield chunk([ChunkChoice(index=event.index, delta=Delta(role="assistant", content=""))])
                 if first_token and isinstance(event, TextDelta | ToolPiece):
                     first_token = False
-                    self.metering.metrics.first_token(
-                        model=route.name, seconds=time.monotonic() - meter.started
-                    )
+                    self.metrics.first_token(model=route.name, seconds=time.monotonic() - meter.started)
                 if isinstance(event, TextDelta):
                     logprobs = ChoiceLogprobs(content=event.logprobs) if event.logprobs is not None else None
                     delta = Delta(refusal=event.text) if event.refusal else Delta(content=event.text)
