@@ -274,15 +274,24 @@ async def added_latency(
     for client in clients.values():
         await fixed_rate("warm-up", client, rate, 2)
     rounds: list[dict[str, dict[str, float]]] = []
+    by_name = {side.name: side for side in sides}
     for round_ in range(repeats):
         log(f"latency round {round_ + 1}/{repeats}")
-        measured = {name: await fixed_rate(name, client, rate, seconds) for name, client in clients.items()}
+        measured: dict[str, Any] = {}
+        cpu_ms: dict[str, float] = {}
+        for name, client in clients.items():
+            server = by_name.get(name)
+            cpu = server.cpu_seconds() if server is not None else 0.0
+            measured[name] = await fixed_rate(name, client, rate, seconds)
+            if server is not None:  # the server's CPU a request: the machine's load inflates it less
+                cpu_ms[name] = (server.cpu_seconds() - cpu) * 1000 / measured[name].requests
         direct = measured["direct"]
         rounds.append(
             {
                 side.name: {
                     "p50": round(measured[side.name].p50_ms - direct.p50_ms, 3),
                     "p99": round(measured[side.name].p99_ms - direct.p99_ms, 3),
+                    "cpu_ms": round(cpu_ms[side.name], 3),
                     "errors": measured[side.name].errors,
                 }
                 for side in sides
@@ -297,7 +306,7 @@ async def added_latency(
                 "min": min(r[side.name][q] for r in rounds),
                 "max": max(r[side.name][q] for r in rounds),
             }
-            for q in ("p50", "p99")
+            for q in ("p50", "p99", "cpu_ms")
         }
         for side in sides
     }
@@ -415,7 +424,10 @@ def print_report(report: dict[str, Any]) -> None:
     for number, round_ in enumerate(latency["rounds"], start=1):
         print(
             f"  round {number}: "
-            + ", ".join(f"{name} p50 +{r['p50']:.2f} p99 +{r['p99']:.2f} ms" for name, r in round_.items())
+            + ", ".join(
+                f"{name} p50 +{r['p50']:.2f} p99 +{r['p99']:.2f} ms, CPU {r['cpu_ms']:.3f} ms"
+                for name, r in round_.items()
+            )
         )
 
 
