@@ -413,14 +413,13 @@ def print_report(report: dict[str, Any]) -> None:
             f"{'sign-up burst (30 from one address)':<34}{report['before_signups']!s:>36}{report['after_signups']!s:>36}"
         )
     latency = report["latency"]
-    for q in ("p50", "p99"):
+    for q in ("p50", "p99", "cpu_ms"):
         cells = []
         for name in ("before", "after"):
             s = latency["summary"][name][q]
-            cells.append(f"{s['median']:.2f} ms ({s['min']:.2f}..{s['max']:.2f})")
-        print(
-            f"{'added ' + q + ' at ' + format(latency['rate'], 'g') + '/s':<34}{cells[0]:>36}{cells[1]:>36}"
-        )
+            cells.append(f"{s['median']:.3f} ms ({s['min']:.3f}..{s['max']:.3f})")
+        label = ("server CPU a request" if q == "cpu_ms" else "added " + q) + f" at {latency['rate']:g}/s"
+        print(f"{label:<34}{cells[0]:>36}{cells[1]:>36}")
     for number, round_ in enumerate(latency["rounds"], start=1):
         print(
             f"  round {number}: "
