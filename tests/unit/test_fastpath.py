@@ -123,3 +123,29 @@ def test_a_locked_database_sends_the_reservation_to_the_thread_that_waits(tmp_pa
         writer.close()
     assert fast._conn is not None  # it went to the worker thread
     assert balance(path) == (75, 30, 1)  # both writes landed, once each
+
+
+def test_settlements_asked_for_in_one_turn_of_the_loop_share_a_transaction(tmp_path: Path) -> None:
+    path = database_with_a_token(tmp_path, credits=1000)
+    fast = SqliteFastPath(path)
+    groups: list[int] = []
+    write = fast._settle_group
+
+    async def counted(group: list[Settlement]) -> list[bool]:
+        groups.append(len(group))
+        return await write(group)
+
+    fast._settlements._write = counted
+
+    async def use() -> list[bool]:
+        for i in range(5):
+            await fast.reserve(user_id=1, token_id=7, trace_id=f"t{i}", amount=100, model="m", owner="o")
+        held = await asyncio.gather(
+            *(fast.settle(Settlement(usage_row(f"t{i}", 10), refund=90)) for i in range(5))
+        )
+        fast.close()
+        return list(held)
+
+    assert asyncio.run(use()) == [True] * 5
+    assert groups == [5]
+    assert balance(path) == (950, 50, 10) and held(path) == []

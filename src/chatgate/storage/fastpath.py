@@ -11,7 +11,9 @@ in ``fastpath_postgres``); everything else goes through SQLAlchemy.
 
 A settlement is one transaction too: the request's usage row, its ledger row, the refund to the
 balance and the token, and the deletion of its open reservation, committed before the request's
-last byte is written. The database runs in WAL mode with ``synchronous=NORMAL``: a commit is in
+last byte is written. The settlements asked for in one turn of the event loop share a
+transaction (GroupCommit): a commit is mostly the WAL write of the pages it touched, so ten in one
+cost a third of ten apart, and a request waits for no other turn. The database runs in WAL mode with ``synchronous=NORMAL``: a commit is in
 the WAL file (the operating system's cache) when it returns, so it survives the process being
 killed; only a power loss or a kernel crash can take the last commits with it (``FULL`` would
 fsync every commit). The inline connection never checkpoints: every ``CHECKPOINT_EVERY`` writes
@@ -24,10 +26,11 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from chatgate.storage.usage import UsageRow
 
@@ -118,6 +121,48 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
+MAX_GROUP = 256  # settlements in one transaction, at most
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    """Items written together: ``submit`` returns once the transaction holding its item committed.
+
+    A writer task runs while items wait: it takes everything waiting (up to ``max_group``), writes
+    it in one call, hands each submitter its result (or the error), and goes round again.
+    """
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]], *, max_group: int = MAX_GROUP) -> None:
+        self._write = write
+        self._max = max_group
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="group-commit")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+            try:
+                results = await self._write([item for item, _ in group])
+            except BaseException as exc:
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(group, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
 class SqliteFastPath:
     def __init__(self, path: str) -> None:
         self._path = path
@@ -129,6 +174,8 @@ class SqliteFastPath:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._writes = 0
         self._checkpointing = False
+        # Settlements asked for in one turn of the event loop are written in one transaction.
+        self._settlements = GroupCommit(self._settle_group)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:  # created on, and used only by, the executor's one thread
@@ -177,7 +224,10 @@ class SqliteFastPath:
         return covered
 
     async def settle(self, settlement: Settlement) -> bool:
-        held: bool = await self._run(_settle, settlement)
+        return await self._settlements.submit(settlement)
+
+    async def _settle_group(self, group: list[Settlement]) -> list[bool]:
+        held: list[bool] = await self._run(_settle_group, group)
         self._wrote()
         return held
 
@@ -278,41 +328,57 @@ _USAGE_INSERT = (
 _USAGE = _USAGE_INSERT.format(", ".join("?" * 12))
 
 
-def _settle(conn: sqlite3.Connection, settlement: Settlement) -> bool:
-    """One transaction: the reservation closed, the refund given back, the usage row written."""
-    row = settlement.usage
+def _settle_group(conn: sqlite3.Connection, group: list[Settlement]) -> list[bool]:
+    """One transaction for the whole group (one WAL write, where each alone cost one: a third of
+    the time for groups of ten); if one of them breaks a constraint, each in a transaction of its
+    own, so one bad row holds back no other."""
+    try:
+        return _settle_in_one(conn, group)
+    except sqlite3.IntegrityError:
+        if len(group) == 1:
+            raise
+        return [_settle_in_one(conn, [settlement])[0] for settlement in group]
+
+
+def _settle_in_one(conn: sqlite3.Connection, group: list[Settlement]) -> list[bool]:
+    """The reservations closed, the refunds given back, the usage rows written, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        held = True
         now = _now()
-        if row.user_id is not None:
-            held = (
-                conn.execute(
-                    "DELETE FROM reservations WHERE user_id = ? AND trace_id = ?", (row.user_id, row.trace_id)
-                ).rowcount
-                == 1
-            )
-            if held:
-                conn.execute(
-                    "INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at) VALUES (?, 'settle', ?, ?, ?, ?)",
-                    (row.trace_id, row.user_id, row.token_id, settlement.refund, now),
-                )
-                if settlement.refund:
-                    conn.execute(
-                        "UPDATE users SET credits = credits + ? WHERE id = ?",
-                        (settlement.refund, row.user_id),
-                    )
-        if row.token_id is not None:
-            conn.execute(
-                "UPDATE api_tokens SET spent = spent - ?, last_used_at = ? WHERE id = ?",
-                (settlement.refund if held and row.user_id is not None else 0, now, row.token_id),
-            )
-        conn.execute(_USAGE, _usage_values(row, held, row.created_at.strftime(_SQLITE_TIME)))
+        results = [_settle(conn, settlement, now) for settlement in group]
         conn.execute("COMMIT")
-        return held
+        return results
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _settle(conn: sqlite3.Connection, settlement: Settlement, now: str) -> bool:
+    row = settlement.usage
+    held = True
+    if row.user_id is not None:
+        held = (
+            conn.execute(
+                "DELETE FROM reservations WHERE user_id = ? AND trace_id = ?", (row.user_id, row.trace_id)
+            ).rowcount
+            == 1
+        )
+        if held:
+            conn.execute(
+                "INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at) VALUES (?, 'settle', ?, ?, ?, ?)",
+                (row.trace_id, row.user_id, row.token_id, settlement.refund, now),
+            )
+            if settlement.refund:
+                conn.execute(
+                    "UPDATE users SET credits = credits + ? WHERE id = ?", (settlement.refund, row.user_id)
+                )
+    if row.token_id is not None:
+        conn.execute(
+            "UPDATE api_tokens SET spent = spent - ?, last_used_at = ? WHERE id = ?",
+            (settlement.refund if held and row.user_id is not None else 0, now, row.token_id),
+        )
+    conn.execute(_USAGE, _usage_values(row, held, row.created_at.strftime(_SQLITE_TIME)))
+    return held
 
 
 def _usage_values(row: UsageRow, held: bool, created_at: Any) -> tuple[Any, ...]:

@@ -14,9 +14,8 @@ waits for the WAL to reach the disk, so a settlement survives a crash of the dat
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import asyncpg
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
@@ -25,6 +24,7 @@ from sqlalchemy.engine import Dialect, make_url
 from chatgate.storage.fastpath import (
     TOKEN_QUERY,
     DuplicateReservation,
+    GroupCommit,
     Settlement,
     TokenRow,
     token_row,
@@ -66,47 +66,6 @@ _USAGE = (
     "INSERT INTO usage_log (trace_id, user_id, token_id, model, prompt_tokens, completion_tokens, cost,"
     " latency_ms, status, error_code, day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
-MAX_GROUP = 256  # settlements in one transaction, at most
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-class GroupCommit(Generic[T, R]):
-    """Items written together: ``submit`` returns once the transaction holding its item committed.
-
-    A writer task runs while items wait: it takes everything waiting (up to ``max_group``), writes
-    it in one call, hands each submitter its result (or the error), and goes round again.
-    """
-
-    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]], *, max_group: int = MAX_GROUP) -> None:
-        self._write = write
-        self._max = max_group
-        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain(), name="group-commit")
-        return await future
-
-    async def _drain(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-            try:
-                results = await self._write([item for item, _ in group])
-            except BaseException as exc:
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, future), result in zip(group, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
 
 
 def connect_options(url: str) -> dict[str, Any]:
