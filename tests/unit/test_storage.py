@@ -1,6 +1,10 @@
 """The schema is checked at start-up, and only migrations create it."""
 
 import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +45,54 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path: Pat
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     engine.dispose()
+
+
+NOW = "2026-11-25 12:00:00.000000"
+
+
+def test_upgrading_hands_reservations_left_open_to_no_owner_and_verify_says_what_is_wrong(
+    tmp_path: Path,
+) -> None:
+    """A database that crashed before revision 0003 held credits for ever; after the upgrade they are
+    an open reservation with no lease (the first sweep gives them back), and the ledger adds up."""
+    from alembic import command
+
+    from chatgate.storage.database import alembic_config
+
+    path = tmp_path / "old.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    command.upgrade(alembic_config(url), "0002")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO users (id, email, is_admin, disabled, credits, created_at) VALUES (1, 'a@b.c', 0, 0, 40, ?)",
+            (NOW,),
+        )
+        for trace, kind, amount in [("signup_1", "grant", 100), ("t1", "reserve", -40), ("t1", "settle", 10),
+                                    ("t2", "reserve", -30)]:  # fmt: skip
+            conn.execute(
+                "INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at) VALUES (?, ?, 1, NULL, ?, ?)",
+                (trace, kind, amount, NOW),
+            )
+        conn.execute(
+            "INSERT INTO usage_log (trace_id, user_id, token_id, model, prompt_tokens, completion_tokens, cost,"
+            " latency_ms, status, error_code, day, created_at) VALUES ('t1', 1, NULL, 'm', 1, 1, 30, 1, 'ok', NULL,"
+            " '2026-11-25', ?)",
+            (NOW,),
+        )
+    migrate(url)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT trace_id, amount, owner FROM reservations").fetchall() == [
+            ("t2", 30, "before-0003")
+        ]
+    env = {**os.environ, "CHATGATE_DATABASE_URL": url}
+    verify = [sys.executable, "-m", "chatgate", "ledger", "verify"]
+    done = subprocess.run(verify, env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "ledger verified: 1 users, 0 tokens, 1 open reservations\n")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE users SET credits = credits + 5 WHERE id = 1")  # credits out of nowhere
+    done = subprocess.run(verify, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        "user 1: the ledger adds up to 40, the balance is 45",
+        "user 1: granted 100 != balance 45 + settled 30 + open 30 (= 105)",
+    ]
