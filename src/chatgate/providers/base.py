@@ -158,6 +158,12 @@ async def generate(provider: AnyProvider, request: ChatCompletionRequest) -> Com
     return await collect(provider.run(provider.prepare(request)))
 
 
+async def replay(events: list[ProviderEvent]) -> AsyncGenerator[ProviderEvent, None]:
+    """Events already taken from a provider, as a stream again (to ``collect`` them)."""
+    for event in events:
+        yield event
+
+
 def new_call_id() -> str:
     """An id for a tool call that came without one."""
     return "call_" + uuid.uuid4().hex[:24]

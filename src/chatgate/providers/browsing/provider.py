@@ -34,6 +34,7 @@ from chatgate.providers.base import (
     TextDelta,
     UsageReport,
     collect,
+    replay,
 )
 from chatgate.providers.browsing.extract import Document, extract
 from chatgate.providers.browsing.passages import Passage, budget_bytes, rank, select, split
@@ -127,7 +128,7 @@ class BrowsingProvider:
                 if isinstance(event, Accepted) and not events:
                     yield event  # the base model took the query step: the search is under way
                 events.append(event)
-            written = await collect(_replay(events))
+            written = await collect(replay(events))
             question = _question(request)
             model_query = _clean_query(written.choices[0].text if written.choices else "")
             queries = list(dict.fromkeys(q for q in (model_query, question[:300]) if q))
@@ -247,11 +248,6 @@ class BrowsingProvider:
         total_prompt, total_completion = spent_prompt + prompt, spent_completion + completion
         yield Finished(reason, total_prompt, total_completion)
         yield UsageReport(total_prompt, total_completion)
-
-
-async def _replay(events: list[ProviderEvent]) -> AsyncGenerator[ProviderEvent, None]:
-    for event in events:
-        yield event
 
 
 def _question(request: ChatCompletionRequest) -> str:

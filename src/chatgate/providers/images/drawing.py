@@ -26,6 +26,7 @@ from chatgate.providers.base import (
     TextDelta,
     UsageReport,
     collect,
+    replay,
 )
 from chatgate.providers.images.backends import Drawn, ImageBackend, parse_plan, plan_format
 from chatgate.providers.images.decode import Picture
@@ -179,7 +180,7 @@ class ImageGenerationProvider:
                 steps.append(event)
         finally:
             await events.aclose()
-        plan_result = await collect(_replay(steps))
+        plan_result = await collect(replay(steps))
         prompt_tokens = plan_result.prompt_tokens
         text = plan_result.choices[0].text if plan_result.choices else ""
         fallback = text_of(request.messages[-1]) or "a picture"
@@ -195,8 +196,3 @@ class ImageGenerationProvider:
         completion_tokens = plan_result.completion_tokens + drawn.completion_tokens
         yield Finished("stop", prompt_tokens, completion_tokens)
         yield UsageReport(prompt_tokens, completion_tokens, extra_cost=self.image_price)
-
-
-async def _replay(events: list[ProviderEvent]) -> AsyncGenerator[ProviderEvent, None]:
-    for event in events:
-        yield event
