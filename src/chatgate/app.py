@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatgate.api import accounts, chat, files, health, images, models, usage
+from chatgate.api import accounts, chat, embeddings, files, health, images, models, usage
 from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
 from chatgate.api.trace import TraceMiddleware
 from chatgate.config import (
@@ -25,8 +25,10 @@ from chatgate.config import (
     CatalogueEntry,
     ImageGenerationDeployment,
     LocalDeployment,
+    LocalEmbeddingDeployment,
     Settings,
     UpstreamDeployment,
+    UpstreamEmbeddingDeployment,
     effective_catalogue,
 )
 from chatgate.console import api as console_api
@@ -36,6 +38,10 @@ from chatgate.providers.base import AnyProvider
 from chatgate.providers.browsing import search
 from chatgate.providers.browsing.provider import BrowsingProvider
 from chatgate.providers.heavy import HeavyWork
+from chatgate.providers.embeddings import local as local_embeddings
+from chatgate.providers.embeddings.base import Embedder
+from chatgate.providers.embeddings.router import Choice, EmbeddingRouter
+from chatgate.providers.embeddings.upstream import UpstreamEmbedder
 from chatgate.providers.images import backends
 from chatgate.providers.images.analysis import ImageAnalyser
 from chatgate.providers.images.drawing import ImageGenerationProvider
@@ -50,8 +56,9 @@ from chatgate.providers.upstream import UpstreamProvider
 from chatgate.providers.web.fetch import GuardedFetcher
 from chatgate.services.accounts import AccountService
 from chatgate.services.auth import AuthService
-from chatgate.services.catalogue import ModelRegistry, Route
+from chatgate.services.catalogue import EmbeddingRoute, ModelRegistry, Route
 from chatgate.services.chat import ChatService
+from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
 from chatgate.services.metering import Metering
@@ -127,7 +134,15 @@ def build_registry(
     budget = ThreadBudget(settings.engine_threads)
     http = outside.http
     derived: list[CatalogueEntry] = []
+    embedding_routes: list[EmbeddingRoute] = []
     for entry in catalogue.models:
+        if entry.embeddings:
+            embedder = _embedder(settings, entry, outside.relay, budget, progress)
+            embedding_routes.append(
+                EmbeddingRoute(entry.name, entry.owned_by, created, embedder, entry.price)
+            )
+            aliases.update({alias: entry.name for alias in entry.aliases})
+            continue
         if entry.derived is not None:
             derived.append(entry)  # built on other models: the second pass, once every ordinary route exists
             aliases.update({alias: entry.name for alias in entry.aliases})
@@ -166,7 +181,32 @@ def build_registry(
                 handles_images=True,
             )
         routes.append(route)
-    return ModelRegistry(routes, aliases)
+    return ModelRegistry(routes, aliases, embedding_routes)
+
+
+def _embedder(
+    settings: Settings,
+    entry: CatalogueEntry,
+    relay: RelaySession,
+    budget: ThreadBudget,
+    progress: Progress | None,
+) -> Embedder:
+    """An embedding model's engine or upstream; several deployments behind a router."""
+    choices: list[Choice] = []
+    for deployment in entry.embeddings:
+        embedder: Embedder
+        if isinstance(deployment, UpstreamEmbeddingDeployment):
+            upstream = UpstreamEmbedder(entry.name, deployment, relay)
+            embedder, label, limit = upstream, upstream.name, deployment.max_concurrency
+        else:
+            assert isinstance(deployment, LocalEmbeddingDeployment)
+            encoder, longest, _ = local_embeddings.load(deployment, settings.models_path, progress)
+            embedder = local_embeddings.LocalEmbedder(entry.name, deployment, encoder, longest, budget)
+            label, limit = f"local:{deployment.asset or deployment.path}", None
+        choices.append(Choice(label, embedder, deployment.weight, limit))
+    if len(choices) == 1:
+        return choices[0].embedder
+    return EmbeddingRouter(choices, retries=entry.retries)
 
 
 def _ordinary(entry: CatalogueEntry) -> list[LocalDeployment | UpstreamDeployment]:
@@ -304,6 +344,7 @@ class Services:
     files: FileService
     metering: Metering
     recovery: Recovery
+    embeddings: EmbeddingService
 
 
 def build_services(settings: Settings, registry: ModelRegistry, outside: Outside | None = None) -> Services:
@@ -335,6 +376,7 @@ def build_services(settings: Settings, registry: ModelRegistry, outside: Outside
         files=FileService(outside.files, max_pixels=settings.image_max_pixels, heavy=outside.heavy),
         metering=metering,
         recovery=recovery,
+        embeddings=EmbeddingService(registry, metering),
     )
 
 
@@ -351,6 +393,8 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         await outside.relay.open()
         for provider in registry.providers:
             await provider.start()
+        for embedder in registry.embedders:
+            await embedder.start()
         sweeper = asyncio.create_task(_sweep_files(outside.files))
         try:
             yield
@@ -361,6 +405,8 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             await outside.fetcher.aclose()
             for provider in registry.providers:
                 await provider.aclose()
+            for embedder in registry.embedders:
+                await embedder.aclose()
             await services.recovery.stop()
             await services.usage.stop()
             await services.limiter.aclose()
@@ -392,6 +438,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         app.include_router(models.router, prefix=prefix)
         app.include_router(usage.router, prefix=prefix)
         app.include_router(images.router, prefix=prefix)
+        app.include_router(embeddings.router, prefix=prefix)
         app.include_router(files.api_router, prefix=prefix)
     app.include_router(accounts.router, prefix="/api")
     app.include_router(console_api.router, prefix="/api")

@@ -79,16 +79,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from chatgate.config import LocalDeployment, Settings, load_catalogue
+    from chatgate.config import LocalDeployment, LocalEmbeddingDeployment, Settings, load_catalogue
+    from chatgate.providers.embeddings import assets as embedding_assets
     from chatgate.providers.local import assets
 
     settings = Settings(**({"catalogue": args.config} if args.config else {}))
     names = args.asset or [
-        e.deployment.asset
+        d.asset
         for e in load_catalogue(settings.catalogue).models
-        if isinstance(e.deployment, LocalDeployment) and e.deployment.asset
+        for d in e.all_deployments
+        if isinstance(d, LocalDeployment | LocalEmbeddingDeployment) and d.asset
     ]
-    for name in names:
+    for name in dict.fromkeys(names):
+        if name in embedding_assets.ASSETS:  # made into an ONNX model from its verified files
+            path = embedding_assets.ensure(embedding_assets.resolve(name), settings.models_path, _progress)
+            print(f"{name}: {path} (sources sha256 verified, ONNX model made and verified)")
+            continue
         path = assets.ensure(assets.resolve(name), settings.models_path, _progress)
         print(f"{name}: {path} (sha256 verified)")
     return 0

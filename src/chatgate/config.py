@@ -287,6 +287,59 @@ class BrowsingDeployment(BaseModel):
     fetch_max_bytes: int = Field(default=2_000_000, ge=1024)
 
 
+class LocalEmbeddingDeployment(BaseModel):
+    """An embedding model run in-process by ONNX Runtime (see docs/embeddings.md).
+
+    ``asset`` names a model installed as a package and converted at set-up (``chatgate models``);
+    ``path`` a directory holding ``model.onnx`` and ``tokenizer.json`` (an ONNX export of a BERT-style
+    encoder, as many model repositories publish), with its pooling given here.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local_embedding"]
+    asset: str | None = None
+    path: Path | None = None
+    pooling: Literal["mean", "cls"] = "mean"  # for a ``path`` model; an asset knows its own
+    normalize: bool = True  # scale each vector to length 1 (cosine similarity = dot product)
+    max_input_tokens: int | None = Field(default=None, ge=1)  # default: what the model's positions allow
+    matryoshka: bool = False  # trained so that its vectors' leading parts are embeddings too: 'dimensions'
+    workers: int = Field(default=2, ge=1, le=64)  # batches run at once, one thread each
+    max_queue: int = Field(default=16, ge=0)  # requests waiting for a worker before a 429
+    weight: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LocalEmbeddingDeployment":
+        if (self.asset is None) == (self.path is None):
+            raise ValueError("a local embedding deployment names exactly one of 'asset' or 'path'")
+        return self
+
+
+class UpstreamEmbeddingDeployment(BaseModel):
+    """An embedding model served by an OpenAI-compatible ``/embeddings`` endpoint (OpenAI, vLLM,
+    Ollama, llama.cpp's server with ``--embedding``...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openai_embeddings"]
+    base_url: str = Field(pattern=r"^https?://")
+    model: str = Field(min_length=1)  # the upstream's name for it
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=120.0, gt=0)
+    weight: int = Field(default=1, ge=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1)  # its vectors' length, when known
+    max_input_tokens: int = Field(default=8192, ge=1)  # per input, as the upstream counts them
+    matryoshka: bool = False  # the model takes 'dimensions' (OpenAI's text-embedding-3-*, nomic v1.5...)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+EmbeddingDeployment = LocalEmbeddingDeployment | UpstreamEmbeddingDeployment
+
+
 def _deployment_kind(value: object) -> str:
     kind = value.get("kind", "local") if isinstance(value, dict) else getattr(value, "kind", "local")
     return str(kind)
@@ -297,7 +350,9 @@ Deployment = Annotated[
     Annotated[LocalDeployment, Tag("local")]
     | Annotated[UpstreamDeployment, Tag("openai_compatible")]
     | Annotated[ImageGenerationDeployment, Tag("image_generation")]
-    | Annotated[BrowsingDeployment, Tag("browsing")],
+    | Annotated[BrowsingDeployment, Tag("browsing")]
+    | Annotated[LocalEmbeddingDeployment, Tag("local_embedding")]
+    | Annotated[UpstreamEmbeddingDeployment, Tag("openai_embeddings")],
     Discriminator(_deployment_kind),
 ]
 
@@ -319,13 +374,28 @@ class CatalogueEntry(BaseModel):
             raise ValueError(f"model {self.name!r} names either one 'deployment' or a list of 'deployments'")
         if self.derived is not None and self.deployment is None:
             raise ValueError(f"model {self.name!r}, built on another, has exactly one 'deployment'")
+        embedding = [isinstance(d, EmbeddingDeployment) for d in self.all_deployments]
+        if any(embedding) and not all(embedding):
+            raise ValueError(f"model {self.name!r} mixes embedding deployments with chat deployments")
         return self
 
     @property
     def all_deployments(
         self,
-    ) -> list[LocalDeployment | UpstreamDeployment | ImageGenerationDeployment | BrowsingDeployment]:
+    ) -> list[
+        LocalDeployment
+        | UpstreamDeployment
+        | ImageGenerationDeployment
+        | BrowsingDeployment
+        | LocalEmbeddingDeployment
+        | UpstreamEmbeddingDeployment
+    ]:
         return [self.deployment] if self.deployment is not None else list(self.deployments)
+
+    @property
+    def embeddings(self) -> list[EmbeddingDeployment]:
+        """The deployments of an embedding model (empty for a chat model)."""
+        return [d for d in self.all_deployments if isinstance(d, EmbeddingDeployment)]
 
     @property
     def derived(self) -> ImageGenerationDeployment | BrowsingDeployment | None:
@@ -361,6 +431,10 @@ class Catalogue(BaseModel):
             if base.derived is not None:
                 raise ValueError(
                     f"model {entry.name!r} is built on {derived.base!r}, itself built on another"
+                )
+            if base.embeddings:
+                raise ValueError(
+                    f"model {entry.name!r} is built on {derived.base!r}, an embedding model, not a chat model"
                 )
         return self
 

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 
 from chatgate.api.body import parse
 from chatgate.api.deps import services_of
+from chatgate.api.disconnect import GONE, cancel_when_gone
 from chatgate.api.sse import sse_response
 from chatgate.api.trace import trace_id_of
 from chatgate.protocol.requests import ChatCompletionRequest
@@ -40,7 +41,7 @@ async def create_chat_completion(request: Request) -> Response:
     body = parse(ChatCompletionRequest, await request.body())
     this = asyncio.current_task()
     assert this is not None
-    watcher = asyncio.create_task(_cancel_when_gone(request, this))
+    watcher = asyncio.create_task(cancel_when_gone(request, this))
     try:
         if body.stream:
             chunks, headers = await chat.stream(caller, body)
@@ -48,15 +49,8 @@ async def create_chat_completion(request: Request) -> Response:
         completion, headers = await chat.complete(caller, body)
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled() and this.uncancel() == 0:
-            return Response(status_code=499)  # the client has gone: nobody reads this
+            return Response(status_code=GONE)
         raise
     finally:
         watcher.cancel()
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
-
-
-async def _cancel_when_gone(request: Request, task: asyncio.Task[object]) -> None:
-    """Cancels ``task`` if the client disconnects (its body is read, so nothing else can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    task.cancel()

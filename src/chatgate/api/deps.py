@@ -14,6 +14,7 @@ from chatgate.errors import Forbidden
 from chatgate.services.accounts import AccountService, SignedIn
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
+from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
 from chatgate.services.metering import Caller
@@ -46,6 +47,11 @@ async def _tokens(request: Request) -> TokenService:
 
 async def _images(request: Request) -> ImageService:
     service: ImageService = services_of(request).images
+    return service
+
+
+async def _embeddings(request: Request) -> EmbeddingService:
+    service: EmbeddingService = services_of(request).embeddings
     return service
 
 
@@ -88,5 +94,6 @@ TokensDep = Annotated[TokenService, Depends(_tokens)]
 UsageDep = Annotated[UsageRecorder, Depends(_usage)]
 ImagesDep = Annotated[ImageService, Depends(_images)]
 FilesDep = Annotated[FileService, Depends(_files)]
+EmbeddingsDep = Annotated[EmbeddingService, Depends(_embeddings)]
 SignedInDep = Annotated[SignedIn, Depends(_signed_in)]
 AdminDep = Annotated[SignedIn, Depends(_admin)]

@@ -10,6 +10,9 @@ class Model(WireModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # chatgate's addition: what the model is called through. "chat" models answer the chat
+    # completions (and the APIs built on them); "embedding" models answer /v1/embeddings only.
+    type: Literal["chat", "embedding"] = "chat"
 
 
 class ModelList(WireModel):

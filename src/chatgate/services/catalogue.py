@@ -3,9 +3,10 @@
 from dataclasses import dataclass
 
 from chatgate.config import Price
-from chatgate.errors import ModelNotFound
+from chatgate.errors import InvalidRequest, ModelNotFound
 from chatgate.protocol.models import Model, ModelList
 from chatgate.providers.base import AnyProvider
+from chatgate.providers.embeddings.base import Embedder
 
 
 @dataclass(frozen=True)
@@ -20,51 +21,104 @@ class Route:
     handles_images: bool = False  # its provider takes image parts as sent (the drawing models)
 
 
+@dataclass(frozen=True)
+class EmbeddingRoute:
+    name: str
+    owned_by: str
+    created: int
+    embedder: Embedder
+    price: Price  # its prompt price is what an input token costs
+
+
 class ModelRegistry:
-    def __init__(self, routes: list[Route], aliases: dict[str, str]) -> None:
+    def __init__(
+        self, routes: list[Route], aliases: dict[str, str], embeddings: list[EmbeddingRoute] | None = None
+    ) -> None:
         self._routes = {route.name: route for route in routes}
+        self._embeddings = {route.name: route for route in embeddings or []}
         self._aliases = aliases
 
     def resolve(self, name: str) -> Route:
-        route = self._routes.get(self._aliases.get(name, name))
+        """A chat model; an embedding model's name is refused, saying where it belongs."""
+        public = self._aliases.get(name, name)
+        route = self._routes.get(public)
         if route is None:
-            raise ModelNotFound(
-                f"The model '{name}' does not exist or you do not have access to it.", param="model"
-            )
+            if public in self._embeddings:
+                raise InvalidRequest(
+                    f"The model '{name}' is an embedding model: call POST /v1/embeddings with it.",
+                    param="model",
+                    code="model_not_supported",
+                )
+            raise _not_found(name)
+        return route
+
+    def resolve_embedding(self, name: str) -> EmbeddingRoute:
+        """An embedding model; a chat model's name is refused, saying so."""
+        public = self._aliases.get(name, name)
+        route = self._embeddings.get(public)
+        if route is None:
+            if public in self._routes:
+                raise InvalidRequest(
+                    f"The model '{name}' is a chat model and makes no embeddings: use an embedding model "
+                    '(GET /v1/models lists them with "type": "embedding").',
+                    param="model",
+                    code="model_not_supported",
+                )
+            raise _not_found(name)
         return route
 
     def describe(self, name: str, allowed: tuple[str, ...] | None = None) -> Model:
         """One model; a token limited to other models is told it does not exist, as in the list."""
-        route = self.resolve(name)
-        if allowed is not None and route.name not in self._permitted(allowed):
-            raise ModelNotFound(
-                f"The model '{name}' does not exist or you do not have access to it.", param="model"
-            )
-        return Model(id=route.name, created=route.created, owned_by=route.owned_by)
+        public = self._aliases.get(name, name)
+        if public not in self or (allowed is not None and public not in self._permitted(allowed)):
+            raise _not_found(name)
+        return self._model(public)
 
     def model_list(self, allowed: tuple[str, ...] | None = None) -> ModelList:
-        """The routable models; for a token limited to some models (by name or alias), just those."""
-        names = self._routes.keys() if allowed is None else self._permitted(allowed)
-        routes = [r for r in self._routes.values() if r.name in names]
-        return ModelList(data=[Model(id=r.name, created=r.created, owned_by=r.owned_by) for r in routes])
+        """The routable models, chat then embedding; for a token limited to some models (by name or
+        alias), just those."""
+        names = [*self._routes, *self._embeddings]
+        permitted = None if allowed is None else self._permitted(allowed)
+        return ModelList(data=[self._model(n) for n in names if permitted is None or n in permitted])
+
+    def _model(self, name: str) -> Model:
+        route = self._routes.get(name)
+        if route is not None:
+            return Model(id=route.name, created=route.created, owned_by=route.owned_by)
+        embedding = self._embeddings[name]
+        return Model(id=name, created=embedding.created, owned_by=embedding.owned_by, type="embedding")
 
     def _permitted(self, allowed: tuple[str, ...]) -> set[str]:
         return {self._aliases.get(name, name) for name in allowed}
 
     def __contains__(self, name: object) -> bool:
-        """Whether ``name`` is a model's public name (aliases are not)."""
-        return name in self._routes
+        """Whether ``name`` is a model's public name, chat or embedding (aliases are not)."""
+        return name in self._routes or name in self._embeddings
 
     @property
     def routes(self) -> dict[str, Route]:
         return dict(self._routes)
 
+    @property
+    def embedding_routes(self) -> dict[str, EmbeddingRoute]:
+        return dict(self._embeddings)
+
     def health(self) -> dict[str, list[dict[str, object]]]:
-        return {name: route.provider.health() for name, route in self._routes.items()}
+        chat = {name: route.provider.health() for name, route in self._routes.items()}
+        return chat | {name: route.embedder.health() for name, route in self._embeddings.items()}
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return {name: route.provider.stats() for name, route in self._routes.items()}
+        chat = {name: route.provider.stats() for name, route in self._routes.items()}
+        return chat | {name: route.embedder.stats() for name, route in self._embeddings.items()}
 
     @property
     def providers(self) -> list[AnyProvider]:
         return [route.provider for route in self._routes.values()]
+
+    @property
+    def embedders(self) -> list[Embedder]:
+        return [route.embedder for route in self._embeddings.values()]
+
+
+def _not_found(name: str) -> ModelNotFound:
+    return ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")

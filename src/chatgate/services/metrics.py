@@ -108,8 +108,9 @@ class Metrics:
                 "# TYPE chatgate_engine_load gauge"]  # fmt: skip
         traffic = ["# HELP chatgate_deployment_requests_total Requests sent to a deployment, and those that failed.",
                    "# TYPE chatgate_deployment_requests_total counter"]  # fmt: skip
-        for model, route in registry.routes.items():
-            for entry in route.provider.health():
+        stats = registry.stats()  # chat and embedding models alike
+        for model, deployments in registry.health().items():
+            for entry in deployments:
                 labels = (("deployment", str(entry["deployment"])), ("model", model))
                 up.append(f"chatgate_deployment_up{_labels(labels)} {1 if entry['up'] else 0}")
                 for outcome in ("requests", "failures"):
@@ -117,6 +118,6 @@ class Metrics:
                         traffic.append(
                             f"chatgate_deployment_requests_total{_labels((*labels, ('outcome', outcome)))} {entry[outcome]}"
                         )
-            for key, value in route.provider.stats().items():
+            for key, value in stats.get(model, {}).items():
                 load.append(f"chatgate_engine_load{_labels((('model', model), ('what', key)))} {value}")
         return up + traffic + load

@@ -1,0 +1,34 @@
+"""``POST /v1/embeddings`` (and the same under ``/openai``).
+
+The body is read as the chat route reads it (``api.body.parse``): JSON whatever its Content-Type
+says, strict types, Unicode checked. The caller first (401), then the body (400 naming the field).
+A client that leaves before its vectors are ready cancels the request: the batches not yet started
+are dropped and what was reserved comes back.
+"""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from chatgate.api.body import parse
+from chatgate.api.deps import CallerDep, EmbeddingsDep
+from chatgate.api.disconnect import unless_gone
+from chatgate.protocol.embeddings import EmbeddingList, EmbeddingRequest
+
+router = APIRouter()
+
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
+    }
+}
+
+
+@router.post("/embeddings", response_model=EmbeddingList, openapi_extra=REQUEST_BODY)
+async def create_embeddings(request: Request, caller: CallerDep, embeddings: EmbeddingsDep) -> Response:
+    body = parse(EmbeddingRequest, await request.body())
+    done = await unless_gone(request, embeddings.create(caller, body))
+    if isinstance(done, Response):
+        return done
+    answer, headers = done
+    return Response(answer.model_dump_json(), media_type="application/json", headers=headers)

@@ -1,0 +1,140 @@
+"""The in-process embedding engine as an Embedder: a bounded queue, batches spread over worker threads."""
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from chatgate.config import LocalEmbeddingDeployment
+from chatgate.errors import EngineBusy
+from chatgate.protocol.embeddings import EmbeddingRequest
+from chatgate.providers.embeddings import assets
+from chatgate.providers.embeddings.base import (
+    EmbeddingPlan,
+    Embeddings,
+    Limits,
+    Vectors,
+    check_dimensions,
+    check_total,
+    plan,
+    shorten,
+    too_long,
+)
+from chatgate.providers.embeddings.engine import Encoder, Pooling, batches
+from chatgate.providers.local.assets import Progress
+from chatgate.providers.local.pool import ThreadBudget
+
+T = TypeVar("T")
+R = TypeVar("R")
+PATH_MODEL_TOKENS = 512  # a model given by path, without max_input_tokens: BERT's usual positions
+
+
+def load(
+    deployment: LocalEmbeddingDeployment, model_dir: Path, progress: Progress | None = None
+) -> tuple[Encoder, int, str]:
+    """The deployment's encoder, its longest input, and a fingerprint of its files."""
+    if deployment.asset is not None:
+        asset = assets.resolve(deployment.asset)
+        directory = assets.ensure(asset, model_dir, progress)
+        info = assets.read_info(directory) or {}
+        pooling = Pooling(asset.pooling, asset.normalize)
+        longest, fingerprint = asset.max_input_tokens, str(info.get("onnx_sha256", ""))[:10]
+    else:
+        assert deployment.path is not None
+        directory = deployment.path
+        pooling = Pooling(deployment.pooling, deployment.normalize)
+        longest, fingerprint = PATH_MODEL_TOKENS, "path"
+    return Encoder(directory, pooling), min(longest, deployment.max_input_tokens or longest), fingerprint
+
+
+class LocalEmbedder:
+    def __init__(
+        self,
+        name: str,
+        deployment: LocalEmbeddingDeployment,
+        encoder: Encoder,
+        max_input_tokens: int,
+        budget: ThreadBudget | None = None,
+    ) -> None:
+        self.name = name
+        self.deployment = deployment
+        self.encoder = encoder
+        self.limits = Limits(max_input_tokens=max_input_tokens, special_tokens=encoder.special_tokens)
+        self._budget = budget
+        self._pool = ThreadPoolExecutor(deployment.workers, thread_name_prefix=f"embed-{name}")
+        self.in_flight = 0
+        self.requests = 0
+
+    @property
+    def dimensions(self) -> int | None:
+        return self.encoder.dimensions
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def stats(self) -> dict[str, int]:
+        return {"workers": self.deployment.workers, "in_flight": self.in_flight, "requests": self.requests}
+
+    def health(self) -> list[dict[str, object]]:
+        return [
+            {
+                "deployment": f"local:{self.deployment.asset or self.deployment.path}",
+                "up": True,
+                **self.stats(),
+            }
+        ]
+
+    def prepare(self, request: EmbeddingRequest) -> EmbeddingPlan:
+        check_dimensions(request.dimensions, self.encoder.dimensions, self.deployment.matryoshka, self.name)
+        return plan(request, self.limits, vocabulary=self.encoder.vocabulary)
+
+    async def run(self, work: EmbeddingPlan) -> Embeddings:
+        if self.in_flight >= self.deployment.workers + self.deployment.max_queue:
+            raise EngineBusy(
+                f"The embedding model '{self.name}' has {self.in_flight} requests in hand; retry after a moment.",
+                retry_after=1,
+            )
+        self.in_flight += 1
+        self.requests += 1
+        try:
+            sequences = work.token_ids
+            if sequences is None:
+                assert work.texts is not None
+                sequences = await self._on_worker(self.encoder.tokenize, work.texts)
+                for i, ids in enumerate(sequences):
+                    if len(ids) > self.limits.max_input_tokens:
+                        raise too_long(None if work.single else i, len(ids), self.limits.max_input_tokens)
+            tokens = sum(len(ids) for ids in sequences)
+            check_total(tokens, self.limits)
+            groups = batches(sequences)
+            parts = await asyncio.gather(
+                *(self._on_worker(self.encoder.encode, [sequences[i] for i in group]) for group in groups)
+            )
+            vectors: Vectors = np.empty((len(sequences), self.encoder.dimensions), np.float32)
+            for group, part in zip(groups, parts, strict=True):
+                vectors[group] = part
+            return Embeddings(
+                shorten(vectors, work.dimensions, normalize=self.encoder.pooling.normalize), tokens
+            )
+        finally:
+            self.in_flight -= 1
+
+    async def _on_worker(self, job: Callable[[T], R], argument: T) -> R:
+        budget = self._budget
+
+        def counted() -> R:
+            if budget is None:
+                return job(argument)
+            budget.begin()  # the chat engines give up a thread while this one computes
+            try:
+                return job(argument)
+            finally:
+                budget.end()
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, counted)
