@@ -26,6 +26,7 @@ SPEC_PATH = SPEC_DIR / "chat_schemas.json"
 SMALL = "smollm2-135m"  # fast: for tests that are not about answer quality
 QWEN = "qwen2.5-coder-0.5b-instruct"
 
+EMBED = "all-minilm-l6-v2"  # the offline embedding model
 SKETCH = "sketch-image"  # draws offline: the small model writes SVG
 PAINTER = "gpt-4o-image"  # draws through an OpenAI-compatible images API (tests/e2e/images_peer.py)
 IMAGES_KEY = "sk-images-peer-key"
@@ -37,6 +38,9 @@ models:
     deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 2}}
   - name: {QWEN}
     deployment: {{kind: local, asset: qwen2.5-coder-0.5b-instruct-q4_k_m, context_length: 2048, instances: 1}}
+  - name: {EMBED}
+    aliases: [minilm]
+    deployment: {{kind: local_embedding, asset: all-minilm-l6-v2, workers: 2}}
   - name: {SKETCH}
     deployment:
       kind: image_generation
@@ -75,7 +79,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, images_peer: ImagesPeer) ->
     It may fetch from 127.0.0.1 (the tests' own web site) and from nowhere else on the machine.
     """
     catalogue = CATALOGUE.format(
-        SMALL=SMALL, QWEN=QWEN, SKETCH=SKETCH, PAINTER=PAINTER, images=images_peer.url
+        SMALL=SMALL, QWEN=QWEN, EMBED=EMBED, SKETCH=SKETCH, PAINTER=PAINTER, images=images_peer.url
     )
     with infra.chatgate(
         tmp_path_factory.mktemp("server"),
@@ -107,7 +111,7 @@ def http(server: Server) -> Iterator[httpx.Client]:
 
 
 class Spec:
-    """Validates what the server sent against the official OpenAI schemas."""
+    """Validates what the server sent against the official OpenAI schemas (one file of them)."""
 
     def __init__(self, path: Path) -> None:
         self.document = json.loads(path.read_text())
@@ -120,6 +124,11 @@ class Spec:
 @pytest.fixture(scope="session")
 def spec() -> Spec:
     return Spec(SPEC_PATH)
+
+
+@pytest.fixture(scope="session")
+def embeddings_spec() -> Spec:
+    return Spec(SPEC_DIR / "embeddings_schemas.json")
 
 
 def sse_events(response: httpx.Response) -> list[str]:

@@ -3,13 +3,15 @@
 import httpx
 import openai
 
-from tests.e2e.conftest import PAINTER, QWEN, SKETCH, SMALL, Spec
+from tests.e2e.conftest import EMBED, PAINTER, QWEN, SKETCH, SMALL, Spec
 
 
 def test_list_models_matches_the_spec(client: openai.OpenAI, http: httpx.Client, spec: Spec) -> None:
     payload = http.get("/v1/models").json()
     spec.validate("ListModelsResponse", payload)
-    assert {m.id for m in client.models.list()} == {SMALL, QWEN, SKETCH, PAINTER}
+    assert {m.id for m in client.models.list()} == {SMALL, QWEN, SKETCH, PAINTER, EMBED}
+    kinds = {m["id"]: m["type"] for m in payload["data"]}
+    assert kinds == {SMALL: "chat", QWEN: "chat", SKETCH: "chat", PAINTER: "chat", EMBED: "embedding"}
 
 
 def test_retrieve_a_model_by_name_or_alias(client: openai.OpenAI, http: httpx.Client, spec: Spec) -> None:
@@ -28,5 +30,5 @@ def test_healthz_needs_no_key_and_reports_engine_load(http: httpx.Client) -> Non
     response = httpx.get(str(http.base_url) + "/healthz")
     assert response.status_code == 200
     models = response.json()["models"]
-    assert set(models) == {SMALL, QWEN, SKETCH, PAINTER}
+    assert set(models) == {SMALL, QWEN, SKETCH, PAINTER, EMBED}
     assert models[SMALL]["instances"] == 2
