@@ -191,7 +191,7 @@ def _embedder(
     budget: ThreadBudget,
     progress: Progress | None,
 ) -> Embedder:
-    """An embedding model's engine or upstream; several deployments behind a router."""
+    """An embedding model's engine, or its upstreams and engines behind a router."""
     choices: list[Choice] = []
     for deployment in entry.embeddings:
         embedder: Embedder
@@ -204,9 +204,9 @@ def _embedder(
             embedder = local_embeddings.LocalEmbedder(entry.name, deployment, encoder, longest, budget)
             label, limit = f"local:{deployment.asset or deployment.path}", None
         choices.append(Choice(label, embedder, deployment.weight, limit))
-    if len(choices) == 1:
+    if len(choices) == 1 and isinstance(choices[0].embedder, local_embeddings.LocalEmbedder):
         return choices[0].embedder
-    return EmbeddingRouter(choices, retries=entry.retries)
+    return EmbeddingRouter(choices, retries=entry.retries)  # an upstream alone is retried too
 
 
 def _ordinary(entry: CatalogueEntry) -> list[LocalDeployment | UpstreamDeployment]:

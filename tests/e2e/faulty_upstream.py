@@ -16,6 +16,9 @@ What it does depends on the requested model:
   refusal     a refusal instead of content
   slow        streams as many words as it was sent max tokens for, one every 50 ms, then usage
 POST /v1/images/generations draws on odd calls and fails with a 500 on even ones.
+POST /v1/embeddings answers by model too (see ``embed``): ok, flaky, stall, ratelimit, badrequest as above;
+  floats (always floats, whatever was asked), nousage, wrongcount (one vector short),
+  wholevectors (768 dimensions whatever 'dimensions' says).
 GET /stats answers how many requests each model received; GET /last the last body each model got.
 """
 
@@ -24,6 +27,9 @@ import asyncio
 import base64
 import io
 import json
+import math
+import random
+import struct
 import time
 from collections import Counter
 from typing import Any
@@ -92,6 +98,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     request = json.loads(raw or b"{}")
     if scope["path"].endswith("/images/generations"):
         await draw(send)
+        return
+    if scope["path"].endswith("/embeddings"):
+        await embed(send, request)
         return
     model = str(request.get("model"))
     seen[model] += 1
@@ -253,6 +262,54 @@ async def slowly(send: Any, model: str, request: dict[str, Any]) -> None:
     tail = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 0, "model": model}
     last = chunk(model, {}, "stop") + b"data: " + json.dumps(tail | {"choices": [], "usage": usage}).encode()
     await send({"type": "http.response.body", "body": last + b"\n\ndata: [DONE]\n\n"})
+
+
+def vector(text: str, size: int) -> list[float]:
+    """A unit vector that depends on the text only."""
+    rng = random.Random(text)
+    values = [rng.gauss(0, 1) for _ in range(size)]
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values]
+
+
+async def embed(send: Any, request: dict[str, Any]) -> None:
+    model = str(request.get("model"))
+    key = "embed:" + model
+    seen[key] += 1
+    last[key] = request
+    if model == "flaky" and seen[key] % 2 == 1:
+        await respond(send, 500, error("upstream is having a moment", "server_error"))
+        return
+    if model == "stall":
+        await asyncio.sleep(5)
+    if model == "ratelimit":
+        await respond(send, 429, error("Rate limit reached upstream", "rate_limit_error"), retry_after="1")
+        return
+    if model == "badrequest":
+        await respond(
+            send, 400, error("input is odd upstream", "invalid_request_error", "invalid_value", "input")
+        )
+        return
+    given = request["input"]
+    texts = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else given
+    size = 768 if model == "wholevectors" else int(request.get("dimensions") or 16)
+    rows = [vector(json.dumps(t), size) for t in texts]
+    if model == "wrongcount":
+        rows = rows[:-1]
+    packed = request.get("encoding_format") == "base64" and model != "floats"
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(struct.pack(f"<{len(r)}f", *r)).decode() if packed else r,
+        }
+        for i, r in enumerate(rows)
+    ]
+    tokens = sum(len(json.dumps(t)) // 4 + 1 for t in texts)
+    body: dict[str, Any] = {"object": "list", "data": data, "model": model}
+    if model != "nousage":
+        body["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    await respond(send, 200, json.dumps(body).encode())
 
 
 if __name__ == "__main__":
