@@ -151,7 +151,9 @@ def ensure(asset: EmbeddingAsset, model_dir: Path, progress: Progress | None = N
     (partial / INFO_FILE).write_text(json.dumps(record, indent=1) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
-    verify(target / MODEL_FILE, sha256=record["onnx_sha256"], size=len(data))  # stamped: not hashed again at start
+    verify(
+        target / MODEL_FILE, sha256=record["onnx_sha256"], size=len(data)
+    )  # stamped: not hashed again at start
     if progress:
         progress(f"converting {asset.name} to ONNX", 1, 1)
     return target

@@ -85,7 +85,9 @@ class Reference:
             scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             context = (scores / scores.sum(-1, keepdims=True)) @ v
-            attended = self._linear(context.transpose(1, 0, 2).reshape(n, heads * d), p + "attention.output.dense")
+            attended = self._linear(
+                context.transpose(1, 0, 2).reshape(n, heads * d), p + "attention.output.dense"
+            )
             x = self._norm(x + attended, p + "attention.output.LayerNorm")
             h = self._linear(x, p + "intermediate.dense")
             h = 0.5 * h * (1 + erf(h / math.sqrt(2)))  # exact GELU
@@ -100,7 +102,9 @@ def reference() -> Reference:
     return Reference(assets._package_dir(asset))
 
 
-def test_vectors_and_token_counts_match_the_reference(reference: Reference, loaded: tuple[Encoder, int]) -> None:
+def test_vectors_and_token_counts_match_the_reference(
+    reference: Reference, loaded: tuple[Encoder, int]
+) -> None:
     encoder, _ = loaded
     ids = encoder.tokenize(TEXTS)
     one_batch = encoder.encode(ids)  # padded together

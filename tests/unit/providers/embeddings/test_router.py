@@ -5,8 +5,8 @@ import pytest
 
 from chatgate.errors import ChatgateError, InvalidRequest, UpstreamFailed
 from chatgate.protocol.embeddings import EmbeddingRequest
-from chatgate.providers.embeddings.base import EmbeddingPlan, Embeddings, Limits, plan
 from chatgate.providers.embeddings import router
+from chatgate.providers.embeddings.base import EmbeddingPlan, Embeddings, Limits, plan
 from chatgate.providers.embeddings.router import Choice, EmbeddingRouter
 
 

@@ -24,7 +24,9 @@ def test_floats_base64_and_order() -> None:
     assert vectors.tolist() == [[1.0, -1.0], [0.5, 0.25]] and tokens == 7
 
 
-@pytest.mark.parametrize("usage", [None, {}, {"prompt_tokens": None}, {"prompt_tokens": -1}, {"prompt_tokens": True}])
+@pytest.mark.parametrize(
+    "usage", [None, {}, {"prompt_tokens": None}, {"prompt_tokens": -1}, {"prompt_tokens": True}]
+)
 def test_usage_missing_or_malformed_is_none(usage: object) -> None:
     body = {"data": [{"embedding": [1.0]}], **({"usage": usage} if usage is not None else {})}
     assert _answer(body, 1)[1] is None
