@@ -19,8 +19,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from chatgate.api.body import parse
+from chatgate.api.cancel import cancel_when_gone
 from chatgate.api.deps import services_of
-from chatgate.api.disconnect import GONE, cancel_when_gone
 from chatgate.api.sse import sse_response
 from chatgate.api.trace import trace_id_of
 from chatgate.protocol.requests import ChatCompletionRequest
@@ -49,7 +49,7 @@ async def create_chat_completion(request: Request) -> Response:
         completion, headers = await chat.complete(caller, body)
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled() and this.uncancel() == 0:
-            return Response(status_code=GONE)
+            return Response(status_code=499)  # the client has gone: nobody reads this
         raise
     finally:
         watcher.cancel()

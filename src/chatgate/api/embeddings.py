@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from chatgate.api.body import parse
+from chatgate.api.cancel import unless_gone
 from chatgate.api.deps import CallerDep, EmbeddingsDep
-from chatgate.api.disconnect import unless_gone
 from chatgate.protocol.embeddings import EmbeddingList, EmbeddingRequest
 
 router = APIRouter()
@@ -27,8 +27,9 @@ REQUEST_BODY = {
 @router.post("/embeddings", response_model=EmbeddingList, openapi_extra=REQUEST_BODY)
 async def create_embeddings(request: Request, caller: CallerDep, embeddings: EmbeddingsDep) -> Response:
     body = parse(EmbeddingRequest, await request.body())
-    done = await unless_gone(request, embeddings.create(caller, body))
-    if isinstance(done, Response):
-        return done
-    answer, headers = done
-    return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
+
+    async def work() -> Response:
+        answer, headers = await embeddings.create(caller, body)
+        return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
+
+    return await unless_gone(request, work)

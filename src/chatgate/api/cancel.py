@@ -1,14 +1,10 @@
-"""Requests whose client leaves before the answer starts are cancelled, so their work stops and their credits come back."""
+"""Work for a client that may leave before its answer starts: its leaving cancels the work."""
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 from fastapi.responses import Response
-
-T = TypeVar("T")
-GONE = 499  # nginx's "client closed request": logged, never read by anyone
 
 
 async def cancel_when_gone(request: Request, task: asyncio.Task[object]) -> None:
@@ -18,16 +14,17 @@ async def cancel_when_gone(request: Request, task: asyncio.Task[object]) -> None
     task.cancel()
 
 
-async def unless_gone(request: Request, work: Awaitable[T]) -> T | Response:
-    """``work``'s result, or a 499 once the client has gone (the work cancelled)."""
+async def unless_gone(request: Request, work: Callable[[], Awaitable[Response]]) -> Response:
+    """``work``'s response; a 499 nobody reads if the client left first (the work is cancelled,
+    which gives back what it reserved)."""
     this = asyncio.current_task()
     assert this is not None
     watcher = asyncio.create_task(cancel_when_gone(request, this))
     try:
-        return await work
+        return await work()
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled() and this.uncancel() == 0:
-            return Response(status_code=GONE)
+            return Response(status_code=499)
         raise
     finally:
         watcher.cancel()
