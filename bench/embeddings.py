@@ -22,7 +22,6 @@ machine::
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -31,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,47 +44,11 @@ from tests.e2e import bert_gguf  # noqa: E402
 from chatgate.config import LocalEmbeddingDeployment  # noqa: E402
 from chatgate.protocol.embeddings import EmbeddingRequest  # noqa: E402
 from chatgate.providers.embeddings import local  # noqa: E402
+from gateway import free_port, log, running  # noqa: E402  (bench/ is this script's directory)
 
 MASTER = "bench-master-key-0123456789"
 MODEL = "all-minilm-l6-v2"
 Send = Callable[[list[str]], Awaitable[int]]  # embeds texts, returns the vectors it got
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running(command: list[str], env: dict[str, str], port: int, logfile: Path) -> Iterator[None]:
-    import socket
-
-    with logfile.open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:3]} exited: see {logfile}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[:3]} did not listen on {port}")
-            time.sleep(0.2)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def corpus() -> list[str]:

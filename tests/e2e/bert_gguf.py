@@ -42,7 +42,7 @@ def _piece(token: str) -> str:
 
 def write(target: Path, asset_name: str = "all-minilm-l6-v2") -> Path:
     """The asset's model as float32 GGUF at ``target`` (mean pooling, as the model is used)."""
-    folder = assets._package_dir(assets.resolve(asset_name))
+    folder = assets.package_dir(assets.resolve(asset_name))
     config = json.loads((folder / "config.json").read_text())
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
     vocab: dict[str, int] = tokenizer["model"]["vocab"]

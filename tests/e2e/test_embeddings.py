@@ -20,7 +20,7 @@ TEXTS = ["The cat sat on the mat.", "A feline rested on the rug.", "Quarterly re
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     """The model's own tokenizer, as its reference implementation runs it: for the exact counts."""
-    folder = assets._package_dir(assets.resolve(EMBED))
+    folder = assets.package_dir(assets.resolve(EMBED))
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.no_truncation()

@@ -82,7 +82,7 @@ def resolve(name: str) -> EmbeddingAsset:
         raise AssetError(f"unknown embedding model {name!r}; known: {', '.join(sorted(ASSETS))}") from None
 
 
-def _package_dir(asset: EmbeddingAsset) -> Path:
+def package_dir(asset: EmbeddingAsset) -> Path:
     # find_spec locates the package without importing it (its __init__ imports a framework we do not install).
     spec = importlib.util.find_spec(asset.package)
     if spec is None or not spec.submodule_search_locations:
@@ -93,7 +93,7 @@ def _package_dir(asset: EmbeddingAsset) -> Path:
 
 
 def _verified_sources(asset: EmbeddingAsset, progress: Progress | None) -> dict[str, Path]:
-    base = _package_dir(asset)
+    base = package_dir(asset)
     found: dict[str, Path] = {}
     for source in asset.sources:
         path = base / source.path

@@ -99,7 +99,7 @@ class Reference:
 @pytest.fixture(scope="module")
 def reference() -> Reference:
     asset = assets.resolve("all-minilm-l6-v2")
-    return Reference(assets._package_dir(asset))
+    return Reference(assets.package_dir(asset))
 
 
 def test_vectors_and_token_counts_match_the_reference(
