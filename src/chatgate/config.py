@@ -468,6 +468,15 @@ OPENAI_MODELS: dict[str, tuple[float, float, list[str]]] = {
 }
 
 
+# OpenAI's embedding models: list price (USD per million input tokens), vector length, and whether
+# 'dimensions' may shorten it (the text-embedding-3 models are trained for it).
+OPENAI_EMBEDDINGS: dict[str, tuple[float, int, bool]] = {
+    "text-embedding-3-small": (0.02, 1536, True),
+    "text-embedding-3-large": (0.13, 3072, True),
+    "text-embedding-ada-002": (0.10, 1536, False),
+}
+
+
 # Browsing variants of OpenAI's models, offered when a search backend is configured.
 OPENAI_BROWSING: dict[str, tuple[str, list[str]]] = {
     "gpt-4o-browsing": ("gpt-4o", ["gpt-4-browsing"]),
@@ -478,7 +487,8 @@ OPENAI_BROWSING: dict[str, tuple[str, list[str]]] = {
 def openai_catalogue(
     base_url: str, search: LocalIndexSearch | SearxngSearch | BraveSearch | None = None
 ) -> Catalogue:
-    """OpenAI's chat models and its drawing model; with a search backend, also the browsing variants."""
+    """OpenAI's chat models, its drawing model and its embedding models; with a search backend, also
+    the browsing variants."""
     models = [
         CatalogueEntry(
             name=name,
@@ -510,6 +520,22 @@ def openai_catalogue(
             ),
         )
     )
+    models += [
+        CatalogueEntry(
+            name=name,
+            owned_by="openai",
+            price=Price(prompt=int(price * 1_000_000), completion=0),
+            deployment=UpstreamEmbeddingDeployment(
+                kind="openai_embeddings",
+                base_url=base_url,
+                model=name,
+                api_key_env="OPENAI_API_KEY",
+                dimensions=dimensions,
+                matryoshka=matryoshka,
+            ),
+        )
+        for name, (price, dimensions, matryoshka) in OPENAI_EMBEDDINGS.items()
+    ]
     if search is not None:
         prices = {entry.name: entry.price for entry in models}
         models += [

@@ -6,7 +6,12 @@ from pydantic import ValidationError
 from chatgate.config import DEFAULT_CATALOGUE, Settings, effective_catalogue, load_catalogue
 from chatgate.errors import ConfigError
 
-DEFAULT_MODELS = ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-browsing", "qwen2.5-coder-0.5b-sketch"]
+DEFAULT_MODELS = [
+    "qwen2.5-coder-0.5b-instruct",
+    "qwen2.5-coder-0.5b-browsing",
+    "qwen2.5-coder-0.5b-sketch",
+    "all-minilm-l6-v2",
+]
 
 
 def test_production_refuses_to_start_without_a_strong_master_key() -> None:
@@ -47,6 +52,28 @@ def test_a_local_deployment_needs_exactly_one_source(tmp_path: Path) -> None:
         load_catalogue(path)
 
 
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ("  - {name: e, deployment: {kind: local_embedding}}\n", "exactly one"),
+        (
+            "  - name: e\n    deployments:\n      - {kind: local_embedding, asset: x}\n      - {asset: y}\n",
+            "mixes embedding deployments with chat",
+        ),
+        (
+            "  - {name: e, deployment: {kind: openai_embeddings, base_url: 'http://h/v1', model: m}}\n"
+            "  - {name: b, deployment: {kind: browsing, base: e, search: {backend: local_index}}}\n",
+            "an embedding model, not a chat model",
+        ),
+    ],
+)
+def test_embedding_models_are_checked(tmp_path: Path, models: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("models:\n" + models)
+    with pytest.raises(ConfigError, match=message):
+        load_catalogue(path)
+
+
 def test_unreadable_and_malformed_catalogues_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_catalogue(tmp_path / "missing.yaml")
@@ -63,7 +90,9 @@ def test_openai_key_and_no_catalogue_means_openais_models(monkeypatch: pytest.Mo
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     catalogue = effective_catalogue(Settings())
     names = {entry.name for entry in catalogue.models}
-    assert {"gpt-4o", "gpt-4o-mini"} <= names
+    assert {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "text-embedding-ada-002"} <= names
+    small = catalogue.entry("text-embedding-3-small")
+    assert small is not None and small.price.prompt == 20_000 and small.embeddings[0].matryoshka
     deployment = catalogue.models[0].all_deployments[0]
     assert isinstance(deployment, UpstreamDeployment) and deployment.base_url == "http://127.0.0.1:9/v1"
     assert deployment.api_key() == "sk-upstream"
