@@ -125,7 +125,7 @@ async def measure(
 ) -> dict[str, Any]:
     texts = corpus()
     deployment = LocalEmbeddingDeployment(kind="local_embedding", asset=MODEL, workers=2)
-    encoder, longest, _ = local.load(deployment, models_dir)
+    encoder, longest = local.load(deployment, models_dir)
     embedder = local.LocalEmbedder(MODEL, deployment, encoder, longest)
     gateway = f"http://127.0.0.1:{ports['chatgate']}/v1/embeddings"
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_keepalive_connections=8)) as http:

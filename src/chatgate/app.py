@@ -200,7 +200,7 @@ def _embedder(
             embedder, label, limit = upstream, upstream.name, deployment.max_concurrency
         else:
             assert isinstance(deployment, LocalEmbeddingDeployment)
-            encoder, longest, _ = local_embeddings.load(deployment, settings.models_path, progress)
+            encoder, longest = local_embeddings.load(deployment, settings.models_path, progress)
             embedder = local_embeddings.LocalEmbedder(entry.name, deployment, encoder, longest, budget)
             label, limit = f"local:{deployment.asset or deployment.path}", None
         choices.append(Choice(label, embedder, deployment.weight, limit))

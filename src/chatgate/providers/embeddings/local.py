@@ -34,20 +34,16 @@ PATH_MODEL_TOKENS = 512  # a model given by path, without max_input_tokens: BERT
 
 def load(
     deployment: LocalEmbeddingDeployment, model_dir: Path, progress: Progress | None = None
-) -> tuple[Encoder, int, str]:
-    """The deployment's encoder, its longest input, and a fingerprint of its files."""
+) -> tuple[Encoder, int]:
+    """The deployment's encoder, and the most tokens one input may have."""
     if deployment.asset is not None:
         asset = assets.resolve(deployment.asset)
         directory = assets.ensure(asset, model_dir, progress)
-        info = assets.read_info(directory) or {}
-        pooling = Pooling(asset.pooling, asset.normalize)
-        longest, fingerprint = asset.max_input_tokens, str(info.get("onnx_sha256", ""))[:10]
-    else:
-        assert deployment.path is not None
-        directory = deployment.path
-        pooling = Pooling(deployment.pooling, deployment.normalize)
-        longest, fingerprint = PATH_MODEL_TOKENS, "path"
-    return Encoder(directory, pooling), min(longest, deployment.max_input_tokens or longest), fingerprint
+        longest = min(asset.max_input_tokens, deployment.max_input_tokens or asset.max_input_tokens)
+        return Encoder(directory, Pooling(asset.pooling, asset.normalize)), longest
+    assert deployment.path is not None
+    encoder = Encoder(deployment.path, Pooling(deployment.pooling, deployment.normalize))
+    return encoder, deployment.max_input_tokens or PATH_MODEL_TOKENS
 
 
 class LocalEmbedder:

@@ -20,7 +20,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def loaded(model_dir: Path) -> tuple[Encoder, int]:
-    encoder, longest, _ = local.load(
+    encoder, longest = local.load(
         LocalEmbeddingDeployment(kind="local_embedding", asset=MODEL), model_dir.parent
     )
     return encoder, longest

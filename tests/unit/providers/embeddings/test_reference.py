@@ -121,3 +121,15 @@ def test_special_token_spellings_are_text(loaded: tuple[Encoder, int]) -> None:
     encoder, _ = loaded
     (ids,) = encoder.tokenize(["[SEP]"])
     assert ids[0] == 101 and ids[-1] == 102 and 102 not in ids[1:-1] and len(ids) > 3
+
+
+def test_a_model_given_by_path_runs_the_same(model_dir: Path, loaded: tuple[Encoder, int]) -> None:
+    """A directory with model.onnx and tokenizer.json (here, the asset's own), its pooling given."""
+    from chatgate.config import LocalEmbeddingDeployment
+    from chatgate.providers.embeddings import local
+
+    deployment = LocalEmbeddingDeployment(kind="local_embedding", path=model_dir, max_input_tokens=128)
+    by_path, longest = local.load(deployment, model_dir.parent)
+    ids = by_path.tokenize(TEXTS[:2])
+    assert longest == 128 and ids == loaded[0].tokenize(TEXTS[:2])
+    assert np.allclose(by_path.encode(ids), loaded[0].encode(ids), atol=1e-6)
