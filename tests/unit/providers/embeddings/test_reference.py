@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 from tokenizers import Tokenizer
 
 from chatgate.providers.embeddings import assets
@@ -35,7 +36,7 @@ TEXTS = [
 ]
 
 
-erf = np.vectorize(math.erf)
+erf = np.vectorize(math.erf)  # exact
 
 
 def _weights(path: Path) -> dict[str, Any]:
@@ -70,6 +71,10 @@ class Reference:
         return x @ self.w[prefix + ".weight"].T + self.w[prefix + ".bias"]
 
     def embed(self, text: str) -> tuple[list[int], Any]:
+        with threadpool_limits(1):
+            return self._embed(text)
+
+    def _embed(self, text: str) -> tuple[list[int], Any]:
         ids = self.tokenizer.encode(text).ids
         n, heads = len(ids), self.config["num_attention_heads"]
         d = self.config["hidden_size"] // heads
@@ -90,7 +95,7 @@ class Reference:
             )
             x = self._norm(x + attended, p + "attention.output.LayerNorm")
             h = self._linear(x, p + "intermediate.dense")
-            h = 0.5 * h * (1 + erf(h / math.sqrt(2)))  # exact GELU
+            h = 0.5 * h * (1 + erf(h / math.sqrt(2)))  # erf GELU, as BertModel's
             x = self._norm(x + self._linear(h, p + "output.dense"), p + "output.LayerNorm")
         pooled = x.mean(axis=0)
         return ids, pooled / np.linalg.norm(pooled)
