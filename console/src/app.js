@@ -240,7 +240,8 @@ async function playgroundPage() {
       const body = await response.json().catch(() => null);
       if (!response.ok) throw new Error(body?.error?.message || `HTTP ${response.status}`);
       const { data } = body;
-      model.replaceChildren(...data.map((m) => h("option", { value: m.id }, m.id)));
+      const chat = data.filter((m) => m.type !== "embedding"); // embedding models answer /v1/embeddings only
+      model.replaceChildren(...chat.map((m) => h("option", { value: m.id }, m.id)));
       render();
     } catch (error) {
       fail(error);

@@ -32,7 +32,7 @@ async def my_requests(
 async def admin_models(admin: AdminDep, registry: RegistryDep) -> JSONResponse:
     health = registry.health()
     models = [
-        {"id": model.id, "owned_by": model.owned_by, "deployments": health[model.id]}
+        {"id": model.id, "owned_by": model.owned_by, "type": model.type, "deployments": health[model.id]}
         for model in registry.model_list().data
     ]
     return JSONResponse({"data": models})
