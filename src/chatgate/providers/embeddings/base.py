@@ -131,11 +131,7 @@ def _ids_plan(
         if not ids:
             raise InvalidRequest(f"'{where}' must not be an empty list of token ids.", param=where)
         if len(ids) > limits.max_input_tokens:
-            raise InvalidRequest(
-                f"'{where}' has {len(ids)} tokens; this model takes at most {limits.max_input_tokens} "
-                "per input.",
-                param=where,
-            )
+            raise too_long(None if single else i, len(ids), limits.max_input_tokens)
         if vocabulary is not None:
             for j, token in enumerate(ids):
                 if not 0 <= token < vocabulary:
