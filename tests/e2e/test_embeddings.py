@@ -92,6 +92,7 @@ def test_base64_is_little_endian_float32(http: httpx.Client) -> None:
         ({"model": EMBED, "input": ["ok", "word " * 600]}, 400, "input[1]", "context_length_exceeded"),
         ({"model": EMBED, "input": [[101, 102], [101, 40000]]}, 400, "input[1][1]", "invalid_value"),
         ({"model": EMBED, "input": [7] * 513}, 400, "input", "context_length_exceeded"),
+        ({"model": EMBED, "input": [7] * 3000}, 400, "input", "context_length_exceeded"),
         ({"model": EMBED, "input": "hi", "dimensions": 128}, 400, "dimensions", "invalid_value"),
         ({"model": EMBED, "input": "hi", "dimensions": "384"}, 400, "dimensions", "invalid_value"),
         ({"model": EMBED, "input": "hi", "encoding_format": "int8"}, 400, "encoding_format", "invalid_value"),

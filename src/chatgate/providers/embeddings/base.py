@@ -93,13 +93,13 @@ def plan(
     items: list[str] | list[int] | list[list[int]] = [inputs] if isinstance(inputs, str) else inputs
     if not items:
         raise InvalidRequest("'input' must not be empty.", param="input")
+    if isinstance(items[0], int):  # one list of token ids: one input, however long
+        return _ids_plan([items], request, limits, vocabulary, single=True)
     if len(items) > limits.max_inputs:
         raise InvalidRequest(
             f"'input' has {len(items)} items; this model takes at most {limits.max_inputs} per request.",
             param="input",
         )
-    if isinstance(items[0], int):  # one list of token ids
-        return _ids_plan([items], request, limits, vocabulary, single=True)
     if isinstance(items[0], list):
         return _ids_plan(items, request, limits, vocabulary, single=False)
     texts: list[str] = items
