@@ -37,11 +37,11 @@ from chatgate.errors import ChatgateError, ConfigError
 from chatgate.providers.base import AnyProvider
 from chatgate.providers.browsing import search
 from chatgate.providers.browsing.provider import BrowsingProvider
-from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.embeddings import local as local_embeddings
 from chatgate.providers.embeddings.base import Embedder
 from chatgate.providers.embeddings.router import Choice, EmbeddingRouter
 from chatgate.providers.embeddings.upstream import UpstreamEmbedder
+from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.images import backends
 from chatgate.providers.images.analysis import ImageAnalyser
 from chatgate.providers.images.drawing import ImageGenerationProvider
