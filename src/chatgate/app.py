@@ -137,7 +137,7 @@ def build_registry(
     embedding_routes: list[EmbeddingRoute] = []
     for entry in catalogue.models:
         if entry.embeddings:
-            embedder = _embedder(settings, entry, outside.relay, budget, progress)
+            embedder = _embedder(settings, entry, outside, budget, progress)
             embedding_routes.append(
                 EmbeddingRoute(entry.name, entry.owned_by, created, embedder, entry.price)
             )
@@ -187,7 +187,7 @@ def build_registry(
 def _embedder(
     settings: Settings,
     entry: CatalogueEntry,
-    relay: RelaySession,
+    outside: Outside,
     budget: ThreadBudget,
     progress: Progress | None,
 ) -> Embedder:
@@ -196,12 +196,14 @@ def _embedder(
     for deployment in entry.embeddings:
         embedder: Embedder
         if isinstance(deployment, UpstreamEmbeddingDeployment):
-            upstream = UpstreamEmbedder(entry.name, deployment, relay)
+            upstream = UpstreamEmbedder(entry.name, deployment, outside.relay)
             embedder, label, limit = upstream, upstream.name, deployment.max_concurrency
         else:
             assert isinstance(deployment, LocalEmbeddingDeployment)
             encoder, longest = local_embeddings.load(deployment, settings.models_path, progress)
-            embedder = local_embeddings.LocalEmbedder(entry.name, deployment, encoder, longest, budget)
+            embedder = local_embeddings.LocalEmbedder(
+                entry.name, deployment, encoder, longest, budget, heavy=outside.heavy
+            )
             label, limit = f"local:{deployment.asset or deployment.path}", None
         choices.append(Choice(label, embedder, deployment.weight, limit))
     if len(choices) == 1 and isinstance(choices[0].embedder, local_embeddings.LocalEmbedder):

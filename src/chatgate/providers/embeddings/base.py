@@ -1,5 +1,6 @@
 """The small interface every embedding engine and upstream implements: a cheap ``prepare``, a heavy ``run``."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -10,6 +11,13 @@ from chatgate.errors import InvalidRequest
 from chatgate.protocol.embeddings import EmbeddingRequest
 
 Vectors = npt.NDArray[np.float32]  # one row per input, in the request's order
+# Told the inputs' exact token count once the engine has read them: from then on they are billable
+# even if the client leaves (the metering unit's Accepted).
+Accept = Callable[[int], None]
+
+
+def ignore(prompt_tokens: int) -> None:
+    """An ``Accept`` for a caller that does not meter (tests, the bench)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ class Embedder(Protocol):
     """Makes embeddings for the catalogue models it serves.
 
     ``prepare`` checks a request and bounds its cost without tokenizing, running the model or
-    touching the network; its refusals cost nothing. ``run`` does the work.
+    touching the network; its refusals cost nothing. ``run`` does the work, after the request was
+    admitted and reserved on the plan's bound, and calls ``accepted`` once the inputs are read.
     """
 
     @property
@@ -61,7 +70,7 @@ class Embedder(Protocol):
 
     def prepare(self, request: EmbeddingRequest) -> EmbeddingPlan: ...
 
-    async def run(self, plan: EmbeddingPlan) -> Embeddings: ...
+    async def run(self, plan: EmbeddingPlan, accepted: Accept = ignore) -> Embeddings: ...
 
     def stats(self) -> dict[str, int]: ...
 

@@ -1,4 +1,10 @@
-"""The in-process embedding engine as an Embedder: a bounded queue, batches spread over worker threads."""
+"""The in-process embedding engine as an Embedder: a bounded queue, batches spread over worker threads.
+
+Tokenizing and encoding are CPU work: each job (a request's texts to tokenize, one batch to encode)
+runs on one of the deployment's ``workers`` threads while it holds one of the host's heavy-work
+slots (providers/heavy.py), so every chatgate process on the host shares one bound. A job waiting
+for either is dropped if its request is cancelled; one that has started runs to its end.
+"""
 
 import asyncio
 from collections.abc import Callable
@@ -8,22 +14,26 @@ from typing import TypeVar
 
 import numpy as np
 
+from chatgate.aio import to_the_end
 from chatgate.config import LocalEmbeddingDeployment
 from chatgate.errors import EngineBusy
 from chatgate.protocol.embeddings import EmbeddingRequest
 from chatgate.providers.embeddings import assets
 from chatgate.providers.embeddings.base import (
+    Accept,
     EmbeddingPlan,
     Embeddings,
     Limits,
     Vectors,
     check_dimensions,
     check_total,
+    ignore,
     plan,
     shorten,
     too_long,
 )
 from chatgate.providers.embeddings.engine import Encoder, Pooling, batches
+from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.local.assets import Progress
 from chatgate.providers.local.pool import ThreadBudget
 
@@ -54,12 +64,15 @@ class LocalEmbedder:
         encoder: Encoder,
         max_input_tokens: int,
         budget: ThreadBudget | None = None,
+        heavy: HeavyWork | None = None,
     ) -> None:
         self.name = name
         self.deployment = deployment
         self.encoder = encoder
         self.limits = Limits(max_input_tokens=max_input_tokens, special_tokens=encoder.special_tokens)
         self._budget = budget
+        self._heavy = heavy or HeavyWork(None, slots=deployment.workers)
+        self._threads = asyncio.Semaphore(deployment.workers)  # a job holds a slot only with a thread free
         self._pool = ThreadPoolExecutor(deployment.workers, thread_name_prefix=f"embed-{name}")
         self.in_flight = 0
         self.requests = 0
@@ -90,7 +103,7 @@ class LocalEmbedder:
         check_dimensions(request.dimensions, self.encoder.dimensions, self.deployment.matryoshka, self.name)
         return plan(request, self.limits, vocabulary=self.encoder.vocabulary)
 
-    async def run(self, work: EmbeddingPlan) -> Embeddings:
+    async def run(self, work: EmbeddingPlan, accepted: Accept = ignore) -> Embeddings:
         if self.in_flight >= self.deployment.workers + self.deployment.max_queue:
             raise EngineBusy(
                 f"The embedding model '{self.name}' has {self.in_flight} requests in hand; retry after a moment.",
@@ -108,6 +121,7 @@ class LocalEmbedder:
                         raise too_long(None if work.single else i, len(ids), self.limits.max_input_tokens)
             tokens = sum(len(ids) for ids in sequences)
             check_total(tokens, self.limits)
+            accepted(tokens)  # read and counted: billable from here, even if the client leaves
             groups = batches(sequences)
             parts = await asyncio.gather(
                 *(self._on_worker(self.encoder.encode, [sequences[i] for i in group]) for group in groups)
@@ -133,4 +147,5 @@ class LocalEmbedder:
             finally:
                 budget.end()
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, counted)
+        async with self._threads, self._heavy.slot():
+            return await to_the_end(asyncio.get_running_loop().run_in_executor(self._pool, counted))

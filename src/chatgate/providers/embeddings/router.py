@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from chatgate.errors import ChatgateError, EngineBusy
 from chatgate.protocol.embeddings import EmbeddingRequest
-from chatgate.providers.embeddings.base import Embedder, EmbeddingPlan, Embeddings
+from chatgate.providers.embeddings.base import Accept, Embedder, EmbeddingPlan, Embeddings, ignore
 from chatgate.providers.router import retryable
 
 
@@ -76,7 +76,7 @@ class EmbeddingRouter:
             return None
         return random.choices(pool, weights=[c.weight for c in pool])[0]
 
-    async def run(self, plan: EmbeddingPlan) -> Embeddings:
+    async def run(self, plan: EmbeddingPlan, accepted: Accept = ignore) -> Embeddings:
         tried: set[Choice] = set()
         last: ChatgateError | None = None
         for attempt in range(self.retries + 1):
@@ -89,7 +89,7 @@ class EmbeddingRouter:
             choice.in_flight += 1
             choice.requests += 1
             try:
-                return await choice.embedder.run(plan)
+                return await choice.embedder.run(plan, accepted)
             except ChatgateError as exc:
                 choice.failures += 1
                 if not retryable(exc):

@@ -17,11 +17,13 @@ from chatgate.config import UpstreamEmbeddingDeployment
 from chatgate.errors import UpstreamFailed, UpstreamTimeout
 from chatgate.protocol.embeddings import EmbeddingRequest
 from chatgate.providers.embeddings.base import (
+    Accept,
     EmbeddingPlan,
     Embeddings,
     Limits,
     Vectors,
     check_dimensions,
+    ignore,
     plan,
     shorten,
 )
@@ -87,7 +89,8 @@ class UpstreamEmbedder:
             body["user"] = work.user
         return json.dumps(body, ensure_ascii=False).encode()
 
-    async def run(self, work: EmbeddingPlan) -> Embeddings:
+    async def run(self, work: EmbeddingPlan, accepted: Accept = ignore) -> Embeddings:
+        """(An upstream's answer comes whole: the request is billed on it, never ``accepted`` before.)"""
         self.in_flight += 1
         try:
             try:

@@ -6,7 +6,7 @@ import pytest
 from chatgate.errors import ChatgateError, InvalidRequest, UpstreamFailed
 from chatgate.protocol.embeddings import EmbeddingRequest
 from chatgate.providers.embeddings import router
-from chatgate.providers.embeddings.base import EmbeddingPlan, Embeddings, Limits, plan
+from chatgate.providers.embeddings.base import Accept, EmbeddingPlan, Embeddings, Limits, ignore, plan
 from chatgate.providers.embeddings.router import Choice, EmbeddingRouter
 
 
@@ -36,7 +36,7 @@ class Scripted:
         p = plan(request, Limits())
         return EmbeddingPlan(p.texts, p.token_ids, p.dimensions, p.bound + self.bound_extra, p.estimate)
 
-    async def run(self, work: EmbeddingPlan) -> Embeddings:
+    async def run(self, work: EmbeddingPlan, accepted: Accept = ignore) -> Embeddings:
         self.calls += 1
         if self.failure is not None:
             raise self.failure
