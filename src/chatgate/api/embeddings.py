@@ -1,9 +1,10 @@
 """``POST /v1/embeddings`` (and the same under ``/openai``).
 
 The body is read as the chat route reads it (``api.body.parse``): JSON whatever its Content-Type
-says, strict types, Unicode checked. The caller first (401), then the body (400 naming the field).
-A client that leaves before its vectors are ready cancels the request: the batches not yet started
-are dropped and what was reserved comes back.
+says, strict types, Unicode checked. The caller first (401, or 429 if its token has no credits left),
+then the body (400 naming the field). A client that leaves before its vectors are ready cancels the
+request: the batches not yet started are dropped and what was reserved comes back, less the inputs
+if the engine had read them (see services/embeddings.py).
 """
 
 from fastapi import APIRouter, Request
@@ -26,6 +27,7 @@ REQUEST_BODY = {
 
 @router.post("/embeddings", response_model=EmbeddingList, openapi_extra=REQUEST_BODY)
 async def create_embeddings(request: Request, caller: CallerDep, embeddings: EmbeddingsDep) -> Response:
+    embeddings.check_credits(caller)  # a token with nothing left is refused before its body is read
     body = parse(EmbeddingRequest, await request.body())
 
     async def work() -> Response:

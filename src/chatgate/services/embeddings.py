@@ -2,8 +2,10 @@
 (from its bytes and token ids alone: nothing tokenized yet), run it on its model, settle on the exact
 count before the answer is written.
 
-A request refused before it runs (bad input, limits, credits) costs nothing and holds nothing; one
-that fails or is cancelled after admission returns no vectors, so it costs nothing either.
+A request refused before it runs (bad input, limits, credits) costs nothing and holds nothing. One
+that fails after admission returns no vectors, so it costs nothing either; one whose client leaves
+after the engine has read its inputs (the local tokenizer has counted them) pays for them, as a
+chat prompt does.
 """
 
 import base64
@@ -13,12 +15,12 @@ import numpy as np
 
 from chatgate.errors import ChatgateError, InsufficientQuota
 from chatgate.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
-from chatgate.providers.base import Bound, UsageReport
+from chatgate.providers.base import Accepted, Bound, UsageReport
 from chatgate.providers.embeddings.base import Vectors
 from chatgate.services.catalogue import ModelRegistry
 from chatgate.services.metering import Caller, Metering
 
-API = "embeddings"  # the usage row's API name, once the row has one (Caller.api)
+API = "embeddings"  # the usage row's API name: ``create`` tags its caller with it once Caller has ``api``
 
 
 class EmbeddingService:
@@ -40,6 +42,7 @@ class EmbeddingService:
 
     async def create(self, caller: Caller, request: EmbeddingRequest) -> tuple[EmbeddingList, dict[str, str]]:
         started = time.monotonic()
+        # (Here the caller becomes dataclasses.replace(caller, api=API) once Caller has ``api``.)
         try:
             route = self._registry.resolve_embedding(request.model)
             caller.principal.check_model(request.model, route.name)
@@ -49,7 +52,7 @@ class EmbeddingService:
             raise
         bound = Bound(prompt_tokens=plan.bound, completion_tokens=0)
         async with self._metering.admit(caller, model=route.name, price=route.price, bound=bound) as meter:
-            result = await route.embedder.run(plan)
+            result = await route.embedder.run(plan, lambda tokens: meter.observe(Accepted(tokens)))
             meter.observe(UsageReport(result.prompt_tokens, 0))
             charge = await meter.settle()  # committed before the answer is written
         answer = EmbeddingList(
