@@ -14,10 +14,15 @@ import openai
 import pytest
 
 from tests.e2e import bert_gguf, infra
-from tests.e2e.conftest import EMBED, Spec
+from tests.e2e.conftest import EMBED, Spec, ledger_checked
 from tests.e2e.infra import API_KEY, Server
 
 TEXTS = ["Embeddings through a gateway.", "Another sentence, quite different.", "Ünïcödé and 中文 too."]
+
+
+verified = ledger_checked(
+    "gateway", lambda gateway: gateway.server
+)  # `chatgate ledger verify` after each test
 
 
 @dataclass

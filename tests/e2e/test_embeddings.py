@@ -1,6 +1,7 @@
 """/v1/embeddings on the offline default model, with the official SDK: shapes (checked against OpenAI's
 schema), exact usage, limits naming their field, and the credits each request moves."""
 
+import asyncio
 import base64
 from typing import Any
 
@@ -8,13 +9,18 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from sqlalchemy import func, select
 from tokenizers import Tokenizer
 
 from chatgate.providers.embeddings import assets
-from tests.e2e.conftest import EMBED, SMALL, Spec
+from chatgate.storage.database import Database
+from chatgate.storage.tables import OpenReservation
+from tests.e2e.conftest import EMBED, SMALL, Spec, database_url, ledger_checked
 from tests.e2e.infra import Server
 
 TEXTS = ["The cat sat on the mat.", "A feline rested on the rug.", "Quarterly revenue grew by 12%."]
+
+verified = ledger_checked("server")  # `chatgate ledger verify` passes after every test
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +43,23 @@ def user(server: Server) -> str:
 def post(server: Server, key: str, body: dict[str, Any]) -> httpx.Response:
     with httpx.Client(base_url=server.base_url, timeout=60) as http:
         return http.post("/v1/embeddings", json=body, headers={"authorization": f"Bearer {key}"})
+
+
+def held(server: Server, trace_id: str) -> int:
+    """Credits the request ``trace_id`` still holds (an open reservation), read from the database."""
+
+    async def read() -> int:
+        db = Database(database_url(server))
+        try:
+            async with db.snapshot() as session:
+                query = select(func.coalesce(func.sum(OpenReservation.amount), 0))
+                return int(
+                    (await session.execute(query.where(OpenReservation.trace_id == trace_id))).scalar_one()
+                )
+        finally:
+            await db.dispose()
+
+    return asyncio.run(read())
 
 
 def credits_left(server: Server, key: str) -> int:
@@ -112,7 +135,7 @@ def test_bad_requests_name_the_field_and_cost_nothing(
     spec.validate("ErrorResponse", response.json())
     error = response.json()["error"]
     assert (error["param"], error["code"]) == (param, code), error
-    assert credits_left(server, user) == left
+    assert credits_left(server, user) == left and held(server, response.json()["trace_id"]) == 0
 
 
 def test_dimensions_equal_to_the_model_s_own_are_accepted(http: httpx.Client) -> None:
@@ -150,4 +173,12 @@ def test_a_request_past_the_balance_is_refused_before_any_work(server: Server) -
     key = key.strip().splitlines()[-1]
     response = post(server, key, {"model": EMBED, "input": "word " * 200})
     assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
+    assert held(server, response.json()["trace_id"]) == 0 and credits_left(server, key) == 100
     assert post(server, key, {"model": EMBED, "input": "a few words"}).status_code == 200
+
+
+def test_a_token_with_nothing_left_is_refused_before_its_body_is_read(server: Server) -> None:
+    key = server.cli("keys", "create", "--user", "broke-embedder@example.com", "--quota", "0")
+    key = key.strip().splitlines()[-1]
+    response = post(server, key, {"model": EMBED, "input": "hi", "not_a_field": True})  # never parsed
+    assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
