@@ -1,0 +1,65 @@
+"""The console's accounts: users, their sessions and their API tokens, as ``/api`` sends them."""
+
+from datetime import datetime
+
+from pydantic import Field
+
+from chatgate.protocol.base import WireModel
+
+
+class Account(WireModel):
+    id: int
+    email: str
+    is_admin: bool
+    disabled: bool
+    credits: int = Field(description="The balance, in credits.")
+    created_at: datetime
+
+
+class Session(WireModel):
+    """A signed-in user. Send ``csrf_token`` back in ``x-csrf-token`` with every state-changing call."""
+
+    user: Account
+    csrf_token: str
+
+
+class AccountList(WireModel):
+    data: list[Account]
+
+
+class Token(WireModel):
+    """An API token as listed: never its secret, which is shown once, when it is made."""
+
+    nullable = frozenset(
+        {
+            "last_used_at",
+            "expires_at",
+            "revoked_at",
+            "allowed_models",
+            "quota_cap",
+            "rpm_limit",
+            "tpm_limit",
+        }
+    )
+
+    id: int
+    user_id: int
+    name: str
+    prefix: str = Field(description="The secret's first characters, to tell tokens apart.")
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    allowed_models: list[str] | None = Field(description="The models it may use; null: any.")
+    quota_cap: int | None = Field(description="The most credits it may spend; null: the balance.")
+    spent: int = Field(description="Credits it has spent.")
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+
+class IssuedToken(Token):
+    key: str = Field(description="The secret (`sk-...`), shown this once.")
+
+
+class TokenList(WireModel):
+    data: list[Token]

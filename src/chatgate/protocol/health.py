@@ -1,0 +1,37 @@
+"""What the operators' endpoints report: liveness, readiness and each model's deployments."""
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from chatgate.protocol.base import WireModel
+
+
+class DeploymentHealth(WireModel):
+    """One deployment of a model, with its load figures (which vary with the kind of deployment)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, int | float]
+
+    deployment: str
+    up: bool
+
+
+class Health(WireModel):
+    status: Literal["ok"] = "ok"
+    models: dict[str, dict[str, int]] = Field(description="Load figures per model.")
+
+
+class Readiness(WireModel):
+    ready: bool = Field(description="Whether every model has a deployment up.")
+    models: dict[str, list[DeploymentHealth]]
+
+
+class ModelDeployments(WireModel):
+    id: str
+    owned_by: str
+    deployments: list[DeploymentHealth]
+
+
+class ModelDeploymentsList(WireModel):
+    data: list[ModelDeployments]
