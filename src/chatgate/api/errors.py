@@ -11,6 +11,7 @@ from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatgate.api.routes import allowed_methods
 from chatgate.api.trace import TRACE_HEADER, new_trace_id, trace_id_of
 from chatgate.errors import (
     AuthError,
@@ -162,10 +163,14 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(err, trace_id_of(request))
     body = ErrorBody(message=str(exc.detail), type="invalid_request_error", code=f"http_{exc.status_code}")
     trace_id = trace_id_of(request)
+    headers = {TRACE_HEADER: trace_id, **(exc.headers or {})}
+    if exc.status_code == 405:  # every method the path is served with, not just one route's
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        headers["allow"] = ", ".join(allowed_methods(request.app, request.url.path))
     return JSONResponse(
         ErrorEnvelope(error=body, trace_id=trace_id).model_dump(mode="json"),
         status_code=exc.status_code,
-        headers={TRACE_HEADER: trace_id, **(exc.headers or {})},
+        headers=headers,
     )
 
 

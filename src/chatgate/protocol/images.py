@@ -2,12 +2,15 @@
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from chatgate.protocol.base import WireModel
 
 
 class ImageGenerationRequest(WireModel):
+    # Types are strict, as in a chat request (api/body.py): "n": "2" or "n": true is a 400.
+    model_config = ConfigDict(strict=True)
+
     prompt: str = Field(min_length=1, max_length=32_000)
     model: str | None = None
     n: int | None = Field(default=None, ge=1, le=4)

@@ -16,6 +16,7 @@ from chatgate.services.auth import hash_secret
 from chatgate.storage import sessions, users
 from chatgate.storage.database import Database
 from chatgate.storage.tables import User
+from chatgate.storage.users import MAX_CREDITS as MAX_CREDITS
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 8
@@ -123,6 +124,8 @@ class AccountService:
             return [Account.of(u) for u in await users.list_all(session, limit=limit, offset=offset)]
 
     async def grant(self, user_id: int, credits: int) -> Account:
+        if not -MAX_CREDITS <= credits <= MAX_CREDITS:
+            raise InvalidRequest(f"A grant moves at most {MAX_CREDITS:,} credits.", param="credits")
         async with self._db.transaction() as session:
             if await users.by_id(session, user_id=user_id) is None:
                 raise NotFound("No such user.")
@@ -130,7 +133,10 @@ class AccountService:
             if not await users.grant(
                 session, user_id=user_id, credits=credits, trace_id=f"grant_{uuid.uuid4().hex}"
             ):
-                raise InvalidRequest("That would leave a negative balance.", param="credits")
+                raise InvalidRequest(
+                    f"That would leave a negative balance, or one over {MAX_CREDITS:,} credits.",
+                    param="credits",
+                )
         return await self.get(user_id)
 
     async def set_disabled(self, user_id: int, disabled: bool) -> Account:

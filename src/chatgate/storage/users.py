@@ -12,6 +12,12 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+# The most credits a balance holds (or one grant moves): far past any real use, and far enough
+# below a 64-bit integer's limit that no sum of balances or grants reaches it (past it, SQLite
+# silently stores a float and PostgreSQL refuses the update).
+MAX_CREDITS = 10**15
+
+
 async def by_email(session: AsyncSession, *, email: str) -> User | None:
     result = await session.execute(select(User).where(User.email == email))
     return result.scalar_one_or_none()
@@ -33,10 +39,12 @@ async def insert(
 
 
 async def grant(session: AsyncSession, *, user_id: int, credits: int, trace_id: str) -> bool:
-    """Add (or, negative, remove) credits, with its ledger row; False if it would leave less than zero."""
+    """Add (or, negative, remove) credits, with its ledger row; False if it would leave less than
+    zero or more than ``MAX_CREDITS``. ``credits`` itself is at most ``MAX_CREDITS`` either way."""
+    assert -MAX_CREDITS <= credits <= MAX_CREDITS
     changed = await session.execute(
         update(User)
-        .where(User.id == user_id, User.credits + credits >= 0)
+        .where(User.id == user_id, User.credits + credits >= 0, User.credits + credits <= MAX_CREDITS)
         .values(credits=User.credits + credits)
     )
     if not changed.rowcount:  # type: ignore[attr-defined]
