@@ -22,5 +22,15 @@ await build({
   outfile: new URL("assets/app.css", out).pathname,
   logLevel: "info",
 });
+await build({
+  entryPoints: ["src/docs.js", "src/docs.css"], // the API reference at /docs
+  bundle: true,
+  minify: true,
+  format: "esm",
+  target: "es2020",
+  outdir: new URL("assets/", out).pathname,
+  logLevel: "info",
+});
 await copyFile("src/index.html", new URL("index.html", out));
+await copyFile("src/docs.html", new URL("docs.html", out));
 await copyFile("src/icon.svg", new URL("assets/icon.svg", out)); // the tab's icon: no request for /favicon.ico

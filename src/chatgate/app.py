@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatgate.api import accounts, chat, embeddings, files, health, images, models, usage
 from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
+from chatgate.api.openapi import operation_id
 from chatgate.api.trace import TraceMiddleware
 from chatgate.config import (
     BrowsingDeployment,
@@ -32,7 +33,7 @@ from chatgate.config import (
     effective_catalogue,
 )
 from chatgate.console import api as console_api
-from chatgate.console import pages
+from chatgate.console import pages, reference
 from chatgate.errors import ChatgateError, ConfigError
 from chatgate.providers.base import AnyProvider
 from chatgate.providers.browsing import search
@@ -424,6 +425,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         redoc_url=None,
         openapi_url=None,
         redirect_slashes=False,  # a stray trailing slash is an enveloped 404, not a bare redirect
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.services = services
@@ -446,6 +448,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     app.include_router(console_api.router, prefix="/api")
     app.include_router(health.router)
     app.include_router(files.router)
+    app.include_router(reference.router)  # /openapi.json, built from every route above, and /docs
     app.include_router(pages.router)
     app.add_middleware(BodyLimit, limit=settings.body_limit)
     app.add_middleware(CatchAll)

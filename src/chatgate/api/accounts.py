@@ -8,16 +8,33 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
 from chatgate.api.deps import SESSION_COOKIE, AccountsDep, AdminDep, SignedInDep, TokensDep
-from chatgate.services.accounts import Account, SignedIn
+from chatgate.api.openapi import SETS_COOKIE, links, raises
+from chatgate.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
+from chatgate.protocol.accounts import Account as AccountOut
+from chatgate.protocol.accounts import AccountList, IssuedToken, Session, Token, TokenList
+from chatgate.protocol.base import INT64_MAX, INT64_MIN
+from chatgate.services.accounts import MAX_CREDITS, MIN_PASSWORD, Account, SignedIn
 from chatgate.services.tokens import TokenInfo
 
 router = APIRouter()
+
+RowId = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX)]
+
+
+def _text(value: object) -> object:
+    """A time comes as ISO 8601 text; a number, which pydantic would take for a Unix time, is refused."""
+    if not isinstance(value, str):
+        raise ValueError("a date-time is ISO 8601 text, such as 2030-01-31T00:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_text)]
 
 
 class Body(BaseModel):
@@ -26,19 +43,19 @@ class Body(BaseModel):
 
 class Credentials(Body):
     email: str = Field(max_length=320)
-    password: str = Field(max_length=1024)
+    password: str = Field(max_length=1024, json_schema_extra={"minLength": MIN_PASSWORD})
 
 
 class PasswordChange(Body):
     current_password: str
-    new_password: str = Field(max_length=1024)
+    new_password: str = Field(max_length=1024, json_schema_extra={"minLength": MIN_PASSWORD})
 
 
 class NewToken(Body):
     name: str = "default"
-    expires_at: datetime | None = None
+    expires_at: IsoTime | None = None
     allowed_models: list[str] | None = None
-    quota_cap: int | None = Field(default=None, ge=0)
+    quota_cap: StrictInt | None = Field(default=None, ge=0, le=MAX_CREDITS)
 
 
 class Rename(Body):
@@ -46,11 +63,11 @@ class Rename(Body):
 
 
 class Grant(Body):
-    credits: int
+    credits: StrictInt = Field(ge=-MAX_CREDITS, le=MAX_CREDITS)
 
 
 class Disable(Body):
-    disabled: bool
+    disabled: StrictBool
 
 
 def _account(account: Account) -> dict[str, Any]:
@@ -80,20 +97,34 @@ def _session_response(request: Request, cookie: str, signed_in: SignedIn, status
     return response
 
 
-@router.post("/signup")
+@router.post(
+    "/signup",
+    status_code=201,
+    response_model=Session,
+    responses={
+        201: {
+            **SETS_COOKIE,
+            **links(
+                GrantCredits=("admin_grant", {"user_id": "$response.body#/user/id"}),
+                DisableUser=("admin_disable", {"user_id": "$response.body#/user/id"}),
+            ),
+        },
+        **raises(Conflict),
+    },
+)
 async def sign_up(body: Credentials, request: Request, accounts: AccountsDep) -> JSONResponse:
     await accounts.sign_up(body.email, body.password)
     cookie, signed_in = await accounts.log_in(body.email, body.password)
     return _session_response(request, cookie, signed_in, 201)
 
 
-@router.post("/login")
+@router.post("/login", response_model=Session, responses={200: SETS_COOKIE, **raises(AuthError)})
 async def log_in(body: Credentials, request: Request, accounts: AccountsDep) -> JSONResponse:
     cookie, signed_in = await accounts.log_in(body.email, body.password)
     return _session_response(request, cookie, signed_in, 200)
 
 
-@router.post("/logout")
+@router.post("/logout", status_code=204, response_class=Response)
 async def log_out(request: Request, signed_in: SignedInDep, accounts: AccountsDep) -> Response:
     await accounts.log_out(request.cookies.get(SESSION_COOKIE, ""))
     response = Response(status_code=204)
@@ -101,24 +132,39 @@ async def log_out(request: Request, signed_in: SignedInDep, accounts: AccountsDe
     return response
 
 
-@router.get("/me")
+@router.get("/me", response_model=Session)
 async def me(signed_in: SignedInDep, accounts: AccountsDep) -> JSONResponse:
     account = await accounts.get(signed_in.account.id)
     return JSONResponse({"user": _account(account), "csrf_token": signed_in.csrf_token})
 
 
-@router.post("/me/password")
+@router.post(
+    "/me/password",
+    status_code=204,
+    response_class=Response,
+    responses=raises((Forbidden, "forbidden"), InvalidRequest),
+)
 async def change_password(body: PasswordChange, signed_in: SignedInDep, accounts: AccountsDep) -> Response:
     await accounts.change_password(signed_in.account.id, body.current_password, body.new_password)
     return Response(status_code=204)
 
 
-@router.get("/tokens")
+@router.get("/tokens", response_model=TokenList)
 async def list_tokens(signed_in: SignedInDep, tokens: TokensDep) -> JSONResponse:
     return JSONResponse({"data": [_token(t) for t in await tokens.list(signed_in.account.id)]})
 
 
-@router.post("/tokens")
+@router.post(
+    "/tokens",
+    status_code=201,
+    response_model=IssuedToken,
+    responses={
+        201: links(
+            RenameToken=("rename_token", {"token_id": "$response.body#/id"}),
+            RevokeToken=("revoke_token", {"token_id": "$response.body#/id"}),
+        )
+    },
+)
 async def create_token(body: NewToken, signed_in: SignedInDep, tokens: TokensDep) -> JSONResponse:
     info, secret = await tokens.create(
         signed_in.account.id,
@@ -130,33 +176,40 @@ async def create_token(body: NewToken, signed_in: SignedInDep, tokens: TokensDep
     return JSONResponse({**_token(info), "key": secret}, status_code=201)
 
 
-@router.patch("/tokens/{token_id}")
+@router.patch("/tokens/{token_id}", response_model=Token, responses=raises(NotFound))
 async def rename_token(
-    token_id: int, body: Rename, signed_in: SignedInDep, tokens: TokensDep
+    token_id: RowId, body: Rename, signed_in: SignedInDep, tokens: TokensDep
 ) -> JSONResponse:
     return JSONResponse(_token(await tokens.rename(signed_in.account.id, token_id, body.name)))
 
 
-@router.delete("/tokens/{token_id}")
-async def revoke_token(token_id: int, signed_in: SignedInDep, tokens: TokensDep) -> JSONResponse:
+@router.delete(
+    "/tokens/{token_id}",
+    response_model=Token,
+    responses=raises(NotFound),
+    description="Revokes the token: it stops working at once, and stays listed with its `revoked_at`.",
+)
+async def revoke_token(token_id: RowId, signed_in: SignedInDep, tokens: TokensDep) -> JSONResponse:
     return JSONResponse(_token(await tokens.revoke(signed_in.account.id, token_id)))
 
 
-@router.get("/admin/users")
+@router.get("/admin/users", response_model=AccountList)
 async def admin_users(
     admin: AdminDep,
     accounts: AccountsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> JSONResponse:
     return JSONResponse({"data": [_account(a) for a in await accounts.list(limit=limit, offset=offset)]})
 
 
-@router.post("/admin/users/{user_id}/grant")
-async def admin_grant(user_id: int, body: Grant, admin: AdminDep, accounts: AccountsDep) -> JSONResponse:
+@router.post("/admin/users/{user_id}/grant", response_model=AccountOut, responses=raises(NotFound))
+async def admin_grant(user_id: RowId, body: Grant, admin: AdminDep, accounts: AccountsDep) -> JSONResponse:
     return JSONResponse(_account(await accounts.grant(user_id, body.credits)))
 
 
-@router.post("/admin/users/{user_id}/disable")
-async def admin_disable(user_id: int, body: Disable, admin: AdminDep, accounts: AccountsDep) -> JSONResponse:
+@router.post("/admin/users/{user_id}/disable", response_model=AccountOut, responses=raises(NotFound))
+async def admin_disable(
+    user_id: RowId, body: Disable, admin: AdminDep, accounts: AccountsDep
+) -> JSONResponse:
     return JSONResponse(_account(await accounts.set_disabled(user_id, body.disabled)))

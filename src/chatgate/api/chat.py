@@ -21,9 +21,26 @@ from fastapi.responses import Response
 from chatgate.api.body import parse
 from chatgate.api.cancel import cancel_when_gone
 from chatgate.api.deps import services_of
+from chatgate.api.openapi import BEARER, described, raises
 from chatgate.api.sse import sse_response
 from chatgate.api.trace import trace_id_of
+from chatgate.errors import (
+    Conflict,
+    ContextLengthExceeded,
+    EngineBusy,
+    EngineFailure,
+    InsufficientQuota,
+    InvalidImage,
+    ModelNotFound,
+    NotImplementedFeature,
+    RateLimited,
+    TokenMismatch,
+    UpstreamFailed,
+    UpstreamRefused,
+    UpstreamTimeout,
+)
 from chatgate.protocol.requests import ChatCompletionRequest
+from chatgate.protocol.responses import ChatCompletion, ChatCompletionChunk
 from chatgate.services.auth import AuthService
 from chatgate.services.chat import ChatService
 from chatgate.services.metering import Caller
@@ -31,7 +48,27 @@ from chatgate.services.metering import Caller
 router = APIRouter()
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses=raises(
+        TokenMismatch,
+        ContextLengthExceeded,
+        NotImplementedFeature,
+        InvalidImage,
+        ModelNotFound,
+        (Conflict, "duplicate_request"),
+        InsufficientQuota,
+        RateLimited,
+        EngineBusy,
+        (EngineFailure, "engine_error"),
+        UpstreamRefused,
+        UpstreamFailed,
+        UpstreamTimeout,
+    ),
+    # The body and the caller are read by hand, for speed (above): described here instead.
+    openapi_extra=described(body=ChatCompletionRequest, stream=ChatCompletionChunk, security=BEARER),
+)
 async def create_chat_completion(request: Request) -> Response:
     services = services_of(request)
     auth: AuthService = services.auth

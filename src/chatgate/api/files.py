@@ -7,13 +7,24 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from chatgate.api.deps import CallerDep, FilesDep
-from chatgate.errors import InvalidRequest, NotFound
+from chatgate.api.openapi import described, links, raises
+from chatgate.errors import InvalidImage, InvalidRequest, NotFound
+from chatgate.protocol.files import FileObject, FileUpload
+from chatgate.services.files import IMAGE_TYPES
 
 router = APIRouter()
 api_router = APIRouter()
 
 
-@router.get("/files/{file_id}")
+@router.get(
+    "/files/{file_id}",
+    response_class=FileResponse,
+    response_description="The file, as an image.",
+    responses={
+        200: {"content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in IMAGE_TYPES}},
+        **raises(NotFound),
+    },
+)
 async def get_file(file_id: str, files: FilesDep, download: bool = False) -> FileResponse:
     found = await files.store.get(file_id)
     if found is None:
@@ -28,7 +39,13 @@ async def get_file(file_id: str, files: FilesDep, download: bool = False) -> Fil
     )
 
 
-@api_router.post("/files")
+@api_router.post(
+    "/files",
+    response_model=FileObject,
+    responses={200: links(GetFile=("get_file", {"file_id": "$response.body#/id"})), **raises(InvalidImage)},
+    # Multipart, read by hand so an oversized upload is refused before it is spooled (below).
+    openapi_extra=described(body=FileUpload, media_type="multipart/form-data"),
+)
 async def upload_file(request: Request, caller: CallerDep, files: FilesDep) -> JSONResponse:
     """An image uploaded to refer to by URL in chat: ``{"type": "image_url", "image_url": {"url": <url>}}``.
 

@@ -4,12 +4,44 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from chatgate.api.deps import CallerDep, ImagesDep
-from chatgate.protocol.images import ImageGenerationRequest
+from chatgate.api.openapi import raises
+from chatgate.errors import (
+    Conflict,
+    EngineBusy,
+    EngineFailure,
+    InsufficientQuota,
+    InvalidImage,
+    ModelNotFound,
+    NotImplementedFeature,
+    RateLimited,
+    TokenMismatch,
+    UpstreamFailed,
+    UpstreamRefused,
+    UpstreamTimeout,
+)
+from chatgate.protocol.images import ImageGenerationRequest, ImagesResponse
 
 router = APIRouter()
 
 
-@router.post("/images/generations")
+@router.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    responses=raises(
+        TokenMismatch,
+        NotImplementedFeature,
+        InvalidImage,
+        ModelNotFound,
+        (Conflict, "duplicate_request"),
+        InsufficientQuota,
+        RateLimited,
+        EngineBusy,
+        (EngineFailure, "engine_error"),
+        UpstreamRefused,
+        UpstreamFailed,
+        UpstreamTimeout,
+    ),
+)
 async def create_image(body: ImageGenerationRequest, caller: CallerDep, images: ImagesDep) -> JSONResponse:
     response, headers = await images.generate(caller, body)
     return JSONResponse(response.model_dump(mode="json"), headers=headers)

@@ -6,21 +6,24 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from chatgate.api.deps import AdminDep, RegistryDep, SignedInDep, UsageDep
+from chatgate.protocol.base import INT64_MAX
+from chatgate.protocol.health import ModelDeploymentsList
+from chatgate.protocol.usage import RequestLog, UsageSummary
 
 router = APIRouter()
 
 
-@router.get("/usage")
+@router.get("/usage", response_model=UsageSummary)
 async def my_usage(signed_in: SignedInDep, usage: UsageDep) -> JSONResponse:
     return JSONResponse(await usage.user_summary(signed_in.account.id))
 
 
-@router.get("/usage/requests")
+@router.get("/usage/requests", response_model=RequestLog)
 async def my_requests(
     signed_in: SignedInDep,
     usage: UsageDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     model: str | None = None,
     status: str | None = None,
 ) -> JSONResponse:
@@ -28,7 +31,7 @@ async def my_requests(
     return JSONResponse(page)
 
 
-@router.get("/admin/models")
+@router.get("/admin/models", response_model=ModelDeploymentsList)
 async def admin_models(admin: AdminDep, registry: RegistryDep) -> JSONResponse:
     health = registry.health()
     models = [

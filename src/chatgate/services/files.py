@@ -6,6 +6,8 @@ from chatgate.providers.images.decode import MIME, decode
 from chatgate.services.auth import Principal
 from chatgate.storage.files import FileStore, StoredFile
 
+IMAGE_TYPES = tuple(MIME.values())  # what files are served as: every image uploaded or drawn is one
+
 
 class FileService:
     def __init__(self, store: FileStore, *, max_pixels: int, heavy: HeavyWork | None = None) -> None:

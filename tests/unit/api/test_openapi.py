@@ -1,0 +1,194 @@
+"""The OpenAPI document is built from the app's own routes: every route is in it, each with its
+security, its errors and its headers, and the wire models' output schemas say what is sent."""
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from openapi_spec_validator import validate
+from pydantic import Field
+
+from chatgate.api import document
+from chatgate.api.deps import CallerDep, SignedInDep
+from chatgate.api.openapi import STAND_IN, described, operation_id, raises
+from chatgate.api.routes import served
+from chatgate.app import create_app
+from chatgate.config import Settings
+from chatgate.errors import ModelNotFound, RateLimited, UpstreamRefused
+from chatgate.protocol.base import WireModel
+from chatgate.protocol.errors import ErrorEnvelope
+from chatgate.protocol.responses import ChatCompletionChunk
+
+# Pages of the console, not operations of the API.
+PAGES = {("GET", "/"), ("GET", "/assets/{name}")}
+CATALOGUE = """
+models:
+  - name: upstream-model
+    deployment: {kind: openai_compatible, base_url: "http://127.0.0.1:9/v1", model: m}
+"""
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    """The real app (its lifespan not run: nothing is served, only described)."""
+    root = tmp_path_factory.mktemp("openapi")
+    (root / "catalogue.yaml").write_text(CATALOGUE)
+    settings = Settings(catalogue=root / "catalogue.yaml", data_dir=root / "data", api_key="sk-" + "k" * 30)
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def doc(app: FastAPI) -> dict[str, Any]:
+    return document.build(app, title="chatgate", version="test")
+
+
+def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(m.upper(), path, op) for path, item in doc["paths"].items() for m, op in item.items()]
+
+
+def test_the_document_is_openapi_3_1(doc: dict[str, Any]) -> None:
+    validate(doc)
+    assert STAND_IN not in json.dumps(doc)  # every model a route named by hand is among the components
+
+
+def test_every_route_the_app_serves_is_in_the_document(app: FastAPI, doc: dict[str, Any]) -> None:
+    documented = {(method, path) for method, path, _ in operations(doc)}
+    served_routes = {
+        (method, route.path_format)
+        for route in served(app)
+        for method in (getattr(route, "methods", None) or ())
+    }
+    assert served_routes - documented == PAGES
+    assert documented <= served_routes
+
+
+def test_each_operation_says_who_may_call_it_what_it_answers_and_with_which_headers(
+    doc: dict[str, Any],
+) -> None:
+    ids = [op["operationId"] for _, _, op in operations(doc)]
+    assert len(ids) == len(set(ids))
+    envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    for method, path, op in operations(doc):
+        where = f"{method} {path}"
+        responses = op["responses"]
+        assert "422" not in responses, where  # this API answers a bad request with 400
+        assert "500" in responses, where
+        for status, response in responses.items():
+            assert response["headers"]["x-request-id"] == {"$ref": "#/components/headers/RequestId"}, where
+            if status[0] in "45" and (where, status) != ("GET /readyz", "503"):  # not ready: its report
+                assert response["content"]["application/json"]["schema"] == envelope, (where, status)
+                assert response["x-error-codes"], (where, status)
+        schemes = {name for requirement in op.get("security", []) for name in requirement}
+        if path.startswith(("/v1/", "/openai/")):
+            assert schemes == {"bearer"} and "401" in responses, where
+            assert all(p.get("name") != "authorization" for p in op.get("parameters", [])), where
+        elif path.startswith("/api/") and path not in ("/api/signup", "/api/login"):
+            expected = {"session"} if method == "GET" else {"session", "csrf"}
+            assert schemes == expected, where
+            assert "401" in responses and ("403" in responses) == (method != "GET" or "/admin/" in path), (
+                where
+            )
+        else:
+            assert not schemes, where
+        if "requestBody" in op:
+            assert {"400", "413"} <= set(responses), where
+
+
+def test_the_chat_route_read_by_hand_is_described_in_full(doc: dict[str, Any]) -> None:
+    op = doc["paths"]["/v1/chat/completions"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionRequest"
+    }
+    ok = op["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatCompletion"}
+    event = ok["text/event-stream"]["schema"]
+    assert event["required"] == ["data"]
+    assert event["properties"]["data"]["else"]["contentSchema"]["anyOf"] == [
+        {"$ref": "#/components/schemas/ChatCompletionChunk"},
+        {"$ref": "#/components/schemas/ErrorEnvelope"},
+    ]
+    assert {"404", "409", "429", "4XX", "502", "504"} <= set(op["responses"])
+    assert "model_not_found" in op["responses"]["404"]["x-error-codes"]["invalid_request_error"]
+    assert op["security"] == [{"bearer": []}]
+
+
+class Thing(WireModel):
+    name: str
+
+
+def test_a_new_route_is_described_from_what_it_takes_and_what_it_declares() -> None:
+    """What an engineer adding a route writes, and what the document makes of it."""
+    router = APIRouter()
+
+    @router.post(
+        "/things", response_model=Thing, responses=raises(ModelNotFound, RateLimited, UpstreamRefused)
+    )
+    async def create_thing(body: Thing, caller: CallerDep) -> Thing:
+        return body
+
+    @router.post(
+        "/raw", response_model=Thing, openapi_extra=described(body=Thing, stream=ChatCompletionChunk)
+    )
+    async def raw_thing() -> None:
+        return None
+
+    @router.get("/mine")
+    async def my_things(signed_in: SignedInDep) -> None:
+        return None
+
+    app = FastAPI(generate_unique_id_function=operation_id)
+    app.include_router(router, prefix="/v1")
+    app.include_router(router, prefix="/openai")
+    built = document.build(app, title="t", version="1")
+    validate(built)
+    things = built["paths"]["/v1/things"]["post"]
+    assert things["operationId"] == "create_thing"
+    assert built["paths"]["/openai/things"]["post"]["operationId"] == "create_thing_openai"
+    assert things["security"] == [{"bearer": []}]
+    assert set(things["responses"]) == {"200", "400", "401", "404", "413", "429", "4XX", "500"}
+    assert things["responses"]["429"]["x-error-codes"] == {"rate_limit_error": ["too_many_requests"]}
+    assert "retry-after" in things["responses"]["429"]["headers"]
+    raw = built["paths"]["/v1/raw"]["post"]
+    assert raw["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Thing"
+    }
+    assert "security" not in raw and {"400", "413"} <= set(raw["responses"])
+    assert built["paths"]["/v1/mine"]["get"]["security"] == [{"session": []}]
+    assert "ChatCompletionChunk" in built["components"]["schemas"]
+
+
+class Reply(WireModel):
+    nullable = frozenset({"refusal"})
+
+    id: str
+    kind: str = "reply"
+    refusal: str | None
+    note: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+def test_a_wire_models_output_schema_says_what_is_always_sent_and_what_may_be_absent() -> None:
+    schema = Reply.model_json_schema(mode="serialization")
+    assert set(schema["required"]) == {"id", "kind", "refusal", "tags"}
+    assert {"type": "null"} in schema["properties"]["refusal"]["anyOf"]  # sent as null
+    assert schema["properties"]["note"]["type"] == "string"  # left out rather than null
+    assert Reply.model_json_schema(mode="validation")["required"] == ["id", "refusal"]
+    sent = json.loads(Reply(id="r", refusal=None).model_dump_json())
+    assert sent == {"id": "r", "kind": "reply", "refusal": None, "tags": []}
+
+
+def test_an_error_envelope_is_a_wire_model_with_its_fields_always_sent() -> None:
+    schema = ErrorEnvelope.model_json_schema(mode="serialization")
+    assert set(schema["required"]) == {"success", "error", "trace_id"}
+    assert set(schema["$defs"]["ErrorBody"]["required"]) == {"message", "type", "param", "code"}
+
+
+async def test_a_method_the_path_is_not_served_with_is_a_405_listing_every_method_it_is(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        answer = await client.request("PUT", "/api/tokens")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "GET, POST"
+    assert answer.json()["error"]["code"] == "http_405"
