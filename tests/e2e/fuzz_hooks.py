@@ -1,0 +1,75 @@
+"""Schemathesis hooks for the fuzz test (tests/e2e/test_fuzz.py), loaded by ``st run`` in its own process.
+
+The credentials come from the environment the test sets: a user's API token for the bearer
+scheme, an admin's email and password for the console's session (signed in here, and again
+whenever an answer says the session has ended, as a ``POST /api/logout`` does).
+"""
+
+import os
+import zlib
+from typing import Any
+
+import httpx
+import schemathesis
+
+BASE_URL = os.environ.get("CHATGATE_FUZZ_URL", "")
+TOKEN = os.environ.get("CHATGATE_FUZZ_TOKEN", "")
+EMAIL = os.environ.get("CHATGATE_FUZZ_EMAIL", "")
+PASSWORD = os.environ.get("CHATGATE_FUZZ_PASSWORD", "")
+MODEL = os.environ.get("CHATGATE_FUZZ_MODEL", "")
+# The token's user and the admin, whom the admin's own calls must not disable; and a user they may.
+PROTECTED = {int(i) for i in os.environ.get("CHATGATE_FUZZ_PROTECTED_USERS", "").split(",") if i}
+SPARE_USER = int(os.environ.get("CHATGATE_FUZZ_SPARE_USER", "0"))
+SHORT = 8  # the most tokens a fuzzed request may ask the real model for
+
+
+def _schemes(case: Any) -> set[str]:
+    security = case.operation.definition.raw.get("security", [])
+    return {name for requirement in security for name in requirement}
+
+
+@schemathesis.auth()
+class Credentials:
+    """The bearer token, or the session cookie and its CSRF token, as each operation declares."""
+
+    def get(self, case: Any, ctx: Any) -> dict[str, str]:
+        with httpx.Client(base_url=BASE_URL, timeout=30) as http:
+            answer = http.post("/api/login", json={"email": EMAIL, "password": PASSWORD})
+            answer.raise_for_status()
+            return {"cookie": answer.cookies["chatgate_session"], "csrf": answer.json()["csrf_token"]}
+
+    def set(self, case: Any, data: dict[str, str], ctx: Any) -> None:
+        schemes = _schemes(case)
+        case.headers = case.headers or {}
+        if "bearer" in schemes:
+            case.headers["Authorization"] = f"Bearer {TOKEN}"
+        if "session" in schemes:
+            case.cookies = {**(case.cookies or {}), "chatgate_session": data["cookie"]}
+        if "csrf" in schemes:
+            case.headers["x-csrf-token"] = data["csrf"]
+
+
+@schemathesis.hook
+def map_path_parameters(ctx: Any, path_parameters: dict[str, Any]) -> dict[str, Any]:
+    """The admin disables anyone but the fuzzer's own two users (it would lock itself out)."""
+    if ctx.operation.path.endswith("/disable") and path_parameters.get("user_id") in PROTECTED:
+        return {**path_parameters, "user_id": SPARE_USER}
+    return path_parameters
+
+
+@schemathesis.hook
+def map_body(ctx: Any, body: Any) -> Any:
+    """Half of the chat requests name the model this server serves (a random name is a 404 before
+    any work), and ask it for a few tokens: the fuzzer explores the API, not the model's speed."""
+    if not ctx.operation.path.endswith("/chat/completions") or not isinstance(body, dict):
+        return body
+    if not isinstance(body.get("model"), str) or zlib.crc32(repr(sorted(body)).encode()) % 2:
+        return body
+    body = {**body, "model": MODEL}
+    if "max_completion_tokens" not in body:
+        body["max_tokens"] = body.get("max_tokens", SHORT)
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            body[key] = min(value, SHORT if key != "n" else 2)
+    return body

@@ -1,0 +1,107 @@
+"""Checks a live answer against the server's own OpenAPI document: its status is listed for the
+operation, its content type too, its required headers are there, and its body (JSON, or each
+event of a stream) is valid against the schema the document gives."""
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jsonschema
+import referencing
+import referencing.jsonschema
+
+URI = "urn:chatgate:openapi"
+
+
+def _pointer(*parts: str) -> str:
+    return "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+@dataclass
+class Conformance:
+    document: dict[str, Any]
+    seen: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        resource = referencing.jsonschema.DRAFT202012.create_resource(self.document)
+        self._registry: referencing.Registry[Any] = referencing.Registry().with_resource(URI, resource)
+        self._templates = [
+            (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"), path)
+            for path in self.document["paths"]
+        ]
+
+    def operation(self, method: str, path: str) -> tuple[str, dict[str, Any]]:
+        """The documented path and operation that answer ``method path``."""
+        for regex, template in self._templates:
+            if regex.match(path):
+                operations = self.document["paths"][template]
+                if method.lower() in operations:
+                    return template, operations[method.lower()]
+        raise AssertionError(f"{method} {path} is not in the document")
+
+    def check(self, response: httpx.Response) -> None:
+        """``response`` (read, streams included) is as the document says."""
+        method, path = response.request.method, response.request.url.path
+        template, operation = self.operation(method, path)
+        status = str(response.status_code)
+        where = f"{method} {template} answered {status}"
+        responses = operation["responses"]
+        key = next((k for k in (status, status[0] + "XX", "default") if k in responses), None)
+        assert key is not None, f"{where}, which the document does not list: {response.text[:300]}"
+        self.seen.setdefault((method, template), set()).add(response.status_code)
+        entry = responses[key]
+        for name, header in entry.get("headers", {}).items():
+            if self._resolve(header).get("required"):
+                assert name in response.headers, f"{where} without its {name} header"
+        content = entry.get("content")
+        if not content:
+            assert not response.content, f"{where} with a body the document does not describe"
+            return
+        media = response.headers.get("content-type", "").split(";")[0].strip()
+        assert media in content, f"{where} as {media}; the document says {sorted(content)}"
+        base = ("paths", template, method.lower(), "responses", key, "content", media, "schema")
+        if media == "application/json":
+            self._validate(base, response.json(), where)
+        elif media == "text/event-stream":
+            self._check_events(base, response.text, where)
+
+    def _check_events(self, base: tuple[str, ...], text: str, where: str) -> None:
+        events = list(_data_lines(text))
+        assert events and events[-1] == "[DONE]", f"{where}: a stream that does not end with [DONE]"
+        assert "[DONE]" not in events[:-1], f"{where}: [DONE] before the end of the stream"
+        content = (*base, "properties", "data", "else", "contentSchema")
+        for data in events[:-1]:
+            self._validate(content, json.loads(data), where)
+
+    def _validate(self, parts: tuple[str, ...], instance: Any, where: str) -> None:
+        schema = {"$ref": f"{URI}#/{_pointer(*parts)}"}
+        validator = jsonschema.Draft202012Validator(
+            schema, registry=self._registry, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+        )
+        errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+        assert not errors, (
+            f"{where} with a body that breaks its schema: {errors[0].message} at {list(errors[0].absolute_path)}"
+        )
+
+    def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            found: dict[str, Any] = self.document
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                found = found[part.replace("~1", "/").replace("~0", "~")]
+            node = found
+        return node
+
+    def operations(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for template, operations in self.document["paths"].items():
+            for method, operation in operations.items():
+                yield method.upper(), template, operation
+
+
+def _data_lines(text: str) -> Iterator[str]:
+    """The ``data:`` payload of each event (keep-alive comments and blank lines skipped)."""
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            yield line[len("data:") :].strip()
