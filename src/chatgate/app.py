@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatgate.api import accounts, chat, embeddings, files, health, images, models, usage
 from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
-from chatgate.api.openapi import operation_id
+from chatgate.api.openapi import API_PREFIXES, operation_id
 from chatgate.api.trace import TraceMiddleware
 from chatgate.config import (
     BrowsingDeployment,
@@ -437,7 +437,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     ]
     for exc_type, handler in handlers:
         app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
-    for prefix in ("/v1", "/openai", "/openai/v1"):
+    for prefix in API_PREFIXES:
         app.include_router(chat.router, prefix=prefix)
         app.include_router(models.router, prefix=prefix)
         app.include_router(usage.router, prefix=prefix)
@@ -448,7 +448,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     app.include_router(console_api.router, prefix="/api")
     app.include_router(health.router)
     app.include_router(files.router)
-    app.include_router(reference.router)  # /openapi.json, built from every route above, and /docs
+    app.include_router(reference.router)  # /openapi.json (built from every route on first use), /docs
     app.include_router(pages.router)
     app.add_middleware(BodyLimit, limit=settings.body_limit)
     app.add_middleware(CatchAll)
