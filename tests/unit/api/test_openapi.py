@@ -77,6 +77,8 @@ def test_each_operation_says_who_may_call_it_what_it_answers_and_with_which_head
         assert "500" in responses, where
         for status, response in responses.items():
             assert response["headers"]["x-request-id"] == {"$ref": "#/components/headers/RequestId"}, where
+            if status.startswith("2") and "application/json" in response.get("content", {}):
+                assert response["content"]["application/json"]["schema"], (where, "no response_model")
             if status[0] in "45" and (where, status) != ("GET /readyz", "503"):  # not ready: its report
                 assert response["content"]["application/json"]["schema"] == envelope, (where, status)
                 assert response["x-error-codes"], (where, status)
