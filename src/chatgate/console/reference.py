@@ -1,9 +1,11 @@
 """The API's reference: ``GET /openapi.json`` (the OpenAPI 3.1 document, built from the app's own
 routes on first use) and ``GET /docs`` (a page of the console's build that renders it)."""
 
+import functools
 import json
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
@@ -28,8 +30,10 @@ router = APIRouter()
 async def openapi_document(request: Request) -> Response:
     state = request.app.state
     body: bytes | None = getattr(state, "openapi_json", None)
-    if body is None:
-        built = document.build(request.app, title="chatgate", version=__version__)
+    if body is None:  # built once, off the event loop (it takes a few hundred milliseconds)
+        built = await anyio.to_thread.run_sync(
+            functools.partial(document.build, request.app, title="chatgate", version=__version__)
+        )
         body = state.openapi_json = json.dumps(built).encode()
     return Response(body, media_type="application/json")
 
