@@ -48,7 +48,7 @@ def _sign_up(http: httpx.Client, email: str, password: str) -> int:
     return user_id
 
 
-def test_the_fuzzer_finds_nothing_the_document_does_not_say(fuzz_server: Server) -> None:
+def test_the_fuzzer_finds_nothing_the_document_does_not_say(fuzz_server: Server, tmp_path: Path) -> None:
     fuzz_server.cli("admin", "create", "--email", ADMIN[0], "--password", ADMIN[1])
     with httpx.Client(base_url=fuzz_server.base_url, timeout=60) as http:
         admin_id = http.post("/api/login", json={"email": ADMIN[0], "password": ADMIN[1]}).json()["user"][
@@ -59,6 +59,7 @@ def test_the_fuzzer_finds_nothing_the_document_does_not_say(fuzz_server: Server)
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "tests.e2e.fuzz_hooks",
+        "HYPOTHESIS_STORAGE_DIRECTORY": str(tmp_path / "hypothesis"),  # its caches, not in the repository
         "CHATGATE_FUZZ_URL": fuzz_server.base_url,
         "CHATGATE_FUZZ_TOKEN": token,
         "CHATGATE_FUZZ_EMAIL": ADMIN[0],
