@@ -177,8 +177,9 @@ class _StandIns:
                 schema = operation["get"]["responses"]["200"]["content"]["application/json"]["schema"]
             self._real[name] = schema["$ref"]
         for node in _walk(document):
-            if node.get("$ref", "").startswith(STAND_IN):
-                node["$ref"] = self._real[node["$ref"]]
+            target = node.get("$ref")
+            if isinstance(target, str) and target.startswith(STAND_IN):
+                node["$ref"] = self._real[target]
 
     def resolved(self, name: str) -> str:
         return self._real[name]
