@@ -3,9 +3,10 @@
 FastAPI reads each route's path, parameters, body and ``response_model``; then every operation is
 completed here from what the route is: its security follows from the dependency that authenticates
 it, and the errors it can answer from what it takes (a body or parameters: 400; a body: 413; a
-caller: 401; a session on a state-changing call, or an admin's: 403; anything: 500), to which its
-decorator adds its domain errors (``raises`` in ``api/openapi.py``). Every answer carries the
-``x-request-id`` header, and every error the envelope.
+caller: 401, and 503 for a bearer token while the database that holds it cannot be reached; a
+session on a state-changing call, or an admin's: 403; anything: 500), to which its decorator adds
+its domain errors (``raises`` in ``api/openapi.py``). Every answer carries the ``x-request-id``
+header, and every error the envelope.
 """
 
 import http
@@ -103,6 +104,8 @@ _PARAMETER_FAULTS = {"invalid_request_error": ["invalid_value", "missing_require
 _TOO_LARGE = {"invalid_request_error": ["request_too_large"]}
 _INTERNAL = {"api_error": ["internal_error"]}
 _NO_TOKEN = {"authentication_error": ["invalid_token"]}
+# A token is looked up in the database: while it cannot be reached, the request fails closed.
+_NO_STORAGE = {"api_error": ["storage_unavailable"]}
 _NO_SESSION = {"authentication_error": ["not_signed_in"]}
 _NO_CSRF = {"permission_error": ["csrf_failed"]}
 _NOT_ADMIN = {"permission_error": ["forbidden"]}
@@ -227,6 +230,7 @@ def _complete(operation: dict[str, Any], route: Any, method: str, envelope: str)
         faults[400] = _PARAMETER_FAULTS
     if BEARER in schemes:
         faults[401] = _NO_TOKEN
+        faults[503] = _NO_STORAGE
     if SESSION in schemes:
         faults[401] = _NO_SESSION
     if CSRF in schemes:

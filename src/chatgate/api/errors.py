@@ -156,11 +156,27 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(from_validation(exc.errors(), exc.body), trace_id_of(request))
 
 
+def _unreadable_body(request: Request, exc: StarletteHTTPException) -> ChatgateError:
+    """What a 400 the framework raised while reading a body was about. It wraps whatever failed:
+    ours (BodyLimit's 413 for a body without a declared length, grown too long) or a body that is no
+    text (bytes that are not UTF-8); a form's own refusal (too many fields) comes as is."""
+    cause = exc.__cause__
+    if isinstance(cause, ChatgateError):
+        return cause
+    if isinstance(cause, UnicodeDecodeError) and "json" in request.headers.get("content-type", "json"):
+        return InvalidRequest(
+            "The request body is not valid JSON (it is not UTF-8 text).", code="invalid_json"
+        )
+    return InvalidRequest(f"The request body could not be read: {exc.detail}")
+
+
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
         err: ChatgateError = NotFound(f"Unknown path {request.url.path}.", code="not_found")
         return error_response(err, trace_id_of(request))
+    if exc.status_code == 400:
+        return error_response(_unreadable_body(request, exc), trace_id_of(request))
     body = ErrorBody(message=str(exc.detail), type="invalid_request_error", code=f"http_{exc.status_code}")
     trace_id = trace_id_of(request)
     headers = {TRACE_HEADER: trace_id, **(exc.headers or {})}

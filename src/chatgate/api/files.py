@@ -4,11 +4,12 @@ no token is needed); ``POST /v1/files`` uploads an image to refer to by URL."""
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from chatgate.api.deps import CallerDep, FilesDep
 from chatgate.api.openapi import described, links, raises
-from chatgate.errors import InvalidImage, InvalidRequest, NotFound
+from chatgate.errors import EngineBusy, InvalidImage, InvalidRequest, NotFound
 from chatgate.protocol.files import FileObject, FileUpload
 from chatgate.services.files import IMAGE_TYPES
 
@@ -42,7 +43,10 @@ async def get_file(file_id: str, files: FilesDep, download: bool = False) -> Fil
 @api_router.post(
     "/files",
     response_model=FileObject,
-    responses={200: links(GetFile=("get_file", {"file_id": "$response.body#/id"})), **raises(InvalidImage)},
+    responses={
+        200: links(GetFile=("get_file", {"file_id": "$response.body#/id"})),
+        **raises(InvalidImage, EngineBusy),
+    },
     # Multipart, read by hand so an oversized upload is refused before it is spooled (below).
     openapi_extra=described(body=FileUpload, media_type="multipart/form-data"),
 )
@@ -67,6 +71,10 @@ async def upload_file(request: Request, caller: CallerDep, files: FilesDep) -> J
             filename = file.filename or "upload"
     except (MultiPartException, ValueError) as exc:
         raise InvalidRequest(f"The upload is not valid multipart form data: {exc}", param="file") from exc
+    except HTTPException as exc:  # the form parser's refusals (too many fields or files) come as this
+        raise InvalidRequest(
+            f"The upload is not valid multipart form data: {exc.detail}", param="file"
+        ) from exc
     stored = await files.upload(caller.principal, data, filename)
     return JSONResponse(
         {
