@@ -2,9 +2,12 @@
 
 The credentials come from the environment the test sets: a user's API token for the bearer
 scheme, an admin's email and password for the console's session (signed in here, and again
-whenever an answer says the session has ended, as a ``POST /api/logout`` does).
+whenever an answer says the session has ended, as a ``POST /api/logout`` does). Beyond
+schemathesis's own checks, an error's type and code must be among those the document lists for its
+status (``x-error-codes``).
 """
 
+import json
 import os
 import zlib
 from typing import Any
@@ -73,3 +76,25 @@ def map_body(ctx: Any, body: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             body[key] = min(value, SHORT if key != "n" else 2)
     return body
+
+
+@schemathesis.check
+def error_code_documented(ctx: Any, response: Any, case: Any) -> None:
+    """An error envelope's type and code are among those the document lists for its status (an
+    upstream's refusal, ``4XX``, keeps its own codes; a status not listed at all is
+    ``status_code_conformance``'s to report)."""
+    entry = case.operation.definition.raw.get("responses", {}).get(str(response.status_code), {})
+    codes = entry.get("x-error-codes")
+    if response.status_code < 400 or codes is None:
+        return
+    try:
+        error = json.loads(response.content)["error"]
+        kind, code = error["type"], error["code"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AssertionError(
+            f"{response.status_code} without an error envelope: {response.text[:200]}"
+        ) from exc
+    if code not in codes.get(kind, []):
+        raise AssertionError(
+            f"{response.status_code} with error type {kind!r} and code {code!r}; the document lists {codes}"
+        )

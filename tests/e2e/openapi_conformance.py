@@ -1,6 +1,7 @@
 """Checks a live answer against the server's own OpenAPI document: its status is listed for the
-operation, its content type too, its required headers are there, and its body (JSON, or each
-event of a stream) is valid against the schema the document gives."""
+operation, its content type too, its required headers are there, its body (JSON, or each event of
+a stream) is valid against the schema the document gives, and an error's type and code are among
+those the document lists for its status (``x-error-codes``)."""
 
 import json
 import re
@@ -65,8 +66,19 @@ class Conformance:
         base = ("paths", template, method.lower(), "responses", key, "content", media, "schema")
         if media == "application/json":
             self._validate(base, response.json(), where)
+            if "x-error-codes" in entry and key != "4XX":  # an upstream's refusal has its own codes
+                self._check_code(entry["x-error-codes"], response.json()["error"], where)
         elif media == "text/event-stream":
             self._check_events(base, response.text, where)
+
+    @staticmethod
+    def _check_code(codes: dict[str, list[str]], error: dict[str, Any], where: str) -> None:
+        """The error's type and code are among those the document lists for the status."""
+        kind, code = error["type"], error["code"]
+        assert code in codes.get(kind, []), (
+            f"{where} with error type {kind!r} and code {code!r}, which the document does not list "
+            f"for that status ({codes}): add the error to the route's raises(...)"
+        )
 
     def _check_events(self, base: tuple[str, ...], text: str, where: str) -> None:
         events = list(_data_lines(text))
