@@ -156,6 +156,15 @@ def calls(server: Server, conformance: Conformance) -> Iterator[list[httpx.Respo
         made.append(anonymous.get(f"/files/{uploaded.json()['id']}"))
         made.append(anonymous.get("/files/file-" + "x" * 32))  # 404
         api.close()
+    # A prompt longer than the planning model's context (this server's is 2,048 tokens).
+    made.append(
+        anonymous.post(
+            "/v1/images/generations",
+            headers=bearer,
+            json={"model": SKETCH, "prompt": "a red dot on a blue square " * 1100, "size": "256x256"},
+        )
+    )
+    assert made[-1].status_code == 400 and made[-1].json()["error"]["code"] == "context_length_exceeded"
     # A token capped below what a drawing could cost: refused before any work (429 insufficient_quota).
     capped = user.send("POST", "/api/tokens", json={"name": "capped", "quota_cap": 1}).json()["key"]
     made.append(

@@ -7,6 +7,7 @@ from chatgate.api.deps import CallerDep, ImagesDep
 from chatgate.api.openapi import raises
 from chatgate.errors import (
     Conflict,
+    ContextLengthExceeded,
     EngineBusy,
     EngineFailure,
     InsufficientQuota,
@@ -29,6 +30,7 @@ router = APIRouter()
     response_model=ImagesResponse,
     responses=raises(
         TokenMismatch,
+        ContextLengthExceeded,  # the prompt, for the base model that plans the image
         NotImplementedFeature,
         InvalidImage,
         ModelNotFound,
