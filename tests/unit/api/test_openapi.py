@@ -92,7 +92,7 @@ def test_each_operation_says_who_may_call_it_what_it_answers_and_with_which_head
                 assert response["x-error-codes"], (where, status)
         schemes = {name for requirement in op.get("security", []) for name in requirement}
         if path.startswith(("/v1/", "/openai/")):
-            assert schemes == {"bearer"} and "401" in responses, where
+            assert "bearer" in schemes and "401" in responses, where  # (another API's key may be beside it)
             assert responses["503"]["x-error-codes"] == {"api_error": ["storage_unavailable"]}, where
             assert all(p.get("name") != "authorization" for p in op.get("parameters", [])), where
         elif path.startswith("/api/") and path not in ("/api/signup", "/api/login"):
