@@ -31,6 +31,7 @@ from chatgate.errors import (
     EngineFailure,
     InsufficientQuota,
     InvalidImage,
+    InvalidRequest,
     ModelNotFound,
     NotImplementedFeature,
     RateLimited,
@@ -59,6 +60,7 @@ router = APIRouter()
         UnsupportedParameter,
         InvalidImage,
         ModelNotFound,
+        (InvalidRequest, "model_not_supported"),  # an embedding model's name
         (Conflict, "duplicate_request"),
         InsufficientQuota,
         RateLimited,

@@ -13,19 +13,44 @@ from fastapi.responses import Response
 from chatgate.api.body import parse
 from chatgate.api.cancel import unless_gone
 from chatgate.api.deps import CallerDep, EmbeddingsDep
+from chatgate.api.openapi import described, raises
+from chatgate.errors import (
+    Conflict,
+    ContextLengthExceeded,
+    EngineBusy,
+    InsufficientQuota,
+    InvalidRequest,
+    ModelNotFound,
+    RateLimited,
+    TokenMismatch,
+    UpstreamFailed,
+    UpstreamRefused,
+    UpstreamTimeout,
+)
 from chatgate.protocol.embeddings import EmbeddingList, EmbeddingRequest
 
 router = APIRouter()
 
-REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
-    }
-}
 
-
-@router.post("/embeddings", response_model=EmbeddingList, openapi_extra=REQUEST_BODY)
+@router.post(
+    "/embeddings",
+    response_model=EmbeddingList,
+    responses=raises(
+        TokenMismatch,
+        ContextLengthExceeded,
+        (InvalidRequest, "model_not_supported"),  # a chat model's name
+        ModelNotFound,
+        (Conflict, "duplicate_request"),
+        InsufficientQuota,
+        RateLimited,
+        EngineBusy,
+        UpstreamRefused,
+        UpstreamFailed,
+        UpstreamTimeout,
+    ),
+    # The body is read by hand, as chat's is: described here instead.
+    openapi_extra=described(body=EmbeddingRequest),
+)
 async def create_embeddings(request: Request, caller: CallerDep, embeddings: EmbeddingsDep) -> Response:
     embeddings.check_credits(caller)  # a token with nothing left is refused before its body is read
     body = parse(EmbeddingRequest, await request.body())

@@ -12,6 +12,7 @@ from chatgate.errors import (
     EngineFailure,
     InsufficientQuota,
     InvalidImage,
+    InvalidRequest,
     ModelNotFound,
     NotImplementedFeature,
     RateLimited,
@@ -34,6 +35,7 @@ router = APIRouter()
         NotImplementedFeature,
         InvalidImage,
         ModelNotFound,
+        (InvalidRequest, "model_not_supported"),  # an embedding model's name
         (Conflict, "duplicate_request"),
         InsufficientQuota,
         RateLimited,

@@ -30,6 +30,7 @@ class Readiness(WireModel):
 class ModelDeployments(WireModel):
     id: str
     owned_by: str
+    type: Literal["chat", "embedding"] = Field(description="Which API serves the model.")
     deployments: list[DeploymentHealth]
 
 
