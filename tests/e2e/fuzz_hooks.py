@@ -20,6 +20,7 @@ TOKEN = os.environ.get("CHATGATE_FUZZ_TOKEN", "")
 EMAIL = os.environ.get("CHATGATE_FUZZ_EMAIL", "")
 PASSWORD = os.environ.get("CHATGATE_FUZZ_PASSWORD", "")
 MODEL = os.environ.get("CHATGATE_FUZZ_MODEL", "")
+EMBEDDING_MODEL = os.environ.get("CHATGATE_FUZZ_EMBEDDING_MODEL", "")
 # The token's user and the admin, whom the admin's own calls must not disable; and a user they may.
 PROTECTED = {int(i) for i in os.environ.get("CHATGATE_FUZZ_PROTECTED_USERS", "").split(",") if i}
 SPARE_USER = int(os.environ.get("CHATGATE_FUZZ_SPARE_USER", "0"))
@@ -62,12 +63,16 @@ def map_path_parameters(ctx: Any, path_parameters: dict[str, Any]) -> dict[str, 
 
 @schemathesis.hook
 def map_body(ctx: Any, body: Any) -> Any:
-    """Half of the chat requests name the model this server serves (a random name is a 404 before
-    any work), and ask it for a few tokens: the fuzzer explores the API, not the model's speed."""
-    if not ctx.operation.path.endswith("/chat/completions") or not isinstance(body, dict):
+    """Half of the chat and embeddings requests name a model this server serves (a random name is a
+    404 before any work), and a chat asks for a few tokens: the fuzzer explores the API, not the
+    model's speed."""
+    path = ctx.operation.path
+    if not path.endswith(("/chat/completions", "/embeddings")) or not isinstance(body, dict):
         return body
     if not isinstance(body.get("model"), str) or zlib.crc32(repr(sorted(body)).encode()) % 2:
         return body
+    if path.endswith("/embeddings"):
+        return {**body, "model": EMBEDDING_MODEL}
     body = {**body, "model": MODEL}
     if "max_completion_tokens" not in body:
         body["max_tokens"] = body.get("max_tokens", SHORT)

@@ -19,13 +19,15 @@ import httpx
 import pytest
 
 from tests.e2e import infra
-from tests.e2e.conftest import SMALL
+from tests.e2e.conftest import EMBED, SMALL
 from tests.e2e.infra import ROOT, Server
 
 CATALOGUE = f"""
 models:
   - name: {SMALL}
     deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 512, instances: 1}}
+  - name: {EMBED}
+    deployment: {{kind: local_embedding, asset: all-minilm-l6-v2, workers: 1}}
 """
 ADMIN = ("fuzz-admin@example.com", "fuzz admin password")
 USER = ("fuzz-user@example.com", "fuzz user password")
@@ -65,6 +67,7 @@ def test_the_fuzzer_finds_nothing_the_document_does_not_say(fuzz_server: Server,
         "CHATGATE_FUZZ_EMAIL": ADMIN[0],
         "CHATGATE_FUZZ_PASSWORD": ADMIN[1],
         "CHATGATE_FUZZ_MODEL": SMALL,
+        "CHATGATE_FUZZ_EMBEDDING_MODEL": EMBED,
         "CHATGATE_FUZZ_PROTECTED_USERS": f"{admin_id},{user_id}",
         "CHATGATE_FUZZ_SPARE_USER": str(spare_id),
     }

@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from tests.e2e.conftest import API_KEY, PAINTER, SKETCH, SMALL, Server
+from tests.e2e.conftest import API_KEY, EMBED, PAINTER, SKETCH, SMALL, Server
 from tests.e2e.openapi_conformance import Conformance
 from tests.e2e.test_console import CHROMIUM, FLAGS
 
@@ -142,6 +142,14 @@ def calls(server: Server, conformance: Conformance) -> Iterator[list[httpx.Respo
             made.append(streamed)
         made.append(api.post("/chat/completions", json={**chat, "temperature": 9}))  # 400
         made.append(api.post("/chat/completions", json={**chat, "model": "no-such-model"}))  # 404
+        made.append(api.post("/chat/completions", json={**chat, "model": EMBED}))  # 400 model_not_supported
+        made.append(api.post("/embeddings", json={"model": EMBED, "input": ["hello", "world"]}))
+        made.append(
+            api.post("/embeddings", json={"model": EMBED, "input": "hi", "encoding_format": "base64"})
+        )
+        made.append(api.post("/embeddings", json={"model": SMALL, "input": "hi"}))  # 400 model_not_supported
+        made.append(api.post("/embeddings", json={"model": "no-such-model", "input": "hi"}))  # 404
+        made.append(api.post("/embeddings", json={"model": EMBED, "input": ""}))  # 400
         made.append(
             api.post("/images/generations", json={"model": PAINTER, "prompt": "a dot", "size": "256x256"})
         )
