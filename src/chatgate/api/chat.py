@@ -21,26 +21,10 @@ from fastapi.responses import Response
 from chatgate.api.body import parse
 from chatgate.api.cancel import cancel_when_gone
 from chatgate.api.deps import services_of
-from chatgate.api.openapi import BEARER, described, raises
+from chatgate.api.openapi import BEARER, METERED, described, raises
 from chatgate.api.sse import sse_response
 from chatgate.api.trace import trace_id_of
-from chatgate.errors import (
-    Conflict,
-    ContextLengthExceeded,
-    EngineBusy,
-    EngineFailure,
-    InsufficientQuota,
-    InvalidImage,
-    InvalidRequest,
-    ModelNotFound,
-    NotImplementedFeature,
-    RateLimited,
-    TokenMismatch,
-    UnsupportedParameter,
-    UpstreamFailed,
-    UpstreamRefused,
-    UpstreamTimeout,
-)
+from chatgate.errors import EngineFailure, InvalidImage, NotImplementedFeature, UnsupportedParameter
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import ChatCompletion, ChatCompletionChunk
 from chatgate.services.auth import AuthService
@@ -54,21 +38,11 @@ router = APIRouter()
     "/chat/completions",
     response_model=ChatCompletion,
     responses=raises(
-        TokenMismatch,
-        ContextLengthExceeded,
+        *METERED,
         NotImplementedFeature,
         UnsupportedParameter,
         InvalidImage,
-        ModelNotFound,
-        (InvalidRequest, "model_not_supported"),  # an embedding model's name
-        (Conflict, "duplicate_request"),
-        InsufficientQuota,
-        RateLimited,
-        EngineBusy,
         (EngineFailure, "engine_error"),
-        UpstreamRefused,
-        UpstreamFailed,
-        UpstreamTimeout,
     ),
     # The body and the caller are read by hand, for speed (above): described here instead.
     openapi_extra=described(body=ChatCompletionRequest, stream=ChatCompletionChunk, security=BEARER),

@@ -13,20 +13,7 @@ from fastapi.responses import Response
 from chatgate.api.body import parse
 from chatgate.api.cancel import unless_gone
 from chatgate.api.deps import CallerDep, EmbeddingsDep
-from chatgate.api.openapi import described, raises
-from chatgate.errors import (
-    Conflict,
-    ContextLengthExceeded,
-    EngineBusy,
-    InsufficientQuota,
-    InvalidRequest,
-    ModelNotFound,
-    RateLimited,
-    TokenMismatch,
-    UpstreamFailed,
-    UpstreamRefused,
-    UpstreamTimeout,
-)
+from chatgate.api.openapi import METERED, described, raises
 from chatgate.protocol.embeddings import EmbeddingList, EmbeddingRequest
 
 router = APIRouter()
@@ -35,19 +22,7 @@ router = APIRouter()
 @router.post(
     "/embeddings",
     response_model=EmbeddingList,
-    responses=raises(
-        TokenMismatch,
-        ContextLengthExceeded,
-        (InvalidRequest, "model_not_supported"),  # a chat model's name
-        ModelNotFound,
-        (Conflict, "duplicate_request"),
-        InsufficientQuota,
-        RateLimited,
-        EngineBusy,
-        UpstreamRefused,
-        UpstreamFailed,
-        UpstreamTimeout,
-    ),
+    responses=raises(*METERED),
     # The body is read by hand, as chat's is: described here instead.
     openapi_extra=described(body=EmbeddingRequest),
 )

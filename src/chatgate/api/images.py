@@ -4,23 +4,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from chatgate.api.deps import CallerDep, ImagesDep
-from chatgate.api.openapi import raises
-from chatgate.errors import (
-    Conflict,
-    ContextLengthExceeded,
-    EngineBusy,
-    EngineFailure,
-    InsufficientQuota,
-    InvalidImage,
-    InvalidRequest,
-    ModelNotFound,
-    NotImplementedFeature,
-    RateLimited,
-    TokenMismatch,
-    UpstreamFailed,
-    UpstreamRefused,
-    UpstreamTimeout,
-)
+from chatgate.api.openapi import METERED, raises
+from chatgate.errors import EngineFailure, InvalidImage, NotImplementedFeature
 from chatgate.protocol.images import ImageGenerationRequest, ImagesResponse
 
 router = APIRouter()
@@ -29,22 +14,8 @@ router = APIRouter()
 @router.post(
     "/images/generations",
     response_model=ImagesResponse,
-    responses=raises(
-        TokenMismatch,
-        ContextLengthExceeded,  # the prompt, for the base model that plans the image
-        NotImplementedFeature,
-        InvalidImage,
-        ModelNotFound,
-        (InvalidRequest, "model_not_supported"),  # an embedding model's name
-        (Conflict, "duplicate_request"),
-        InsufficientQuota,
-        RateLimited,
-        EngineBusy,
-        (EngineFailure, "engine_error"),
-        UpstreamRefused,
-        UpstreamFailed,
-        UpstreamTimeout,
-    ),
+    # ContextLengthExceeded (in METERED): the prompt, for the base model that plans the image.
+    responses=raises(*METERED, NotImplementedFeature, InvalidImage, (EngineFailure, "engine_error")),
 )
 async def create_image(body: ImageGenerationRequest, caller: CallerDep, images: ImagesDep) -> JSONResponse:
     response, headers = await images.generate(caller, body)

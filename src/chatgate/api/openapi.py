@@ -25,7 +25,20 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from chatgate.api.errors import ERRORS
-from chatgate.errors import ChatgateError, UpstreamRefused
+from chatgate.errors import (
+    ChatgateError,
+    Conflict,
+    ContextLengthExceeded,
+    EngineBusy,
+    InsufficientQuota,
+    InvalidRequest,
+    ModelNotFound,
+    RateLimited,
+    TokenMismatch,
+    UpstreamFailed,
+    UpstreamRefused,
+    UpstreamTimeout,
+)
 from chatgate.protocol.errors import ErrorEnvelope
 
 BEARER = "bearer"  # an API token or the operator's master key, in ``Authorization: Bearer ...``
@@ -52,6 +65,27 @@ SETS_COOKIE: dict[str, Any] = {
 }
 
 
+Raised = type[ChatgateError] | tuple[type[ChatgateError], str]
+
+# What every route through the metering unit (services/metering.py) can answer: the model unknown,
+# of the other API, or not this token's; too long for it; the admission refused (the limits, the
+# credits, a request id already charged); the engine's or the host's bound; an upstream's failures.
+# A route lists these with its own: ``raises(*METERED, InvalidImage)``.
+METERED: tuple[Raised, ...] = (
+    ModelNotFound,
+    (InvalidRequest, "model_not_supported"),
+    TokenMismatch,
+    ContextLengthExceeded,
+    (Conflict, "duplicate_request"),
+    InsufficientQuota,
+    RateLimited,
+    EngineBusy,
+    UpstreamRefused,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+
+
 def links(**targets: tuple[str, dict[str, str]]) -> dict[str, Any]:
     """A success response's ``links``: which other operation takes a value from it, and where
     (``links(RenameToken=("rename_token", {"token_id": "$response.body#/id"}))``)."""
@@ -73,7 +107,7 @@ class Ref(dict[str, str]):
         self.mode = mode
 
 
-def raises(*errors: type[ChatgateError] | tuple[type[ChatgateError], str]) -> dict[int | str, Any]:
+def raises(*errors: Raised) -> dict[int | str, Any]:
     """``responses=`` entries for the domain errors a route can answer with, each under the status
     the error table (``api/errors.py``) gives it. An error may come with the code it is raised with
     when that is not its class's default: ``(Conflict, "duplicate_request")``."""
