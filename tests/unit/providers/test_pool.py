@@ -13,7 +13,7 @@ def pool_with_one_instance(max_queue: int) -> EnginePool:
     pool = EnginePool(
         path=Path("unused.gguf"), context_length=512, instances=1, budget=ThreadBudget(2), max_queue=max_queue
     )
-    slot = Slot(index=0, llama=None, threads=2)  # no model: admission never touches it
+    slot = Slot(index=0, sequence=None)  # no model: admission never touches it
     pool.slots.append(slot)
     pool.release(slot)
     return pool
@@ -67,7 +67,7 @@ async def test_threads_are_shared_from_the_moment_instances_are_taken() -> None:
     budget = ThreadBudget(2)
     pool = EnginePool(path=Path("unused.gguf"), context_length=512, instances=2, budget=budget, max_queue=4)
     for index in range(2):
-        slot = Slot(index=index, llama=None, threads=2)
+        slot = Slot(index=index, sequence=None)
         pool.slots.append(slot)
         pool.release(slot)
     assert budget.share() == 2

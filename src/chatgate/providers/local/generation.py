@@ -1,10 +1,9 @@
-"""One request's generation on an engine thread: fill the KV cache with the prompt, then sample token by token."""
+"""One request's generation, a step at a time: its prompt into the sequence's KV cache a chunk per step, then a token per step."""
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
-from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -13,6 +12,7 @@ from chatgate.protocol.responses import FinishReason, TokenLogprob, TopLogprob
 from chatgate.providers.base import Finished, ProviderEvent, TextDelta, ToolCallDelta
 from chatgate.providers.local.decoding import TextAssembler
 from chatgate.providers.local.sampling import Sampling, sampler_chain
+from chatgate.providers.local.sequence import Sequence
 from chatgate.providers.local.tools import FENCE, OPEN, CallStream, ToolPlan
 
 Emit = Callable[[ProviderEvent], None]
@@ -27,47 +27,13 @@ class Job:
     tools: ToolPlan | None = None
 
 
-# Prompt tokens evaluated between checks for a cancelled request and a new thread share. Smaller
-# steps prefill more slowly: 64-token steps took a 1,200-token prompt 9% longer.
-PREFILL_STEP = 256
-
-
-def prefill(
-    llama: Any,
-    prompt: list[int],
-    cancel: threading.Event | None = None,
-    rebalance: Callable[[], None] | None = None,
-) -> bool:
-    """Evaluate the prompt, reusing whatever prefix of it the instance's KV cache already holds.
-
-    False if ``cancel`` was set before it was all in.
-    """
-    cached = 0
-    for have, want in zip(llama.input_ids[: llama.n_tokens], prompt, strict=False):
-        if have != want:
-            break
-        cached += 1
-    cached = min(cached, len(prompt) - 1)  # re-evaluate at least one token, for fresh logits
-    if cached <= 0 or not llama._ctx.kv_cache_seq_rm(-1, cached, -1):
-        llama.reset()
-        cached = 0
-    llama.n_tokens = cached
-    for start in range(cached, len(prompt), PREFILL_STEP):
-        if cancel is not None and cancel.is_set():
-            return False  # the client left while the prompt was going in
-        if rebalance is not None:
-            rebalance()
-        llama.eval(prompt[start : start + PREFILL_STEP])
-    return True
-
-
-def _token_logprob(llama: Any, token: int, top_n: int) -> TokenLogprob:
-    logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(llama.n_vocab(),))
+def _token_logprob(sequence: Sequence, token: int, top_n: int) -> TokenLogprob:
+    logits = sequence.logits()
     peak = float(logits.max())
     log_total = peak + math.log(float(np.exp(logits - peak).sum()))
 
     def entry(tok: int) -> tuple[str, float, list[int]]:
-        piece = llama._model.detokenize([tok], special=False)
+        piece = sequence.model.detokenize([tok], special=False)
         return piece.decode("utf-8", errors="replace"), float(logits[tok]) - log_total, list(piece)
 
     text, logprob, raw = entry(token)
@@ -81,33 +47,44 @@ def _token_logprob(llama: Any, token: int, top_n: int) -> TokenLogprob:
 
 
 class Generation:
-    """Runs a Job's choices one after another on one model instance."""
+    """Runs a Job's choices one after another on one sequence, a step at a time (see ``steps``)."""
 
-    def __init__(
-        self, llama: Any, job: Job, rebalance: Callable[[], None], cancel: threading.Event, emit: Emit
-    ):
-        self.llama = llama
+    def __init__(self, sequence: Sequence, job: Job, cancel: threading.Event, emit: Emit):
+        self.sequence = sequence
         self.job = job
-        self.rebalance = rebalance
         self.cancel = cancel
         self.emit = emit
 
-    def run(self) -> bool:
-        """Generate every choice; False if cancelled part-way."""
+    def steps(self) -> Generator[None, None, bool]:
+        """Each step makes one llama.cpp call (a prompt chunk, or the last token sampled) and emits
+        what it samples next; returns False if cancelled part-way.
+
+        Choice ``i`` samples with seed + ``i`` from the very state choice 0 started from: the cache
+        rewound to the prompt and the prompt's logits put back, as a request of its own would find it.
+        """
+        if self.cancel.is_set():
+            return False
+        for left in self.sequence.prefill(self.job.prompt):
+            if left:
+                yield
+                if self.cancel.is_set():
+                    return False  # the client left while the prompt was going in
+        prompt_logits = self.sequence.logits().copy() if self.job.n > 1 else None
         for index in range(self.job.n):
+            if index and prompt_logits is not None:
+                self.sequence.rewind(len(self.job.prompt))
+                self.sequence.logits()[:] = prompt_logits
             sampling = replace(self.job.sampling, seed=(self.job.sampling.seed + index) & 0xFFFFFFFF)
-            if not self._choice(index, sampling):
+            if not (yield from self._choice(index, sampling)):
                 return False
         return True
 
-    def _choice(self, index: int, s: Sampling) -> bool:
-        llama, tools = self.llama, self.job.tools
-        vocab = llama._model.vocab
-        if not prefill(llama, self.job.prompt, self.cancel, self.rebalance):
-            return False
+    def _choice(self, index: int, s: Sampling) -> Generator[None, None, bool]:
+        sequence, tools = self.sequence, self.job.tools
+        vocab = sequence.model.vocab
         constrained_tools = tools is not None and tools.required
         grammar = tools.grammar_from_start if tools is not None and tools.required else self.job.grammar
-        chain = sampler_chain(llama, s, grammar)
+        chain = sampler_chain(sequence.model, s, grammar)
         text = TextAssembler(s.stops + ([OPEN, FENCE] if tools is not None and not tools.required else []))
         calls = CallStream(start_between=True) if constrained_tools else None
         call_text = TextAssembler([])
@@ -115,17 +92,15 @@ class Generation:
         produced, reason = 0, "length"
         self._unreported = 0
         while True:
-            if self.cancel.is_set():
-                return False
-            token = chain.sample(llama._ctx, -1)
+            token = chain.sample(sequence.context, -1)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 reason = "stop"  # the end-of-turn token is not part of the answer, nor of its logprobs
                 break
             if s.top_logprobs is not None and calls is None:
-                pending.append(_token_logprob(llama, token, s.top_logprobs))
+                pending.append(_token_logprob(sequence, token, s.top_logprobs))
             produced += 1
             self._unreported += 1
-            piece = llama._model.detokenize([token], special=False)
+            piece = sequence.model.detokenize([token], special=False)
             if calls is not None:
                 self._emit_calls(index, calls, call_text.feed(piece))
             else:
@@ -143,13 +118,15 @@ class Generation:
                         if text.matcher.matched == OPEN
                         else tools.grammar_after_fence
                     )
-                    chain = sampler_chain(llama, s, after)
+                    chain = sampler_chain(sequence.model, s, after)
                     calls = CallStream()
                     self._emit_calls(index, calls, text.matcher.remainder)
             if produced >= s.max_tokens:
                 break
-            llama.eval([token])
-            self.rebalance()
+            yield
+            if self.cancel.is_set():
+                return False
+            sequence.decode(token)
         if calls is None:
             tail = text.finish()
             if tail or pending:

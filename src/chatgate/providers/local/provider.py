@@ -11,7 +11,7 @@ import asyncio
 import json
 import secrets
 import threading
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from chatgate.providers.base import Accepted, Bound, Finished, Plan, ProviderEve
 from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.local import tools
 from chatgate.providers.local.generation import Generation, Job
-from chatgate.providers.local.pool import EnginePool, Slot, ThreadBudget
+from chatgate.providers.local.pool import EnginePool, ThreadBudget
 from chatgate.providers.local.sampling import Sampling
+from chatgate.providers.local.scheduler import Outcome
 from chatgate.providers.local.template import ChatTemplate
 
 # OpenAI's defaults for temperature and top_p; top_k and min_p are llama.cpp's usual safety net
@@ -44,8 +45,6 @@ MAX_BYTES_PER_TOKEN = 64
 # reservation: 4 KB took 2 ms of CPU on a loaded machine, so a kilobyte about half one. Longer ones
 # are reserved on their size in bytes and tokenized after admission, on a worker thread.
 EXACT_BYTES = 1024
-
-Emit = Callable[[ProviderEvent | BaseException], None]
 
 
 def refuse_unsupported(request: ChatCompletionRequest) -> None:
@@ -235,7 +234,7 @@ class LocalProvider:
 
     async def run(self, plan: LocalPlan) -> AsyncGenerator[ProviderEvent, None]:
         job = await self._job(plan)
-        slot = await self.pool.acquire()  # a full queue refuses here, still before any output
+        slot = await self.pool.acquire(job.prompt)  # a full queue refuses here, still before any output
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[ProviderEvent | BaseException] = asyncio.Queue()
         cancel = threading.Event()
@@ -246,7 +245,10 @@ class LocalProvider:
             except RuntimeError:  # the loop has closed: nobody is listening any more
                 cancel.set()
 
-        def release() -> None:
+        def done(outcome: Outcome) -> None:
+            """On the engine's thread: a failure goes to the stream; the sequence goes back to the pool."""
+            if isinstance(outcome, BaseException):
+                emit(outcome)
             try:
                 loop.call_soon_threadsafe(self.pool.release, slot)
             except RuntimeError:
@@ -255,7 +257,7 @@ class LocalProvider:
         running = False
         try:
             yield Accepted(len(job.prompt))
-            self.pool.run(slot, lambda: self._run(slot, job, cancel, emit, release))
+            self.pool.run(slot, Generation(slot.sequence, job, cancel, emit), done)
             running = True
             finished = 0
             while finished < job.n:
@@ -268,21 +270,6 @@ class LocalProvider:
             cancel.set()
             if not running:
                 self.pool.release(slot)
-
-    def _run(
-        self, slot: Slot, job: Job, cancel: threading.Event, emit: Emit, release: Callable[[], None]
-    ) -> None:
-        """Runs on the generation's own thread; hands the instance back when done."""
-        slot.generating = True
-        try:
-            self.pool.rebalance(slot)
-            if not Generation(slot.llama, job, lambda: self.pool.rebalance(slot), cancel, emit).run():
-                self.pool.cancelled += 1
-        except Exception as exc:
-            emit(exc)
-        finally:
-            slot.generating = False
-            release()
 
 
 def _specials(llama: Any) -> list[str]:

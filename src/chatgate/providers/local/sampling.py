@@ -24,14 +24,15 @@ class Sampling:
     penalty_window: int = 64
 
 
-def sampler_chain(llama: Any, s: Sampling, grammar: str | None) -> Any:
-    """A fresh sampler chain: bias, grammar, penalties, then greedy or top-k/top-p/min-p/temperature."""
+def sampler_chain(model: Any, s: Sampling, grammar: str | None) -> Any:
+    """A fresh sampler chain for ``model`` (llama-cpp-python's LlamaModel): bias, grammar, penalties,
+    then greedy or top-k/top-p/min-p/temperature."""
     chain = internals.LlamaSampler()
-    n_vocab = llama.n_vocab()
+    n_vocab = model.n_vocab()
     if s.logit_bias:
         chain.add_logit_bias(n_vocab, s.logit_bias)
     if grammar is not None:
-        chain.add_grammar(llama._model, LlamaGrammar.from_string(grammar))
+        chain.add_grammar(model, LlamaGrammar.from_string(grammar))
     if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
         chain.add_penalties(
             n_vocab=n_vocab,

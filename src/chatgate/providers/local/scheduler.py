@@ -1,0 +1,110 @@
+"""The machine's compute threads: lanes that step every running generation in turn, a token or a prompt chunk at a time.
+
+Every generation of every local model is a generator of steps: one llama.cpp call (a chunk of its
+prompt, or one token) and what it sampled from it. At most ``total`` lanes (OS threads) run steps.
+Each lane takes the generation at the head of one shared queue, steps it once and puts it at the
+back, so no request waits for another to finish. A step runs on ``share()`` threads: all of them for
+a lone stream, one each when two or more compete. With 4 streams on 2 cores, two lanes of one thread
+each take turns over the 4 sequences: each call costs what a lone sequence's call costs, which is
+the most these cores give (``bench/ceiling.py``; batching sequences into one call costs more here).
+
+A new generation's first step comes before the others' next ones, so its prompt (or the first chunk
+of a long one) goes in at once. A lane that finds the queue empty exits: llama.cpp's OpenMP runtime keeps a team of worker
+threads for every thread that ever ran a parallel region, and once more such threads exist than cores
+it stops spinning between tokens, which costs a lone stream a quarter of its speed (measured: 61 ->
+47 tok/s). A lane that exits takes its team with it.
+"""
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+# What a generation's steps end with: True when it finished, False when it was cancelled part-way.
+Outcome = bool | BaseException
+
+
+class Threaded(Protocol):
+    def set_threads(self, threads: int) -> None: ...
+
+
+@dataclass(eq=False)
+class Task:
+    steps: Generator[None, None, bool]
+    sequence: Threaded  # set to the step's thread share before each step
+    done: Callable[[Outcome], None]  # called once, on the lane, with how it ended
+
+
+class ThreadBudget:
+    """The machine's compute threads, shared by every engine sequence that is taken, in every pool."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._active = 0
+        self._lock = threading.Lock()
+        self._new: deque[Task] = deque()  # not stepped yet: first come, first stepped, before the others
+        self._ready: deque[Task] = deque()
+        self._tasks = 0  # submitted and not yet done, queued or on a lane
+        self._lanes = 0
+
+    def begin(self) -> None:
+        """A sequence is taken for a request: count it in the share from now on."""
+        with self._lock:
+            self._active += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    def share(self) -> int:
+        """Threads for one step: the total split among the sequences taken (counted from when they are
+        taken, so a generation starting alone sees the others coming)."""
+        return max(1, self.total // max(1, self._active))
+
+    def submit(self, task: Task) -> None:
+        """Queue a generation's steps; a new lane starts while there are fewer lanes than work and threads."""
+        with self._lock:
+            self._new.append(task)
+            self._tasks += 1
+            if self._lanes >= min(self.total, self._tasks):
+                return
+            self._lanes += 1
+        threading.Thread(target=self._lane, name="llama-lane", daemon=True).start()
+
+    def _lane(self) -> None:
+        while True:
+            with self._lock:
+                if not (self._new or self._ready):
+                    self._lanes -= 1
+                    return
+                task = (self._new or self._ready).popleft()
+            task.sequence.set_threads(self.share())
+            outcome: Outcome | None = None
+            try:
+                next(task.steps)
+            except StopIteration as stop:
+                outcome = bool(stop.value)
+            except Exception as exc:
+                outcome = exc
+            with self._lock:
+                if outcome is None:
+                    self._ready.append(task)
+                else:
+                    self._tasks -= 1
+            if outcome is not None:
+                try:
+                    task.done(outcome)
+                except Exception:  # the lane must go on serving the others
+                    log.exception("a generation's completion callback failed")
