@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -48,7 +47,7 @@ from chatgate.providers.images.analysis import ImageAnalyser
 from chatgate.providers.images.drawing import ImageGenerationProvider
 from chatgate.providers.images.prepare import ImagePreparer
 from chatgate.providers.images.source import ImageLimits, ImageSource
-from chatgate.providers.local import assets
+from chatgate.providers.local import assets, build
 from chatgate.providers.local.pool import ThreadBudget
 from chatgate.providers.local.provider import LocalProvider
 from chatgate.providers.relay import RelaySession
@@ -151,6 +150,7 @@ def build_registry(
         ordinary = _ordinary(entry)
         built = [_provider(settings, d, outside, budget, progress) for d in ordinary]
         provider: AnyProvider
+        fingerprint: str | None
         if len(built) == 1 and isinstance(built[0][0], LocalProvider):
             provider, fingerprint = built[0]
         else:
@@ -159,7 +159,7 @@ def build_registry(
                 for d, (p, _) in zip(ordinary, built, strict=True)
             ]
             provider = RouterProvider(deployments, retries=entry.retries)
-            fingerprint = built[0][1]
+            fingerprint = None  # each deployment tells its own, as it starts answering
         vision = all(d.vision for d in ordinary)
         routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price, vision))
         aliases.update({alias: entry.name for alias in entry.aliases})
@@ -275,20 +275,19 @@ def _provider(
     outside: Outside,
     budget: ThreadBudget,
     progress: Progress | None,
-) -> tuple[AnyProvider, str]:
-    """A deployment's provider and its system fingerprint."""
+) -> tuple[AnyProvider, str | None]:
+    """A deployment's provider and its system fingerprint (an upstream's is the one it sends, if any)."""
     if isinstance(deployment, UpstreamDeployment):
-        digest = hashlib.sha256(f"{deployment.base_url}|{deployment.model}".encode()).hexdigest()
-        return UpstreamProvider(deployment, outside.relay), "fp_" + digest[:10]
+        return UpstreamProvider(deployment, outside.relay), None
     if deployment.asset is not None:
         asset = assets.resolve(deployment.asset)
         path = assets.ensure(asset, settings.models_path, progress)
-        fingerprint = "fp_" + asset.sha256[:10]
+        fingerprint = build.fingerprint(asset.sha256)
     else:
         assert deployment.path is not None
         path = Path(deployment.path)
         stat = path.stat()
-        fingerprint = f"fp_{stat.st_size:x}{stat.st_mtime_ns % 0xFFFF:x}"
+        fingerprint = build.fingerprint(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}")
     local = LocalProvider(
         path=path,
         deployment=deployment,

@@ -37,7 +37,7 @@ models:
     aliases: [small]
     deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 2}}
   - name: {QWEN}
-    deployment: {{kind: local, asset: qwen2.5-coder-0.5b-instruct-q4_k_m, context_length: 2048, instances: 1}}
+    deployment: {{kind: local, asset: qwen2.5-coder-0.5b-instruct-q4_k_m, context_length: 2048, instances: 2}}
   - name: {EMBED}
     aliases: [minilm]
     deployment: {{kind: local_embedding, asset: all-minilm-l6-v2, workers: 2}}

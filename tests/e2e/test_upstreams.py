@@ -118,6 +118,8 @@ def test_relay_gives_the_same_answer_as_the_upstream(
         got = raw.parse()
         assert got.model == relay
         assert got.choices[0].message.content == want.choices[0].message.content
+        # The upstream's own fingerprint, or none when it sends none (llama.cpp's server): never one made up.
+        assert got.system_fingerprint == want.system_fingerprint
         assert got.usage is not None and want.usage is not None
         assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (
             want.usage.prompt_tokens,
@@ -136,6 +138,26 @@ def test_relay_gives_the_same_answer_as_the_upstream(
             chunks[-1].usage is not None
             and chunks[-1].usage.completion_tokens == want.usage.completion_tokens
         )
+        assert {c.system_fingerprint for c in chunks} == {want.system_fingerprint}
+
+
+def test_a_seed_is_passed_on_and_the_upstreams_fingerprint_comes_back(
+    gateway: Gateway, server: Server
+) -> None:
+    """Sampled at temperature 1: only the seed, passed on, makes the relayed answer the upstream's own."""
+    options: dict[str, Any] = {"messages": HI, "max_tokens": 12, "temperature": 1.0, "seed": 4321}
+    with direct(server) as upstream, gateway.client() as relayed:
+        want = upstream.chat.completions.create(model=SMALL, **options)
+        got = relayed.chat.completions.create(model="relay-chatgate", **options)
+        chunks = list(relayed.chat.completions.create(model="relay-chatgate", stream=True, **options))
+    assert want.system_fingerprint and want.system_fingerprint.startswith("fp_")
+    assert got.choices[0].message.content == want.choices[0].message.content
+    assert got.system_fingerprint == want.system_fingerprint
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == want.choices[0].message.content
+    )
+    assert {c.system_fingerprint for c in chunks} == {want.system_fingerprint}
 
 
 def test_fallback_before_the_first_byte(gateway: Gateway) -> None:

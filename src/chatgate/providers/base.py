@@ -39,9 +39,12 @@ class Plan:
 class Accepted:
     """The engine or upstream took the request: from here its prompt is billable, even if the client
     leaves before the first token. ``prompt_tokens`` is charged for the prompt unless a UsageReport
-    gives an exact count; a provider that runs several steps may send it again with a larger count."""
+    gives an exact count; a provider that runs several steps may send it again with a larger count.
+    ``system_fingerprint`` is the configuration of the backend that took it (docs/parameters.md): an
+    upstream that tells its own only in its first chunk sends Accepted again with it."""
 
     prompt_tokens: int
+    system_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -264,16 +264,15 @@ class UpstreamProvider:
                 if response.status >= 400:
                     await self._refuse(response)
                 if not request.stream:
-                    answer = await self._whole(
-                        response, limit
-                    )  # before Accepted: a bad answer can be retried
+                    # Read whole before Accepted: a bad answer can still be retried.
+                    answer, fingerprint = await self._whole(response, limit)
                     complete = True
-                    yield Accepted(plan.prompt_estimate)
+                    yield Accepted(plan.prompt_estimate, fingerprint)
                     for event in answer:
                         yield event
                     return
                 yield Accepted(plan.prompt_estimate)
-                async for event in self._events(response, limit):
+                async for event in self._events(response, limit, plan.prompt_estimate):
                     yield event
                 complete = True
             finally:
@@ -294,9 +293,11 @@ class UpstreamProvider:
             self.failures += 1
         raise error
 
-    async def _whole(self, response: aiohttp.ClientResponse, limit: int) -> list[ProviderEvent]:
+    async def _whole(
+        self, response: aiohttp.ClientResponse, limit: int
+    ) -> tuple[list[ProviderEvent], str | None]:
         """A non-streamed answer as events, with the upstream's exact usage, or each choice estimated
-        (at most ``limit``, the tokens a choice it was sent)."""
+        (at most ``limit``, the tokens a choice it was sent); and the upstream's system_fingerprint."""
         try:
             body = json.loads(await response.read())
             events: list[ProviderEvent] = []
@@ -321,7 +322,7 @@ class UpstreamProvider:
                 final: FinishReason = reason if reason in FINISH_REASONS else "stop"
                 events.append(Finished(final, 0, min(limit, estimate_tokens(written)), index))
             usage = _reported(body.get("usage"))
-            return events if usage is None else [*events, usage]
+            return (events if usage is None else [*events, usage]), _fingerprint(body)
         except TimeoutError as exc:
             self.failures += 1
             raise UpstreamTimeout("The upstream stalled mid-answer.") from exc
@@ -333,9 +334,10 @@ class UpstreamProvider:
             raise UpstreamFailed("The upstream's answer was not a chat completion.") from exc
 
     async def _events(
-        self, response: aiohttp.ClientResponse, limit: int
+        self, response: aiohttp.ClientResponse, limit: int, prompt_estimate: int
     ) -> AsyncGenerator[ProviderEvent, None]:
         done = False
+        first = True
         # Per choice, for upstreams that send no usage (llama.cpp's server): pieces and bytes written.
         pieces: Counter[int] = Counter()
         written: Counter[int] = Counter()
@@ -353,6 +355,10 @@ class UpstreamProvider:
                     events = _chunk_events(chunk)
                 except (ValueError, TypeError, AttributeError, KeyError) as exc:
                     raise UpstreamFailed("The upstream sent a malformed chunk in its stream.") from exc
+                if first:  # the upstream's fingerprint, before anything built from its chunks
+                    first = False
+                    if (fingerprint := _fingerprint(chunk)) is not None:
+                        yield Accepted(prompt_estimate, fingerprint)
                 for event in events:
                     if isinstance(event, TextDelta):
                         pieces[event.index] += event.tokens
@@ -388,6 +394,12 @@ def _reported(usage: Any) -> UsageReport | None:
     if prompt is None or completion is None:
         return None
     return UsageReport(prompt, completion)
+
+
+def _fingerprint(answer: Any) -> str | None:
+    """The upstream's system_fingerprint: passed on as it is, or none when it sends none (or no string)."""
+    value = answer.get("system_fingerprint") if isinstance(answer, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _text(value: Any) -> str | None:

@@ -15,7 +15,7 @@ class Route:
     owned_by: str
     created: int
     provider: AnyProvider
-    fingerprint: str
+    fingerprint: str | None  # system_fingerprint, unless the deployment that answers tells its own
     price: Price
     vision: bool = False  # its model reads images itself; others get them described in text
     handles_images: bool = False  # its provider takes image parts as sent (the drawing models)

@@ -83,13 +83,21 @@ class Run:
     """An admitted request whose provider has begun: its first event is in, the rest to follow.
 
     Iterating it gives every event, the first included, each counted by ``meter`` as it passes;
-    ``aclose`` stops the provider (the generation, the upstream call).
+    ``aclose`` stops the provider (the generation, the upstream call). ``fingerprint`` is the
+    answer's system_fingerprint: the one the deployment that took the request told (in its
+    Accepted), else the route's.
     """
 
     route: Route
     meter: Meter
     events: AsyncGenerator[ProviderEvent, None]
     first: ProviderEvent | None  # None: the provider ended without a single event
+    fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        self.fingerprint = self.route.fingerprint
+        if self.first is not None:
+            self._told(self.first)
 
     def __aiter__(self) -> "Run":
         return self
@@ -100,7 +108,12 @@ class Run:
             return event
         event = await self.events.__anext__()
         self.meter.observe(event)
+        self._told(event)
         return event
+
+    def _told(self, event: ProviderEvent) -> None:
+        if isinstance(event, Accepted) and event.system_fingerprint is not None:
+            self.fingerprint = event.system_fingerprint
 
     async def aclose(self) -> None:
         await self.events.aclose()
@@ -183,7 +196,7 @@ class ChatService:
             id=_completion_id(),
             created=int(time.time()),
             model=run.route.name,
-            system_fingerprint=run.route.fingerprint,
+            system_fingerprint=run.fingerprint,
             choices=[
                 Choice(
                     index=index,
@@ -271,7 +284,7 @@ class ChatService:
                 id=completion_id,
                 created=created,
                 model=route.name,
-                system_fingerprint=route.fingerprint,
+                system_fingerprint=run.fingerprint,
                 choices=choices,
                 usage=usage,
             )

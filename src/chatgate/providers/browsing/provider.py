@@ -230,7 +230,7 @@ class BrowsingProvider:
             async for event in events:
                 if isinstance(event, Accepted):
                     prompt = event.prompt_tokens
-                    yield Accepted(spent_prompt + prompt)
+                    yield Accepted(spent_prompt + prompt, event.system_fingerprint)
                 elif isinstance(event, TextDelta) and event.index == 0:
                     pieces.append(event.text)
                     yield event

@@ -144,6 +144,7 @@ class EnginePool:
             "queued": self.queued,
             "cancelled": self.cancelled,
             "generating": sum(slot.generating for slot in self.slots),
+            "cached_prompt_tokens": sum(slot.sequence.cached for slot in self.slots if slot.sequence),
             "lanes": self.budget.lanes,  # compute threads stepping generations now, for every local model
             "threads_per_step": self.budget.share(),
         }

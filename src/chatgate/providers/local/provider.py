@@ -256,7 +256,7 @@ class LocalProvider:
 
         running = False
         try:
-            yield Accepted(len(job.prompt))
+            yield Accepted(len(job.prompt), self.fingerprint)
             self.pool.run(slot, Generation(slot.sequence, job, cancel, emit), done)
             running = True
             finished = 0

@@ -35,6 +35,7 @@ class Sequence:
         self.n_vocab: int = model.n_vocab()
         self.tokens: list[int] = []
         self.threads = 0
+        self.cached = 0  # prompt tokens taken from the cache instead of evaluated, over its life
         self._whole = 0  # leading tokens that went in as whole chunks of a prompt
         self._batch = internals.LlamaBatch(n_tokens=CHUNK, embd=0, n_seq_max=1, verbose=False)
 
@@ -54,6 +55,7 @@ class Sequence:
         """Evaluate ``prompt`` a chunk per step, reusing what the cache holds exactly; yields the tokens left."""
         start = self.reusable(prompt)
         self.rewind(start)
+        self.cached += start
         for begin in range(start, len(prompt), CHUNK):
             chunk = prompt[begin : begin + CHUNK]
             self._evaluate(chunk, begin, last=begin + len(chunk) == len(prompt))

@@ -1,0 +1,43 @@
+"""What a local model's numbers depend on besides the request: the model file, llama.cpp's build, this CPU, the schedule.
+
+A seeded request gives the same answer as long as all of these stay the same (docs/parameters.md),
+so ``system_fingerprint`` is a digest of them: it changes with another model file, another
+llama-cpp-python or llama.cpp build, a CPU with other vector instructions (llama.cpp picks its
+kernels by them), or another prompt schedule in chatgate (``sequence.CHUNK``).
+"""
+
+import ctypes
+import functools
+import hashlib
+
+import llama_cpp
+from llama_cpp import _ggml
+
+from chatgate.providers.local.sequence import CHUNK
+
+# Bump when chatgate changes how it feeds llama.cpp in a way that changes the numbers.
+SCHEDULE = f"chunks of {CHUNK} from position 0, generated tokens one a call"
+
+
+def _ggml_string(name: str) -> str:
+    try:
+        function = getattr(_ggml.libggml, name)
+    except AttributeError:  # a build that does not export it
+        return "unknown"
+    function.restype, function.argtypes = ctypes.c_char_p, []
+    return (function() or b"unknown").decode(errors="replace")
+
+
+@functools.cache
+def engine_build() -> str:
+    """llama-cpp-python's version, ggml's version and commit, and the CPU features llama.cpp uses."""
+    system = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    return (
+        f"llama-cpp-python {llama_cpp.__version__}; ggml {_ggml_string('ggml_version')} "
+        f"({_ggml_string('ggml_commit')}); {system}; {SCHEDULE}"
+    )
+
+
+def fingerprint(model: str) -> str:
+    """``system_fingerprint`` for a model file identified by ``model`` (its sha256, or path, size and time)."""
+    return "fp_" + hashlib.sha256(f"{model}\n{engine_build()}".encode()).hexdigest()[:10]

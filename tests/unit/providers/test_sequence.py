@@ -1,0 +1,68 @@
+"""The engine's numbers, to the bit: the same tokens give the same logits whatever the cache, sequence or threads.
+
+Runs the real Qwen2.5-Coder-0.5B Q4_K_M (the kernels whose rounding depends on how many tokens one
+call evaluates) in-process, without a server.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chatgate.providers.local import assets
+from chatgate.providers.local.pool import EnginePool, ThreadBudget
+from chatgate.providers.local.sequence import CHUNK, Sequence
+
+ROOT = Path(__file__).resolve().parents[3]
+TEXT = " ".join(f"Fact {i}: a tower of {i} floors has {i * 12} windows." for i in range(1, 21))
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[EnginePool]:
+    path = assets.ensure(assets.resolve("qwen2.5-coder-0.5b-instruct-q4_k_m"), ROOT / ".chatgate" / "models")
+    pool = EnginePool(path=path, context_length=1024, instances=2, budget=ThreadBudget(2), max_queue=0)
+    pool.load()
+    yield pool
+    pool.close()
+
+
+def evaluate(sequence: Sequence, prompt: list[int], threads: int, generate: int = 0) -> list[bytes]:
+    """The prompt's logits, then those after each of ``generate`` greedy tokens, as raw bytes."""
+    sequence.set_threads(threads)
+    for _ in sequence.prefill(prompt):
+        pass
+    seen = [sequence.logits().tobytes()]
+    for _ in range(generate):
+        sequence.decode(int(np.argmax(sequence.logits())))
+        seen.append(sequence.logits().tobytes())
+    return seen
+
+
+def test_a_warm_cache_another_sequence_and_other_thread_counts_give_the_same_bits(pool: EnginePool) -> None:
+    first, second = (slot.sequence for slot in pool.slots)
+    prompt = pool.tokenizer.tokenize(TEXT.encode(), add_bos=False, special=False)
+    assert CHUNK < len(prompt) < 2 * CHUNK
+    cold = evaluate(first, prompt, threads=2, generate=4)
+
+    assert evaluate(second, prompt, threads=1, generate=4) == cold  # another context, one thread
+    assert first.reusable(prompt) == CHUNK  # its first chunk is cached, as a cold start made it
+    other = [*prompt[: CHUNK + 20], *pool.tokenizer.tokenize(b" And a shed.", add_bos=False, special=False)]
+    cached = first.cached
+    evaluate(first, other, threads=2)  # the same first chunk, another ending: kept
+    assert first.cached == cached + CHUNK
+    assert evaluate(first, prompt, threads=2, generate=4) == cold  # back again, from the cache
+    assert first.cached == cached + 2 * CHUNK
+
+
+def test_rewinding_to_the_prompt_and_restoring_its_logits_is_a_fresh_start(pool: EnginePool) -> None:
+    sequence = pool.slots[0].sequence
+    prompt = pool.tokenizer.tokenize(b"Name three colours.", add_bos=False, special=False)
+    fresh = evaluate(sequence, prompt, threads=2, generate=3)
+    sequence.rewind(len(prompt))
+    sequence.logits()[:] = np.frombuffer(fresh[0], dtype=np.float32)
+    again = [sequence.logits().tobytes()]
+    for _ in range(3):  # what the second of n choices does
+        sequence.decode(int(np.argmax(sequence.logits())))
+        again.append(sequence.logits().tobytes())
+    assert again == fresh
