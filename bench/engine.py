@@ -15,6 +15,10 @@ Four scenarios, each with the same model file, the same 2 CPU threads and greedy
   sequence at a time, so the N "concurrent" requests are submitted at once from N threads and take
   turns behind a lock; their time to first token therefore includes the time spent queueing.
 
+With ``--ceiling`` it also measures, in the same run, what ``bench/ceiling.py`` calls the ceiling:
+two bare llama.cpp contexts of one thread each decoding at once (no server, no prompt), and reports
+chatgate's concurrent aggregate as a share of it.
+
 With ``--xllamacpp`` it also runs ``xllamacpp x1`` / ``xllamacpp xN``: the same streams, over the
 same lean client, against llama.cpp's own server in-process through ``xllamacpp`` (a prebuilt
 wheel, installed into ``.venv-xllamacpp`` on first use; ``bench/xllamacpp_server.py``), which
@@ -60,7 +64,7 @@ From the repository root::
     .venv/bin/python bench/engine.py                      # table on stdout, progress on stderr
     .venv/bin/python bench/engine.py --max-tokens 256 --repeats 3
     .venv/bin/python bench/engine.py --json               # the same numbers as JSON
-    .venv/bin/python bench/engine.py --max-tokens 128 --repeats 3 --xllamacpp
+    .venv/bin/python bench/engine.py --max-tokens 128 --repeats 3 --xllamacpp --ceiling
 
 Run it on an otherwise idle machine; anything else using the CPU skews both sides.
 """
@@ -92,7 +96,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".chatgate" / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 MODEL_NAME = "bench-model"
 CONTEXT_LENGTH = 2048
-INSTANCES = 2
+INSTANCES = 4  # sequences chatgate generates at once: one per stream of the concurrent scenario
 THREADS = 2
 READY_TIMEOUT_S = 180.0
 WARMUP_MAX_TOKENS = 32
@@ -254,7 +258,11 @@ class ChatgateServer:
             # server binds the default 8000); the environment setting makes port 0 stick.
             CHATGATE_PORT="0",
             PYTHONUNBUFFERED="1",
+            # A database of its own, migrated here: the run never depends on (or touches) the clone's.
+            CHATGATE_DATA_DIR=str(self.workdir / "data"),
+            CHATGATE_MODEL_DIR=str(REPO / ".chatgate" / "models"),
         )
+        subprocess.run([exe, "-m", "chatgate", "migrate"], cwd=REPO, env=env, check=True, capture_output=True)
         log(f"starting: CHATGATE_API_KEY=... CHATGATE_ENGINE_THREADS={THREADS} {' '.join(self.command)}")
         with self.stderr_path.open("wb") as stderr:
             self._proc = await asyncio.create_subprocess_exec(
@@ -663,6 +671,7 @@ def build_report(
         f"chatgate x{n} httpx",
         "xllamacpp x1",
         f"xllamacpp x{n}",
+        "ceiling",
     ]
     r = results
     return {
@@ -703,6 +712,24 @@ def build_report(
                 if "xllamacpp x1" in r
                 else {}
             ),
+            **(
+                {
+                    f"chatgate_x{n}_ttft_over_xllamacpp_x{n}_ttft": _ratio(
+                        r[f"chatgate x{n}"].ttft_ms, r[f"xllamacpp x{n}"].ttft_ms
+                    )
+                }
+                if f"xllamacpp x{n}" in r
+                else {}
+            ),
+            **(
+                {
+                    f"chatgate_x{n}_over_ceiling_aggregate": _ratio(
+                        r[f"chatgate x{n}"].aggregate_tok_s, r["ceiling"].aggregate_tok_s
+                    )
+                }
+                if "ceiling" in r
+                else {}
+            ),
         },
     }
 
@@ -731,9 +758,18 @@ def print_table(report: dict[str, Any], concurrency: int) -> None:
     for key, label in (
         (f"xllamacpp_x{n}_over_xllamacpp_x1_aggregate", f"xllamacpp x{n} / xllamacpp x1 aggregate"),
         (f"chatgate_x{n}_over_xllamacpp_x{n}_aggregate", f"chatgate x{n} / xllamacpp x{n} aggregate"),
+        (
+            f"chatgate_x{n}_ttft_over_xllamacpp_x{n}_ttft",
+            f"chatgate x{n} / xllamacpp x{n} time to first token",
+        ),
+        (
+            f"chatgate_x{n}_over_ceiling_aggregate",
+            f"chatgate x{n} / ceiling ({THREADS} bare contexts) aggregate",
+        ),
     ):
         if (value := ratios.get(key)) is not None:
             print(f"{label}: {value:.2f}x")
+    print(f"load average (1 min) before and after: {report['config']['load_average_before_after']}")
     print(
         f"(median of {report['config']['repeats']} repeats; max_tokens={report['config']['max_tokens']}; "
         f"{THREADS} threads; tokens = total completion tokens per scenario)"
@@ -755,6 +791,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run llama.cpp's own server (xllamacpp, continuous batching), installed into .venv-xllamacpp",
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also measure two bare one-thread llama.cpp contexts decoding at once (bench/ceiling.py)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)
     args.model = args.model.expanduser().resolve()
@@ -768,9 +809,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_ceiling(model: Path, max_tokens: int, repeats: int) -> dict[str, ScenarioResult]:
+    """Two bare contexts of one thread each, decoding together: the most these cores give (bench/ceiling.py)."""
+    import ceiling  # bench/ceiling.py, beside this script
+
+    log(f"ceiling: {THREADS} bare contexts of 1 thread each, {max_tokens} tokens, {repeats} repeats")
+    totals = ceiling.run_workers(model, THREADS, 1, max_tokens, repeats)
+    log(f"ceiling: {', '.join(f'{total:.1f}' for total in totals)} tok/s")
+    total = statistics.median(totals)
+    return {"ceiling": ScenarioResult(None, total / THREADS, total, THREADS * max_tokens, 0.0)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     n = args.concurrency
+    load_before = os.getloadavg()
     try:
         results = asyncio.run(run_chatgate(args.model, args.max_tokens, args.repeats, n))
     except ServerError as exc:
@@ -783,7 +836,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: xllamacpp side failed: {exc}", file=sys.stderr)
             return 1
     results.update(run_direct(args.model, args.max_tokens, args.repeats, n))
+    if args.ceiling:
+        results.update(run_ceiling(args.model, args.max_tokens, args.repeats))
     report = build_report(results, args, n)
+    report["config"]["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -1,14 +1,15 @@
-"""What a local model's numbers depend on besides the request: the model file, llama.cpp's build, this CPU, the schedule.
+"""What a local model's answers depend on besides the request: the model file, llama.cpp's build, this CPU, chatgate.
 
 A seeded request gives the same answer as long as all of these stay the same (docs/parameters.md),
 so ``system_fingerprint`` is a digest of them: it changes with another model file, another
 llama-cpp-python or llama.cpp build, a CPU with other vector instructions (llama.cpp picks its
-kernels by them), or another prompt schedule in chatgate (``sequence.CHUNK``).
+kernels by them), another chatgate release, or another prompt schedule (``sequence.CHUNK``).
 """
 
 import ctypes
 import functools
 import hashlib
+from importlib import metadata
 
 import llama_cpp
 from llama_cpp import _ggml
@@ -30,11 +31,12 @@ def _ggml_string(name: str) -> str:
 
 @functools.cache
 def engine_build() -> str:
-    """llama-cpp-python's version, ggml's version and commit, and the CPU features llama.cpp uses."""
+    """llama-cpp-python's version, ggml's version and commit, the CPU features llama.cpp uses, and
+    chatgate's version and prompt schedule (a release may render prompts differently)."""
     system = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     return (
         f"llama-cpp-python {llama_cpp.__version__}; ggml {_ggml_string('ggml_version')} "
-        f"({_ggml_string('ggml_commit')}); {system}; {SCHEDULE}"
+        f"({_ggml_string('ggml_commit')}); {system}; chatgate {metadata.version('chatgate')}, {SCHEDULE}"
     )
 
 
