@@ -15,6 +15,7 @@ from chatgate.providers.upstream import (
     IMAGE_PART_TOKENS,
     UpstreamProvider,
     _chunk_events,
+    _fingerprint,
     _reported,
     display_url,
     prompt_size,
@@ -164,6 +165,15 @@ def test_a_provider_name_has_no_credentials() -> None:
 )  # fmt: skip
 def test_a_usage_that_is_not_two_counts_is_absent(usage: Any) -> None:
     assert _reported(usage) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "fingerprint"),
+    [({"system_fingerprint": "fp_up"}, "fp_up"), ({}, None), ({"system_fingerprint": None}, None),
+     ({"system_fingerprint": 7}, None), ([], None)],
+)  # fmt: skip
+def test_the_upstreams_fingerprint_is_passed_on_as_sent_or_none(answer: Any, fingerprint: str | None) -> None:
+    assert _fingerprint(answer) == fingerprint
 
 
 def test_a_usage_of_two_counts_is_exact() -> None:
