@@ -50,9 +50,8 @@ class EnginePool:
         self.max_queue = max_queue
         self.slots: list[Slot] = []
         self.cancelled = 0
-        self.llama: Any = (
-            None  # llama_cpp.Llama: the weights, the tokenizer, and the first sequence's context
-        )
+        # llama_cpp.Llama, once loaded: the weights, the tokenizer, and the first sequence's context.
+        self.llama: Any = None
         self._free: list[Slot] = []
         self._waiters: deque[asyncio.Future[Slot]] = deque()
         self._mean_seconds = 5.0

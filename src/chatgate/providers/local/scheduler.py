@@ -8,11 +8,11 @@ a lone stream, one each when two or more compete. With 4 streams on 2 cores, two
 each take turns over the 4 sequences: each call costs what a lone sequence's call costs, which is
 the most these cores give (``bench/ceiling.py``; batching sequences into one call costs more here).
 
-A new generation's first step comes before the others' next ones, so its prompt (or the first chunk
-of a long one) goes in at once. A lane that finds the queue empty exits: llama.cpp's OpenMP runtime keeps a team of worker
-threads for every thread that ever ran a parallel region, and once more such threads exist than cores
-it stops spinning between tokens, which costs a lone stream a quarter of its speed (measured: 61 ->
-47 tok/s). A lane that exits takes its team with it.
+A new generation's first step comes before the others' next ones, so its prompt (or the first
+chunk of a long one) goes in at once. A lane that finds the queue empty exits: llama.cpp's OpenMP
+runtime keeps a team of worker threads for every thread that ever ran a parallel region, and once
+more such threads exist than cores it stops spinning between tokens, which costs a lone stream a
+quarter of its speed (measured: 61 -> 47 tok/s). A lane that exits takes its team with it.
 """
 
 import logging

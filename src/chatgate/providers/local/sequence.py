@@ -49,7 +49,7 @@ class Sequence:
             if have != want:
                 break
             same += 1
-        return min(same, len(prompt) - 1) // CHUNK * CHUNK
+        return max(0, min(same, len(prompt) - 1)) // CHUNK * CHUNK
 
     def prefill(self, prompt: list[int]) -> Iterator[int]:
         """Evaluate ``prompt`` a chunk per step, reusing what the cache holds exactly; yields the tokens left."""
