@@ -71,6 +71,20 @@ async def test_stream_without_include_usage_sends_no_usage_chunk() -> None:
     assert all(c.usage is None and c.choices for c in chunks)
 
 
+async def test_the_answer_carries_the_fingerprint_of_the_deployment_that_took_it() -> None:
+    """A route's own fingerprint unless the provider's Accepted tells one; a second Accepted (an
+    upstream's first chunk) tells it before any chunk is built, so every chunk carries the same."""
+    told: list[ProviderEvent | Exception] = [Accepted(5), Accepted(5, "fp_there"), *SCRIPT[1:]]
+    answer = (await service(ScriptedProvider(told)).complete(CALLER, request()))[0]
+    assert answer.system_fingerprint == "fp_there"
+    chunks = [
+        c async for c in (await service(ScriptedProvider(told)).stream(CALLER, request(stream=True)))[0]
+    ]
+    assert {c.system_fingerprint for c in chunks} == {"fp_there"}
+    plain = (await service(ScriptedProvider(SCRIPT)).complete(CALLER, request()))[0]
+    assert plain.system_fingerprint == "fp_test"
+
+
 async def test_closing_the_stream_early_closes_the_provider() -> None:
     provider = ScriptedProvider(SCRIPT)
     chunks = (await service(provider).stream(CALLER, request(stream=True)))[0]
