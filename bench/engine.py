@@ -7,7 +7,7 @@ Four scenarios, each with the same model file, the same 2 CPU threads and greedy
 
 * ``chatgate x1`` / ``chatgate xN``: 1 or N (default 4) simultaneous streaming
   ``POST /v1/chat/completions`` requests (``stream=true``, ``stream_options.include_usage=true``)
-  to a chatgate server that this script starts itself (2 engine instances, ``CHATGATE_ENGINE_THREADS=2``).
+  to a chatgate server that this script starts itself (4 sequences, ``CHATGATE_ENGINE_THREADS=2``).
   The SSE body is read as ``data:`` lines until ``data: [DONE]``; the completion token count is
   ``usage.completion_tokens`` from the final usage chunk.
 * ``direct x1`` / ``direct xN``: ``llama_cpp.Llama(...).create_chat_completion(stream=True)`` in this
@@ -23,7 +23,7 @@ With ``--xllamacpp`` it also runs ``xllamacpp x1`` / ``xllamacpp xN``: the same 
 same lean client, against llama.cpp's own server in-process through ``xllamacpp`` (a prebuilt
 wheel, installed into ``.venv-xllamacpp`` on first use; ``bench/xllamacpp_server.py``), which
 decodes up to N sequences together in one context (continuous batching) on the same 2 threads.
-That is the alternative engine the core issue asks to weigh against a pool of instances.
+That is the alternative engine the issue asks chatgate to be measured against.
 
 Per stream the script records: the request start, the arrival of the first and of the last
 non-empty content delta, the end of the stream, and the number of completion tokens. Per scenario:
@@ -35,7 +35,7 @@ non-empty content delta, the end of the stream, and the number of completion tok
 
 Each scenario runs ``--repeats`` times (default 2); every column reported is the median over the
 repeats, taken per column. Before measuring, each side gets a warm-up: one request per chatgate
-engine instance (sent together so both instances are exercised), and one request to the direct
+engine sequence (sent together so every sequence is exercised), and one request to the direct
 ``Llama``. The chatgate server is stopped before the direct side starts, and the two sides never
 run at the same time, so they never compete for the CPU.
 
@@ -456,7 +456,7 @@ async def run_chatgate(
                 limits=limits,
                 trust_env=False,  # never route localhost through a proxy from the environment
             ) as client:
-                log(f"chatgate warm-up: {INSTANCES} requests at once (one per engine instance)")
+                log(f"chatgate warm-up: {INSTANCES} requests at once (one per engine sequence)")
                 await chatgate_scenario(client, INSTANCES, min(max_tokens, WARMUP_MAX_TOKENS))
                 for streams in (1, concurrency):
                     for label, run in (
