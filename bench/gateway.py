@@ -1,31 +1,32 @@
-"""What chatgate adds per request: the same load through chatgate and straight to the upstream, side by side.
+"""What chatgate adds per request, and how flat its tail is: the same load through chatgate and straight to the upstream.
 
-Four paths carry the same load in one run: straight to the upstream, through chatgate, through
-a bare relay (``bench/bare_relay.py``: the same server stack and upstream client as chatgate,
-doing nothing but pass the bytes on, so what it adds is the floor for any gateway built this
-way), and through LiteLLM's proxy (``litellm[proxy]``, the reference peer, installed by this
-script into ``.venv-litellm`` when missing, configured with the same upstream and a master key;
-without a database it does no per-key spend tracking, so it does less per request than chatgate
-does).
+The method (issue 18): chatgate is pinned to one core with ``taskset``; this load generator and the
+stub upstream (``bench/stub_upstream.py``, which answers at once) share the other core. Load is
+open-loop at fixed rates: request ``i`` is sent at ``start + i / rate`` whatever the others are
+doing, and its latency runs from the moment its bytes are written to the last byte of its answer
+(``bench/httpload.py``). Each rate runs on every path in turn, in one run:
 
-The upstream is ``bench/stub_upstream.py``, which answers at once, so what the chatgate path adds
-is chatgate's own work: authentication (a user's API token, looked up in the database), the rate
-limiter, the credit reservation and settlement (two database transactions), the usage log, and
-the relay. The database is SQLite by default; ``--database-url`` and ``--redis-url`` measure the
-replica set-up (PostgreSQL, Redis).
+- ``direct``: straight to the stub, the baseline the others are compared with;
+- ``chatgate``: one chatgate process with a user's API token, so every request does what a real
+  one does: the token looked up, the rate limiter, a credit reservation, the relay, settlement and
+  the usage row; SQLite by default (``--database-url``, ``--redis-url`` for the replica set-up);
+- ``chatgate-w2`` (``--workers 1,2``): ``chatgate serve --workers 2`` on both cores, beside the
+  load generator: what a second worker buys on this 2-core machine;
+- ``bare``: ``bench/bare_relay.py`` on chatgate's server stack, doing nothing but pass the bytes on:
+  the floor for any gateway built this way;
+- ``litellm`` (``--litellm``): LiteLLM's proxy (installed into ``.venv-litellm`` when missing).
 
-Load is open-loop at fixed rates (default 50 and 200 requests/s; LiteLLM cannot sustain 200 on
-this machine, so 50 shows its per-request overhead without a backlog): each request is sent at its scheduled
-time whatever the others are doing, and its latency runs from that scheduled time to the end of
-the response, so a backlog counts against the server instead of hiding. The client is a lean
-keep-alive HTTP/1.1 client over asyncio sockets, so it spends little of the 2 CPUs itself. Then a
-closed-loop run (N connections, each sending as fast as answers come back) gives the most
-requests per second each path can take.
+``--stream-rates`` runs the same with ``"stream": true`` (streams per second; latency to the end of
+the stream). Every chatgate and bare-relay process carries the pause probe
+(``bench/pause_probe.py``): for each run it reports the longest event-loop stall, the collections of
+each generation and the longest of them, and the resident memory. Then a closed-loop run (N
+connections sending as fast as answers come back) gives the most requests per second of each path,
+and ``--soak N`` sends N requests through chatgate (one worker) and reads its RSS every 10,000.
 
-Run from the repository root on an otherwise idle machine::
+Run from the repository root on an otherwise idle machine (check ``uptime``)::
 
-    .venv/bin/python bench/gateway.py                     # 50 and 200 req/s for 15 s each, then max throughput
-    .venv/bin/python bench/gateway.py --rates 100 --seconds 30 --no-litellm --json
+    .venv/bin/python bench/gateway.py --rates 50,150,400,800,1200 --stream-rates 100,300,500 --seconds 10
+    .venv/bin/python bench/gateway.py --rates 400,800 --workers 1,2 --soak 100000 --json
 """
 
 import argparse
@@ -33,16 +34,18 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpload
+import pause_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -51,6 +54,8 @@ BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "Say hello."}],
     "max_tokens": 16,
 }
+LITELLM_KEY = "sk-litellm-bench-master-key"
+UNLIMITED = ["--rpm", "10000000", "--tpm", "1000000000"]  # the token's own limits never refuse here
 
 
 def log(message: str) -> None:
@@ -78,13 +83,25 @@ def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 12
     raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
 
 
+@dataclass
+class Path_:
+    """One way to the stub: a port, the request's headers, and the server process if it is measured."""
+
+    name: str
+    port: int
+    headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None  # probed: a chatgate or bare-relay process
+
+
 @contextlib.contextmanager
-def running(command: list[str], env: dict[str, str], port: int, logfile: Path) -> Iterator[None]:
+def running(command: list[str], env: dict[str, str], port: int, logfile: Path) -> Iterator[int]:
     with logfile.open("w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process)
-        yield
+        if "--workers" in command:  # the port listens before every worker has started
+            time.sleep(3)
+        yield process.pid
     finally:
         process.terminate()
         try:
@@ -93,144 +110,8 @@ def running(command: list[str], env: dict[str, str], port: int, logfile: Path) -
             process.kill()
 
 
-# ---------------------------------------------------------------------------------------------
-# A lean HTTP/1.1 keep-alive client
-
-
-class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def exchange(self, raw: bytes) -> int:
-        self.writer.write(raw)
-        status_line = await self.reader.readline()
-        if not status_line:
-            raise ConnectionResetError("the server closed this keep-alive connection")
-        status = int(status_line.split(b" ", 2)[1])
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        await self.reader.readexactly(length)
-        return status
-
-
-class Client:
-    def __init__(self, port: int, path: str, headers: dict[str, str], body: dict[str, Any]) -> None:
-        payload = json.dumps(body).encode()
-        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.raw = (head + f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
-        self.port = port
-        self.idle: list[Connection] = []
-
-    async def send(self) -> int:
-        if self.idle:
-            connection = self.idle.pop()
-            try:
-                status = await connection.exchange(self.raw)
-            except (OSError, asyncio.IncompleteReadError):
-                connection.writer.close()  # idle too long: the server let it go; use a fresh one
-            else:
-                self.idle.append(connection)
-                return status
-        connection = Connection(*await asyncio.open_connection("127.0.0.1", self.port))
-        status = await connection.exchange(self.raw)
-        self.idle.append(connection)
-        return status
-
-    def close(self) -> None:
-        for connection in self.idle:
-            connection.writer.close()
-
-
-@dataclass
-class FixedRate:
-    path: str
-    rate: float
-    requests: int
-    errors: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def fixed_rate(name: str, client: Client, rate: float, seconds: float) -> FixedRate:
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    errors = 0
-    statuses: Counter[int] = Counter()
-    failures: Counter[str] = Counter()
-
-    async def one(scheduled: float) -> None:
-        nonlocal errors
-        try:
-            status = await client.send()
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            status = 0  # the connection failed
-            failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
-        statuses[status] += 1
-        if status != 200:
-            errors += 1
-        latencies.append((loop.time() - scheduled) * 1000)
-
-    total = int(rate * seconds)
-    start = loop.time() + 0.05
-    tasks = []
-    for i in range(total):
-        scheduled = start + i / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled)))
-    await asyncio.gather(*tasks)
-    if errors:
-        log(f"{name}: statuses {dict(statuses)}; connection failures {dict(failures)}")
-    return FixedRate(
-        name,
-        rate,
-        total,
-        errors,
-        round(statistics.median(latencies), 3),
-        round(_percentile(latencies, 0.90), 3),
-        round(_percentile(latencies, 0.99), 3),
-        round(max(latencies), 3),
-    )
-
-
-async def max_throughput(client: Client, connections: int, seconds: float) -> tuple[float, int]:
-    loop = asyncio.get_running_loop()
-    done, errors = 0, 0
-    end = loop.time() + seconds
-
-    async def worker() -> None:
-        nonlocal done, errors
-        while loop.time() < end:
-            try:
-                ok = await client.send() == 200
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                ok = False
-            if ok:
-                done += 1
-            else:
-                errors += 1
-
-    started = loop.time()
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    return round(done / (loop.time() - started), 1), errors
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-LITELLM_KEY = "sk-litellm-bench-master-key"
+def pinned(cpus: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", cpus, *command] if shutil.which("taskset") else command
 
 
 def ensure_litellm(venv: Path) -> Path:
@@ -256,17 +137,7 @@ def litellm_command(binary: Path, workdir: Path, stub_port: int, port: int) -> l
         "      api_key: sk-stub\n"
         f"general_settings:\n  master_key: {LITELLM_KEY}\n"
     )
-    return [
-        str(binary),
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--num_workers",
-        "1",
-    ]
+    return [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
 
 
 def chatgate_env(workdir: Path, stub_port: int, args: argparse.Namespace) -> dict[str, str]:
@@ -291,137 +162,232 @@ def chatgate_env(workdir: Path, stub_port: int, args: argparse.Namespace) -> dic
     return env
 
 
-async def measure(args: argparse.Namespace, ports: dict[str, int], token: str) -> dict[str, Any]:
-    clients = {"direct": Client(ports["direct"], "/v1/chat/completions", {}, BODY)}
-    clients["chatgate"] = Client(
-        ports["chatgate"], "/v1/chat/completions", {"Authorization": f"Bearer {token}"}, BODY
+def probed(env: dict[str, str], probes: Path) -> dict[str, str]:
+    """The environment that loads the pause probe into a process and every worker it starts."""
+    path = [str(ROOT / "bench" / "probe"), env.get("PYTHONPATH", "")]
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in path if p), "CHATGATE_BENCH_PROBE": str(probes)}
+
+
+def make_token(env: dict[str, str]) -> str:
+    subprocess.run([PYTHON, "-m", "chatgate", "migrate"], env=env, check=True, capture_output=True)
+    created = subprocess.run(
+        [PYTHON, "-m", "chatgate", "keys", "create", "--user", "bench@example.com", *UNLIMITED],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
-    clients["bare"] = Client(ports["bare"], "/v1/chat/completions", {}, BODY)
-    if "litellm" in ports:
-        headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
-        clients["litellm"] = Client(ports["litellm"], "/v1/chat/completions", headers, BODY)
+    return created.stdout.strip().splitlines()[-1]
+
+
+async def measure(args: argparse.Namespace, paths: list[Path_], probes: Path) -> dict[str, Any]:
+    def client(path: Path_, stream: bool) -> httpload.Client:
+        body = {**BODY, "stream": True} if stream else BODY
+        return httpload.Client(path.port, "/v1/chat/completions", path.headers, json.dumps(body).encode())
+
+    modes = [("plain", rate) for rate in args.rates] + [("stream", rate) for rate in args.stream_rates]
     log("warm-up")
-    for client in clients.values():
-        await fixed_rate("warm-up", client, min(args.rates), 2)
-    results: list[FixedRate] = []
-    for rate in args.rates:
-        for name, client in clients.items():
-            log(f"{name}: {rate:g} req/s for {args.seconds:g} s")
-            results.append(await fixed_rate(name, client, rate, args.seconds))
+    for path in paths:
+        for stream in (False, True):
+            warm = client(path, stream)
+            await httpload.open_loop("warm-up", "warm-up", warm, 100, 2)
+            warm.close()
+    runs: list[httpload.Run] = []
+    for mode, rate in modes:
+        for path in paths:
+            log(
+                f"{path.name}: {rate:g} {'streams' if mode == 'stream' else 'requests'}/s for {args.seconds:g} s"
+            )
+            each = client(path, mode == "stream")
+            asked = pause_probe.signal_probes(probes, path.pid) if path.pid else {}
+            await asyncio.sleep(0.2)
+            run = await httpload.open_loop(path.name, mode, each, rate, args.seconds)
+            each.close()
+            if path.pid:
+                run.probe = pause_probe.summarise(pause_probe.read_probes(probes, asked))
+                asked = pause_probe.signal_probes(probes, path.pid)
+                pause_probe.read_probes(probes, asked)
+            runs.append(run)
     throughput: dict[str, Any] = {}
-    for name, client in clients.items():
-        log(f"{name}: max throughput, {args.connections} connections for {args.throughput_seconds:g} s")
-        rps, errors = await max_throughput(client, args.connections, args.throughput_seconds)
-        throughput[name] = {"requests_per_s": rps, "errors": errors}
-    for client in clients.values():
-        client.close()
-    added: dict[str, dict[str, dict[str, float]]] = {}
-    for rate in args.rates:
-        at_rate = {r.path: r for r in results if r.rate == rate}
-        direct = at_rate["direct"]
-        added[f"{rate:g}"] = {
-            name: {"p50": round(r.p50_ms - direct.p50_ms, 3), "p99": round(r.p99_ms - direct.p99_ms, 3)}
-            for name, r in at_rate.items()
-            if name != "direct"
-        }
+    if args.throughput_seconds > 0:
+        for path in paths:
+            log(
+                f"{path.name}: max throughput, {args.connections} connections for {args.throughput_seconds:g} s"
+            )
+            each = client(path, False)
+            rps, errors = await httpload.closed_loop(each, args.connections, args.throughput_seconds)
+            each.close()
+            throughput[path.name] = {"requests_per_s": rps, "errors": errors}
+    soak = await _soak(args, paths, probes, client) if args.soak else None
     return {
-        "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "fixed_rate": [asdict(r) for r in results],
-        "added_ms": added,
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "litellm_venv")},
+        "load": os.getloadavg(),
+        "runs": [asdict(r) for r in runs],
+        "added_ms": added(runs),
         "max_throughput": throughput,
+        "soak": soak,
     }
 
 
-def print_report(report: dict[str, Any]) -> None:
-    print(
-        f"{'path':<10}{'rate':>8}{'requests':>10}{'errors':>8}{'p50_ms':>9}{'p90_ms':>9}{'p99_ms':>9}{'max_ms':>9}"
-    )
-    for r in report["fixed_rate"]:
-        print(
-            f"{r['path']:<10}{r['rate']:>6g}/s{r['requests']:>10}{r['errors']:>8}"
-            f"{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}"
+async def _soak(args: argparse.Namespace, paths: list[Path_], probes: Path, client: Any) -> dict[str, Any]:
+    """RSS of the one-worker chatgate every 10,000 requests over ``args.soak`` requests."""
+    path = next(p for p in paths if p.name == "chatgate")
+    assert path.pid is not None
+    each = client(path, False)
+    rss = [pause_probe.rss_mib(path.pid)]
+    errors, sent, started = 0, 0, time.monotonic()
+    while sent < args.soak:
+        batch = min(10_000, args.soak - sent)
+        errors += await httpload.count_loop(each, 8, batch)
+        sent += batch
+        rss.append(pause_probe.rss_mib(path.pid))
+        log(f"soak: {sent} requests, RSS {rss[-1]} MiB")
+    each.close()
+    return {
+        "requests": sent,
+        "errors": errors,
+        "seconds": round(time.monotonic() - started, 1),
+        "rss_mib": rss,
+    }
+
+
+def added(runs: list[httpload.Run]) -> list[dict[str, Any]]:
+    """Each path's latency over the direct path's at the same mode and rate."""
+    out = []
+    for run in runs:
+        if run.name == "direct":
+            continue
+        base = next(r for r in runs if r.name == "direct" and r.mode == run.mode and r.rate == run.rate)
+        out.append(
+            {
+                "path": run.name,
+                "mode": run.mode,
+                "rate": run.rate,
+                "p50": round(run.p50_ms - base.p50_ms, 3),
+                "p99": round(run.p99_ms - base.p99_ms, 3),
+                "longest_stall_ms": run.probe.get("longest_stall_ms"),
+            }
         )
-    for rate, paths in report["added_ms"].items():
-        for name, added in paths.items():
-            print(f"at {rate}/s {name} adds: p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms")
-        if "litellm" in paths:
-            theirs = paths["litellm"]
-            for name in ("chatgate", "bare"):
-                for q in ("p50", "p99"):
-                    if theirs[q] > 0:
-                        ours = paths[name][q]
-                        print(f"at {rate}/s {name} adds {ours / theirs[q]:.3f}x of what litellm adds at {q}")
-    parts = [f"{name} {t['requests_per_s']} req/s" for name, t in report["max_throughput"].items()]
-    print(f"max throughput ({report['config']['connections']} connections): " + ", ".join(parts))
+    return out
+
+
+def print_report(report: dict[str, Any]) -> None:
+    load = ", ".join(f"{x:.2f}" for x in report["load"])
+    print(f"load average at the end: {load}")
+    head = f"{'path':<12}{'mode':<7}{'rate':>7}{'reqs':>7}{'err':>5}{'p50':>8}{'p90':>8}{'p99':>8}"
+    head += f"{'p99.9':>8}{'max':>8}{'lag':>7}{'stall':>8}{'gc2':>5}{'gc2 ms':>8}{'RSS':>7}"
+    print(head)
+    for r in report["runs"]:
+        probe = r["probe"]
+        line = f"{r['name']:<12}{r['mode']:<7}{r['rate']:>5g}/s{r['requests']:>7}{r['errors']:>5}"
+        line += "".join(f"{r[k]:>8.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"))
+        line += f"{r['send_lag_max_ms']:>7.1f}"
+        if probe:
+            line += (
+                f"{probe['longest_stall_ms']:>8.2f}{probe['gc_gen2']:>5}{probe['gc_gen2_longest_ms']:>8.2f}"
+            )
+            line += f"{probe['rss_mib']:>7.1f}"
+        print(line)
+    print("added over direct (ms):")
+    for a in report["added_ms"]:
+        stall = f", longest stall {a['longest_stall_ms']:.2f}" if a["longest_stall_ms"] is not None else ""
+        print(
+            f"  {a['path']:<12}{a['mode']:<7}{a['rate']:>6g}/s  p50 {a['p50']:+.2f}  p99 {a['p99']:+.2f}{stall}"
+        )
+    if report["max_throughput"]:
+        parts = [f"{name} {t['requests_per_s']} req/s" for name, t in report["max_throughput"].items()]
+        print(f"max throughput ({report['config']['connections']} connections): " + ", ".join(parts))
+    if report["soak"]:
+        soak = report["soak"]
+        print(
+            f"soak: {soak['requests']} requests in {soak['seconds']} s, {soak['errors']} errors; "
+            f"RSS every 10,000 (MiB): {soak['rss_mib']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    rates = lambda v: [float(x) for x in v.split(",") if x]  # noqa: E731
     parser.add_argument(
-        "--rates",
-        type=lambda v: [float(x) for x in v.split(",")],
-        default=[50.0, 200.0],
-        help="fixed request rates to run, comma-separated (default 50,200)",
+        "--rates", type=rates, default=[50.0, 150.0, 400.0, 800.0], help="requests/s, comma-separated"
     )
-    parser.add_argument("--seconds", type=float, default=15, help="duration of each fixed-rate run")
+    parser.add_argument("--stream-rates", type=rates, default=[100.0, 300.0], help="streams/s ('' for none)")
+    parser.add_argument("--seconds", type=float, default=10, help="duration of each fixed-rate run")
+    parser.add_argument("--workers", type=lambda v: [int(x) for x in v.split(",")], default=[1])
     parser.add_argument("--connections", type=int, default=16, help="connections for the max-throughput run")
-    parser.add_argument("--throughput-seconds", type=float, default=8)
+    parser.add_argument(
+        "--throughput-seconds", type=float, default=5, help="0 leaves the closed-loop run out"
+    )
+    parser.add_argument("--soak", type=int, default=0, help="requests through chatgate, reading its RSS")
+    parser.add_argument("--server-cpu", default="0", help="the core chatgate and the bare relay run on")
+    parser.add_argument("--client-cpu", default="1", help="the core of this load generator and the stub")
     parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
     parser.add_argument("--redis-url", help="share rate limits through Redis")
-    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
+    parser.add_argument("--no-bare", action="store_true", help="leave the bare relay out")
+    parser.add_argument("--litellm", action="store_true", help="add LiteLLM's proxy")
     parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {int(args.client_cpu)})
     with tempfile.TemporaryDirectory(prefix="chatgate-gateway-bench-") as tmp:
         workdir = Path(tmp)
-        stub_port, gate_port = free_port(), free_port()
+        probes = workdir / "probes"
+        probes.mkdir()
+        stub_port = free_port()
         env = chatgate_env(workdir, stub_port, args)
-        subprocess.run([PYTHON, "-m", "chatgate", "migrate"], env=env, check=True, capture_output=True)
-        created = subprocess.run(
-            [
-                PYTHON,
-                "-m",
-                "chatgate",
-                "keys",
-                "create",
-                "--user",
-                "bench@example.com",
-                "--rpm",
-                "10000000",
-                "--tpm",
-                "1000000000",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        token = created.stdout.strip().splitlines()[-1]
-        stub = [PYTHON, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(stub_port)]
-        gate = [PYTHON, "-m", "chatgate", "serve", "--port", str(gate_port)]
-        ports = {"direct": stub_port, "chatgate": gate_port}
+        token = make_token(env)
+        headers = {"Authorization": f"Bearer {token}"}
+        paths = [Path_("direct", stub_port)]
         with contextlib.ExitStack() as stack:
+            stub = pinned(
+                args.client_cpu, [PYTHON, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(stub_port)]
+            )
             stack.enter_context(running(stub, dict(os.environ), stub_port, workdir / "stub.log"))
-            stack.enter_context(running(gate, env, gate_port, workdir / "chatgate.log"))
-            ports["bare"] = free_port()
-            bare = [PYTHON, str(ROOT / "bench" / "bare_relay.py"), "--port", str(ports["bare"])]
-            bare += ["--upstream", f"http://127.0.0.1:{stub_port}"]
-            stack.enter_context(running(bare, dict(os.environ), ports["bare"], workdir / "bare.log"))
-            if not args.no_litellm:
+            for workers in args.workers:
+                port = free_port()
+                command = [PYTHON, "-m", "chatgate", "serve", "--port", str(port)]
+                cpus = args.server_cpu
+                if workers > 1:
+                    command += ["--workers", str(workers)]
+                    cpus = f"{args.server_cpu},{args.client_cpu}"
+                name = "chatgate" if workers == 1 else f"chatgate-w{workers}"
+                logfile = workdir / f"{name}.log"
+                pid = stack.enter_context(running(pinned(cpus, command), probed(env, probes), port, logfile))
+                paths.append(Path_(name, port, headers, pid))
+            if not args.no_bare:
+                port = free_port()
+                bare = [PYTHON, str(ROOT / "bench" / "bare_relay.py"), "--port", str(port)]
+                bare += ["--upstream", f"http://127.0.0.1:{stub_port}"]
+                bare_env = probed(dict(os.environ), probes)
+                pid = stack.enter_context(
+                    running(pinned(args.server_cpu, bare), bare_env, port, workdir / "bare.log")
+                )
+                paths.append(Path_("bare", port, {}, pid))
+            if args.litellm:
                 binary = ensure_litellm(args.litellm_venv)
-                ports["litellm"] = free_port()
-                command = litellm_command(binary, workdir, stub_port, ports["litellm"])
+                port = free_port()
+                command = pinned(args.server_cpu, litellm_command(binary, workdir, stub_port, port))
                 quiet = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-                stack.enter_context(running(command, quiet, ports["litellm"], workdir / "litellm.log"))
-            report = asyncio.run(measure(args, ports, token))
+                stack.enter_context(running(command, quiet, port, workdir / "litellm.log"))
+                paths.append(Path_("litellm", port, {"Authorization": f"Bearer {LITELLM_KEY}"}))
+            report = _run(measure(args, paths, probes))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
     return 0
+
+
+def _run(work: Any) -> dict[str, Any]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(work)
+    return uvloop.run(work)
 
 
 if __name__ == "__main__":

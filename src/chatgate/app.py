@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chatgate import heap
 from chatgate.api import accounts, chat, embeddings, files, health, images, models, usage
 from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
 from chatgate.api.openapi import API_PREFIXES, operation_id
@@ -398,6 +399,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         for embedder in registry.embedders:
             await embedder.start()
         sweeper = asyncio.create_task(_sweep_files(outside.files))
+        heap.settle()  # start-up is done: what it allocated is kept out of every collection from now on
         try:
             yield
         finally:

@@ -1,0 +1,14 @@
+"""Loaded by every Python process started with this directory on PYTHONPATH: the benchmark's pause probe.
+
+``bench/gateway.py`` starts the servers it measures with ``PYTHONPATH=bench/probe`` and
+``CHATGATE_BENCH_PROBE=<directory>``; worker processes inherit both. See ``bench/pause_probe.py``.
+"""
+
+import os
+import sys
+
+if os.environ.get("CHATGATE_BENCH_PROBE"):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import pause_probe
+
+    pause_probe.install(os.environ["CHATGATE_BENCH_PROBE"])
