@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -48,11 +49,11 @@ from chatgate.providers.images.analysis import ImageAnalyser
 from chatgate.providers.images.drawing import ImageGenerationProvider
 from chatgate.providers.images.prepare import ImagePreparer
 from chatgate.providers.images.source import ImageLimits, ImageSource
-from chatgate.providers.local import assets, build
-from chatgate.providers.local.pool import ThreadBudget
-from chatgate.providers.local.provider import LocalProvider
+from chatgate.providers.local import assets
 from chatgate.providers.relay import RelaySession
 from chatgate.providers.router import Deployment, RouterProvider
+from chatgate.providers.shared_engine.client import EngineLink, SharedEngineProvider, deployment_key
+from chatgate.providers.shared_engine.host import EngineHost
 from chatgate.providers.upstream import UpstreamProvider
 from chatgate.providers.web.fetch import GuardedFetcher
 from chatgate.services.accounts import AccountService
@@ -61,15 +62,20 @@ from chatgate.services.catalogue import EmbeddingRoute, ModelRegistry, Route
 from chatgate.services.chat import ChatService
 from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.files import FileService
+from chatgate.services.host_limits import HostRateLimiter
 from chatgate.services.images import ImageService
 from chatgate.services.metering import Metering
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from chatgate.services.recovery import Recovery, new_owner
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import POSTGRES_BATCH_ROWS, UsageRecorder
+from chatgate.storage.counters import CounterStore
 from chatgate.storage.database import Database
 from chatgate.storage.files import FileStore
 from chatgate.storage.money import DatabaseMoney
+
+if TYPE_CHECKING:
+    from chatgate.providers.local.pool import ThreadBudget
 
 log = logging.getLogger("chatgate")
 
@@ -132,7 +138,7 @@ def build_registry(
     routes: list[Route] = []
     aliases: dict[str, str] = {}
     created = int(time.time())
-    budget = ThreadBudget(settings.engine_threads)
+    engines = Engines(settings, outside.relay, outside.heavy, progress)
     http = outside.http
     derived: list[CatalogueEntry] = []
     embedding_routes: list[EmbeddingRoute] = []
@@ -149,10 +155,10 @@ def build_registry(
             aliases.update({alias: entry.name for alias in entry.aliases})
             continue
         ordinary = _ordinary(entry)
-        built = [_provider(settings, d, outside, budget, progress) for d in ordinary]
+        built = [engines.provider(entry.name, i, d) for i, d in enumerate(ordinary)]
         provider: AnyProvider
         fingerprint: str | None
-        if len(built) == 1 and isinstance(built[0][0], LocalProvider):
+        if len(built) == 1 and isinstance(ordinary[0], LocalDeployment):
             provider, fingerprint = built[0]
         else:
             deployments = [
@@ -213,6 +219,99 @@ def _embedder(
     return EmbeddingRouter(choices, retries=entry.retries)  # an upstream alone is retried too
 
 
+def create_engine_host(settings: Settings, progress: Progress | None = None) -> EngineHost:
+    """The engine process's app: every local deployment of the catalogue, loaded here once for all workers."""
+    heavy = HeavyWork(settings.data_dir / "locks", slots=settings.heavy_concurrency)
+    engines = Engines(settings, RelaySession(), heavy, progress, shared=False)
+    providers: dict[str, AnyProvider] = {}
+    for entry in effective_catalogue(settings).models:
+        if entry.derived is not None:
+            continue
+        for index, deployment in enumerate(_ordinary(entry)):
+            if isinstance(deployment, LocalDeployment):
+                providers[deployment_key(entry.name, index)] = engines.provider(
+                    entry.name, index, deployment
+                )[0]
+    return EngineHost(providers)
+
+
+def has_local_models(settings: Settings) -> bool:
+    return any(
+        isinstance(d, LocalDeployment)
+        for entry in effective_catalogue(settings).models
+        if entry.derived is None
+        for d in _ordinary(entry)
+    )
+
+
+class Engines:
+    """Builds each deployment's provider: upstreams here; local models here too, or, when the server
+    runs several workers (``settings.engine_socket``), as links to the one engine process that serves
+    them all. The local engine's modules (llama.cpp) are imported only when a local model runs here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        relay: RelaySession,
+        heavy: HeavyWork,
+        progress: Progress | None,
+        *,
+        shared: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.relay = relay
+        self.heavy = heavy
+        self.progress = progress
+        self.link = EngineLink(settings.engine_socket) if shared and settings.engine_socket else None
+        self._budget: ThreadBudget | None = None
+
+    def provider(
+        self, model: str, index: int, deployment: LocalDeployment | UpstreamDeployment
+    ) -> tuple[AnyProvider, str | None]:
+        """A deployment's provider and its system fingerprint (an upstream's is the one it sends, if any)."""
+        if isinstance(deployment, UpstreamDeployment):
+            return UpstreamProvider(deployment, self.relay), None  # an upstream's is the one it sends
+        if self.link is not None:
+            name = f"local:{deployment.asset or deployment.path}"
+            return SharedEngineProvider(self.link, deployment_key(model, index), name), _fingerprint(
+                deployment
+            )
+        return self._local(deployment), _fingerprint(deployment)
+
+    def _local(self, deployment: LocalDeployment) -> AnyProvider:
+        from chatgate.providers.local.pool import ThreadBudget
+        from chatgate.providers.local.provider import LocalProvider
+
+        if self._budget is None:
+            self._budget = ThreadBudget(self.settings.engine_threads)  # one for every local model
+        if deployment.asset is not None:
+            path = assets.ensure(assets.resolve(deployment.asset), self.settings.models_path, self.progress)
+        else:
+            assert deployment.path is not None
+            path = Path(deployment.path)
+        return LocalProvider(
+            path=path,
+            deployment=deployment,
+            budget=self._budget,
+            max_queue=self.settings.max_queue,
+            fingerprint=_fingerprint(deployment),
+            heavy=self.heavy,
+        )
+
+
+def _fingerprint(deployment: LocalDeployment) -> str:
+    """A local model's system fingerprint: its file's identity and the engine's build (without
+    loading the model)."""
+    from chatgate.providers.local import build
+
+    if deployment.asset is not None:
+        return build.fingerprint(assets.resolve(deployment.asset).sha256)
+    assert deployment.path is not None
+    path = Path(deployment.path)
+    stat = path.stat()
+    return build.fingerprint(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}")
+
+
 def _ordinary(entry: CatalogueEntry) -> list[LocalDeployment | UpstreamDeployment]:
     return [d for d in entry.all_deployments if isinstance(d, LocalDeployment | UpstreamDeployment)]
 
@@ -270,36 +369,6 @@ def _drawing(
     )
 
 
-def _provider(
-    settings: Settings,
-    deployment: LocalDeployment | UpstreamDeployment,
-    outside: Outside,
-    budget: ThreadBudget,
-    progress: Progress | None,
-) -> tuple[AnyProvider, str | None]:
-    """A deployment's provider and its system fingerprint (an upstream's is the one it sends, if any)."""
-    if isinstance(deployment, UpstreamDeployment):
-        return UpstreamProvider(deployment, outside.relay), None
-    if deployment.asset is not None:
-        asset = assets.resolve(deployment.asset)
-        path = assets.ensure(asset, settings.models_path, progress)
-        fingerprint = build.fingerprint(asset.sha256)
-    else:
-        assert deployment.path is not None
-        path = Path(deployment.path)
-        stat = path.stat()
-        fingerprint = build.fingerprint(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}")
-    local = LocalProvider(
-        path=path,
-        deployment=deployment,
-        budget=budget,
-        max_queue=settings.max_queue,
-        fingerprint=fingerprint,
-        heavy=outside.heavy,
-    )
-    return local, fingerprint
-
-
 def _name(deployment: LocalDeployment | UpstreamDeployment, provider: AnyProvider) -> str:
     if isinstance(provider, UpstreamProvider):
         return provider.name
@@ -352,7 +421,7 @@ class Services:
 
 def build_services(settings: Settings, registry: ModelRegistry, outside: Outside | None = None) -> Services:
     db = Database(settings.database)
-    limiter: RateLimiter = RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
+    limiter = build_limiter(settings)
     recorder = UsageRecorder(
         db,
         flush_seconds=settings.usage_flush_seconds,
@@ -381,6 +450,16 @@ def build_services(settings: Settings, registry: ModelRegistry, outside: Outside
         recovery=recovery,
         embeddings=EmbeddingService(registry, metering),
     )
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    """Where a token's per-minute counts live: Redis when configured (shared by replicas), a file of
+    counters shared by this host's workers when there are several, this process's memory otherwise."""
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url)
+    if settings.worker_count > 1:
+        return HostRateLimiter(CounterStore(settings.limits_path))
+    return LocalRateLimiter()
 
 
 def create_app(settings: Settings, *, progress: Progress | None = None) -> FastAPI:

@@ -3,7 +3,6 @@
 import argparse
 import asyncio
 import getpass
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,42 +39,20 @@ _progress = _Progress()
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from chatgate.app import create_app, master_key
     from chatgate.config import Settings
+    from chatgate.server import serve
 
-    given = {"host": args.host, "port": args.port, "catalogue": args.config}
+    given = {"host": args.host, "port": args.port, "catalogue": args.config, "workers": args.workers}
     overrides = {k: v for k, v in given.items() if v is not None}  # --port 0 (any free port) counts
-    settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per upstream call
-    requests_log = logging.getLogger("chatgate.requests")  # one JSON line per request, as is
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    requests_log.addHandler(handler)
-    requests_log.propagate = False
-    app = create_app(settings, progress=_progress)
-    names = ", ".join(m.id for m in app.state.services.registry.model_list().data)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
+    return serve(Settings(**overrides), _progress)
 
-    original_startup = server.startup
 
-    async def startup(sockets: object = None) -> None:
-        await original_startup(sockets=sockets)  # type: ignore[arg-type]
-        if server.started:
-            host, port = server.servers[0].sockets[0].getsockname()[:2]
-            key_note = "" if settings.api_key else f" (master key: {master_key(settings)})"
-            print(f"chatgate listening on http://{host}:{port} serving {names}{key_note}", flush=True)
+def _engine(args: argparse.Namespace) -> int:
+    from chatgate.config import Settings
+    from chatgate.server import serve_engine
 
-    server.startup = startup  # type: ignore[method-assign]
-    server.run()
-    return 0
+    overrides = {"catalogue": args.config} if args.config else {}
+    return serve_engine(Settings(**overrides), args.socket, _progress)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -278,7 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks a free one)")
     serve.add_argument("--config", type=Path, help="model catalogue YAML (default: the built-in one)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on the one port (default: 1 in development, one per CPU in production)",
+    )
     serve.set_defaults(run=_serve)
+    engine = sub.add_parser(
+        "engine", help="serve the catalogue's local models on a Unix socket (what `serve --workers N` starts)"
+    )
+    engine.add_argument("--socket", type=Path, required=True, help="the Unix socket to listen on")
+    engine.add_argument("--config", type=Path, help="model catalogue YAML (default: the built-in one)")
+    engine.set_defaults(run=_engine)
     prepare = sub.add_parser("models", help="assemble and verify the local model files a catalogue needs")
     prepare.add_argument("--config", type=Path, help="model catalogue YAML (default: the built-in one)")
     prepare.add_argument("--asset", action="append", help="a model asset name (repeatable)")

@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     engine_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     max_queue: int = Field(default=16, ge=0)
+    # Server processes on one port (`chatgate serve --workers N`); None: 1 in development, one per
+    # CPU in production (see `worker_count`).
+    workers: int | None = Field(default=None, ge=1, le=256)
+    # On SIGTERM a process stops accepting, then waits at most this long for requests in flight
+    # (streams included) to finish before it cancels them, settles them and exits.
+    drain_seconds: float = Field(default=30.0, ge=0)
+    # Set by `chatgate serve` for its workers when there is more than one: the Unix socket of the
+    # engine process that serves the catalogue's local models to all of them (never set by hand).
+    engine_socket: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     database_url: str | None = None  # default: SQLite in the data dir
     redis_url: str | None = None  # shared rate limits across replicas
@@ -82,6 +91,18 @@ class Settings(BaseSettings):
             if self.api_key is None or len(self.api_key.get_secret_value()) < 16:
                 raise ValueError("CHATGATE_API_KEY of at least 16 characters is required in production")
         return self
+
+    @property
+    def worker_count(self) -> int:
+        """How many server processes to run: as set, else 1 in development and one per CPU in production."""
+        if self.workers is not None:
+            return self.workers
+        return 1 if self.env == "development" else max(1, os.cpu_count() or 1)
+
+    @property
+    def limits_path(self) -> Path:
+        """The rate-limit counters that the workers of one host share when there is no Redis."""
+        return self.data_dir / "limits.db"
 
     @property
     def database(self) -> str:

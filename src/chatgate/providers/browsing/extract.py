@@ -4,6 +4,8 @@ A PDF is read within bounds, so a small file cannot make the reader inflate giga
 decompression bomb): each stream inflates to at most PDF_STREAM_BYTES, at most MAX_PDF_PAGES pages
 are read, for at most PDF_SECONDS. A document past a bound is left out (as a page that cannot be
 read is), and ``chatgate index add`` says so. Callers run this as heavy work (see providers/heavy.py).
+
+pypdf and trafilatura are imported on first use (about 45 MiB that a gateway without browsing never needs).
 """
 
 import io
@@ -13,10 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import trafilatura
-from pypdf import PdfReader, apply_configuration
-from pypdf.errors import PdfReadError
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +93,8 @@ def extract_file(path: Path) -> Document | None:
 
 
 def _html(url: str, body: bytes) -> Document | None:
+    import trafilatura
+
     html = body.decode("utf-8", errors="replace")
     text = trafilatura.extract(html, url=url, include_comments=False, include_tables=True, favor_recall=True)
     if not text:
@@ -105,6 +105,9 @@ def _html(url: str, body: bytes) -> Document | None:
 
 
 def _pdf(url: str, body: bytes) -> Document | None:
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import PdfReadError
+
     deadline = time.monotonic() + PDF_SECONDS
     try:
         with apply_configuration(None, **PDF_LIMITS):

@@ -2,14 +2,14 @@
 
 Runs offline on the CPU: OCR with RapidOCR's ONNX models (shipped in its wheel), colours with
 Pillow, shapes with OpenCV contours. It describes; it does not recognise objects or scenes.
+NumPy, OpenCV and RapidOCR are imported on first use, on the analysing thread: together they are
+about 90 MiB of a gateway process that may never see an image.
 """
 
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
-import numpy as np
 from PIL import Image
 
 from chatgate.providers.images.decode import Picture
@@ -85,6 +85,8 @@ class OCR:
                 from rapidocr_onnxruntime import RapidOCR
 
                 self._engine = RapidOCR(intra_op_num_threads=self._threads, inter_op_num_threads=1)
+            import numpy as np
+
             result, _ = self._engine(np.asarray(image))
         lines = []
         for box, text, score in result or []:
@@ -114,6 +116,9 @@ def dominant_colours(image: Image.Image, count: int = 4) -> list[tuple[str, floa
 
 def shapes(image: Image.Image, text_boxes: list[tuple[int, int, int, int]], limit: int = 8) -> list[Shape]:
     """Filled shapes that stand out from the background, leaving out what OCR read as text."""
+    import cv2
+    import numpy as np
+
     rgb = np.asarray(image)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     # The background is the colour along the border; shapes are what differs from it.
@@ -154,6 +159,9 @@ def _inside(inner: tuple[int, int, int, int], outer: tuple[int, int, int, int], 
 
 
 def _kind(contour: Any, area: float, w: int, h: int) -> str:
+    import cv2
+    import numpy as np
+
     perimeter = cv2.arcLength(contour, True)
     corners = len(cv2.approxPolyDP(contour, 0.03 * perimeter, True))
     roundness = 4 * np.pi * area / (perimeter * perimeter) if perimeter else 0.0
@@ -167,6 +175,9 @@ def _kind(contour: Any, area: float, w: int, h: int) -> str:
 
 
 def _mean_colour(rgb: Any, contour: Any) -> tuple[int, int, int]:
+    import cv2
+    import numpy as np
+
     mask = np.zeros(rgb.shape[:2], dtype=np.uint8)
     cv2.drawContours(mask, [contour], -1, 255, thickness=-1)
     r, g, b = (int(v) for v in cv2.mean(rgb, mask=mask)[:3])

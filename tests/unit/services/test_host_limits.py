@@ -1,0 +1,79 @@
+"""Rate limits shared by a host's workers without Redis: one token's counts hold across processes."""
+
+import asyncio
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatgate.errors import RateLimited
+from chatgate.services.auth import Principal
+from chatgate.services.host_limits import HostRateLimiter
+from chatgate.services.ratelimit import _window
+from chatgate.storage.counters import CounterStore
+
+TOKEN = Principal(user_id=1, token_id=7, rpm_limit=40, tpm_limit=None)
+
+
+def _admitted(path: str, attempts: int, start: Any, results: Any) -> None:
+    """One worker's share of a burst: how many of its attempts were admitted."""
+
+    async def burst() -> int:
+        limiter = HostRateLimiter(CounterStore(Path(path)))
+        admitted = 0
+        for _ in range(attempts):
+            try:
+                await limiter.admit(TOKEN)
+                admitted += 1
+            except RateLimited:
+                pass
+        await limiter.aclose()
+        return admitted
+
+    start.wait()
+    results.put(asyncio.run(burst()))
+
+
+def test_a_tokens_requests_per_minute_hold_across_processes(tmp_path: Path) -> None:
+    """Three processes race for the same token's minute: exactly its limit gets through, in all."""
+    left = _window()[1]
+    if left < 10:  # the burst must not straddle two minutes
+        time.sleep(left + 0.5)
+    context = multiprocessing.get_context("fork")  # the workers of one host: separate processes
+    start, results = context.Event(), context.Queue()
+    path = str(tmp_path / "limits.db")
+    workers = [context.Process(target=_admitted, args=(path, 25, start, results)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    admitted = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join()
+    assert sum(admitted) == TOKEN.rpm_limit
+
+
+async def test_tokens_per_minute_count_what_other_workers_used(tmp_path: Path) -> None:
+    principal = Principal(user_id=1, token_id=8, rpm_limit=None, tpm_limit=100)
+    one, other = (HostRateLimiter(CounterStore(tmp_path / "limits.db")) for _ in range(2))
+    decision = await one.admit(principal)
+    assert decision.headers()["x-ratelimit-remaining-tokens"] == "100"
+    await other.add_tokens(principal, 60)
+    decision = await one.admit(principal)
+    assert decision.headers()["x-ratelimit-remaining-tokens"] == "40"
+    await other.add_tokens(principal, 40)
+    with pytest.raises(RateLimited) as refused:
+        await one.admit(principal)
+    assert refused.value.headers["x-ratelimit-remaining-tokens"] == "0"
+    await one.aclose()
+    await other.aclose()
+
+
+async def test_a_token_without_limits_is_never_counted(tmp_path: Path) -> None:
+    limiter = HostRateLimiter(CounterStore(tmp_path / "limits.db"))
+    principal = Principal(user_id=1, token_id=9)
+    for _ in range(3):
+        await limiter.admit(principal)
+    assert not (tmp_path / "limits.db").exists()
+    await limiter.aclose()
