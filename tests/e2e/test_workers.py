@@ -1,0 +1,272 @@
+"""`chatgate serve --workers 2`: two processes on one port, one engine process, limits shared without Redis.
+
+Each test picks its connections by the worker that accepted them (read from /proc: which process
+holds the server's end of the connection), so a request is known to run on one worker or the
+other, never left to chance.
+"""
+
+import http.client
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.e2e import infra
+from tests.e2e.conftest import SMALL, well_inside_a_minute
+from tests.e2e.infra import API_KEY, ROOT
+
+T = TypeVar("T")
+CATALOGUE = f"""
+models:
+  - name: {SMALL}
+    deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 1}}
+"""
+HI: dict[str, Any] = {"model": SMALL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
+# Far longer than any test waits for: the small model's end of turn is banned, so it cannot stop early.
+LONG: dict[str, Any] = {
+    "model": SMALL,
+    "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+    "max_tokens": 1500,
+    "temperature": 0,
+    "logit_bias": {"2": -100},
+    "stream": True,
+}
+
+
+@dataclass
+class Workers:
+    process: subprocess.Popen[bytes]
+    port: int
+    env: dict[str, str]
+    log: Path
+    opened: list[http.client.HTTPConnection] = field(default_factory=list)
+
+    def descendants(self) -> list[int]:
+        return _descendants(self.process.pid)
+
+    def workers(self) -> list[int]:
+        return [pid for pid in self.descendants() if "spawn_main" in _cmdline(pid)]
+
+    def engines(self) -> list[int]:
+        return [pid for pid in self.descendants() if "chatgate engine" in _cmdline(pid)]
+
+    def connection(self, worker: int) -> http.client.HTTPConnection:
+        """A keep-alive connection that ``worker`` accepted."""
+        for _ in range(100):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            if _holder(conn, self.port, self.workers()) == worker:
+                self.opened.append(conn)
+                return conn
+            conn.close()
+        raise AssertionError(f"worker {worker} accepted none of 100 connections")
+
+    def cli(self, *args: str) -> str:
+        command = [sys.executable, "-m", "chatgate", *args]
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, check=True).stdout
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _holder(conn: http.client.HTTPConnection, port: int, pids: list[int]) -> int | None:
+    """The process holding the server's end of ``conn``."""
+    assert conn.sock is not None
+    client_port = conn.sock.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":")[1], fields[2].split(":")[1]
+        if int(local, 16) == port and int(remote, 16) == client_port:
+            inode = fields[9]
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    workdir = tmp_path_factory.mktemp("workers")
+    (workdir / "catalogue.yaml").write_text(CATALOGUE)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONTRACEMALLOC"},
+        "CHATGATE_API_KEY": API_KEY,
+        "CHATGATE_DATA_DIR": str(workdir / "data"),
+        "CHATGATE_MODEL_DIR": str(ROOT / ".chatgate" / "models"),
+        "CHATGATE_CATALOGUE": str(workdir / "catalogue.yaml"),
+        "CHATGATE_ENGINE_THREADS": "1",
+        "CHATGATE_USAGE_FLUSH_SECONDS": "0.2",
+        "CHATGATE_MAX_QUEUE": "1",
+        "CHATGATE_DRAIN_SECONDS": "300",  # the drain test's stream must end on its own, however busy the machine
+    }
+    subprocess.run([sys.executable, "-m", "chatgate", "migrate"], env=env, check=True, capture_output=True)
+    port, log = infra.free_port(), workdir / "server.log"
+    command = [sys.executable, "-m", "chatgate", "serve", "--port", str(port), "--workers", "2"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "listening" in log.read_text() or process.poll() is not None, 300)
+        assert process.poll() is None, log.read_text()
+        running = Workers(process, port, env, log)
+        wait_for(lambda: len(running.workers()) == 2, 30)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(autouse=True)
+def _close_connections(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "workers" in request.fixturenames:
+        running: Workers = request.getfixturevalue("workers")
+        for conn in running.opened:
+            conn.close()
+        running.opened.clear()
+
+
+def wait_for(check: Callable[[], T], timeout: float) -> T:
+    """Poll until check() is truthy (a bound on waiting, not a performance assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def post(
+    conn: http.client.HTTPConnection, body: dict[str, Any], key: str = API_KEY
+) -> http.client.HTTPResponse:
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers=headers)
+    return conn.getresponse()
+
+
+def engine_stats(conn: http.client.HTTPConnection) -> dict[str, Any]:
+    conn.request("GET", "/healthz")
+    stats: dict[str, Any] = json.loads(conn.getresponse().read())["models"][SMALL]
+    return stats
+
+
+def test_the_local_model_is_loaded_once_in_the_engine_process(workers: Workers) -> None:
+    engines, pids = workers.engines(), workers.workers()
+    assert len(engines) == 1 and len(pids) == 2
+
+    def llama_loaded(pid: int) -> bool:
+        return "libllama" in Path(f"/proc/{pid}/maps").read_text()
+
+    assert llama_loaded(engines[0])
+    assert not any(llama_loaded(pid) for pid in pids)
+    for pid in pids:  # and both workers answer from it
+        response = post(workers.connection(pid), HI)
+        assert response.status == 200
+        assert json.loads(response.read())["usage"]["completion_tokens"] == 2
+
+
+def test_a_tokens_requests_per_minute_hold_across_workers(workers: Workers) -> None:
+    email = f"workers-{time.time_ns()}@example.com"
+    key = workers.cli("keys", "create", "--user", email, "--rpm", "4").strip().splitlines()[-1]
+    well_inside_a_minute()
+    one, other = (workers.connection(pid) for pid in workers.workers())  # idle ones close after 5 s
+    statuses = []
+    for i in range(6):
+        response = post(one if i % 2 == 0 else other, HI, key)
+        response.read()
+        statuses.append(response.status)
+    assert statuses == [200] * 4 + [429] * 2
+    assert response.getheader("x-ratelimit-limit-requests") == "4"
+    assert response.getheader("x-ratelimit-remaining-requests") == "0"
+
+
+def test_one_engine_queue_for_all_workers_and_a_client_that_leaves_frees_its_slot(workers: Workers) -> None:
+    """One instance and a queue of one: the first stream generates, the second waits, and a third
+    request, on the other worker, finds the queue full (429). Then both clients leave."""
+    first_worker, second_worker = workers.workers()
+    before = engine_stats(workers.connection(first_worker))["cancelled"]
+    first = workers.connection(first_worker)
+    generating = post(first, LONG)
+    assert generating.status == 200
+    generating.readline()  # its first chunk: it holds the engine's only instance
+    second = workers.connection(second_worker)
+    second.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(LONG),
+        headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
+    )
+    third = workers.connection(first_worker)
+    wait_for(lambda: engine_stats(third)["queued"] == 1, 30)
+
+    refused = post(third, HI)
+    body = json.loads(refused.read())
+    assert refused.status == 429
+    assert body["error"]["code"] == "too_many_requests"
+    assert int(refused.getheader("retry-after") or 0) >= 1
+
+    first.close()  # both clients leave: the engine stops the generation and drops the waiter
+    second.close()
+    stats = wait_for(lambda: (s := engine_stats(third))["busy"] == 0 and s["queued"] == 0 and s, 30)
+    assert stats["cancelled"] >= before + 1
+
+
+def test_sigterm_drains_a_stream_in_flight_then_exits(workers: Workers) -> None:
+    """Runs last in this module: it stops the server."""
+    conn = workers.connection(workers.workers()[0])
+    body = {**LONG, "max_tokens": 12, "stream_options": {"include_usage": True}}
+    response = post(conn, body)
+    trace_id = response.getheader("x-request-id")
+    assert response.readline().startswith(b"data: ")
+    workers.process.send_signal(signal.SIGTERM)
+
+    rest = response.read().decode()  # the stream goes on to its end
+    frames = [line.removeprefix("data: ") for line in rest.splitlines() if line.startswith("data: ")]
+    assert frames[-1] == "[DONE]"
+    assert json.loads(frames[-2])["usage"]["completion_tokens"] == 12
+    assert workers.process.wait(timeout=60) == 0
+    assert not workers.descendants()
+    late = http.client.HTTPConnection("127.0.0.1", workers.port, timeout=5)
+    with pytest.raises(OSError):  # nothing listens any more
+        late.request("GET", "/healthz")
+    late.close()
+    database = Path(workers.env["CHATGATE_DATA_DIR"]) / "chatgate.db"
+    with sqlite3.connect(database) as db:
+        row = db.execute(
+            "SELECT status, completion_tokens FROM usage_log WHERE trace_id = ?", (trace_id,)
+        ).fetchone()
+    assert row == ("ok", 12)  # settled and written before the worker exited
