@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The system services the tests start for themselves: PostgreSQL, Redis, and Chromium for the console.
+# The system services the tests start for themselves: PostgreSQL, Redis, Chromium for the console, and
+# nginx (the load balancer in front of replicas in tests/e2e/test_topology.py).
 # As root, install whatever is missing; otherwise say what to run and stop.
 set -euo pipefail
 
@@ -7,14 +8,15 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "==> installing system packages: ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then
   echo "These are missing. As root, run:" >&2
-  echo "  apt-get update && apt-get install -y postgresql redis-server chromium" >&2
+  echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
-apt-get install -y postgresql redis-server chromium
+apt-get install -y "${missing[@]}"
