@@ -18,6 +18,7 @@ cancelled request settles for what it delivered), writes its pending usage, and 
 supervisor drains its workers first and stops the engine last.
 """
 
+import atexit
 import contextlib
 import logging
 import os
@@ -29,7 +30,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
+from queue import Queue
 from typing import Any
 
 import uvicorn
@@ -45,16 +48,35 @@ ENGINE_START_SECONDS = 600.0  # assembling and verifying model files can take mi
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    """Log lines go to stderr from a thread of their own: a write to a slow pipe or terminal never
+    holds up the event loop (the request log writes a line for every request)."""
+    root, requests_log = logging.getLogger(), logging.getLogger("chatgate.requests")
+    if any(isinstance(h, QueueHandler) for h in root.handlers):
+        return  # already done in this process
+    plain = logging.StreamHandler()
+    plain.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    bare = logging.StreamHandler()  # one JSON line per request, as is
+    bare.setFormatter(logging.Formatter("%(message)s"))
+    queue: Queue[logging.LogRecord] = Queue()
+    listener = QueueListener(queue, _Route(plain, bare), respect_handler_level=False)
+    listener.start()
+    atexit.register(listener.stop)  # what is queued is written before the process exits
+    root.handlers[:] = [QueueHandler(queue)]
+    root.setLevel(settings.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per upstream call
-    requests_log = logging.getLogger("chatgate.requests")  # one JSON line per request, as is
-    if not requests_log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        requests_log.addHandler(handler)
-    requests_log.propagate = False
+    requests_log.handlers[:] = []
+    requests_log.propagate = True  # through the root's queue; _Route writes it bare
+
+
+class _Route(logging.Handler):
+    """The listener's one handler: request lines bare, everything else with time, level and name."""
+
+    def __init__(self, plain: logging.Handler, bare: logging.Handler) -> None:
+        super().__init__()
+        self._plain, self._bare = plain, bare
+
+    def emit(self, record: logging.LogRecord) -> None:
+        (self._bare if record.name == "chatgate.requests" else self._plain).handle(record)
 
 
 def serve(settings: Settings, progress: Progress | None = None) -> int:
