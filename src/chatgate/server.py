@@ -170,10 +170,11 @@ class Workers(Multiprocess):
 
     def init_processes(self) -> None:
         super().init_processes()
-        for process in self.processes:
-            process.wait_until_ready(ENGINE_START_SECONDS, self.should_exit)
-        if not self.should_exit.is_set():
-            self._ready()
+        ready = [
+            process.wait_until_ready(ENGINE_START_SECONDS, self.should_exit) for process in self.processes
+        ]
+        if all(ready):
+            self._ready()  # else a worker failed to start: the supervisor's next round stops everything
 
     def keep_subprocess_alive(self) -> None:
         super().keep_subprocess_alive()

@@ -218,3 +218,15 @@ def test_the_default_body_limit_is_what_the_largest_allowed_request_needs(
     assert Settings().body_limit == 4_000_000 + 4 * 2**20
     monkeypatch.setenv("CHATGATE_MAX_BODY_BYTES", "2048")
     assert Settings().body_limit == 2048
+
+
+def test_one_worker_in_development_one_per_cpu_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHATGATE_WORKERS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert Settings().worker_count == 1
+    assert Settings(env="production", api_key="x" * 32).worker_count == 6
+    assert Settings(env="production", api_key="x" * 32, workers=2).worker_count == 2
+    monkeypatch.setenv("CHATGATE_WORKERS", "3")
+    assert Settings().worker_count == 3
+    with pytest.raises(ValidationError, match="workers"):
+        Settings(workers=0)
