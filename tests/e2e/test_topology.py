@@ -18,10 +18,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -30,9 +30,8 @@ from PIL import Image
 
 from chatgate.providers.local import assets
 from tests.e2e import infra
-from tests.e2e.infra import API_KEY, ROOT
+from tests.e2e.infra import API_KEY, ROOT, wait_for
 
-T = TypeVar("T")
 GRANTED = 1_000_000  # each user's free credits
 MODEL = "smol"
 ASK: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3}
@@ -112,16 +111,6 @@ class Topology:
     def new_key(self, *options: str) -> str:
         email = f"topology-{time.time_ns()}@example.com"
         return self.cli("keys", "create", "--user", email, *options).strip().splitlines()[-1]
-
-
-def wait_for(check: Callable[[], T], timeout: float) -> T:
-    """Poll until check() is truthy (a bound on waiting, not a performance assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.e2e import infra
 from tests.e2e.conftest import SMALL, well_inside_a_minute
-from tests.e2e.infra import API_KEY, ROOT
+from tests.e2e.infra import API_KEY, ROOT, wait_for
 
-T = TypeVar("T")
 CATALOGUE = f"""
 models:
   - name: {SMALL}
@@ -158,16 +157,6 @@ def _close_connections(request: pytest.FixtureRequest) -> Iterator[None]:
         for conn in running.opened:
             conn.close()
         running.opened.clear()
-
-
-def wait_for(check: Callable[[], T], timeout: float) -> T:
-    """Poll until check() is truthy (a bound on waiting, not a performance assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def post(
