@@ -12,6 +12,8 @@ doing, and its latency runs from the moment its bytes are written to the last by
   the usage row; SQLite by default (``--database-url``, ``--redis-url`` for the replica set-up);
 - ``chatgate-w2`` (``--workers 1,2``): ``chatgate serve --workers 2`` on both cores, beside the
   load generator: what a second worker buys on this 2-core machine;
+- ``chatgate-nofreeze`` (``--no-freeze``): the same chatgate without ``gc.freeze()`` after start-up
+  (``chatgate/heap.py``), as it was before issue 18: what the collector's full passes cost;
 - ``bare``: ``bench/bare_relay.py`` on chatgate's server stack, doing nothing but pass the bytes on:
   the floor for any gateway built this way;
 - ``litellm`` (``--litellm``): LiteLLM's proxy (installed into ``.venv-litellm`` when missing).
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
     parser.add_argument("--redis-url", help="share rate limits through Redis")
     parser.add_argument("--no-bare", action="store_true", help="leave the bare relay out")
+    parser.add_argument("--no-freeze", action="store_true", help="add chatgate without gc.freeze()")
     parser.add_argument("--litellm", action="store_true", help="add LiteLLM's proxy")
     parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--json", action="store_true")
@@ -358,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
                 logfile = workdir / f"{name}.log"
                 pid = stack.enter_context(running(pinned(cpus, command), probed(env, probes), port, logfile))
                 paths.append(Path_(name, port, headers, pid))
+            if args.no_freeze:
+                port = free_port()
+                command = pinned(args.server_cpu, [PYTHON, "-m", "chatgate", "serve", "--port", str(port)])
+                unfrozen = {**probed(env, probes), "CHATGATE_BENCH_NO_FREEZE": "1"}
+                pid = stack.enter_context(running(command, unfrozen, port, workdir / "nofreeze.log"))
+                paths.append(Path_("chatgate-nofreeze", port, headers, pid))
             if not args.no_bare:
                 port = free_port()
                 bare = [PYTHON, str(ROOT / "bench" / "bare_relay.py"), "--port", str(port)]

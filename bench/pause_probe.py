@@ -153,6 +153,10 @@ def install(directory: str) -> None:
     gc.callbacks.append(probe.on_gc)
     if os.environ.get("CHATGATE_BENCH_PROBE_GARBAGE"):
         gc.set_debug(gc.DEBUG_SAVEALL)
+    if os.environ.get("CHATGATE_BENCH_NO_FREEZE"):  # chatgate as it was: start-up's objects collected too
+        import chatgate.heap
+
+        chatgate.heap.settle = lambda: None
     original = uvicorn.server.Server.startup
 
     async def startup(self: uvicorn.server.Server, sockets: Any = None) -> None:
