@@ -207,6 +207,8 @@ async def measure(args: argparse.Namespace, paths: list[Path_], probes: Path) ->
             each.close()
             if path.pid:
                 run.probe = pause_probe.summarise(pause_probe.read_probes(probes, asked))
+                if run.probe:  # CPU a request (or stream): what one core can sustain, whatever the load
+                    run.probe["cpu_ms_each"] = round(run.probe["cpu_ms"] / run.requests, 3)
                 asked = pause_probe.signal_probes(probes, path.pid)
                 pause_probe.read_probes(probes, asked)
             runs.append(run)
@@ -276,25 +278,32 @@ def added(runs: list[httpload.Run]) -> list[dict[str, Any]]:
 def print_report(report: dict[str, Any]) -> None:
     load = ", ".join(f"{x:.2f}" for x in report["load"])
     print(f"load average at the end: {load}")
-    head = f"{'path':<12}{'mode':<7}{'rate':>7}{'reqs':>7}{'err':>5}{'p50':>8}{'p90':>8}{'p99':>8}"
-    head += f"{'p99.9':>8}{'max':>8}{'lag':>7}{'stall':>8}{'gc2':>5}{'gc2 ms':>8}{'RSS':>7}"
+    print(
+        "(ms; lag: the client's own lateness at worst; stall: the longest event-loop stall, wall clock;"
+        " busy: the most CPU the loop spent between two wake-ups; gc2: full collections and the longest,"
+        " in CPU ms; cpu: the server's CPU ms a request)"
+    )
+    head = f"{'path':<18}{'mode':<7}{'rate':>7}{'reqs':>7}{'err':>5}{'p50':>9}{'p90':>9}{'p99':>9}"
+    head += (
+        f"{'p99.9':>9}{'max':>9}{'lag':>8}{'stall':>8}{'busy':>7}{'gc2':>4}{'gc2 ms':>7}{'cpu':>6}{'RSS':>7}"
+    )
     print(head)
     for r in report["runs"]:
         probe = r["probe"]
-        line = f"{r['name']:<12}{r['mode']:<7}{r['rate']:>5g}/s{r['requests']:>7}{r['errors']:>5}"
-        line += "".join(f"{r[k]:>8.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"))
-        line += f"{r['send_lag_max_ms']:>7.1f}"
+        line = f"{r['name']:<18}{r['mode']:<7}{r['rate']:>5g}/s{r['requests']:>7}{r['errors']:>5}"
+        line += "".join(f"{r[k]:>9.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"))
+        line += f"{r['send_lag_max_ms']:>8.1f}"
         if probe:
+            line += f"{probe['longest_stall_ms']:>8.2f}{probe['longest_busy_ms']:>7.2f}{probe['gc_gen2']:>4}"
             line += (
-                f"{probe['longest_stall_ms']:>8.2f}{probe['gc_gen2']:>5}{probe['gc_gen2_longest_ms']:>8.2f}"
+                f"{probe['gc_gen2_longest_cpu_ms']:>7.2f}{probe['cpu_ms_each']:>6.2f}{probe['rss_mib']:>7.1f}"
             )
-            line += f"{probe['rss_mib']:>7.1f}"
         print(line)
     print("added over direct (ms):")
     for a in report["added_ms"]:
         stall = f", longest stall {a['longest_stall_ms']:.2f}" if a["longest_stall_ms"] is not None else ""
         print(
-            f"  {a['path']:<12}{a['mode']:<7}{a['rate']:>6g}/s  p50 {a['p50']:+.2f}  p99 {a['p99']:+.2f}{stall}"
+            f"  {a['path']:<18}{a['mode']:<7}{a['rate']:>6g}/s  p50 {a['p50']:+.2f}  p99 {a['p99']:+.2f}{stall}"
         )
     if report["max_throughput"]:
         parts = [f"{name} {t['requests_per_s']} req/s" for name, t in report["max_throughput"].items()]

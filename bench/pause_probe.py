@@ -47,6 +47,7 @@ class Probe:
         self.longest_busy = 0.0  # of the main thread's CPU time within one wake-up's wait: load-independent
         self.stalls_over = {1: 0, 5: 0, 10: 0, 50: 0}  # milliseconds: how many wake-ups were that late
         self.ticks = 0
+        self.cpu_started = time.process_time()
         self.collected = 0  # objects the collections freed: garbage in reference cycles
         self.stacks: Counter[str] = Counter()  # where the loop was when a watchdog found it stuck
 
@@ -119,6 +120,7 @@ class Probe:
             "garbage_types": _garbage_types(),
             "stacks": [{"count": n, "stack": text} for text, n in self.stacks.most_common(8)],
             "rss_mib": rss_mib(os.getpid()),
+            "cpu_ms": round((time.process_time() - self.cpu_started) * 1000, 1),  # the whole process's
         }
         partial = self.directory / f"{os.getpid()}.part"
         partial.write_text(json.dumps(report))
@@ -231,6 +233,8 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "gc_gen2": sum(r["gc"]["2"]["count"] for r in reports),
         "gc_longest_ms": max(max(g["longest_ms"] for g in r["gc"].values()) for r in reports),
         "gc_gen2_longest_ms": max(r["gc"]["2"]["longest_ms"] for r in reports),
+        "gc_gen2_longest_cpu_ms": max(r["gc"]["2"]["longest_cpu_ms"] for r in reports),
         "gc_longest_cpu_ms": max(max(g["longest_cpu_ms"] for g in r["gc"].values()) for r in reports),
         "rss_mib": round(sum(r["rss_mib"] for r in reports), 1),
+        "cpu_ms": round(sum(r["cpu_ms"] for r in reports), 1),
     }
