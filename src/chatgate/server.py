@@ -139,6 +139,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
             "CHATGATE_WORKERS": str(workers),
         }
     )
+    master_key(settings)  # a development key is made here, once, so that every worker reads the same one
     config = _config("chatgate.server:worker_app", settings, factory=True, workers=workers)
     sock = config.bind_socket()
     host, port = sock.getsockname()[:2]
