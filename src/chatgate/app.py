@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from chatgate.providers.local.pool import ThreadBudget
 
 log = logging.getLogger("chatgate")
+SETTLE_SECONDS = 10.0  # at shutdown, after the drain: how long cancelled requests get to settle
 
 Progress = assets.Progress
 
@@ -247,7 +248,9 @@ def has_local_models(settings: Settings) -> bool:
 class Engines:
     """Builds each deployment's provider: upstreams here; local models here too, or, when the server
     runs several workers (``settings.engine_socket``), as links to the one engine process that serves
-    them all. The local engine's modules (llama.cpp) are imported only when a local model runs here."""
+    them all (each worker keeps only the model's vocabulary, to check and bound requests before they
+    are admitted). The local engine's modules (llama.cpp) are imported only when a local model is
+    in the catalogue."""
 
     def __init__(
         self,
@@ -271,14 +274,14 @@ class Engines:
         """A deployment's provider and its system fingerprint (an upstream's is the one it sends, if any)."""
         if isinstance(deployment, UpstreamDeployment):
             return UpstreamProvider(deployment, self.relay), None  # an upstream's is the one it sends
+        fingerprint = _fingerprint(deployment)
         if self.link is not None:
             name = f"local:{deployment.asset or deployment.path}"
-            return SharedEngineProvider(self.link, deployment_key(model, index), name), _fingerprint(
-                deployment
-            )
-        return self._local(deployment), _fingerprint(deployment)
+            planner = self._local(deployment, plans_only=True)  # the vocabulary, not the weights
+            return SharedEngineProvider(self.link, deployment_key(model, index), name, planner), fingerprint
+        return self._local(deployment), fingerprint
 
-    def _local(self, deployment: LocalDeployment) -> AnyProvider:
+    def _local(self, deployment: LocalDeployment, *, plans_only: bool = False) -> AnyProvider:
         from chatgate.providers.local.pool import ThreadBudget
         from chatgate.providers.local.provider import LocalProvider
 
@@ -296,6 +299,7 @@ class Engines:
             max_queue=self.settings.max_queue,
             fingerprint=_fingerprint(deployment),
             heavy=self.heavy,
+            plans_only=plans_only,
         )
 
 
@@ -377,6 +381,16 @@ def _name(deployment: LocalDeployment | UpstreamDeployment, provider: AnyProvide
 
 def _limit(deployment: LocalDeployment | UpstreamDeployment) -> int | None:
     return deployment.max_concurrency if isinstance(deployment, UpstreamDeployment) else None
+
+
+async def _settled(metering: Metering, seconds: float) -> None:
+    """Wait (at most ``seconds``) for the requests this process still holds credits for: at shutdown,
+    those cancelled at the drain deadline settle, for what they delivered, on their way out."""
+    deadline = time.monotonic() + seconds
+    while metering.in_flight() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    if metering.in_flight():
+        log.warning("%d requests had not settled at shutdown; a sweep refunds them", len(metering.in_flight()))
 
 
 async def _sweep_files(files: FileStore, every: float = 600.0) -> None:
@@ -482,6 +496,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         try:
             yield
         finally:
+            await _settled(services.metering, SETTLE_SECONDS)
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper

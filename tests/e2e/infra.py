@@ -181,7 +181,7 @@ def process(
     env: dict[str, str] | None = None,
     timeout: float = 120,
     cwd: str | None = None,
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """Any server started as a subprocess, ready once its port accepts connections."""
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
@@ -195,7 +195,7 @@ def process(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{command[:3]} did not listen on {port}")
             time.sleep(0.1)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:

@@ -5,10 +5,12 @@ holds the server's end of the connection), so a request is known to run on one w
 other, never left to chance.
 """
 
+import contextlib
 import http.client
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -177,11 +179,13 @@ def test_the_local_model_is_loaded_once_in_the_engine_process(workers: Workers) 
     engines, pids = workers.engines(), workers.workers()
     assert len(engines) == 1 and len(pids) == 2
 
-    def llama_loaded(pid: int) -> bool:
-        return "libllama" in Path(f"/proc/{pid}/maps").read_text()
+    def weights_mapped(pid: int) -> bool:
+        return ".gguf" in Path(f"/proc/{pid}/maps").read_text()
 
-    assert llama_loaded(engines[0])
-    assert not any(llama_loaded(pid) for pid in pids)
+    # The workers read the model's vocabulary (to check and bound requests before admitting them),
+    # never its weights.
+    assert weights_mapped(engines[0])
+    assert not any(weights_mapped(pid) for pid in pids)
     for pid in pids:  # and both workers answer from it
         response = post(workers.connection(pid), HI)
         assert response.status == 200
@@ -232,6 +236,112 @@ def test_one_engine_queue_for_all_workers_and_a_client_that_leaves_frees_its_slo
     second.close()
     stats = wait_for(lambda: (s := engine_stats(third))["busy"] == 0 and s["queued"] == 0 and s, 30)
     assert stats["cancelled"] >= before + 1
+
+
+def _reservations(workers: Workers) -> dict[str, int]:
+    """Each open reservation's request id, and the pid of the worker holding it."""
+    database = Path(workers.env["CHATGATE_DATA_DIR"]) / "chatgate.db"
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT r.trace_id, l.pid FROM reservations r JOIN leases l ON l.owner = r.owner"
+        ).fetchall()
+    return {trace: pid for trace, pid in rows}
+
+
+def _logged(workers: Workers, trace_id: str) -> tuple[str, str | None, int]:
+    database = Path(workers.env["CHATGATE_DATA_DIR"]) / "chatgate.db"
+    with sqlite3.connect(database) as db:
+        row = db.execute(
+            "SELECT status, error_code, cost FROM usage_log WHERE trace_id = ?", (trace_id,)
+        ).fetchone()
+    assert row is not None, trace_id
+    return row[0], row[1], int(row[2])
+
+
+def test_a_worker_that_starts_leaves_a_live_siblings_reservations_alone(workers: Workers) -> None:
+    """Each worker holds its reservations under a lease of its own: when one is killed, the worker
+    that replaces it refunds the dead one's at start-up, and leaves its live sibling's alone."""
+    email = f"sibling-{time.time_ns()}@example.com"
+    key = workers.cli("keys", "create", "--user", email).strip().splitlines()[-1]
+    survivor, victim = workers.workers()
+    ids = {pid: f"sibling-{pid}-{time.time_ns()}" for pid in (survivor, victim)}
+    first = workers.connection(survivor)
+    assert first.sock is not None
+    first.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # unread, it holds the stream back
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    first.request(
+        "POST", "/v1/chat/completions", json.dumps(LONG), {**headers, "x-request-id": ids[survivor]}
+    )
+    generating = first.getresponse()
+    assert generating.status == 200
+    generating.readline()  # it holds the engine's one instance
+    second = workers.connection(victim)  # waits in the engine's queue, its credits reserved
+    second.request("POST", "/v1/chat/completions", json.dumps(LONG), {**headers, "x-request-id": ids[victim]})
+    wait_for(lambda: _reservations(workers) == {ids[survivor]: survivor, ids[victim]: victim}, 30)
+
+    os.kill(victim, signal.SIGKILL)
+    # Its replacement starts, and its start-up sweep gives back what the dead worker held.
+    wait_for(lambda: len(workers.workers()) == 2 and ids[victim] not in _reservations(workers), 120)
+    assert _reservations(workers) == {ids[survivor]: survivor}  # the live sibling's stream is untouched
+    assert _logged(workers, ids[victim]) == ("error", "interrupted", 0)
+
+    rest = generating.read().decode()  # the survivor's stream ends normally and is charged in full
+    assert rest.rstrip().endswith("data: [DONE]")
+    status, code, cost = _logged(workers, ids[survivor])
+    assert (status, code) == ("ok", None) and cost > 0
+    assert "ledger verified" in workers.cli("ledger", "verify")
+
+
+def test_past_the_drain_deadline_a_stream_is_cut_and_charged_for_what_it_delivered(
+    tmp_path: Path,
+) -> None:
+    """One process, a drain of one second: SIGTERM cuts a long stream at the deadline, and the
+    process settles it (delivered tokens charged, the rest refunded) before it exits."""
+    (tmp_path / "catalogue.yaml").write_text(CATALOGUE)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONTRACEMALLOC"},
+        "CHATGATE_API_KEY": API_KEY,
+        "CHATGATE_DATA_DIR": str(tmp_path / "data"),
+        "CHATGATE_MODEL_DIR": str(ROOT / ".chatgate" / "models"),
+        "CHATGATE_CATALOGUE": str(tmp_path / "catalogue.yaml"),
+        "CHATGATE_ENGINE_THREADS": "1",
+        "CHATGATE_DRAIN_SECONDS": "1",
+    }
+    run = [sys.executable, "-m", "chatgate"]
+    subprocess.run([*run, "migrate"], env=env, check=True, capture_output=True)
+    key = (
+        subprocess.run(
+            [*run, "keys", "create", "--user", "drain@example.com"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    port = infra.free_port()
+    command = [*run, "serve", "--port", str(port)]
+    with infra.process(command, port, tmp_path / "server.log", env, timeout=300) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        response = post(conn, LONG, key)
+        trace_id = response.getheader("x-request-id")
+        assert response.readline().startswith(b"data: ")
+        server.send_signal(signal.SIGTERM)
+        with contextlib.suppress(http.client.HTTPException, OSError):
+            response.read()  # cut at the deadline, long before its 1,500 tokens
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM)
+        conn.close()
+    with sqlite3.connect(tmp_path / "data" / "chatgate.db") as db:
+        status, prompt, completion, cost = db.execute(
+            "SELECT status, prompt_tokens, completion_tokens, cost FROM usage_log WHERE trace_id = ?",
+            (trace_id,),
+        ).fetchone()
+        assert db.execute("SELECT count(*) FROM reservations").fetchone() == (0,)
+    assert status == "cancelled"
+    assert 0 < completion < 1500 and cost == prompt + completion  # one credit a token
+    verified = subprocess.run([*run, "ledger", "verify"], env=env, capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout
 
 
 def test_sigterm_drains_a_stream_in_flight_then_exits(workers: Workers) -> None:

@@ -56,6 +56,13 @@ class EnginePool:
         self._waiters: deque[asyncio.Future[Slot]] = deque()
         self._mean_seconds = 5.0
 
+    def load_vocabulary(self) -> None:
+        """Only the model's vocabulary (no weights, no instance): enough to tokenize and plan requests
+        that an engine elsewhere runs (a worker of ``chatgate serve --workers N``)."""
+        self.llama = llama_cpp.Llama(
+            model_path=str(self.path), vocab_only=True, n_ctx=8, n_threads=1, verbose=False
+        )
+
     def load(self) -> None:
         self.llama = llama_cpp.Llama(
             model_path=str(self.path),
@@ -167,4 +174,5 @@ class EnginePool:
         for slot in self.slots:
             slot.sequence.close()  # the contexts before the weights they use
         self.slots.clear()
-        self.llama.close()
+        if self.llama is not None:
+            self.llama.close()

@@ -101,8 +101,12 @@ class LocalProvider:
         max_queue: int,
         fingerprint: str,
         heavy: HeavyWork | None = None,
+        plans_only: bool = False,
     ) -> None:
         self.heavy = heavy or HeavyWork(None, slots=2)
+        # Plans only: the vocabulary and template, to check and bound requests (``prepare``) that an
+        # engine process runs; no instance is loaded and ``run`` is not called.
+        self.plans_only = plans_only
         self.context_length = deployment.context_length
         self.fingerprint = fingerprint
         self.pool = EnginePool(
@@ -115,7 +119,7 @@ class LocalProvider:
         self._template: ChatTemplate | None = None
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.pool.load)
+        await asyncio.to_thread(self.pool.load_vocabulary if self.plans_only else self.pool.load)
         llama = self.pool.tokenizer
         model = llama._model
         self._add_bos = bool(model.add_bos_token())

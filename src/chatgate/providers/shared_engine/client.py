@@ -1,10 +1,14 @@
 """A worker's side of the shared engine: a Provider whose local model runs in the engine process.
 
-Each request is one HTTP exchange over the engine's Unix socket: the request goes in as JSON, the
-provider events come back one line each (``wire``), exactly as the engine's own LocalProvider
-yields them, errors included. Closing the stream early (the client left) hangs up the exchange,
-and the engine stops the generation. Load and health are read from the engine once a second,
-for ``/healthz``, ``/readyz`` and ``/metrics``.
+``prepare`` runs here, in the worker, exactly as in a single process: the worker holds the model's
+vocabulary and chat template (``LocalProvider`` with ``plans_only``; no weights, no instance), so a
+request is checked and its cost bounded, to the token, before it is admitted, and a refusal costs
+nothing and never reaches the engine. ``run`` is one HTTP exchange over the engine's Unix socket:
+the request goes in as JSON, the engine plans it again with the same model and runs it, and its
+provider events come back one line each (``wire``), exactly as its LocalProvider yields them
+(``Accepted`` once an instance took it, errors included). Closing the stream early (the client
+left) hangs up the exchange, and the engine stops the generation. Load and health are read from
+the engine once a second, for ``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
 import asyncio
@@ -19,7 +23,7 @@ import aiohttp
 
 from chatgate.errors import ChatgateError, EngineFailure
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import ProviderEvent
+from chatgate.providers.base import AnyProvider, Plan, ProviderEvent
 from chatgate.providers.shared_engine import wire
 
 log = logging.getLogger("chatgate.engine")
@@ -77,18 +81,26 @@ class EngineLink:
 
 
 class SharedEngineProvider:
-    """One local deployment, served by the engine process under ``key``."""
+    """One local deployment, served by the engine process under ``key``; ``planner`` is the same
+    deployment's LocalProvider in plans-only mode (its ``prepare`` alone is used)."""
 
-    def __init__(self, link: EngineLink, key: str, name: str) -> None:
+    def __init__(self, link: EngineLink, key: str, name: str, planner: AnyProvider) -> None:
         self._link = link
+        self._planner = planner
         self.key = key
         self.name = name
 
     async def start(self) -> None:
+        await self._planner.start()
         await self._link.start()
 
     async def aclose(self) -> None:
         await self._link.aclose()
+        await self._planner.aclose()
+
+    def prepare(self, request: ChatCompletionRequest) -> Plan:
+        plan: Plan = self._planner.prepare(request)
+        return plan
 
     def stats(self) -> dict[str, int]:
         entry = self._link.stats.get(self.key, {})
@@ -102,9 +114,9 @@ class SharedEngineProvider:
             {**h, "deployment": self.name, "up": bool(h.get("up")) and self._link.up} for h in entry["health"]
         ]
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
-        body = request.model_dump_json(by_alias=True).encode()
-        url = "http://engine/stream/" + quote(self.key, safe="")
+    async def run(self, plan: Plan) -> AsyncGenerator[ProviderEvent, None]:
+        body = plan.request.model_dump_json(by_alias=True).encode()
+        url = "http://engine/run/" + quote(self.key, safe="")
         try:
             response = await self._link.session.post(
                 url, data=body, headers={"content-type": "application/json"}

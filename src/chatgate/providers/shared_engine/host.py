@@ -1,8 +1,9 @@
 """The engine process's side: the local models, loaded once, served to every worker over a Unix socket.
 
 A plain ASGI app (run by uvicorn on the socket ``chatgate serve --workers N`` makes in the data
-dir). ``POST /stream/{key}`` takes a chat request for one local deployment and answers with its
-provider events, one JSON line each (``wire``), ending with a domain error line if it failed;
+dir). ``POST /run/{key}`` takes a chat request for one local deployment (admitted by the worker,
+which has reserved its credits on the bound of the same plan), plans it and runs it, and answers
+with its provider events, one JSON line each (``wire``), ending with a domain error line if it failed;
 ``GET /stats`` reports every deployment's load and health. The engine's own rules hold unchanged,
 since it is the same LocalProvider a single process runs: one queue per model shared by all
 workers (a full one is a 429 in whichever worker asked), one thread budget for the machine, exact
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 
 from chatgate.errors import ChatgateError, EngineFailure, InvalidRequest, ModelNotFound
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Provider
+from chatgate.providers.base import AnyProvider
 from chatgate.providers.shared_engine import wire
 
 log = logging.getLogger("chatgate.engine")
@@ -33,7 +34,7 @@ NDJSON = [(b"content-type", b"application/x-ndjson")]
 
 
 class EngineHost:
-    def __init__(self, providers: dict[str, Provider]) -> None:
+    def __init__(self, providers: dict[str, AnyProvider]) -> None:
         self.providers = providers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -45,8 +46,8 @@ class EngineHost:
         path, method = scope["path"], scope["method"]
         if method == "GET" and path == "/stats":
             await _answer(send, 200, json.dumps(self.stats()).encode())
-        elif method == "POST" and path.startswith("/stream/"):
-            await self._stream(path.removeprefix("/stream/"), receive, send)
+        elif method == "POST" and path.startswith("/run/"):
+            await self._run(path.removeprefix("/run/"), receive, send)
         else:
             await _answer(send, 404, b'{"detail": "not found"}')
 
@@ -74,7 +75,7 @@ class EngineHost:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _stream(self, key: str, receive: Receive, send: Send) -> None:
+    async def _run(self, key: str, receive: Receive, send: Send) -> None:
         body = b""
         while True:
             message = await receive()
@@ -108,7 +109,11 @@ class EngineHost:
         except ValidationError as exc:
             await line(wire.encode_error(InvalidRequest(f"The engine could not read the request: {exc}")))
             return
-        events = provider.stream(request)
+        try:
+            events = provider.run(provider.prepare(request))
+        except ChatgateError as exc:
+            await line(wire.encode_error(exc))
+            return
         try:
             async for event in events:
                 await line(wire.encode(event))

@@ -15,19 +15,17 @@ from pydantic import TypeAdapter
 from chatgate.errors import ChatgateError
 from chatgate.protocol.responses import Annotation, TokenLogprob
 from chatgate.providers.base import (
+    Accepted,
     Citations,
     Finished,
     ProviderEvent,
-    Running,
-    Started,
     TextDelta,
     ToolCallDelta,
     UsageReport,
 )
 
 EVENTS: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (Started, Running, TextDelta, ToolCallDelta, Finished, UsageReport, Citations)
+    cls.__name__: cls for cls in (Accepted, TextDelta, ToolCallDelta, Finished, UsageReport, Citations)
 }
 _LOGPROBS = TypeAdapter(list[TokenLogprob] | None)
 _ANNOTATIONS = TypeAdapter(list[Annotation])

@@ -5,11 +5,10 @@ import pytest
 from chatgate.errors import ChatgateError, EngineBusy, InvalidRequest, NotImplementedFeature, UpstreamRefused
 from chatgate.protocol.responses import Annotation, TokenLogprob, TopLogprob, UrlCitation
 from chatgate.providers.base import (
+    Accepted,
     Citations,
     Finished,
     ProviderEvent,
-    Running,
-    Started,
     TextDelta,
     ToolCallDelta,
     UsageReport,
@@ -27,8 +26,7 @@ CITATION = Annotation(
     url_citation=UrlCitation(url="https://example.com/", title="Example", start_index=0, end_index=4),
 )
 EVENTS: list[ProviderEvent] = [
-    Started(prompt_tokens=31, max_completion_tokens=512, extra_cost=7, prompt_estimate=29),
-    Running(),
+    Accepted(prompt_tokens=31),
     TextDelta("Hello \u00e9\U0001f600", index=1, logprobs=[LOGPROB], tokens=2, refusal=False),
     TextDelta("no", refusal=True),
     ToolCallDelta(call_index=0, arguments='{"a": 1}', call_id="call_1", name="f", index=0, tokens=5),
@@ -81,7 +79,7 @@ def test_an_unknown_error_class_is_still_a_domain_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "line", [b"not json\n", b'{"no": "type"}\n', b'{"type": "Nope"}\n', b'{"type": "Running", "x": 1}\n']
+    "line", [b"not json\n", b'{"no": "type"}\n', b'{"type": "Nope"}\n', b'{"type": "Accepted", "x": 1}\n']
 )
 def test_a_line_of_anything_else_is_a_wire_error(line: bytes) -> None:
     with pytest.raises(wire.WireError):
