@@ -35,7 +35,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -47,7 +46,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import BODY, Client, fixed_rate, free_port, log
+from gateway import BODY, export_source, free_port, log
+from httpload import Client, open_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -102,14 +102,6 @@ class Side:
 
     def alive(self) -> bool:
         return self.process.poll() is None
-
-
-def export_source(ref: str, into: Path) -> Path:
-    """The ref's ``src`` tree, exported from this repository (no checkout, no network)."""
-    archive = subprocess.run(["git", "archive", ref, "src"], cwd=ROOT, check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    return into / "src"
 
 
 def limit_memory(limit: int | None) -> Callable[[], None] | None:
@@ -266,13 +258,14 @@ async def added_latency(
     sides: list[Side], stub_port: int, rate: float, seconds: float, repeats: int
 ) -> dict[str, Any]:
     """bench/gateway.py's client: each side and the stub in turn, round after round."""
-    clients = {"direct": Client(stub_port, "/v1/chat/completions", {}, BODY)}
+    payload = json.dumps(BODY).encode()
+    clients = {"direct": Client(stub_port, "/v1/chat/completions", {}, payload)}
     for side in sides:
         clients[side.name] = Client(
-            side.port, "/v1/chat/completions", {"Authorization": f"Bearer {side.rich}"}, BODY
+            side.port, "/v1/chat/completions", {"Authorization": f"Bearer {side.rich}"}, payload
         )
     for client in clients.values():
-        await fixed_rate("warm-up", client, rate, 2)
+        await open_loop("warm-up", "plain", client, rate, 2)
     rounds: list[dict[str, dict[str, float]]] = []
     by_name = {side.name: side for side in sides}
     for round_ in range(repeats):
@@ -282,7 +275,7 @@ async def added_latency(
         for name, client in clients.items():
             server = by_name.get(name)
             cpu = server.cpu_seconds() if server is not None else 0.0
-            measured[name] = await fixed_rate(name, client, rate, seconds)
+            measured[name] = await open_loop(name, "plain", client, rate, seconds)
             if server is not None:  # the server's CPU a request: the machine's load inflates it less
                 cpu_ms[name] = (server.cpu_seconds() - cpu) * 1000 / measured[name].requests
         direct = measured["direct"]

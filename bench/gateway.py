@@ -34,11 +34,13 @@ Run from the repository root on an otherwise idle machine (check ``uptime``)::
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -110,6 +112,14 @@ def running(command: list[str], env: dict[str, str], port: int, logfile: Path) -
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def export_source(ref: str, into: Path) -> Path:
+    """The ref's ``src`` tree, exported from this repository (no checkout, no network)."""
+    archive = subprocess.run(["git", "archive", ref, "src"], cwd=ROOT, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
 
 
 def pinned(cpus: str, command: list[str]) -> list[str]:
@@ -338,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", help="share rate limits through Redis")
     parser.add_argument("--no-bare", action="store_true", help="leave the bare relay out")
     parser.add_argument("--no-freeze", action="store_true", help="add chatgate without gc.freeze()")
+    parser.add_argument("--before", help="add chatgate as of this git ref (its src exported), one worker")
     parser.add_argument("--litellm", action="store_true", help="add LiteLLM's proxy")
     parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--json", action="store_true")
@@ -370,6 +381,18 @@ def main(argv: list[str] | None = None) -> int:
                 logfile = workdir / f"{name}.log"
                 pid = stack.enter_context(running(pinned(cpus, command), probed(env, probes), port, logfile))
                 paths.append(Path_(name, port, headers, pid))
+            if args.before:
+                source = export_source(args.before, workdir / "before")
+                before = chatgate_env(workdir / "before", stub_port, args)
+                before["PYTHONPATH"] = str(source)
+                before_token = make_token(before)
+                port = free_port()
+                command = pinned(args.server_cpu, [PYTHON, "-m", "chatgate", "serve", "--port", str(port)])
+                pid = stack.enter_context(
+                    running(command, probed(before, probes), port, workdir / "before.log")
+                )
+                name = f"chatgate@{args.before}"[:18]
+                paths.append(Path_(name, port, {"Authorization": f"Bearer {before_token}"}, pid))
             if args.no_freeze:
                 port = free_port()
                 command = pinned(args.server_cpu, [PYTHON, "-m", "chatgate", "serve", "--port", str(port)])
