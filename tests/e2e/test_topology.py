@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from chatgate.providers.local import assets
+from chatgate.services.tokens import PREFIX_LENGTH
 from tests.e2e import infra
 from tests.e2e.infra import API_KEY, ROOT, wait_for
 
@@ -240,7 +241,7 @@ def logged_cost(database: str, key: str) -> int:
                 await conn.fetchval(
                     "SELECT coalesce(sum(u.cost), 0) FROM usage_log u JOIN api_tokens t ON t.user_id = u.user_id"
                     " WHERE t.prefix = $1",
-                    key[:12],
+                    key[:PREFIX_LENGTH],
                 )
             )
         finally:
