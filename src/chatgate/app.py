@@ -39,7 +39,6 @@ from chatgate.errors import ChatgateError, ConfigError
 from chatgate.providers.base import AnyProvider
 from chatgate.providers.browsing import search
 from chatgate.providers.browsing.provider import BrowsingProvider
-from chatgate.providers.embeddings import local as local_embeddings
 from chatgate.providers.embeddings.base import Embedder
 from chatgate.providers.embeddings.router import Choice, EmbeddingRouter
 from chatgate.providers.embeddings.upstream import UpstreamEmbedder
@@ -145,7 +144,7 @@ def build_registry(
     embedding_routes: list[EmbeddingRoute] = []
     for entry in catalogue.models:
         if entry.embeddings:
-            embedder = _embedder(settings, entry, outside, budget, progress)
+            embedder = _embedder(settings, entry, outside, engines, progress)
             embedding_routes.append(
                 EmbeddingRoute(entry.name, entry.owned_by, created, embedder, entry.price)
             )
@@ -197,10 +196,13 @@ def _embedder(
     settings: Settings,
     entry: CatalogueEntry,
     outside: Outside,
-    budget: ThreadBudget,
+    engines: "Engines",
     progress: Progress | None,
 ) -> Embedder:
-    """An embedding model's engine, or its upstreams and engines behind a router."""
+    """An embedding model's engine, or its upstreams and engines behind a router. The local
+    engine's modules (ONNX Runtime, the tokenizer) are imported only when a local model is used."""
+    from chatgate.providers.embeddings import local as local_embeddings
+
     choices: list[Choice] = []
     for deployment in entry.embeddings:
         embedder: Embedder
@@ -211,7 +213,7 @@ def _embedder(
             assert isinstance(deployment, LocalEmbeddingDeployment)
             encoder, longest = local_embeddings.load(deployment, settings.models_path, progress)
             embedder = local_embeddings.LocalEmbedder(
-                entry.name, deployment, encoder, longest, budget, heavy=outside.heavy
+                entry.name, deployment, encoder, longest, engines.budget(), heavy=outside.heavy
             )
             label, limit = f"local:{deployment.asset or deployment.path}", None
         choices.append(Choice(label, embedder, deployment.weight, limit))
@@ -281,12 +283,17 @@ class Engines:
             return SharedEngineProvider(self.link, deployment_key(model, index), name, planner), fingerprint
         return self._local(deployment), fingerprint
 
-    def _local(self, deployment: LocalDeployment, *, plans_only: bool = False) -> AnyProvider:
+    def budget(self) -> "ThreadBudget":
+        """The host's compute threads, one budget for every local model of this process."""
         from chatgate.providers.local.pool import ThreadBudget
-        from chatgate.providers.local.provider import LocalProvider
 
         if self._budget is None:
-            self._budget = ThreadBudget(self.settings.engine_threads)  # one for every local model
+            self._budget = ThreadBudget(self.settings.engine_threads)
+        return self._budget
+
+    def _local(self, deployment: LocalDeployment, *, plans_only: bool = False) -> AnyProvider:
+        from chatgate.providers.local.provider import LocalProvider
+
         if deployment.asset is not None:
             path = assets.ensure(assets.resolve(deployment.asset), self.settings.models_path, self.progress)
         else:
@@ -295,7 +302,7 @@ class Engines:
         return LocalProvider(
             path=path,
             deployment=deployment,
-            budget=self._budget,
+            budget=self.budget(),
             max_queue=self.settings.max_queue,
             fingerprint=_fingerprint(deployment),
             heavy=self.heavy,
@@ -390,7 +397,9 @@ async def _settled(metering: Metering, seconds: float) -> None:
     while metering.in_flight() and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     if metering.in_flight():
-        log.warning("%d requests had not settled at shutdown; a sweep refunds them", len(metering.in_flight()))
+        log.warning(
+            "%d requests had not settled at shutdown; a sweep refunds them", len(metering.in_flight())
+        )
 
 
 async def _sweep_files(files: FileStore, every: float = 600.0) -> None:
