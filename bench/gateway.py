@@ -181,15 +181,11 @@ def probed(env: dict[str, str], probes: Path) -> dict[str, str]:
 
 
 def make_token(env: dict[str, str]) -> str:
-    subprocess.run([PYTHON, "-m", "chatgate", "migrate"], env=env, check=True, capture_output=True)
-    created = subprocess.run(
-        [PYTHON, "-m", "chatgate", "keys", "create", "--user", "bench@example.com", *UNLIMITED],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return created.stdout.strip().splitlines()[-1]
+    for command in (["migrate"], ["keys", "create", "--user", "bench@example.com", *UNLIMITED]):
+        done = subprocess.run([PYTHON, "-m", "chatgate", *command], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"chatgate {command[0]} failed:\n{done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 async def measure(args: argparse.Namespace, paths: list[Path_], probes: Path) -> dict[str, Any]:
