@@ -26,7 +26,7 @@ CITATION = Annotation(
     url_citation=UrlCitation(url="https://example.com/", title="Example", start_index=0, end_index=4),
 )
 EVENTS: list[ProviderEvent] = [
-    Accepted(prompt_tokens=31),
+    Accepted(prompt_tokens=31, system_fingerprint="fp_0123456789"),
     TextDelta("Hello \u00e9\U0001f600", index=1, logprobs=[LOGPROB], tokens=2, refusal=False),
     TextDelta("no", refusal=True),
     ToolCallDelta(call_index=0, arguments='{"a": 1}', call_id="call_1", name="f", index=0, tokens=5),
