@@ -1,5 +1,6 @@
 // chatgate's console: a hash-routed single page over the /api JSON endpoints and the chat API.
 import uPlot from "uplot";
+import { adminTabs, auditPage, deploymentsPage, requestsPage } from "./admin.js";
 import { api, keys, session } from "./api.js";
 import { samples } from "./codegen.js";
 import { copy, field, fmt, h, toast, when } from "./dom.js";
@@ -421,7 +422,7 @@ async function usagePage() {
 // ---- admin ---------------------------------------------------------------------------------
 
 async function adminPage() {
-  const [{ data: users }, { data: models }] = await Promise.all([api("GET", "/api/admin/users"), api("GET", "/api/admin/models")]);
+  const { data: users } = await api("GET", "/api/admin/users");
   async function grant(u) {
     const credits = Number(prompt(`Credits to add for ${u.email} (negative removes)`, "100000"));
     if (!credits) return;
@@ -443,17 +444,12 @@ async function adminPage() {
   }
   show(
     h("h1", {}, "Admin"),
+    adminTabs("admin"),
     h(
       "section",
       { class: "card" },
       h("h2", {}, "Users"),
       h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ...["Email", "Credits", "Role", "State", ""].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, ...users.map((u) => h("tr", {}, h("td", {}, u.email), h("td", {}, fmt(u.credits)), h("td", {}, u.is_admin ? "admin" : "user"), h("td", {}, u.disabled ? "disabled" : "active"), h("td", { class: "actions" }, h("button", { class: "secondary small", onclick: () => grant(u) }, "Grant"), h("button", { class: u.disabled ? "small" : "danger small", onclick: () => toggle(u) }, u.disabled ? "Enable" : "Disable"))))))),
-    ),
-    h(
-      "section",
-      { class: "card" },
-      h("h2", {}, "Models and deployments"),
-      ...models.map((m) => h("div", { class: "model" }, h("h3", {}, m.id), h("ul", {}, ...m.deployments.map((d) => h("li", {}, h("span", { class: d.up ? "badge" : "badge off" }, d.up ? "up" : "down"), ` ${d.deployment}`))))),
     ),
   );
 }
@@ -499,15 +495,26 @@ function accountPage() {
 
 // ---- router --------------------------------------------------------------------------------
 
-const pages = { tokens: tokensPage, playground: playgroundPage, usage: usagePage, admin: adminPage, account: accountPage };
+const pages = {
+  tokens: tokensPage,
+  playground: playgroundPage,
+  usage: usagePage,
+  admin: adminPage,
+  "admin/deployments": () => deploymentsPage(show),
+  "admin/requests": () => requestsPage(show),
+  "admin/audit": () => auditPage(show),
+  account: accountPage,
+};
 
 async function route() {
-  const name = location.hash.replace(/^#\/?/, "") || "tokens";
-  if (!session.user && name !== "login") return (location.hash = "#/login");
-  if (name === "login") return loginPage();
-  for (const link of document.querySelectorAll("#nav a")) link.setAttribute("aria-current", link.hash === `#/${name}` ? "page" : "false");
+  const [name = "", query = ""] = location.hash.replace(/^#\/?/, "").split("?");
+  const page = name || "tokens";
+  if (!session.user && page !== "login") return (location.hash = "#/login");
+  if (page === "login") return loginPage();
+  const section = page.split("/")[0];
+  for (const link of document.querySelectorAll("#nav a")) link.setAttribute("aria-current", link.hash === `#/${section}` ? "page" : "false");
   try {
-    await (pages[name] || tokensPage)();
+    await (pages[page] || tokensPage)(new URLSearchParams(query));
   } catch (error) {
     if (error.status === 401) {
       await loadMe();

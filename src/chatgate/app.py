@@ -25,14 +25,17 @@ from chatgate.config import (
     BrowsingDeployment,
     Catalogue,
     CatalogueEntry,
+    HealthPolicy,
     ImageGenerationDeployment,
     LocalDeployment,
     LocalEmbeddingDeployment,
     Settings,
     UpstreamDeployment,
     UpstreamEmbeddingDeployment,
+    deployment_ids,
     effective_catalogue,
 )
+from chatgate.console import admin as console_admin
 from chatgate.console import api as console_api
 from chatgate.console import pages, reference
 from chatgate.errors import ChatgateError, ConfigError
@@ -56,9 +59,11 @@ from chatgate.providers.shared_engine.host import EngineHost
 from chatgate.providers.upstream import UpstreamProvider
 from chatgate.providers.web.fetch import GuardedFetcher
 from chatgate.services.accounts import AccountService
+from chatgate.services.audit import AuditLog
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import EmbeddingRoute, ModelRegistry, Route
 from chatgate.services.chat import ChatService
+from chatgate.services.deployments import DeploymentMonitor
 from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.files import FileService
 from chatgate.services.host_limits import HostRateLimiter
@@ -66,6 +71,7 @@ from chatgate.services.images import ImageService
 from chatgate.services.metering import Metering
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from chatgate.services.recovery import Recovery, new_owner
+from chatgate.services.requestlog import RequestLog
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import POSTGRES_BATCH_ROWS, UsageRecorder
 from chatgate.storage.counters import CounterStore
@@ -156,17 +162,25 @@ def build_registry(
             continue
         ordinary = _ordinary(entry)
         built = [engines.provider(entry.name, i, d) for i, d in enumerate(ordinary)]
-        provider: AnyProvider
-        fingerprint: str | None
-        if len(built) == 1 and isinstance(ordinary[0], LocalDeployment):
-            provider, fingerprint = built[0]
-        else:
-            deployments = [
-                Deployment(name=_name(d, p), provider=p, weight=d.weight, max_concurrency=_limit(d))
-                for d, (p, _) in zip(ordinary, built, strict=True)
-            ]
-            provider = RouterProvider(deployments, retries=entry.retries)
-            fingerprint = None  # each deployment tells its own, as it starts answering
+        deployments = [
+            Deployment(
+                name=_name(d, p),
+                provider=p,
+                weight=d.weight,
+                max_concurrency=_limit(d),
+                id=deployment_id,
+                model=entry.name,
+                kind="local" if isinstance(d, LocalDeployment) else "upstream",
+            )
+            for d, (p, _), deployment_id in zip(ordinary, built, deployment_ids(entry), strict=True)
+        ]
+        # Every deployment is behind a router, so the operator can disable any of them. A lone local
+        # engine is not retried: its full queue is a 429 at once, as it always was.
+        lone_local = len(built) == 1 and isinstance(ordinary[0], LocalDeployment)
+        provider: AnyProvider = RouterProvider(deployments, retries=0 if lone_local else entry.retries)
+        # A lone local engine's fingerprint is known now; several deployments each tell their own
+        # as they start answering.
+        fingerprint: str | None = built[0][1] if lone_local else None
         vision = all(d.vision for d in ordinary)
         routes.append(Route(entry.name, entry.owned_by, created, provider, fingerprint, entry.price, vision))
         aliases.update({alias: entry.name for alias in entry.aliases})
@@ -440,9 +454,17 @@ class Services:
     metering: Metering
     recovery: Recovery
     embeddings: EmbeddingService
+    deployments: DeploymentMonitor
+    audit: AuditLog
+    requests: RequestLog
 
 
-def build_services(settings: Settings, registry: ModelRegistry, outside: Outside | None = None) -> Services:
+def build_services(
+    settings: Settings,
+    registry: ModelRegistry,
+    outside: Outside | None = None,
+    health: HealthPolicy | None = None,
+) -> Services:
     db = Database(settings.database)
     limiter = build_limiter(settings)
     recorder = UsageRecorder(
@@ -472,6 +494,11 @@ def build_services(settings: Settings, registry: ModelRegistry, outside: Outside
         metering=metering,
         recovery=recovery,
         embeddings=EmbeddingService(registry, metering),
+        deployments=DeploymentMonitor(
+            db, registry, policy=health, sync_seconds=settings.deployment_sync_seconds
+        ),
+        audit=AuditLog(db),
+        requests=RequestLog(db, flush=recorder.flush),
     )
 
 
@@ -487,8 +514,9 @@ def build_limiter(settings: Settings) -> RateLimiter:
 
 def create_app(settings: Settings, *, progress: Progress | None = None) -> FastAPI:
     outside = build_outside(settings)
-    registry = build_registry(settings, effective_catalogue(settings), outside, progress)
-    services = build_services(settings, registry, outside)
+    catalogue = effective_catalogue(settings)
+    registry = build_registry(settings, catalogue, outside, progress)
+    services = build_services(settings, registry, outside, catalogue.health)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -500,6 +528,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             await provider.start()
         for embedder in registry.embedders:
             await embedder.start()
+        await services.deployments.start()
         sweeper = asyncio.create_task(_sweep_files(outside.files))
         heap.settle()  # start-up is done: what it allocated is kept out of every collection from now on
         try:
@@ -509,6 +538,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await services.deployments.stop()
             await outside.fetcher.aclose()
             for provider in registry.providers:
                 await provider.aclose()
@@ -550,6 +580,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         app.include_router(files.api_router, prefix=prefix)
     app.include_router(accounts.router, prefix="/api")
     app.include_router(console_api.router, prefix="/api")
+    app.include_router(console_admin.router, prefix="/api/admin")
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(reference.router)  # /openapi.json (built from every route on first use), /docs

@@ -1,5 +1,6 @@
 """Typed settings (environment prefix ``CHATGATE_``) and the model catalogue file."""
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -62,6 +63,8 @@ class Settings(BaseSettings):
     default_rpm: int | None = Field(default=600, ge=1)  # per token, unless the token sets its own
     default_tpm: int | None = Field(default=1_000_000, ge=1)
     usage_flush_seconds: float = Field(default=1.0, gt=0)
+    # How often each replica writes its deployment figures and reads which deployments are disabled.
+    deployment_sync_seconds: float = Field(default=2.0, gt=0, le=60)
     session_hours: int = Field(default=24 * 7, ge=1)
     secure_cookies: bool = False  # set when served over https
     public_url: str | None = None  # how clients reach this server, for file links (default: host and port)
@@ -141,12 +144,17 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.port}"
 
 
+# A deployment's id: what its state (disabled or not) and its statistics are kept under in the database.
+DeploymentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")]
+
+
 class LocalDeployment(BaseModel):
     """A model served by the embedded llama.cpp engine."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["local"] = "local"
+    id: DeploymentId | None = None  # stable across catalogue edits; derived when absent (deployment_ids)
     asset: str | None = None
     path: Path | None = None
     context_length: int = Field(default=4096, ge=128)
@@ -185,6 +193,7 @@ class UpstreamDeployment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["openai_compatible"]
+    id: DeploymentId | None = None  # stable across catalogue edits; derived when absent (deployment_ids)
     base_url: str = Field(pattern=r"^https?://")
     model: str = Field(min_length=1)  # the upstream's name for it
     api_key_env: str | None = None  # the environment variable holding the upstream key
@@ -427,10 +436,22 @@ class CatalogueEntry(BaseModel):
         return found[0] if found else None
 
 
+class HealthPolicy(BaseModel):
+    """Taking failing deployments out of service by themselves, and back in (off unless set)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Disable a deployment after this many failed requests in a row (as one replica sees them).
+    auto_disable_after: int | None = Field(default=None, ge=1, le=1000)
+    # How often a deployment disabled that way is sent a small request; it is enabled again once it answers.
+    probe_seconds: float = Field(default=60.0, ge=1, le=86_400)
+
+
 class Catalogue(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[CatalogueEntry] = Field(min_length=1)
+    health: HealthPolicy = Field(default_factory=HealthPolicy)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Catalogue":
@@ -457,11 +478,41 @@ class Catalogue(BaseModel):
                 raise ValueError(
                     f"model {entry.name!r} is built on {derived.base!r}, an embedding model, not a chat model"
                 )
+        ids: set[str] = set()
+        for entry in self.models:
+            for deployment_id in deployment_ids(entry):
+                if deployment_id in ids:
+                    raise ValueError(f"deployment id {deployment_id!r} appears twice")
+                ids.add(deployment_id)
         return self
 
     def entry(self, name: str) -> "CatalogueEntry | None":
         """The entry called ``name`` (or with that alias)."""
         return next((e for e in self.models if name == e.name or name in e.aliases), None)
+
+
+def deployment_ids(entry: CatalogueEntry) -> list[str]:
+    """The ids of an entry's local and upstream deployments, in order: each its own ``id``, or one
+    derived from the model's name and what the deployment reaches (the upstream's URL and model, or
+    the weights), so that weights, timeouts and order can change without losing its state."""
+    ids: list[str] = []
+    for deployment in entry.all_deployments:
+        if isinstance(deployment, LocalDeployment):
+            identity = f"local|{deployment.asset or deployment.path}"
+        elif isinstance(deployment, UpstreamDeployment):
+            identity = f"upstream|{deployment.base_url.rstrip('/')}|{deployment.model}"
+        else:
+            continue
+        if deployment.id is not None:
+            ids.append(deployment.id)
+            continue
+        derived = f"{entry.name}/{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+        candidate, n = derived, 1
+        while candidate in ids:  # the same upstream listed twice under one model
+            n += 1
+            candidate = f"{derived}-{n}"
+        ids.append(candidate)
+    return ids
 
 
 def load_catalogue(path: Path) -> Catalogue:

@@ -104,6 +104,12 @@ class EngineBusy(ChatgateError):
         self.retry_after = retry_after
 
 
+class Unavailable(ChatgateError):
+    """Nothing can serve this now: every deployment of the model is disabled by the operator."""
+
+    code = "model_unavailable"
+
+
 class EngineFailure(ChatgateError):
     """The engine failed while generating."""
 

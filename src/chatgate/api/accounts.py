@@ -20,6 +20,7 @@ from chatgate.protocol.accounts import Account as AccountOut
 from chatgate.protocol.accounts import AccountList, IssuedToken, Session, Token, TokenList
 from chatgate.protocol.base import INT64_MAX, INT64_MIN
 from chatgate.services.accounts import MAX_CREDITS, MIN_PASSWORD, Account, SignedIn
+from chatgate.services.audit import Actor
 from chatgate.services.tokens import TokenInfo
 
 router = APIRouter()
@@ -205,11 +206,12 @@ async def admin_users(
 
 @router.post("/admin/users/{user_id}/grant", response_model=AccountOut, responses=raises(NotFound))
 async def admin_grant(user_id: RowId, body: Grant, admin: AdminDep, accounts: AccountsDep) -> JSONResponse:
-    return JSONResponse(_account(await accounts.grant(user_id, body.credits)))
+    return JSONResponse(_account(await accounts.grant(user_id, body.credits, Actor.admin(admin.account.id))))
 
 
 @router.post("/admin/users/{user_id}/disable", response_model=AccountOut, responses=raises(NotFound))
 async def admin_disable(
     user_id: RowId, body: Disable, admin: AdminDep, accounts: AccountsDep
 ) -> JSONResponse:
-    return JSONResponse(_account(await accounts.set_disabled(user_id, body.disabled)))
+    account = await accounts.set_disabled(user_id, body.disabled, Actor.admin(admin.account.id))
+    return JSONResponse(_account(account))

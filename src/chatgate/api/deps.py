@@ -12,12 +12,15 @@ from fastapi import Depends, Header, Request
 from chatgate.api.trace import trace_id_of
 from chatgate.errors import Forbidden
 from chatgate.services.accounts import AccountService, SignedIn
+from chatgate.services.audit import AuditLog
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
+from chatgate.services.deployments import DeploymentMonitor
 from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
 from chatgate.services.metering import Caller
+from chatgate.services.requestlog import RequestLog
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import UsageRecorder
 
@@ -65,6 +68,21 @@ async def _usage(request: Request) -> UsageRecorder:
     return recorder
 
 
+async def _deployments(request: Request) -> DeploymentMonitor:
+    service: DeploymentMonitor = services_of(request).deployments
+    return service
+
+
+async def _audit(request: Request) -> AuditLog:
+    service: AuditLog = services_of(request).audit
+    return service
+
+
+async def _request_log(request: Request) -> RequestLog:
+    service: RequestLog = services_of(request).requests
+    return service
+
+
 async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
     auth: AuthService = services_of(request).auth
     return Caller(await auth.authenticate(authorization), trace_id_of(request))
@@ -95,5 +113,8 @@ UsageDep = Annotated[UsageRecorder, Depends(_usage)]
 ImagesDep = Annotated[ImageService, Depends(_images)]
 FilesDep = Annotated[FileService, Depends(_files)]
 EmbeddingsDep = Annotated[EmbeddingService, Depends(_embeddings)]
+DeploymentsDep = Annotated[DeploymentMonitor, Depends(_deployments)]
+AuditDep = Annotated[AuditLog, Depends(_audit)]
+RequestLogDep = Annotated[RequestLog, Depends(_request_log)]
 SignedInDep = Annotated[SignedIn, Depends(_signed_in)]
 AdminDep = Annotated[SignedIn, Depends(_admin)]

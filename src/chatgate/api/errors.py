@@ -27,6 +27,7 @@ from chatgate.errors import (
     PayloadTooLarge,
     RateLimited,
     StorageUnavailable,
+    Unavailable,
     UpstreamFailed,
     UpstreamRefused,
     UpstreamTimeout,
@@ -51,6 +52,7 @@ ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
     UpstreamFailed: (502, "api_error"),
     UpstreamTimeout: (504, "api_error"),
     StorageUnavailable: (503, "api_error"),
+    Unavailable: (503, "api_error"),
 }
 # An upstream's own refusal keeps its status; its type follows from the status.
 _UPSTREAM_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}

@@ -4,21 +4,37 @@ A deployment is picked at random in proportion to its weight among those that ar
 room; when the weights are equal, the least busy one. A failure before the engine has accepted the
 request (connection refused, a time-out, an upstream 5xx or 429, a full local queue) is retried
 with backoff on another deployment. Once output has started nothing is retried, so nothing is ever
-sent twice. A deployment that fails ``failure_threshold`` times in a row cools down for
-``cooldown`` seconds, then gets traffic again.
+sent twice. A deployment that fails (broken, timed out, rate limited: not merely busy)
+``failure_threshold`` times in a row cools down for ``cooldown`` seconds, then gets traffic again.
+A deployment the operator disabled (or that was disabled automatically, see
+services/deployments.py) gets no traffic at all; when every deployment of a model is disabled,
+requests get 503 ``model_unavailable`` from ``prepare``, before anything is reserved.
 
 A request is planned on every deployment: it is bounded at the most any of them can cost, so
 whichever runs it stays within what was reserved, and it goes only to the deployments that take
 it (one that refuses a parameter is left out; if all do, the first refusal is the answer).
+
+Every attempt that reached a deployment is reported to an ``Observer`` (the deployment statistics
+shared across replicas) with its duration and how it ended.
 """
 
 import asyncio
 import random
 import time
 from collections.abc import AsyncGenerator, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from chatgate.errors import ChatgateError, EngineBusy, UpstreamFailed, UpstreamRefused, UpstreamTimeout
+from chatgate.errors import (
+    ChatgateError,
+    EngineBusy,
+    EngineFailure,
+    InvalidRequest,
+    Unavailable,
+    UpstreamFailed,
+    UpstreamRefused,
+    UpstreamTimeout,
+)
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.providers.base import AnyProvider, Bound, Plan, ProviderEvent
 
@@ -31,20 +47,50 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, UpstreamFailed | UpstreamTimeout | EngineBusy)
 
 
+def failure(exc: BaseException) -> bool:
+    """Whether an attempt's error is the deployment's failing (what automatic disabling counts):
+    broken, timed out or rate limited, not a caller's bad request nor a full local queue."""
+    if isinstance(exc, UpstreamRefused):
+        return exc.status == 429
+    return isinstance(exc, UpstreamFailed | UpstreamTimeout | EngineFailure)
+
+
+def error(exc: BaseException) -> bool:
+    """Whether an attempt's error counts against the deployment in its statistics: anything but the
+    caller's own fault (a request the deployment refused as invalid)."""
+    if isinstance(exc, UpstreamRefused):
+        return exc.status == 429 or exc.status >= 500
+    return not isinstance(exc, InvalidRequest)
+
+
 @dataclass(eq=False)
 class Deployment:
     name: str
     provider: AnyProvider
     weight: int = 1
     max_concurrency: int | None = None
+    id: str = ""  # the stable id its state and statistics are kept under (default: its name)
+    model: str = ""  # the public model it serves
+    kind: str = "upstream"  # local | upstream
+    disabled: bool = False  # by the operator, or automatically; kept in the database
     in_flight: int = 0
     consecutive_failures: int = 0
     cooling_until: float = 0.0
     requests: int = 0
     failures: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id = self.id or self.name
 
     def healthy(self, now: float) -> bool:
         return now >= self.cooling_until
+
+    def state(self, now: float) -> str:
+        """up, cooling or disabled."""
+        if self.disabled:
+            return "disabled"
+        return "up" if self.healthy(now) else "cooling"
 
     def has_room(self) -> bool:
         return self.max_concurrency is None or self.in_flight < self.max_concurrency
@@ -53,6 +99,15 @@ class Deployment:
 @dataclass(frozen=True)
 class RouterPlan(Plan):
     plans: dict[Deployment, Plan]  # the deployments that take the request, each with its plan
+
+
+class Observer(Protocol):
+    """Told how every attempt on a deployment ended."""
+
+    def attempted(self, deployment: Deployment, seconds: float, exc: BaseException | None) -> None:
+        """``exc`` is None for an answer delivered in full; a cancellation is a CancelledError or
+        GeneratorExit (the client left)."""
+        ...
 
 
 class RouterProvider:
@@ -64,12 +119,14 @@ class RouterProvider:
         backoff: float = 0.1,
         failure_threshold: int = 3,
         cooldown: float = 30.0,
+        observer: Observer | None = None,
     ) -> None:
         self.deployments = deployments
         self.retries = retries
         self.backoff = backoff
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
+        self.observer = observer
 
     async def start(self) -> None:
         for deployment in self.deployments:
@@ -80,26 +137,41 @@ class RouterProvider:
             await deployment.provider.aclose()
 
     def stats(self) -> dict[str, int]:
+        """The router's figures, and the sum of each figure its deployments report of their own
+        (a local engine's instances, queue and cancellations)."""
         now = time.monotonic()
-        return {
+        figures = {
             "deployments": len(self.deployments),
-            "healthy": sum(d.healthy(now) for d in self.deployments),
+            "healthy": sum(d.state(now) == "up" for d in self.deployments),
             "in_flight": sum(d.in_flight for d in self.deployments),
         }
+        for deployment in self.deployments:
+            for key, value in deployment.provider.stats().items():
+                if key not in ("deployments", "healthy", "in_flight"):
+                    figures[key] = figures.get(key, 0) + value
+        return figures
 
     def health(self) -> list[dict[str, object]]:
         now = time.monotonic()
-        return [
-            {
-                "deployment": d.name,
-                "up": d.healthy(now),
-                "in_flight": d.in_flight,
-                "requests": d.requests,
-                "failures": d.failures,
-                "cooling_for_s": max(0.0, round(d.cooling_until - now, 1)),
-            }
-            for d in self.deployments
-        ]
+        entries: list[dict[str, object]] = []
+        for d in self.deployments:
+            inner = d.provider.health()
+            own = {k: v for k, v in inner[0].items() if k not in ("deployment", "up")} if inner else {}
+            engine_up = bool(inner[0].get("up", True)) if inner else True
+            entries.append(
+                {
+                    **own,
+                    "deployment": d.name,
+                    "id": d.id,
+                    "up": d.state(now) == "up" and engine_up,
+                    "state": d.state(now),
+                    "in_flight": d.in_flight,
+                    "requests": d.requests,
+                    "failures": d.failures,
+                    "cooling_for_s": max(0.0, round(d.cooling_until - now, 1)),
+                }
+            )
+        return entries
 
     def pick(
         self, exclude: set[Deployment], among: Collection[Deployment] | None = None
@@ -108,7 +180,11 @@ class RouterProvider:
         candidates = [
             d
             for d in self.deployments
-            if d not in exclude and d.weight > 0 and d.has_room() and (among is None or d in among)
+            if d not in exclude
+            and not d.disabled
+            and d.weight > 0
+            and d.has_room()
+            and (among is None or d in among)
         ]
         healthy = [d for d in candidates if d.healthy(now)]
         pool = healthy or candidates  # when every deployment is cooling down, try one anyway
@@ -125,7 +201,19 @@ class RouterProvider:
         if deployment.consecutive_failures >= self.failure_threshold:
             deployment.cooling_until = time.monotonic() + self.cooldown
 
+    def _observe(self, deployment: Deployment, began: float, exc: BaseException | None) -> None:
+        if self.observer is not None:
+            self.observer.attempted(deployment, time.monotonic() - began, exc)
+
+    def _all_disabled(self) -> bool:
+        return bool(self.deployments) and all(d.disabled for d in self.deployments)
+
     def prepare(self, request: ChatCompletionRequest) -> RouterPlan:
+        if self._all_disabled():
+            raise Unavailable(
+                "Every deployment of this model is disabled by the operator; try again later.",
+                param="model",
+            )
         plans: dict[Deployment, Plan] = {}
         refusal: ChatgateError | None = None
         for deployment in self.deployments:
@@ -154,6 +242,8 @@ class RouterProvider:
             tried.add(deployment)
             deployment.in_flight += 1
             deployment.requests += 1
+            began = time.monotonic()
+            outcome: BaseException | None = None
             events = deployment.provider.run(plan.plans[deployment])
             try:
                 try:
@@ -162,26 +252,34 @@ class RouterProvider:
                     deployment.consecutive_failures = 0
                     return
                 except ChatgateError as exc:
+                    outcome = exc
                     await events.aclose()
                     if not retryable(exc):
                         raise
-                    self._failed(deployment)
+                    if failure(exc):  # a full local queue is busy, not failing: it does not cool down
+                        self._failed(deployment)
                     last_error = exc
-                    await asyncio.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
+                    if attempt < self.retries:
+                        await asyncio.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
                     continue
                 # The engine took it (or output began): from here on, nothing is retried.
                 yield first
                 try:
                     async for event in events:
                         yield event
-                except ChatgateError:
-                    self._failed(deployment)
+                except ChatgateError as exc:
+                    if failure(exc):
+                        self._failed(deployment)
                     raise
                 deployment.consecutive_failures = 0
                 return
+            except BaseException as exc:  # told to the observer, then raised on
+                outcome = exc
+                raise
             finally:
                 deployment.in_flight -= 1
                 await events.aclose()
+                self._observe(deployment, began, outcome)
         if last_error is not None:
             raise last_error
         raise EngineBusy("Every deployment of this model is at its concurrency limit.", retry_after=1)

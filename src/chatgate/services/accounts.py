@@ -12,6 +12,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.exc import IntegrityError
 
 from chatgate.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
+from chatgate.services.audit import OPERATOR, Actor, record
 from chatgate.services.auth import hash_secret
 from chatgate.storage import sessions, users
 from chatgate.storage.database import Database
@@ -123,23 +124,25 @@ class AccountService:
         async with self._db.sessions() as session:
             return [Account.of(u) for u in await users.list_all(session, limit=limit, offset=offset)]
 
-    async def grant(self, user_id: int, credits: int) -> Account:
+    async def grant(self, user_id: int, credits: int, actor: Actor = OPERATOR) -> Account:
         if not -MAX_CREDITS <= credits <= MAX_CREDITS:
             raise InvalidRequest(f"A grant moves at most {MAX_CREDITS:,} credits.", param="credits")
         async with self._db.transaction() as session:
             if await users.by_id(session, user_id=user_id) is None:
                 raise NotFound("No such user.")
+            trace_id = f"grant_{uuid.uuid4().hex}"
             # Conditional, so a removal racing a reservation can't leave a negative balance.
-            if not await users.grant(
-                session, user_id=user_id, credits=credits, trace_id=f"grant_{uuid.uuid4().hex}"
-            ):
+            if not await users.grant(session, user_id=user_id, credits=credits, trace_id=trace_id):
                 raise InvalidRequest(
                     f"That would leave a negative balance, or one over {MAX_CREDITS:,} credits.",
                     param="credits",
                 )
+            await record(
+                session, actor, "user.grant", f"user {user_id}", {"credits": credits, "ledger": trace_id}
+            )
         return await self.get(user_id)
 
-    async def set_disabled(self, user_id: int, disabled: bool) -> Account:
+    async def set_disabled(self, user_id: int, disabled: bool, actor: Actor = OPERATOR) -> Account:
         async with self._db.transaction() as session:
             user = await users.by_id(session, user_id=user_id)
             if user is None:
@@ -147,6 +150,7 @@ class AccountService:
             user.disabled = disabled
             if disabled:
                 await sessions.remove(session, user_id=user_id)
+            await record(session, actor, "user.disable" if disabled else "user.enable", f"user {user_id}")
             return Account.of(user)
 
     async def change_password(self, user_id: int, current: str, new: str) -> None:

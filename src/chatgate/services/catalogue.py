@@ -7,6 +7,7 @@ from chatgate.errors import InvalidRequest, ModelNotFound
 from chatgate.protocol.models import Model, ModelList
 from chatgate.providers.base import AnyProvider
 from chatgate.providers.embeddings.base import Embedder
+from chatgate.providers.router import RouterProvider
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,13 @@ class ModelRegistry:
     @property
     def embedders(self) -> list[Embedder]:
         return [route.embedder for route in self._embeddings.values()]
+
+    @property
+    def routers(self) -> list[RouterProvider]:
+        """The routers of the models served by deployments (models built on others have none)."""
+        return [
+            route.provider for route in self._routes.values() if isinstance(route.provider, RouterProvider)
+        ]
 
 
 def _not_found(name: str) -> ModelNotFound:

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
@@ -37,6 +37,8 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
     credits: Mapped[int] = mapped_column(default=0)  # the balance, in integer credits
     created_at: Mapped[datetime]
+    email_verified_at: Mapped[datetime | None]  # None: not verified (checked only when verification is on)
+    deleted_at: Mapped[datetime | None]  # the account was deleted: its personal data is gone, its rows stay
 
 
 class ApiToken(Base):
@@ -137,3 +139,70 @@ class WebSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class DeploymentState(Base):
+    """A deployment taken out of service, by an admin or automatically; shared by every replica."""
+
+    __tablename__ = "deployment_states"
+
+    deployment_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    automatic: Mapped[bool] = mapped_column(default=False)  # disabled by the failure policy, not by hand
+    reason: Mapped[str | None] = mapped_column(String(500))
+    changed_by: Mapped[int | None]  # the admin's user id; None: the operator's CLI or chatgate itself
+    changed_at: Mapped[datetime]
+
+
+class DeploymentMinute(Base):
+    """One replica's traffic to one deployment in one minute, and its live figures when last written.
+
+    Only the replica that owns a row writes it, so its counts are written whole, never incremented.
+    """
+
+    __tablename__ = "deployment_stats"
+    __table_args__ = (
+        UniqueConstraint("deployment_id", "replica", "minute", name="uq_deployment_stats_minute"),
+        Index("ix_deployment_stats_minute", "minute"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(String(200))
+    replica: Mapped[str] = mapped_column(String(64))
+    minute: Mapped[int]  # minutes since the epoch, UTC
+    requests: Mapped[int] = mapped_column(default=0)
+    errors: Mapped[int] = mapped_column(default=0)
+    latency: Mapped[dict[str, int]] = mapped_column(JSON)  # histogram: bucket index -> count
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    cooling_until: Mapped[float] = mapped_column(Float, default=0.0)  # epoch seconds
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_error_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """An admin action (or chatgate's own, such as disabling a failing deployment): who, what, when."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime]
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))  # None: the CLI or chatgate
+    actor: Mapped[str] = mapped_column(String(16))  # admin | operator | chatgate
+    action: Mapped[str] = mapped_column(String(64))  # e.g. user.grant, deployment.disable
+    target: Mapped[str] = mapped_column(String(200))  # what it was done to: "user 7", a deployment id
+    detail: Mapped[dict[str, object]] = mapped_column(JSON)
+
+
+class EmailToken(Base):
+    """A link sent by email (verify the address, reset the password): only its hash is kept."""
+
+    __tablename__ = "email_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # verify | reset
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

@@ -28,9 +28,23 @@ async def by_id(session: AsyncSession, *, user_id: int) -> User | None:
 
 
 async def insert(
-    session: AsyncSession, *, email: str, password_hash: str | None, credits: int, is_admin: bool = False
+    session: AsyncSession,
+    *,
+    email: str,
+    password_hash: str | None,
+    credits: int,
+    is_admin: bool = False,
+    verified: bool = True,
 ) -> User:
-    user = User(email=email, password_hash=password_hash, credits=0, is_admin=is_admin, created_at=now())
+    created = now()
+    user = User(
+        email=email,
+        password_hash=password_hash,
+        credits=0,
+        is_admin=is_admin,
+        created_at=created,
+        email_verified_at=created if verified else None,
+    )
     session.add(user)
     await session.flush()
     if credits:
