@@ -78,31 +78,27 @@ export async function deploymentsPage(show) {
       ...data.map((d) => {
         const testButton = h("button", { class: "secondary small", "aria-label": `Test ${d.id}` }, "Test");
         testButton.addEventListener("click", () => test(d, testButton));
+        const switchButton = h(
+          "button",
+          { class: d.state === "disabled" ? "small" : "danger small", onclick: () => toggle(d), "aria-label": `${d.state === "disabled" ? "Enable" : "Disable"} ${d.id}` },
+          d.state === "disabled" ? "Enable" : "Disable",
+        );
+        // What to act on first (a phone shows these without scrolling), the figures after.
         return h(
           "tr",
           { "data-deployment": d.id },
-          h("td", {}, d.model),
-          h("td", {}, h("div", {}, d.name), h("small", { class: "muted" }, `${d.kind} · id ${d.id}`)),
-          h("td", {}, stateBadge(d.state), d.automatic ? h("small", { class: "muted" }, " (automatic)") : null),
+          h("td", {}, h("strong", {}, d.model), h("div", {}, d.name), h("small", { class: "muted" }, `${d.kind} · id ${d.id}`)),
+          h("td", {}, stateBadge(d.state), d.automatic ? h("div", {}, h("small", { class: "muted" }, "automatic")) : null),
+          h("td", {}, h("div", { class: "actions" }, testButton, switchButton)),
           h("td", {}, fmt(d.in_flight)),
           h("td", {}, fmt(d.requests)),
           h("td", {}, fmt(d.errors)),
           h("td", {}, `${ms(d.p50_ms)} / ${ms(d.p95_ms)}`),
           h("td", { class: "wrapcell" }, d.last_error ? [h("code", {}, d.last_error), h("br"), h("small", { class: "muted" }, when(d.last_error_at))] : "—"),
-          h(
-            "td",
-            { class: "actions" },
-            testButton,
-            h(
-              "button",
-              { class: d.state === "disabled" ? "small" : "danger small", onclick: () => toggle(d), "aria-label": `${d.state === "disabled" ? "Enable" : "Disable"} ${d.id}` },
-              d.state === "disabled" ? "Enable" : "Disable",
-            ),
-          ),
         );
       }),
     );
-    if (!data.length) body.append(h("tr", {}, h("td", { colspan: 9 }, "No deployments.")));
+    if (!data.length) body.append(h("tr", {}, h("td", { colspan: 8 }, "No deployments.")));
     stamp.textContent = `Figures over the last 15 minutes, across every replica. Read ${new Date().toLocaleTimeString()}.`;
   }
 
@@ -120,7 +116,7 @@ export async function deploymentsPage(show) {
         h(
           "table",
           { "data-testid": "deployments" },
-          h("thead", {}, h("tr", {}, ...["Model", "Deployment", "State", "In flight", "Requests", "Errors", "p50 / p95", "Last error", ""].map((c) => h("th", { scope: "col" }, c)))),
+          h("thead", {}, h("tr", {}, ...["Deployment", "State", "", "In flight", "Requests", "Errors", "p50 / p95", "Last error"].map((c) => h("th", { scope: "col" }, c)))),
           body,
         ),
       ),

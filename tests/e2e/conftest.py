@@ -14,6 +14,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from chatgate.storage.database import Database
 from chatgate.storage.reservations import discrepancies
@@ -56,6 +57,27 @@ models:
       sizes: ["1024x1024", "256x256"]
 """
 MAX_QUEUE = 2
+
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, driven by Playwright (which never downloads a browser of its own)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (make test installs it)")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield launched
+        launched.close()
 
 
 @dataclass(frozen=True)

@@ -9,20 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e import infra
 from tests.e2e.conftest import SMALL
 from tests.e2e.infra import ROOT, Server
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHOTS = ROOT / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
@@ -48,16 +40,6 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     with infra.chatgate(tmp_path_factory.mktemp("console"), CATALOGUE) as running:
         running.cli("admin", "create", "--email", ADMIN[0], "--password", ADMIN[1])
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed (make test installs it)")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield launched
-        launched.close()
 
 
 def shot(page: Page, name: str) -> None:

@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+from playwright.sync_api import Browser, expect
 
 from chatgate.config import Catalogue
 from tests.e2e import infra
 from tests.e2e.infra import API_KEY, Server
+from tests.e2e.test_console import DESKTOP, PHONE, shot
 
 T = TypeVar("T")
 ADMIN = ("ops-admin@example.com", "ops admin password")
@@ -276,3 +278,75 @@ def test_the_audit_log_says_who_did_what_and_when(ops: Ops) -> None:
     ]
     assert mine[1]["detail"]["credits"] == 1234 and mine[2]["detail"]["credits"] == 500
     assert all(e["time"] for e in mine) and json.dumps(mine)
+
+
+def test_in_the_browser_test_and_disable_a_deployment_and_read_the_logs(ops: Ops, browser: Browser) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(ops.a.base_url + "/")
+    page.get_by_label("Email").fill(ADMIN[0])
+    page.get_by_label("Password").fill(ADMIN[1])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="Admin").click()
+    page.get_by_role("link", name="Deployments").click()
+    table = page.get_by_test_id("deployments")
+    row = table.locator("tr[data-deployment='duo-ok']")
+    expect(row).to_contain_text("up")
+
+    row.get_by_role("button", name="Test duo-ok").click()
+    expect(page.get_by_test_id("test-result")).to_contain_text("answered")
+    expect(page.get_by_test_id("test-result")).to_contain_text("Hello from upstream.")
+    row.get_by_role("button", name="Disable duo-ok").click()
+    expect(row.get_by_text("disabled", exact=True)).to_be_visible()
+    eventually(lambda: states_in_memory(ops.b), lambda s: s["duo-ok"] == "disabled")
+    before = ops.upstream_counts().get("ok", 0)
+    for server in (ops.a, ops.b) * 3:
+        assert chat(server, "duo").status_code == 200
+    assert ops.upstream_counts().get("ok", 0) == before  # neither replica's router chose it
+    page.get_by_role("button", name="Refresh").click()
+    expect(row.get_by_text("disabled", exact=True)).to_be_visible()
+    shot(page, "admin-deployments-desktop")
+    row.get_by_role("button", name="Enable duo-ok").click()
+    expect(row.get_by_text("up", exact=True)).to_be_visible()
+
+    page.get_by_role("link", name="Requests").click()
+    log = page.get_by_test_id("admin-request-log")
+    expect(log).to_contain_text("duo")
+    page.get_by_label("Model").fill("duo")
+    page.get_by_label("Status").select_option("ok")
+    page.get_by_role("button", name="Filter").click()
+    expect(log.locator("tbody tr").first).to_contain_text("ok")
+    assert "model=duo" in (page.get_by_test_id("export-csv").get_attribute("href") or "")
+    with page.expect_download() as download:
+        page.get_by_test_id("export-csv").click()
+    assert Path(download.value.path()).read_text().startswith("time,trace_id,user_id,email")
+    shot(page, "admin-requests-desktop")
+
+    page.get_by_role("link", name="Audit log").click()
+    audit = page.get_by_test_id("audit-log")
+    expect(audit).to_contain_text("deployment.disable")
+    expect(audit).to_contain_text(ADMIN[0])
+    shot(page, "admin-audit-desktop")
+    context.close()
+
+    phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = phone.new_page()
+    page.goto(ops.a.base_url + "/")
+    page.get_by_label("Email").fill(ADMIN[0])
+    page.get_by_label("Password").fill(ADMIN[1])
+    page.get_by_role("button", name="Sign in").click()
+    for tab, heading in (
+        ("Deployments", "Deployments"),
+        ("Requests", "Requests of every user"),
+        ("Audit log", "Audit log"),
+    ):
+        page.get_by_role("link", name="Admin").click()
+        page.get_by_role("link", name=tab).click()
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"] + 1, f"{tab} scrolls sideways on a phone ({width}px)"
+    page.get_by_role("link", name="Deployments").click()
+    expect(page.get_by_test_id("deployments")).to_contain_text("duo-ok")
+    shot(page, "admin-deployments-phone")
+    phone.close()

@@ -324,8 +324,14 @@ class DeploymentMonitor:
             await self._change(
                 deployment_id, disabled, actor, "by hand" if disabled else None, automatic=False
             )
+        self._reset(deployment, disabled=disabled)
+
+    def _reset(self, deployment: Deployment, *, disabled: bool) -> None:
+        """A deployment changed by hand or by the probe starts afresh: no failures counted, no cool-down."""
         deployment.disabled = disabled
-        self._in_a_row[deployment_id] = 0
+        deployment.consecutive_failures = 0
+        deployment.cooling_until = 0.0
+        self._in_a_row[deployment.id] = 0
 
     async def _change(
         self, deployment_id: str, disabled: bool, actor: Actor, reason: str | None, *, automatic: bool
@@ -386,5 +392,4 @@ class DeploymentMonitor:
             reason = f"the probe was answered in {tested.latency_ms} ms"
             if await self._change(deployment_id, False, CHATGATE, reason, automatic=True):
                 log.warning("deployment %s enabled again automatically: %s", deployment_id, reason)
-            self._deployments[deployment_id].disabled = False
-            self._in_a_row[deployment_id] = 0
+            self._reset(self._deployments[deployment_id], disabled=False)
