@@ -2,6 +2,7 @@
 import uPlot from "uplot";
 import { adminTabs, auditPage, deploymentsPage, requestsPage } from "./admin.js";
 import { api, keys, session } from "./api.js";
+import { checkEmailPage, deletionCard, forgotPage, resetPage, verifyPage } from "./recovery.js";
 import { samples } from "./codegen.js";
 import { copy, field, fmt, h, toast, when } from "./dom.js";
 
@@ -49,6 +50,7 @@ function loginPage() {
   async function go(path) {
     try {
       const me = await api("POST", path, { email: email.value, password: password.value });
+      if (me.verification_required) return checkEmailPage(show, me.user.email);
       session.user = me.user;
       session.csrf = me.csrf_token;
       await loadMe();
@@ -70,6 +72,7 @@ function loginPage() {
       h("button", { type: "submit" }, "Sign in"),
       h("button", { type: "button", class: "secondary", onclick: () => go("/api/signup") }, "Create account"),
     ),
+    h("p", {}, h("a", { href: "#/forgot" }, "Forgot your password?")),
   );
   show(form);
 }
@@ -490,6 +493,10 @@ function accountPage() {
       h("button", { type: "submit" }, "Change password"),
     ),
     h("button", { class: "secondary", onclick: signOut }, "Sign out"),
+    deletionCard(async () => {
+      await loadMe();
+      location.hash = "#/login";
+    }),
   );
 }
 
@@ -509,12 +516,15 @@ const pages = {
 async function route() {
   const [name = "", query = ""] = location.hash.replace(/^#\/?/, "").split("?");
   const page = name || "tokens";
-  if (!session.user && page !== "login") return (location.hash = "#/login");
-  if (page === "login") return loginPage();
+  const params = new URLSearchParams(query);
+  // Reached without a session: from the sign-in page, or from a link in an email.
+  const open = { login: loginPage, forgot: () => forgotPage(show), verify: () => verifyPage(show, params), reset: () => resetPage(show, params) };
+  if (open[page]) return open[page]();
+  if (!session.user) return (location.hash = "#/login");
   const section = page.split("/")[0];
   for (const link of document.querySelectorAll("#nav a")) link.setAttribute("aria-current", link.hash === `#/${section}` ? "page" : "false");
   try {
-    await (pages[page] || tokensPage)(new URLSearchParams(query));
+    await (pages[page] || tokensPage)(params);
   } catch (error) {
     if (error.status === 401) {
       await loadMe();

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatgate import heap
-from chatgate.api import accounts, chat, embeddings, files, health, images, models, usage
+from chatgate.api import accounts, chat, embeddings, files, health, images, models, usage, verification
 from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
 from chatgate.api.openapi import API_PREFIXES, operation_id
 from chatgate.api.trace import TraceMiddleware
@@ -52,6 +52,7 @@ from chatgate.providers.images.drawing import ImageGenerationProvider
 from chatgate.providers.images.prepare import ImagePreparer
 from chatgate.providers.images.source import ImageLimits, ImageSource
 from chatgate.providers.local import assets
+from chatgate.providers.mail import SmtpConfig, SmtpMailer
 from chatgate.providers.relay import RelaySession
 from chatgate.providers.router import Deployment, RouterProvider
 from chatgate.providers.shared_engine.client import EngineLink, SharedEngineProvider, deployment_key
@@ -64,6 +65,7 @@ from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import EmbeddingRoute, ModelRegistry, Route
 from chatgate.services.chat import ChatService
 from chatgate.services.deployments import DeploymentMonitor
+from chatgate.services.emails import AccountMail
 from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.files import FileService
 from chatgate.services.host_limits import HostRateLimiter
@@ -457,6 +459,7 @@ class Services:
     deployments: DeploymentMonitor
     audit: AuditLog
     requests: RequestLog
+    mail: AccountMail
 
 
 def build_services(
@@ -478,13 +481,19 @@ def build_services(
     metering = Metering(money, limiter, recorder, owner=owner.owner, models=registry)
     recovery = Recovery(money, owner, lease_seconds=settings.lease_seconds, in_flight=metering.in_flight)
     chat_service = ChatService(registry, metering, images=outside.images)
+    accounts = AccountService(
+        db,
+        free_credits=settings.free_credits,
+        session_hours=settings.session_hours,
+        require_verification=settings.email_verification,
+    )
     return Services(
         db=db,
         registry=registry,
         auth=AuthService(
             db, master_key(settings), default_rpm=settings.default_rpm, default_tpm=settings.default_tpm
         ),
-        accounts=AccountService(db, free_credits=settings.free_credits, session_hours=settings.session_hours),
+        accounts=accounts,
         tokens=TokenService(db),
         chat=chat_service,
         usage=recorder,
@@ -499,6 +508,25 @@ def build_services(
         ),
         audit=AuditLog(db),
         requests=RequestLog(db, flush=recorder.flush),
+        mail=AccountMail(db, mailer(settings), accounts, base_url=settings.base_url),
+    )
+
+
+def mailer(settings: Settings) -> SmtpMailer | None:
+    """The SMTP client for verification and reset links, if the settings name a server."""
+    if not settings.smtp_host or not settings.smtp_from:
+        return None
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    return SmtpMailer(
+        SmtpConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.smtp_from,
+            username=settings.smtp_username,
+            password=password,
+            security=settings.smtp_security,
+            timeout=settings.smtp_timeout,
+        )
     )
 
 
@@ -579,6 +607,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         app.include_router(embeddings.router, prefix=prefix)
         app.include_router(files.api_router, prefix=prefix)
     app.include_router(accounts.router, prefix="/api")
+    app.include_router(verification.router, prefix="/api")
     app.include_router(console_api.router, prefix="/api")
     app.include_router(console_admin.router, prefix="/api/admin")
     app.include_router(health.router)

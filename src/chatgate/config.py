@@ -31,6 +31,7 @@ EXTENSION_FIELDS = ("top_k", "min_p", "repetition_penalty", "chat_template_kwarg
 # priced apart from text) or where the data is kept (stored completions and their metadata):
 # forwarded only where the catalogue enables them, in ``extra_fields`` too.
 GATED_FIELDS = ("service_tier", "store", "metadata", "prediction", "web_search_options", "audio")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class Settings(BaseSettings):
@@ -88,11 +89,32 @@ class Settings(BaseSettings):
     browsing_index: Path | None = None  # the local search index; default: index.db in the data dir
     browsing_searxng_url: str | None = Field(default=None, pattern=r"^https?://")  # for OpenAI's catalogue
 
+    # Email: verification links at sign-up (when on) and password-reset links, over SMTP.
+    email_verification: bool = False  # new accounts verify their address before they sign in
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = Field(default=None, max_length=320)  # e.g. "chatgate <noreply@example.com>"
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout: float = Field(default=10.0, gt=0, le=120)
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":
         if self.env == "production":
             if self.api_key is None or len(self.api_key.get_secret_value()) < 16:
                 raise ValueError("CHATGATE_API_KEY of at least 16 characters is required in production")
+            if self.smtp_host and self.smtp_security == "none" and self.smtp_host not in LOOPBACK:
+                raise ValueError(
+                    "CHATGATE_SMTP_SECURITY=none sends passwords and links in the clear: in production it is "
+                    "allowed only to a relay on this machine (CHATGATE_SMTP_HOST=127.0.0.1)"
+                )
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("CHATGATE_SMTP_FROM (the sender's address) is required with CHATGATE_SMTP_HOST")
+        if self.email_verification and not self.smtp_host:
+            raise ValueError(
+                "CHATGATE_EMAIL_VERIFICATION needs CHATGATE_SMTP_HOST (and _FROM) to send the links"
+            )
         return self
 
     @property

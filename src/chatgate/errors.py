@@ -149,6 +149,12 @@ class StorageUnavailable(ChatgateError):
     code = "storage_unavailable"
 
 
+class MailFailed(ChatgateError):
+    """The mail server could not be reached or refused the message."""
+
+    code = "mail_failed"
+
+
 class AssetError(ChatgateError):
     """A model file is missing, incomplete or fails its checksum."""
 

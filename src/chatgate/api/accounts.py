@@ -13,11 +13,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
-from chatgate.api.deps import SESSION_COOKIE, AccountsDep, AdminDep, SignedInDep, TokensDep
+from chatgate.api.deps import SESSION_COOKIE, AccountsDep, AdminDep, MailDep, SignedInDep, TokensDep
 from chatgate.api.openapi import SETS_COOKIE, links, raises
 from chatgate.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
 from chatgate.protocol.accounts import Account as AccountOut
-from chatgate.protocol.accounts import AccountList, IssuedToken, Session, Token, TokenList
+from chatgate.protocol.accounts import AccountList, IssuedToken, PendingVerification, Session, Token, TokenList
 from chatgate.protocol.base import INT64_MAX, INT64_MIN
 from chatgate.services.accounts import MAX_CREDITS, MIN_PASSWORD, Account, SignedIn
 from chatgate.services.audit import Actor
@@ -50,6 +50,10 @@ class Credentials(Body):
 class PasswordChange(Body):
     current_password: str
     new_password: str = Field(max_length=1024, json_schema_extra={"minLength": MIN_PASSWORD})
+
+
+class Deletion(Body):
+    password: str = Field(max_length=1024)
 
 
 class NewToken(Body):
@@ -101,7 +105,7 @@ def _session_response(request: Request, cookie: str, signed_in: SignedIn, status
 @router.post(
     "/signup",
     status_code=201,
-    response_model=Session,
+    response_model=Session | PendingVerification,
     responses={
         201: {
             **SETS_COOKIE,
@@ -113,8 +117,13 @@ def _session_response(request: Request, cookie: str, signed_in: SignedIn, status
         **raises(Conflict),
     },
 )
-async def sign_up(body: Credentials, request: Request, accounts: AccountsDep) -> JSONResponse:
-    await accounts.sign_up(body.email, body.password)
+async def sign_up(body: Credentials, request: Request, accounts: AccountsDep, mail: MailDep) -> JSONResponse:
+    """A new account, signed in; or, when email verification is on, an account waiting for its
+    link (no session until it is followed)."""
+    account = await accounts.sign_up(body.email, body.password)
+    if not account.email_verified:
+        await mail.send_verification(account)
+        return JSONResponse({"user": _account(account), "verification_required": True}, status_code=201)
     cookie, signed_in = await accounts.log_in(body.email, body.password)
     return _session_response(request, cookie, signed_in, 201)
 
@@ -148,6 +157,15 @@ async def me(signed_in: SignedInDep, accounts: AccountsDep) -> JSONResponse:
 async def change_password(body: PasswordChange, signed_in: SignedInDep, accounts: AccountsDep) -> Response:
     await accounts.change_password(signed_in.account.id, body.current_password, body.new_password)
     return Response(status_code=204)
+
+
+@router.delete("/me", status_code=204, response_class=Response, responses=raises(Forbidden))
+async def delete_me(body: Deletion, signed_in: SignedInDep, accounts: AccountsDep) -> Response:
+    """Delete one's own account (the password confirms it); the session ends with it."""
+    await accounts.delete(signed_in.account.id, body.password)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
 
 
 @router.get("/tokens", response_model=TokenList)

@@ -17,6 +17,7 @@ from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
 from chatgate.services.deployments import DeploymentMonitor
 from chatgate.services.embeddings import EmbeddingService
+from chatgate.services.emails import AccountMail
 from chatgate.services.files import FileService
 from chatgate.services.images import ImageService
 from chatgate.services.metering import Caller
@@ -83,6 +84,11 @@ async def _request_log(request: Request) -> RequestLog:
     return service
 
 
+async def _mail(request: Request) -> AccountMail:
+    service: AccountMail = services_of(request).mail
+    return service
+
+
 async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
     auth: AuthService = services_of(request).auth
     return Caller(await auth.authenticate(authorization), trace_id_of(request))
@@ -116,5 +122,6 @@ EmbeddingsDep = Annotated[EmbeddingService, Depends(_embeddings)]
 DeploymentsDep = Annotated[DeploymentMonitor, Depends(_deployments)]
 AuditDep = Annotated[AuditLog, Depends(_audit)]
 RequestLogDep = Annotated[RequestLog, Depends(_request_log)]
+MailDep = Annotated[AccountMail, Depends(_mail)]
 SignedInDep = Annotated[SignedIn, Depends(_signed_in)]
 AdminDep = Annotated[SignedIn, Depends(_admin)]

@@ -22,6 +22,7 @@ from chatgate.errors import (
     Forbidden,
     InsufficientQuota,
     InvalidRequest,
+    MailFailed,
     ModelNotFound,
     NotFound,
     PayloadTooLarge,
@@ -53,6 +54,7 @@ ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
     UpstreamTimeout: (504, "api_error"),
     StorageUnavailable: (503, "api_error"),
     Unavailable: (503, "api_error"),
+    MailFailed: (502, "api_error"),
 }
 # An upstream's own refusal keeps its status; its type follows from the status.
 _UPSTREAM_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}

@@ -23,6 +23,13 @@ class Session(WireModel):
     csrf_token: str
 
 
+class PendingVerification(WireModel):
+    """A new account that confirms its email address before it signs in: a link was sent to it."""
+
+    user: Account
+    verification_required: bool
+
+
 class AccountList(WireModel):
     data: list[Account]
 

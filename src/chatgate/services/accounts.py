@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from chatgate.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
 from chatgate.services.audit import OPERATOR, Actor, record
 from chatgate.services.auth import hash_secret
-from chatgate.storage import sessions, users
+from chatgate.storage import email_tokens, sessions, tokens, users
 from chatgate.storage.database import Database
 from chatgate.storage.tables import User
 from chatgate.storage.users import MAX_CREDITS as MAX_CREDITS
@@ -31,10 +31,19 @@ class Account:
     disabled: bool
     credits: int
     created_at: datetime
+    email_verified: bool = True
 
     @classmethod
     def of(cls, user: User) -> "Account":
-        return cls(user.id, user.email, user.is_admin, user.disabled, user.credits, user.created_at)
+        return cls(
+            user.id,
+            user.email,
+            user.is_admin,
+            user.disabled,
+            user.credits,
+            user.created_at,
+            user.email_verified_at is not None,
+        )
 
 
 @dataclass(frozen=True)
@@ -50,16 +59,23 @@ def _email(raw: str) -> str:
     return email
 
 
+normal_email = _email  # an address as accounts are kept under it, or InvalidRequest
+
+
 def _check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD:
         raise InvalidRequest(f"Passwords need at least {MIN_PASSWORD} characters.", param="password")
 
 
 class AccountService:
-    def __init__(self, db: Database, *, free_credits: int, session_hours: int) -> None:
+    def __init__(
+        self, db: Database, *, free_credits: int, session_hours: int, require_verification: bool = False
+    ) -> None:
         self._db = db
         self._free_credits = free_credits
         self._session_hours = session_hours
+        # New accounts verify their email before signing in, and get their free credits then.
+        self.require_verification = require_verification
         self._hasher = PasswordHasher()  # argon2id: memory-hard
         self._dummy: str | None = None
 
@@ -71,12 +87,14 @@ class AccountService:
             async with self._db.transaction() as session:
                 if await users.by_email(session, email=email) is not None:
                     raise Conflict("An account with this email already exists.", param="email")
+                verified = is_admin or not self.require_verification
                 user = await users.insert(
                     session,
                     email=email,
                     password_hash=password_hash,
-                    credits=self._free_credits,
+                    credits=self._free_credits if verified else 0,  # else on verification
                     is_admin=is_admin,
+                    verified=verified,
                 )
                 return Account.of(user)
         except IntegrityError as exc:  # two sign-ups racing for one email
@@ -153,6 +171,28 @@ class AccountService:
             await record(session, actor, "user.disable" if disabled else "user.enable", f"user {user_id}")
             return Account.of(user)
 
+    @property
+    def free_credits(self) -> int:
+        return self._free_credits
+
+    async def hash_password(self, password: str) -> str:
+        _check_password(password)
+        return await asyncio.to_thread(self._hasher.hash, password)  # memory-hard: off the loop
+
+    async def delete(self, user_id: int, password: str) -> None:
+        """Delete one's own account: tokens revoked, sessions and links ended, email and password
+        removed. The ledger and usage rows stay (the books must add up), under an anonymous row."""
+        async with self._db.transaction() as session:
+            user = await users.by_id(session, user_id=user_id)
+            if user is None or user.deleted_at is not None:
+                raise NotFound("No such user.")
+            if not await self._verify(user, password):
+                raise Forbidden("The password is not right.", param="password")
+            await tokens.revoke_all(session, user_id=user_id)
+            await sessions.remove(session, user_id=user_id)
+            await email_tokens.remove(session, user_id=user_id)
+            await users.anonymise(session, user_id=user_id)
+
     async def change_password(self, user_id: int, current: str, new: str) -> None:
         _check_password(new)
         async with self._db.transaction() as session:
@@ -182,6 +222,12 @@ class AccountService:
             user = await users.by_email(session, email=email.strip().lower())
             if not await self._verify(user, password) or user is None or user.disabled:
                 raise AuthError("Wrong email or password.")
+            if self.require_verification and user.email_verified_at is None:
+                raise Forbidden(
+                    "Confirm your email address first: follow the link we sent you.",
+                    code="email_not_verified",
+                    param="email",
+                )
             cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
             now = datetime.now(UTC)
             await sessions.insert(

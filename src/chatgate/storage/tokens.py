@@ -77,3 +77,13 @@ async def by_prefix(session: AsyncSession, *, prefix: str) -> list[ApiToken]:
         select(ApiToken).where(ApiToken.prefix.startswith(prefix, autoescape=True))
     )
     return list(result.scalars())
+
+
+async def revoke_all(session: AsyncSession, *, user_id: int) -> None:
+    """Revoke every token of a user and drop their names (a deleted account's personal data)."""
+    await session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now())
+    )
+    await session.execute(update(ApiToken).where(ApiToken.user_id == user_id).values(name="deleted"))

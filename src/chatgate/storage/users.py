@@ -78,3 +78,18 @@ async def list_all(session: AsyncSession, *, limit: int = 100, offset: int = 0) 
 
 async def count(session: AsyncSession) -> int:
     return int((await session.execute(select(func.count()).select_from(User))).scalar_one())
+
+
+async def anonymise(session: AsyncSession, *, user_id: int) -> None:
+    """A deleted account: its email and password are gone; the row stays, so the ledger and the usage
+    log still add up, under a placeholder that names no one."""
+    await session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(
+            email=f"deleted-{user_id}@deleted.invalid",
+            password_hash=None,
+            disabled=True,
+            deleted_at=now(),
+        )
+    )
