@@ -5,6 +5,8 @@ import { field, fmt, h, toast, when } from "./dom.js";
 const TABS = [
   ["admin", "Users"],
   ["admin/deployments", "Deployments"],
+  ["admin/codes", "Codes"],
+  ["admin/groups", "Groups"],
   ["admin/requests", "Requests"],
   ["admin/audit", "Audit log"],
 ];
@@ -23,7 +25,7 @@ function fail(error) {
 }
 
 // Newer / "1–50 of 120" / Older, for a list read a page at a time.
-function pagerOf(offset, size, total, go) {
+export function pagerOf(offset, size, total, go) {
   return [
     h("button", { class: "secondary small", disabled: offset === 0, onclick: () => go(Math.max(0, offset - size)) }, "Newer"),
     ` ${total ? offset + 1 : 0}–${Math.min(offset + size, total)} of ${fmt(total)} `,

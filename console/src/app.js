@@ -2,6 +2,7 @@
 import uPlot from "uplot";
 import { adminTabs, auditPage, deploymentsPage, requestsPage } from "./admin.js";
 import { api, keys, session } from "./api.js";
+import { codesPage, costOf, estimateInto, groupSelect, groupsPage, pricesFor, pricingPage, redeemCard } from "./billing.js";
 import { checkEmailPage, deletionCard, forgotPage, resetPage, verifyPage } from "./recovery.js";
 import { samples } from "./codegen.js";
 import { copy, field, fmt, h, toast, when } from "./dom.js";
@@ -159,6 +160,7 @@ async function tokensPage() {
     balance,
     h("div", { class: "card row wrap" }, field("Name", name), h("button", { onclick: acquire }, "Acquire")),
     reveal,
+    redeemCard(refresh),
     h(
       "div",
       { class: "scroll" },
@@ -204,6 +206,8 @@ async function playgroundPage() {
   const media = h("div", { class: "media", "data-testid": "reply-media" });
   const raw = h("pre", { class: "raw", "data-testid": "raw" });
   const usage = h("p", { class: "usage", "data-testid": "usage" });
+  const cost = h("p", { class: "usage", "data-testid": "cost" });
+  let estimating;
   const code = h("pre", { class: "code", "data-testid": "code" });
   const tabs = h("div", { class: "tabs", role: "tablist", "aria-label": "Code samples" });
   let language = "Python (openai)";
@@ -235,6 +239,13 @@ async function playgroundPage() {
       ),
     );
     code.textContent = all[language];
+    clearTimeout(estimating);
+    if (model.value) estimating = setTimeout(() => estimateInto(cost, body()), 400);
+  }
+
+  async function showCost(data) {
+    const spent = costOf(await pricesFor(data.model || model.value), data);
+    if (spent !== null) cost.textContent = `This request cost ${fmt(spent)} credits.`;
   }
 
   async function loadModels() {
@@ -271,6 +282,7 @@ async function playgroundPage() {
       reply.textContent = data.choices[0].message.content;
       media.replaceChildren(...mediaOf(reply.textContent));
       usage.textContent = `Usage: ${data.usage.prompt_tokens} prompt + ${data.usage.completion_tokens} completion = ${data.usage.total_tokens} tokens`;
+      await showCost({ model: data.model, ...data.usage });
       return;
     }
     const reader = response.body.getReader();
@@ -290,7 +302,10 @@ async function playgroundPage() {
         chunks.push(chunk);
         if (chunk.error) fail(new Error(chunk.error.message));
         if (chunk.choices?.length) reply.textContent += chunk.choices[0].delta.content ?? "";
-        if (chunk.usage) usage.textContent = `Usage: ${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion = ${chunk.usage.total_tokens} tokens`;
+        if (chunk.usage) {
+          usage.textContent = `Usage: ${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion = ${chunk.usage.total_tokens} tokens`;
+          await showCost({ model: chunk.model, ...chunk.usage });
+        }
       }
     }
     raw.textContent = chunks.map((c) => JSON.stringify(c)).join("\n");
@@ -316,6 +331,7 @@ async function playgroundPage() {
         reply,
         media,
         usage,
+        cost,
         h("details", {}, h("summary", {}, "Raw JSON"), raw),
       ),
       h(
@@ -425,7 +441,7 @@ async function usagePage() {
 // ---- admin ---------------------------------------------------------------------------------
 
 async function adminPage() {
-  const { data: users } = await api("GET", "/api/admin/users");
+  const [{ data: users }, { data: groups }] = await Promise.all([api("GET", "/api/admin/users"), api("GET", "/api/admin/groups")]);
   async function grant(u) {
     const credits = Number(prompt(`Credits to add for ${u.email} (negative removes)`, "100000"));
     if (!credits) return;
@@ -452,7 +468,7 @@ async function adminPage() {
       "section",
       { class: "card" },
       h("h2", {}, "Users"),
-      h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ...["Email", "Credits", "Role", "State", ""].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, ...users.map((u) => h("tr", {}, h("td", {}, u.email), h("td", {}, fmt(u.credits)), h("td", {}, u.is_admin ? "admin" : "user"), h("td", {}, u.disabled ? "disabled" : "active"), h("td", { class: "actions" }, h("button", { class: "secondary small", onclick: () => grant(u) }, "Grant"), h("button", { class: u.disabled ? "small" : "danger small", onclick: () => toggle(u) }, u.disabled ? "Enable" : "Disable"))))))),
+      h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ...["Email", "Credits", "Group", "Role", "State", ""].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, ...users.map((u) => h("tr", {}, h("td", {}, u.email), h("td", {}, fmt(u.credits)), h("td", {}, groupSelect(u, groups, route)), h("td", {}, u.is_admin ? "admin" : "user"), h("td", {}, u.disabled ? "disabled" : "active"), h("td", { class: "actions" }, h("button", { class: "secondary small", onclick: () => grant(u) }, "Grant"), h("button", { class: u.disabled ? "small" : "danger small", onclick: () => toggle(u) }, u.disabled ? "Enable" : "Disable"))))))),
     ),
   );
 }
@@ -508,7 +524,10 @@ const pages = {
   usage: usagePage,
   admin: adminPage,
   "admin/deployments": () => deploymentsPage(show),
+  "admin/codes": () => codesPage(show),
+  "admin/groups": () => groupsPage(show),
   "admin/requests": () => requestsPage(show),
+  pricing: () => pricingPage(show),
   "admin/audit": () => auditPage(show),
   account: accountPage,
 };

@@ -17,7 +17,18 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatgate import heap
-from chatgate.api import accounts, chat, embeddings, files, health, images, models, usage, verification
+from chatgate.api import (
+    accounts,
+    billing,
+    chat,
+    embeddings,
+    files,
+    health,
+    images,
+    models,
+    usage,
+    verification,
+)
 from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
 from chatgate.api.openapi import API_PREFIXES, operation_id
 from chatgate.api.trace import TraceMiddleware
@@ -37,6 +48,7 @@ from chatgate.config import (
 )
 from chatgate.console import admin as console_admin
 from chatgate.console import api as console_api
+from chatgate.console import business as console_business
 from chatgate.console import pages, reference
 from chatgate.errors import ChatgateError, ConfigError
 from chatgate.providers.base import AnyProvider
@@ -68,12 +80,15 @@ from chatgate.services.deployments import DeploymentMonitor
 from chatgate.services.emails import AccountMail
 from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.files import FileService
+from chatgate.services.groups import GroupService
 from chatgate.services.host_limits import HostRateLimiter
 from chatgate.services.images import ImageService
 from chatgate.services.metering import Metering
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from chatgate.services.recovery import Recovery, new_owner
+from chatgate.services.redemption import RedemptionService
 from chatgate.services.requestlog import RequestLog
+from chatgate.services.throttle import LocalThrottle, RedisThrottle, Throttle
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import POSTGRES_BATCH_ROWS, UsageRecorder
 from chatgate.storage.counters import CounterStore
@@ -460,6 +475,9 @@ class Services:
     audit: AuditLog
     requests: RequestLog
     mail: AccountMail
+    groups: GroupService
+    codes: RedemptionService
+    throttle: Throttle
 
 
 def build_services(
@@ -481,6 +499,7 @@ def build_services(
     metering = Metering(money, limiter, recorder, owner=owner.owner, models=registry)
     recovery = Recovery(money, owner, lease_seconds=settings.lease_seconds, in_flight=metering.in_flight)
     chat_service = ChatService(registry, metering, images=outside.images)
+    throttle: Throttle = RedisThrottle(settings.redis_url) if settings.redis_url else LocalThrottle()
     accounts = AccountService(
         db,
         free_credits=settings.free_credits,
@@ -509,6 +528,14 @@ def build_services(
         audit=AuditLog(db),
         requests=RequestLog(db, flush=recorder.flush),
         mail=AccountMail(db, mailer(settings), accounts, base_url=settings.base_url),
+        groups=GroupService(db, registry, chat_service.plan),
+        codes=RedemptionService(
+            db,
+            throttle,
+            per_user=settings.redeem_per_user_hour,
+            per_address=settings.redeem_per_address_hour,
+        ),
+        throttle=throttle,
     )
 
 
@@ -575,6 +602,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             await services.recovery.stop()
             await services.usage.stop()
             await services.limiter.aclose()
+            await services.throttle.aclose()
             await services.db.dispose()
             await outside.http.aclose()
             await outside.relay.close()
@@ -608,8 +636,10 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         app.include_router(files.api_router, prefix=prefix)
     app.include_router(accounts.router, prefix="/api")
     app.include_router(verification.router, prefix="/api")
+    app.include_router(billing.router, prefix="/api")
     app.include_router(console_api.router, prefix="/api")
     app.include_router(console_admin.router, prefix="/api/admin")
+    app.include_router(console_business.router, prefix="/api/admin")
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(reference.router)  # /openapi.json (built from every route on first use), /docs

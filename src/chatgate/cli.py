@@ -89,6 +89,7 @@ async def _with_services(work: "Callable[[Services], Awaitable[int]]") -> int:
         return await work(services)
     finally:
         await services.limiter.aclose()
+        await services.throttle.aclose()
         await services.db.dispose()
 
 
@@ -191,6 +192,53 @@ def _ledger_verify(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(work())
+
+
+def _codes_create(args: argparse.Namespace) -> int:
+    from chatgate.services.audit import OPERATOR
+
+    async def work(services: "Services") -> int:
+        made = await services.codes.create(
+            credits=args.credits,
+            count=args.count,
+            expires_in_days=args.expires_in,
+            note=args.note,
+            actor=OPERATOR,
+        )
+        expiry = f", expiring in {args.expires_in} days" if args.expires_in else ""
+        print(f"created {len(made)} codes worth {args.credits} credits each{expiry}; shown only this once:")
+        for code in made:
+            print(code)
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _codes_list(args: argparse.Namespace) -> int:
+    async def work(services: "Services") -> int:
+        offset = 0
+        while True:
+            page = await services.codes.page(state=args.state, limit=200, offset=offset)
+            for c in page["data"]:
+                who = f"\tredeemed by {c['redeemed_by']}" if c["redeemed_by"] else ""
+                print(f"{c['id']}\t{c['code']}\t{c['credits']}\t{c['state']}\t{c['note'] or ''}{who}")
+            offset += len(page["data"])
+            if offset >= page["total"] or not page["data"]:
+                return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _codes_disable(args: argparse.Namespace) -> int:
+    from chatgate.services.audit import OPERATOR
+
+    async def work(services: "Services") -> int:
+        for code_id in args.id:
+            await services.codes.disable(code_id, OPERATOR)
+            print(f"disabled code {code_id}")
+        return 0
+
+    return asyncio.run(_with_services(work))
 
 
 def _index_add(args: argparse.Namespace) -> int:
@@ -311,6 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="check that every user's ledger adds up to the balance, and that credits granted = balance + "
         "settled charges + open reservations; one line per discrepancy, exit status 1 if any",
     ).set_defaults(run=_ledger_verify)
+
+    codes = sub.add_parser("codes", help="top-up codes").add_subparsers(dest="codes_command", required=True)
+    make_codes = codes.add_parser(
+        "create", help="create codes; they are printed one a line, as the last lines"
+    )
+    make_codes.add_argument("--credits", type=int, required=True, help="what each code adds to a balance")
+    make_codes.add_argument("--count", type=int, default=1, help="how many codes (default 1)")
+    make_codes.add_argument("--expires-in", type=int, metavar="DAYS", help="unusable after this many days")
+    make_codes.add_argument("--note", help="a note shown in the lists (a batch's purpose)")
+    make_codes.set_defaults(run=_codes_create)
+    list_codes = codes.add_parser("list", help="codes, newest first (only their first characters are kept)")
+    list_codes.add_argument("--state", choices=["unused", "used", "expired", "disabled"])
+    list_codes.set_defaults(run=_codes_list)
+    disable_codes = codes.add_parser("disable", help="disable unused codes by id")
+    disable_codes.add_argument("id", type=int, nargs="+")
+    disable_codes.set_defaults(run=_codes_disable)
 
     index = sub.add_parser("index", help="the local search index of browsing models").add_subparsers(
         dest="index_command", required=True

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     browsing_index: Path | None = None  # the local search index; default: index.db in the data dir
     browsing_searxng_url: str | None = Field(default=None, pattern=r"^https?://")  # for OpenAI's catalogue
 
+    # Redemption attempts (top-up codes) per hour, per user and per client address.
+    redeem_per_user_hour: int = Field(default=10, ge=1, le=10_000)
+    redeem_per_address_hour: int = Field(default=30, ge=1, le=100_000)
     # Email: verification links at sign-up (when on) and password-reset links, over SMTP.
     email_verification: bool = False  # new accounts verify their address before they sign in
     smtp_host: str | None = None

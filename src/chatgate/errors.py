@@ -71,6 +71,12 @@ class Conflict(ChatgateError):
     code = "conflict"
 
 
+class Gone(ChatgateError):
+    """It existed, and no longer can be used (an expired code)."""
+
+    code = "gone"
+
+
 class InsufficientQuota(ChatgateError):
     """The balance (or the token's cap) cannot cover the most this request could cost."""
 

@@ -19,8 +19,10 @@ from chatgate.services.deployments import DeploymentMonitor
 from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.emails import AccountMail
 from chatgate.services.files import FileService
+from chatgate.services.groups import GroupService
 from chatgate.services.images import ImageService
 from chatgate.services.metering import Caller
+from chatgate.services.redemption import RedemptionService
 from chatgate.services.requestlog import RequestLog
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import UsageRecorder
@@ -89,6 +91,16 @@ async def _mail(request: Request) -> AccountMail:
     return service
 
 
+async def _groups(request: Request) -> GroupService:
+    service: GroupService = services_of(request).groups
+    return service
+
+
+async def _codes(request: Request) -> RedemptionService:
+    service: RedemptionService = services_of(request).codes
+    return service
+
+
 async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
     auth: AuthService = services_of(request).auth
     return Caller(await auth.authenticate(authorization), trace_id_of(request))
@@ -123,5 +135,7 @@ DeploymentsDep = Annotated[DeploymentMonitor, Depends(_deployments)]
 AuditDep = Annotated[AuditLog, Depends(_audit)]
 RequestLogDep = Annotated[RequestLog, Depends(_request_log)]
 MailDep = Annotated[AccountMail, Depends(_mail)]
+GroupsDep = Annotated[GroupService, Depends(_groups)]
+CodesDep = Annotated[RedemptionService, Depends(_codes)]
 SignedInDep = Annotated[SignedIn, Depends(_signed_in)]
 AdminDep = Annotated[SignedIn, Depends(_admin)]

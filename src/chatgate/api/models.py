@@ -13,9 +13,14 @@ router = APIRouter()
 
 @router.get("/models", response_model=ModelList)
 async def list_models(caller: CallerDep, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(registry.model_list(caller.principal.allowed_models).model_dump(mode="json"))
+    principal = caller.principal
+    return JSONResponse(
+        registry.model_list(principal.allowed_models, principal.group_models).model_dump(mode="json")
+    )
 
 
 @router.get("/models/{model_id:path}", response_model=Model, responses=raises(ModelNotFound))
 async def get_model(model_id: str, caller: CallerDep, registry: RegistryDep) -> JSONResponse:
-    return JSONResponse(registry.describe(model_id, caller.principal.allowed_models).model_dump(mode="json"))
+    principal = caller.principal
+    model = registry.describe(model_id, principal.allowed_models, principal.group_models)
+    return JSONResponse(model.model_dump(mode="json"))

@@ -92,6 +92,9 @@ class RequestRow(BaseModel):
     latency_ms: int
     status: str
     error_code: str | None
+    price_prompt: int | None  # the catalogue's credits per million tokens it was charged at
+    price_completion: int | None
+    price_multiplier: float | None  # its user's group multiplier then
 
 
 class RequestPage(BaseModel):

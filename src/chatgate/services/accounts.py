@@ -32,6 +32,7 @@ class Account:
     credits: int
     created_at: datetime
     email_verified: bool = True
+    group: str = "default"  # its price group
 
     @classmethod
     def of(cls, user: User) -> "Account":
@@ -43,6 +44,7 @@ class Account:
             user.credits,
             user.created_at,
             user.email_verified_at is not None,
+            user.group_name or "default",
         )
 
 

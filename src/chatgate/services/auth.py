@@ -5,7 +5,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from chatgate.errors import AuthError, StorageUnavailable, TokenMismatch
+from chatgate.errors import AuthError, ModelNotFound, StorageUnavailable, TokenMismatch
 from chatgate.storage.database import Database
 from chatgate.storage.fastpath import TokenRow
 
@@ -24,12 +24,20 @@ class Principal:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     credits_left: int | None = None  # as the token was looked up; None: not metered (the master key)
+    group: str = "default"
+    price_multiplier: int = 1000  # thousandths of the catalogue's prices, from the user's group
+    group_models: tuple[str, ...] | None = None  # the models the user's group sees; None: all
 
     @property
     def limit_key(self) -> str:
         return "master" if self.token_id is None else f"t{self.token_id}"
 
     def check_model(self, requested: str, canonical: str) -> None:
+        if self.group_models is not None and canonical not in self.group_models:
+            # Outside the group's models: as if it did not exist, as in the model list.
+            raise ModelNotFound(
+                f"The model '{requested}' does not exist or you do not have access to it.", param="model"
+            )
         if self.allowed_models is not None and not {requested, canonical} & set(self.allowed_models):
             raise TokenMismatch(f"This API token may not use the model '{requested}'.", param="model")
 
@@ -75,6 +83,9 @@ class AuthService:
             rpm_limit=row.rpm_limit if row.rpm_limit is not None else self._default_rpm,
             tpm_limit=row.tpm_limit if row.tpm_limit is not None else self._default_tpm,
             credits_left=row.credits_left,
+            group=row.group,
+            price_multiplier=row.price_multiplier,
+            group_models=tuple(row.group_models) if row.group_models is not None else None,
         )
 
     async def _lookup(self, digest: str) -> TokenRow | None:

@@ -68,19 +68,23 @@ class ModelRegistry:
             raise _not_found(name)
         return route
 
-    def describe(self, name: str, allowed: tuple[str, ...] | None = None) -> Model:
-        """One model; a token limited to other models is told it does not exist, as in the list."""
+    def describe(
+        self, name: str, allowed: tuple[str, ...] | None = None, group: tuple[str, ...] | None = None
+    ) -> Model:
+        """One model; a token (or a group) limited to other models is told it does not exist, as in
+        the list."""
         public = self._aliases.get(name, name)
-        if public not in self or (allowed is not None and public not in self._permitted(allowed)):
+        if public not in self or public not in self.visible(allowed, group):
             raise _not_found(name)
         return self._model(public)
 
-    def model_list(self, allowed: tuple[str, ...] | None = None) -> ModelList:
+    def model_list(
+        self, allowed: tuple[str, ...] | None = None, group: tuple[str, ...] | None = None
+    ) -> ModelList:
         """The routable models, chat then embedding; for a token limited to some models (by name or
-        alias), just those."""
-        names = [*self._routes, *self._embeddings]
-        permitted = None if allowed is None else self._permitted(allowed)
-        return ModelList(data=[self._model(n) for n in names if permitted is None or n in permitted])
+        alias), or a user in a group that sees only some, just those."""
+        names = self.visible(allowed, group)
+        return ModelList(data=[self._model(n) for n in [*self._routes, *self._embeddings] if n in names])
 
     def _model(self, name: str) -> Model:
         route = self._routes.get(name)
@@ -88,6 +92,23 @@ class ModelRegistry:
             return Model(id=route.name, created=route.created, owned_by=route.owned_by)
         embedding = self._embeddings[name]
         return Model(id=name, created=embedding.created, owned_by=embedding.owned_by, type="embedding")
+
+    def canonical(self, name: str) -> str:
+        """The public name of a chat or embedding model, given its name or an alias."""
+        public = self._aliases.get(name, name)
+        if public not in self:
+            raise _not_found(name)
+        return public
+
+    def visible(self, allowed: tuple[str, ...] | None, group: tuple[str, ...] | None = None) -> set[str]:
+        """The public names of the models (chat and embedding) a token's allow-list and its user's
+        group both permit."""
+        names = set(self._routes) | set(self._embeddings)
+        if allowed is not None:
+            names &= self._permitted(allowed)
+        if group is not None:
+            names &= self._permitted(group)
+        return names
 
     def _permitted(self, allowed: tuple[str, ...]) -> set[str]:
         return {self._aliases.get(name, name) for name in allowed}
@@ -99,6 +120,10 @@ class ModelRegistry:
     @property
     def routes(self) -> dict[str, Route]:
         return dict(self._routes)
+
+    @property
+    def embedding_routes(self) -> dict[str, EmbeddingRoute]:
+        return dict(self._embeddings)
 
     @property
     def embedding_routes(self) -> dict[str, EmbeddingRoute]:

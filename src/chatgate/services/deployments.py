@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from chatgate.config import HealthPolicy
 from chatgate.errors import ChatgateError, NotFound
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import collect
+from chatgate.providers.base import generate
 from chatgate.providers.router import Deployment, error, failure
 from chatgate.services.audit import CHATGATE, Actor, record
 from chatgate.services.catalogue import ModelRegistry
@@ -366,7 +366,7 @@ class DeploymentMonitor:
         began = time.monotonic()
         try:
             async with asyncio.timeout(TEST_TIMEOUT):
-                completion = await collect(deployment.provider.stream(request))
+                completion = await generate(deployment.provider, request)
         except (ChatgateError, TimeoutError) as exc:
             latency = int((time.monotonic() - began) * 1000)
             text = (

@@ -56,11 +56,16 @@ log = logging.getLogger("chatgate.metering")
 requests_log = logging.getLogger("chatgate.requests")  # one JSON line per request
 
 PER = 1_000_000
+PERMILLE = 1000  # a group's price multiplier is in thousandths: 1000 is the catalogue's price
 
 
-def cost(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
-    """Credits for a call, rounded up: a request that used tokens is never free unless priced at 0."""
-    return -(-(prompt_tokens * price.prompt + completion_tokens * price.completion) // PER)
+def cost(
+    price: Price, prompt_tokens: int, completion_tokens: int, extra: int = 0, multiplier: int = PERMILLE
+) -> int:
+    """Credits for a call (and ``extra`` credits, an image's), times the caller's group multiplier,
+    rounded up: a request that used tokens is never free unless priced at 0."""
+    millionths = prompt_tokens * price.prompt + completion_tokens * price.completion + extra * PER
+    return -(-millionths * multiplier // (PER * PERMILLE))
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ class Meter:
         self.model = model
         self.price = price
         self.bound = bound
+        # The caller's group's, read with its token: reserved and settled at the same price.
+        self.multiplier = caller.principal.price_multiplier
         self.headers: dict[str, str] = {}  # the caller's rate-limit state, once admitted
         self.started = time.monotonic()
         self.reserved = 0
@@ -260,7 +267,9 @@ class Metering:
         meter._admitted = True
         meter.headers = decision.headers()
         bound = meter.bound
-        amount = cost(meter.price, bound.prompt_tokens, bound.completion_tokens) + bound.extra_cost
+        amount = cost(
+            meter.price, bound.prompt_tokens, bound.completion_tokens, bound.extra_cost, meter.multiplier
+        )
         if principal.user_id is None:
             meter.reserved = amount  # the master key is not metered: nothing is taken
             return
@@ -309,10 +318,10 @@ class Metering:
     async def _settle(self, meter: Meter, status: str, code: str | None) -> Charge:
         caller, principal = meter.caller, meter.caller.principal
         prompt, completion, extra = meter._used(status)
-        full = cost(meter.price, prompt, completion) + extra
+        full = cost(meter.price, prompt, completion, extra, meter.multiplier)
         charged = full if principal.user_id is None else min(full, meter.reserved)
         charge = Charge(prompt, completion, charged, status)
-        row = self._row(caller, meter.model, meter.started, charge, code)
+        row = self._row(caller, meter.model, meter.started, charge, code, meter)
         key = (principal.user_id, caller.trace_id) if principal.user_id is not None else None
         try:
             held = await self._store.settle(Settlement(row, refund=meter.reserved - charged))
@@ -334,7 +343,16 @@ class Metering:
             meter._admitted = False
             await self._limiter.add_tokens(meter.caller.principal, tokens)
 
-    def _row(self, caller: Caller, model: str, started: float, charge: Charge, code: str | None) -> UsageRow:
+    def _row(
+        self,
+        caller: Caller,
+        model: str,
+        started: float,
+        charge: Charge,
+        code: str | None,
+        meter: Meter | None = None,
+    ) -> UsageRow:
+        """The request's usage row; an admitted one (``meter``) records the price it was charged at."""
         principal = caller.principal
         return UsageRow(
             trace_id=caller.trace_id,
@@ -348,6 +366,9 @@ class Metering:
             status=charge.status,
             error_code=code,
             created_at=datetime.now(UTC),
+            price_prompt=meter.price.prompt if meter is not None else None,
+            price_completion=meter.price.completion if meter is not None else None,
+            price_multiplier=meter.multiplier if meter is not None else None,
         )
 
     def _record(self, caller: Caller, model: str, started: float, charge: Charge, code: str | None) -> None:

@@ -14,7 +14,8 @@ from chatgate.storage.requestlog import Filters, Row
 
 COLUMNS = [
     "time", "trace_id", "user_id", "email", "token_id", "token", "model", "prompt_tokens",
-    "completion_tokens", "cost", "latency_ms", "status", "error_code",
+    "completion_tokens", "cost", "latency_ms", "status", "error_code", "price_prompt",
+    "price_completion", "price_multiplier",
 ]  # fmt: skip
 EXPORT_BATCH = 1000
 STATUSES = {"ok", "error", "cancelled"}
@@ -36,10 +37,13 @@ def _row(row: Row) -> dict[str, Any]:
         "latency_ms": record.latency_ms,
         "status": record.status,
         "error_code": record.error_code,
+        "price_prompt": record.price_prompt,
+        "price_completion": record.price_completion,
+        "price_multiplier": record.price_multiplier / 1000 if record.price_multiplier is not None else None,
     }
 
 
-def _cell(value: Any) -> Any:
+def cell(value: Any) -> Any:
     """A value as a spreadsheet shows it and never runs it: text that starts like a formula is quoted."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
@@ -110,7 +114,7 @@ class RequestLog:
                 rows = await requestlog.batch(session, filters=filters, before_id=before, size=EXPORT_BATCH)
             for row in rows:
                 data = _row(row)
-                writer.writerow([_cell(data[column]) for column in COLUMNS])
+                writer.writerow([cell(data[column]) for column in COLUMNS])
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()

@@ -52,6 +52,9 @@ class TokenRow:
     tpm_limit: int | None
     user_disabled: bool
     credits_left: int  # what the balance and the token's cap allow now, the smaller
+    group: str = "default"
+    price_multiplier: int = 1000  # the user's group's, in thousandths
+    group_models: list[str] | None = None  # the models the user's group may use; None: all
 
 
 class DuplicateReservation(Exception):
@@ -96,7 +99,9 @@ class FastPath(Protocol):
 # The token lookup, the same on both databases but for its placeholder (SQLite's ?, asyncpg's $1).
 TOKEN_QUERY = (
     "SELECT t.id, t.user_id, t.revoked_at, t.expires_at, t.allowed_models, t.rpm_limit, t.tpm_limit, u.disabled,"
-    " u.credits, t.quota_cap, t.spent FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = {}"
+    " u.credits, t.quota_cap, t.spent, u.group_name, g.multiplier, g.models"
+    " FROM api_tokens t JOIN users u ON u.id = t.user_id LEFT JOIN user_groups g ON g.name = u.group_name"
+    " WHERE t.secret_hash = {}"
 )
 
 
@@ -112,6 +117,9 @@ def token_row(row: Any, expires_at: datetime | None) -> TokenRow:
         tpm_limit=row[6],
         user_disabled=bool(row[7]),
         credits_left=row[8] if row[9] is None else min(row[8], row[9] - row[10]),
+        group=row[11],
+        price_multiplier=row[12] if row[12] is not None else 1000,
+        group_models=json.loads(row[13]) if row[13] is not None else None,
     )
 
 
@@ -323,9 +331,10 @@ def _reserve(
 
 _USAGE_INSERT = (
     "INSERT INTO usage_log (trace_id, user_id, token_id, model, prompt_tokens, completion_tokens, cost,"
-    " latency_ms, status, error_code, day, created_at) VALUES ({})"
+    " latency_ms, status, error_code, day, created_at, price_prompt, price_completion, price_multiplier)"
+    " VALUES ({})"
 )
-_USAGE = _USAGE_INSERT.format(", ".join("?" * 12))
+_USAGE = _USAGE_INSERT.format(", ".join("?" * 15))
 
 
 def _settle_group(conn: sqlite3.Connection, group: list[Settlement]) -> list[bool]:
@@ -396,4 +405,7 @@ def _usage_values(row: UsageRow, held: bool, created_at: Any) -> tuple[Any, ...]
         row.error_code,
         row.created_at.date().isoformat(),
         created_at,
+        row.price_prompt,
+        row.price_completion,
+        row.price_multiplier,
     )

@@ -102,13 +102,18 @@ async def release(session: AsyncSession, *, held: Held, usage: UsageRow) -> bool
     return True
 
 
+# The ledger's kinds that bring credits in: an operator's grant (free credits too), a redeemed code.
+GRANTED = ("grant", "redeem")
+
+
 async def discrepancies(session: AsyncSession) -> tuple[list[str], dict[str, int]]:
     """Every way the ledger fails to add up, one line each, and what was checked.
 
-    For every user: the ledger's rows add up to the balance, and credits granted = balance + settled
-    charges (the usage log's costs) + open reservations. For every token: what it has spent = its
-    settled charges + its open reservations. For every request: a reserve row is either settled
-    (a settle row) or open (a reservation row of the same amount), never both, never neither.
+    For every user: the ledger's rows add up to the balance, and credits granted (the GRANTED kinds)
+    = balance + settled charges (the usage log's costs) + open reservations. For every token: what
+    it has spent = its settled charges + its open reservations. For every request: a reserve row is
+    either settled (a settle row) or open (a reservation row of the same amount), never both, never
+    neither.
     """
     problems: list[str] = []
     balances = {r.id: r.credits for r in (await session.execute(select(User.id, User.credits))).all()}
@@ -120,7 +125,7 @@ async def discrepancies(session: AsyncSession) -> tuple[list[str], dict[str, int
     granted = _sums(
         await session.execute(
             select(LedgerEntry.user_id, func.sum(LedgerEntry.amount))
-            .where(LedgerEntry.kind == "grant")
+            .where(LedgerEntry.kind.in_(GRANTED))
             .group_by(LedgerEntry.user_id)
         )
     )

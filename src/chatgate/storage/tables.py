@@ -39,6 +39,9 @@ class User(Base):
     created_at: Mapped[datetime]
     email_verified_at: Mapped[datetime | None]  # None: not verified (checked only when verification is on)
     deleted_at: Mapped[datetime | None]  # the account was deleted: its personal data is gone, its rows stay
+    group_name: Mapped[str] = mapped_column(
+        String(64), ForeignKey("user_groups.name"), default="default", server_default="default"
+    )
 
 
 class ApiToken(Base):
@@ -125,6 +128,11 @@ class UsageRecord(Base):
     latency_ms: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(16))  # ok | cancelled | error
     error_code: Mapped[str | None] = mapped_column(String(64))
+    # The price the request was charged at: the catalogue's credits per million tokens, and the
+    # caller's group multiplier in thousandths (None before prices were recorded, and for refusals).
+    price_prompt: Mapped[int | None]
+    price_completion: Mapped[int | None]
+    price_multiplier: Mapped[int | None] = mapped_column(Integer)
     day: Mapped[str] = mapped_column(String(10))  # UTC date, for per-day totals on any database
     created_at: Mapped[datetime]
 
@@ -206,3 +214,33 @@ class EmailToken(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class UserGroup(Base):
+    """A price group: what its members pay (a multiplier on the catalogue's prices) and what they see."""
+
+    __tablename__ = "user_groups"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    multiplier: Mapped[int] = mapped_column(Integer, default=1000)  # thousandths: 1000 is the list price
+    models: Mapped[list[str] | None] = mapped_column(JSON)  # the models its members may use; None: all
+    description: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class RedemptionCode(Base):
+    """A top-up code: credits for whoever redeems it first. Only its hash is kept, like a token's."""
+
+    __tablename__ = "redemption_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))  # its first characters, to tell codes apart in lists
+    credits: Mapped[int]
+    note: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))  # None: the operator's CLI
+    expires_at: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
+    redeemed_at: Mapped[datetime | None]
+    redeemed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))

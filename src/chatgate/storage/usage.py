@@ -25,6 +25,11 @@ class UsageRow:
     status: str  # ok | cancelled | error
     error_code: str | None
     created_at: datetime  # aware, UTC
+    # The price it was charged at: the catalogue's credits per million prompt and completion tokens,
+    # and the caller's group multiplier in thousandths (None for a refusal: it cost nothing).
+    price_prompt: int | None = None
+    price_completion: int | None = None
+    price_multiplier: int | None = None
 
     def values(self) -> dict[str, Any]:
         """The row's columns, with the UTC day it is counted under."""

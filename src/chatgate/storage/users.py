@@ -44,6 +44,7 @@ async def insert(
         is_admin=is_admin,
         created_at=created,
         email_verified_at=created if verified else None,
+        group_name="default",
     )
     session.add(user)
     await session.flush()
@@ -52,9 +53,12 @@ async def insert(
     return user
 
 
-async def grant(session: AsyncSession, *, user_id: int, credits: int, trace_id: str) -> bool:
-    """Add (or, negative, remove) credits, with its ledger row; False if it would leave less than
-    zero or more than ``MAX_CREDITS``. ``credits`` itself is at most ``MAX_CREDITS`` either way."""
+async def grant(
+    session: AsyncSession, *, user_id: int, credits: int, trace_id: str, kind: str = "grant"
+) -> bool:
+    """Add (or, negative, remove) credits, with its ledger row (``kind``: grant, or redeem for a
+    top-up code); False if it would leave less than zero or more than ``MAX_CREDITS``. ``credits``
+    itself is at most ``MAX_CREDITS`` either way."""
     assert -MAX_CREDITS <= credits <= MAX_CREDITS
     changed = await session.execute(
         update(User)
@@ -65,7 +69,7 @@ async def grant(session: AsyncSession, *, user_id: int, credits: int, trace_id: 
         return False
     session.add(
         LedgerEntry(
-            trace_id=trace_id, kind="grant", user_id=user_id, token_id=None, amount=credits, created_at=now()
+            trace_id=trace_id, kind=kind, user_id=user_id, token_id=None, amount=credits, created_at=now()
         )
     )
     return True
