@@ -8,8 +8,9 @@ live codes takes about 40 billion years on average (2**100 / 10**6 / 10**6 secon
 are rate limited to a few an hour.
 """
 
-import hashlib
 import secrets
+
+from chatgate.services.auth import hash_secret
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 LENGTH = 20
@@ -35,7 +36,8 @@ def body(code: str) -> str | None:
 
 
 def digest(characters: str) -> str:
-    return hashlib.sha256(characters.encode()).hexdigest()
+    """What is stored: the SHA-256 of the code's characters, as for API tokens."""
+    return hash_secret(characters)
 
 
 def hint(characters: str) -> str:

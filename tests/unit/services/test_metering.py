@@ -21,7 +21,7 @@ from chatgate.providers.base import Accepted, Bound, Finished, Plan, ProviderEve
 from chatgate.services.auth import MASTER, Principal
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.chat import ChatService
-from chatgate.services.metering import Caller, Metering
+from chatgate.services.metering import Caller, Metering, cost
 from chatgate.services.ratelimit import Decision
 from chatgate.services.recovery import INTERRUPTED, Recovery
 from chatgate.storage.reservations import Lease
@@ -318,3 +318,40 @@ async def test_start_up_takes_a_lease_and_sweeps() -> None:
     finally:
         await sweeper.stop()
     assert "me" not in store.lease_rows  # a clean stop gives the lease up
+
+
+PRICED = Price(prompt=1_000_000, completion=2_000_000)
+
+
+def test_cost_multiplies_tokens_and_extra_credits_and_rounds_up_once() -> None:
+    assert cost(PRICED, 9, 4) == 17
+    assert cost(PRICED, 9, 4, multiplier=2500) == 43  # 42.5 rounded up
+    assert cost(PRICED, 9, 4, extra=3, multiplier=500) == 10  # (17 + 3) / 2
+    assert cost(PRICED, 0, 0, extra=1000, multiplier=0) == 0  # a free group
+    assert cost(Price(prompt=1, completion=1), 1, 0) == 1  # never free unless priced at 0
+
+
+async def test_the_group_multiplier_applies_at_reservation_and_settlement_and_is_recorded() -> None:
+    s = Setup(ANSWER)
+    s.caller = Caller(Principal(user_id=1, token_id=None, price_multiplier=2500), "t1")
+    meter = s.metering.admit(s.caller, model="m", price=PRICED, bound=BOUND)
+    async with meter:
+        assert meter.reserved == 93 and s.charged() == 93  # (5 + 2 x 16) x 2.5, rounded up
+        for event in ANSWER:
+            assert not isinstance(event, Exception)
+            meter.observe(event)
+        charge = await meter.settle()
+    assert charge.cost == 23 and s.charged() == 23  # (5 + 2 x 2) x 2.5 = 22.5, rounded up
+    row = s.store.usage[-1]
+    assert (row.price_prompt, row.price_completion, row.price_multiplier) == (1_000_000, 2_000_000, 2500)
+    s.conserved()
+
+
+async def test_a_multiplier_the_balance_cannot_cover_is_refused_and_costs_nothing() -> None:
+    s = Setup(ANSWER, balance=50)
+    s.caller = Caller(Principal(user_id=1, token_id=None, price_multiplier=3000), "t1")
+    with pytest.raises(InsufficientQuota):  # 21 at the list price, 63 for this group
+        await s.chat.complete(s.caller, request())
+    assert s.store.balances[1] == 50 and not s.store.open
+    assert s.refusals.rows[-1].price_multiplier is None  # a refusal cost nothing, at no price
+    s.conserved()
