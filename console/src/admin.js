@@ -127,9 +127,12 @@ export async function deploymentsPage(show) {
     result,
   );
   await refresh();
-  // Kept fresh while the page is open.
-  const timer = setInterval(() => (location.hash === "#/admin/deployments" ? refresh().catch(() => {}) : clearInterval(timer)), 5000);
+  // Kept fresh while the page is open (one timer, whichever visit to the page made it).
+  clearInterval(freshness);
+  freshness = setInterval(() => (location.hash === "#/admin/deployments" ? refresh().catch(() => {}) : clearInterval(freshness)), 5000);
 }
+
+let freshness;
 
 // ---- the request log ---------------------------------------------------------------------------
 

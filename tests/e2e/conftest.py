@@ -14,7 +14,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, expect, sync_playwright
 
 from chatgate.storage.database import Database
 from chatgate.storage.reservations import discrepancies
@@ -58,6 +58,10 @@ models:
 """
 MAX_QUEUE = 2
 
+
+# What a page shows may take a while on a machine shared with other work: wait for it up to 30 s
+# (Playwright's 5 s default failed the console tests under a load of 20 on 2 cores).
+expect.set_options(timeout=30_000)
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [

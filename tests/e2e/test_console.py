@@ -149,8 +149,9 @@ def test_admin_page_and_phone_sized_pages(console_server: Server, browser: Brows
     sign_in_as_admin(page, base)
     page.get_by_role("link", name="Admin").click()
     expect(page.get_by_role("cell", name="journey@example.com", exact=True)).to_be_visible()
-    expect(page.get_by_role("heading", name=SMALL)).to_be_visible()
     shot(page, "admin-desktop")
+    page.get_by_role("link", name="Deployments").click()
+    expect(page.get_by_test_id("deployments")).to_contain_text(SMALL)
     context.close()
 
     phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)

@@ -22,7 +22,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncGenerator, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from chatgate.errors import (
@@ -78,7 +78,6 @@ class Deployment:
     cooling_until: float = 0.0
     requests: int = 0
     failures: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.id = self.id or self.name

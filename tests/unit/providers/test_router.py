@@ -8,7 +8,7 @@ import pytest
 
 from chatgate.errors import EngineBusy, Unavailable, UnsupportedParameter, UpstreamFailed
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Accepted, Bound, Finished, Plan, ProviderEvent, collect
+from chatgate.providers.base import Accepted, Bound, Finished, Plan, ProviderEvent, TextDelta, collect
 from chatgate.providers.router import Deployment, RouterProvider
 
 
@@ -90,7 +90,7 @@ async def test_a_deployment_that_refuses_the_request_is_left_out() -> None:
 
 
 class Scripted:
-    """A deployment that answers, or fails with the error it is given."""
+    """A deployment that answers "OK", or fails with the error it is given (which may change)."""
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
@@ -107,6 +107,7 @@ class Scripted:
         if self.error is not None:
             raise self.error
         yield Accepted(1)
+        yield TextDelta("OK", tokens=1)
         yield Finished("stop", 1, 1)
 
     def stats(self) -> dict[str, int]:

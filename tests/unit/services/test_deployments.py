@@ -3,7 +3,7 @@ scripted deployments: figures add up, disabling reaches the other replica, the p
 failing deployment and the probe enables it again, each automatic change in the audit log."""
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,42 +11,17 @@ import pytest
 from chatgate.config import HealthPolicy, Price
 from chatgate.errors import UpstreamFailed
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import Finished, ProviderEvent, Running, Started, TextDelta, collect
+from chatgate.providers.base import collect
 from chatgate.providers.router import Deployment, RouterProvider
 from chatgate.services.audit import Actor, AuditLog
 from chatgate.services.catalogue import ModelRegistry, Route
 from chatgate.services.deployments import DeploymentMonitor, bucket, percentile
 from chatgate.storage import users
 from chatgate.storage.database import Database, migrate
+from tests.unit.providers.test_router import Scripted
 
+FAILURE = UpstreamFailed("The upstream failed with status 500: down")
 HI = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-
-
-class Scripted:
-    def __init__(self) -> None:
-        self.failing = False
-        self.calls = 0
-
-    async def start(self) -> None:
-        return None
-
-    async def stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ProviderEvent, None]:
-        self.calls += 1
-        yield Started(prompt_tokens=1, max_completion_tokens=1)
-        if self.failing:
-            raise UpstreamFailed("The upstream failed with status 500: down")
-        yield Running()
-        yield TextDelta("OK", tokens=1)
-        yield Finished("stop", 1, 1)
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-    def health(self) -> list[dict[str, object]]:
-        return []
-
-    async def aclose(self) -> None:
-        return None
 
 
 def replica(
@@ -87,7 +62,7 @@ async def test_figures_from_two_replicas_add_up_and_a_disable_reaches_the_other(
     router_b, b = replica(db, engines, HealthPolicy())
     for router in (router_a, router_b, router_a):
         for _ in range(4):
-            await collect(router.stream(HI))
+            await collect(router.run(router.prepare(HI)))
     await a.sync()
     view = {d["id"]: d for d in await b.overview()}
     assert view["x"]["requests"] + view["y"]["requests"] == 12
@@ -99,7 +74,7 @@ async def test_figures_from_two_replicas_add_up_and_a_disable_reaches_the_other(
     assert router_b.deployments[0].disabled
     calls = engines["x"].calls
     for _ in range(5):
-        await collect(router_b.stream(HI))
+        await collect(router_b.run(router_b.prepare(HI)))
     assert engines["x"].calls == calls
     restarted_router, restarted = replica(db, engines, HealthPolicy())
     await restarted.sync()
@@ -109,10 +84,10 @@ async def test_figures_from_two_replicas_add_up_and_a_disable_reaches_the_other(
 async def test_the_policy_disables_after_failures_in_a_row_and_the_probe_enables_again(db: Database) -> None:
     engines = {"x": Scripted()}
     router, monitor = replica(db, engines, HealthPolicy(auto_disable_after=3, probe_seconds=1))
-    engines["x"].failing = True
+    engines["x"].error = FAILURE
     for _ in range(3):
         with pytest.raises(UpstreamFailed):
-            await collect(router.stream(HI))
+            await collect(router.run(router.prepare(HI)))
     assert router.deployments[0].disabled  # at once, on this replica
     await monitor.sync()
     view = (await monitor.overview())[0]
@@ -121,7 +96,7 @@ async def test_the_policy_disables_after_failures_in_a_row_and_the_probe_enables
 
     await monitor.probe()  # still failing: stays disabled
     assert router.deployments[0].disabled
-    engines["x"].failing = False
+    engines["x"].error = None
     await monitor.probe()
     assert not router.deployments[0].disabled
     assert (await monitor.overview())[0]["state"] == "up"
