@@ -532,7 +532,15 @@ const pages = {
   account: accountPage,
 };
 
-async function route() {
+// One navigation at a time: a page still loading when the address changes finishes first, so it
+// can't paint over the page asked for after it.
+let routing = Promise.resolve();
+function route() {
+  routing = routing.then(navigate, navigate);
+  return routing;
+}
+
+async function navigate() {
   const [name = "", query = ""] = location.hash.replace(/^#\/?/, "").split("?");
   const page = name || "tokens";
   const params = new URLSearchParams(query);
