@@ -163,7 +163,7 @@ def test_admin_page_and_phone_sized_pages(console_server: Server, browser: Brows
     shot(page, "tokens-phone")
     for name in ("Playground", "Usage", "Account"):
         page.get_by_role("link", name=name).click()
-        expect(page.get_by_role("heading", name=name)).to_be_visible()
+        expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible()
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"] + 1, f"{name} scrolls sideways on a phone ({width}px)"
         shot(page, f"{name.lower()}-phone")
