@@ -119,19 +119,17 @@ class RedemptionService:
             raise _unknown()
         code_hash = codes.digest(characters)
         async with self._db.transaction() as session:
+            # The code is taken and its credits land in one transaction: both or neither.
             taken = await store.take(session, code_hash=code_hash, user_id=user_id)
             if taken is not None:
+                code_id, credits = taken
                 await users.grant(
-                    session,
-                    user_id=user_id,
-                    credits=taken.credits,
-                    trace_id=f"redeem_{taken.id}",
-                    kind="redeem",
+                    session, user_id=user_id, credits=credits, trace_id=f"redeem_{code_id}", kind="redeem"
                 )
                 user = await users.by_id(session, user_id=user_id)
                 assert user is not None
                 await session.refresh(user)
-                return {"credits": taken.credits, "balance": user.credits}
+                return {"credits": credits, "balance": user.credits}
             row = await store.by_hash(session, code_hash=code_hash)
         if row is None:
             raise _unknown()

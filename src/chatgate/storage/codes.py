@@ -36,10 +36,15 @@ async def insert_many(
     await session.flush()
 
 
-async def take(session: AsyncSession, *, code_hash: str, user_id: int) -> RedemptionCode | None:
-    """Mark a live code redeemed by ``user_id`` and return it; None if it is not live (unknown,
-    used, disabled or expired). Of two redemptions at once, on any replica, only one gets it:
-    the update's condition is checked against the row's newest version."""
+async def take(session: AsyncSession, *, code_hash: str, user_id: int) -> tuple[int, int] | None:
+    """Mark a live code redeemed by ``user_id``: its id and credits; None if it is not live
+    (unknown, used, disabled or expired).
+
+    One statement (an UPDATE whose WHERE holds the rule, RETURNING what it took), so of two
+    redemptions at once, on any replica, exactly one gets the code: PostgreSQL re-checks the
+    condition against the row's newest version once the first commits, and SQLite runs one writer
+    at a time. (RETURNING needs SQLite 3.35 or later.)
+    """
     at = now()
     taken = await session.execute(
         update(RedemptionCode)
@@ -50,10 +55,10 @@ async def take(session: AsyncSession, *, code_hash: str, user_id: int) -> Redemp
             (RedemptionCode.expires_at.is_(None)) | (RedemptionCode.expires_at > at),
         )
         .values(redeemed_at=at, redeemed_by=user_id)
+        .returning(RedemptionCode.id, RedemptionCode.credits)
     )
-    if not taken.rowcount:  # type: ignore[attr-defined]
-        return None
-    return await by_hash(session, code_hash=code_hash)
+    row = taken.one_or_none()
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 async def by_hash(session: AsyncSession, *, code_hash: str) -> RedemptionCode | None:
