@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.e2e import infra
+from tests.e2e.conftest import assert_ledger_adds_up
 from tests.e2e.infra import Server
 from tests.e2e.test_console import DESKTOP, PHONE, shot
 
@@ -147,6 +148,7 @@ def test_codes_from_the_cli_are_redeemed_once_each_into_the_ledger(sqlite_shop: 
         stored = [row[0] for row in db.execute("SELECT code_hash FROM redemption_codes")]
     assert entries == [("redeem", 500)]
     assert not any(code.replace("-", "")[2:] in value for code in codes for value in stored)  # only hashes
+    assert_ledger_adds_up(sqlite_shop.a, cli=True)  # `chatgate ledger verify` counts a redeem as granted
 
 
 def test_disabled_and_expired_codes_each_get_their_own_error(sqlite_shop: Shop) -> None:
@@ -222,6 +224,7 @@ def exactly_once(shop: Shop) -> None:
         results = race(codes[:6], ada_on_a, bob_on_b) + race(codes[6:], ada_on_a, ada_on_b)
         assert all(sorted(pair) == [200, 409] for pair in results), results
         assert me(ada_on_a)["credits"] + me(bob_on_b)["credits"] == 2 * FREE + 12 * 1000
+    assert_ledger_adds_up(shop.a)
 
 
 def test_a_code_raced_by_two_sessions_through_two_replicas_pays_once_on_sqlite(sqlite_shop: Shop) -> None:
@@ -337,11 +340,12 @@ def test_a_group_multiplier_is_reserved_settled_and_recorded_and_its_models_are_
         assert audit[:1] == ["group.update"] and "group.create" in audit
         moves = boss.get("/api/admin/audit", params={"action": "user.group"}).json()["data"]
         assert moves[0]["detail"] == {"from": "default", "to": "free"}
+    assert_ledger_adds_up(sqlite_shop.a)
 
 
 def _requests(boss: httpx.Client, email: str, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 20
-    while True:  # each replica writes its usage rows in batches: a bound on waiting
+    while True:  # a bound on waiting (a request's row is written before its answer ends)
         rows: list[dict[str, Any]] = boss.get("/api/admin/requests", params={"user": email}).json()["data"]
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
