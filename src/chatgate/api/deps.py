@@ -16,8 +16,8 @@ from chatgate.services.audit import AuditLog
 from chatgate.services.auth import AuthService
 from chatgate.services.catalogue import ModelRegistry
 from chatgate.services.deployments import DeploymentMonitor
-from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.emails import AccountMail
+from chatgate.services.embeddings import EmbeddingService
 from chatgate.services.files import FileService
 from chatgate.services.groups import GroupService
 from chatgate.services.images import ImageService

@@ -125,10 +125,6 @@ class ModelRegistry:
     def embedding_routes(self) -> dict[str, EmbeddingRoute]:
         return dict(self._embeddings)
 
-    @property
-    def embedding_routes(self) -> dict[str, EmbeddingRoute]:
-        return dict(self._embeddings)
-
     def health(self) -> dict[str, list[dict[str, object]]]:
         chat = {name: route.provider.health() for name, route in self._routes.items()}
         return chat | {name: route.embedder.health() for name, route in self._embeddings.items()}
