@@ -15,9 +15,24 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from chatgate.api.deps import SESSION_COOKIE, AccountsDep, AdminDep, MailDep, SignedInDep, TokensDep
 from chatgate.api.openapi import SETS_COOKIE, links, raises
-from chatgate.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
+from chatgate.errors import (
+    AuthError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    MailFailed,
+    NotFound,
+    NotImplementedFeature,
+)
 from chatgate.protocol.accounts import Account as AccountOut
-from chatgate.protocol.accounts import AccountList, IssuedToken, PendingVerification, Session, Token, TokenList
+from chatgate.protocol.accounts import (
+    AccountList,
+    IssuedToken,
+    PendingVerification,
+    Session,
+    Token,
+    TokenList,
+)
 from chatgate.protocol.base import INT64_MAX, INT64_MIN
 from chatgate.services.accounts import MAX_CREDITS, MIN_PASSWORD, Account, SignedIn
 from chatgate.services.audit import Actor
@@ -114,7 +129,7 @@ def _session_response(request: Request, cookie: str, signed_in: SignedIn, status
                 DisableUser=("admin_disable", {"user_id": "$response.body#/user/id"}),
             ),
         },
-        **raises(Conflict),
+        **raises(Conflict, MailFailed, NotImplementedFeature),
     },
 )
 async def sign_up(body: Credentials, request: Request, accounts: AccountsDep, mail: MailDep) -> JSONResponse:
@@ -128,7 +143,11 @@ async def sign_up(body: Credentials, request: Request, accounts: AccountsDep, ma
     return _session_response(request, cookie, signed_in, 201)
 
 
-@router.post("/login", response_model=Session, responses={200: SETS_COOKIE, **raises(AuthError)})
+@router.post(
+    "/login",
+    response_model=Session,
+    responses={200: SETS_COOKIE, **raises(AuthError, (Forbidden, "email_not_verified"))},
+)
 async def log_in(body: Credentials, request: Request, accounts: AccountsDep) -> JSONResponse:
     cookie, signed_in = await accounts.log_in(body.email, body.password)
     return _session_response(request, cookie, signed_in, 200)

@@ -7,13 +7,26 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatgate.api.deps import CodesDep, GroupsDep, SignedInDep
+from chatgate.api.openapi import raises
+from chatgate.errors import (
+    Conflict,
+    ContextLengthExceeded,
+    Forbidden,
+    Gone,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    UnsupportedParameter,
+)
 from chatgate.protocol.requests import ChatCompletionRequest
 
 router = APIRouter()
 
 
 class Code(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     code: str = Field(min_length=1, max_length=100)
 
@@ -47,17 +60,36 @@ class Estimate(BaseModel):
     multiplier: float
 
 
-@router.post("/redeem")
+@router.post(
+    "/redeem",
+    responses=raises(
+        (NotFound, "code_unknown"),
+        (Conflict, "code_used"),
+        (Gone, "code_expired"),
+        (Forbidden, "code_disabled"),
+        (InvalidRequest, "balance_too_large"),
+        RateLimited,
+    ),
+)
 async def redeem(body: Code, request: Request, signed_in: SignedInDep, codes: CodesDep) -> Redeemed:
     address = request.client.host if request.client else None
     return Redeemed.model_validate(await codes.redeem(signed_in.account.id, body.code, address=address))
 
 
-@router.get("/pricing")
+@router.get("/pricing", responses=raises(NotFound))
 async def pricing(signed_in: SignedInDep, groups: GroupsDep) -> Pricing:
     return Pricing.model_validate(await groups.pricing(signed_in.account.id))
 
 
-@router.post("/pricing/estimate")
+@router.post(
+    "/pricing/estimate",
+    responses=raises(
+        ModelNotFound,
+        (InvalidRequest, "model_not_supported"),
+        UnsupportedParameter,
+        ContextLengthExceeded,
+        Unavailable,
+    ),
+)
 async def estimate(body: ChatCompletionRequest, signed_in: SignedInDep, groups: GroupsDep) -> Estimate:
     return Estimate.model_validate(await groups.estimate(signed_in.account.id, body))

@@ -9,12 +9,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatgate.api.deps import MailDep
+from chatgate.api.openapi import raises
+from chatgate.errors import InvalidRequest, MailFailed, NotImplementedFeature, RateLimited
 
 router = APIRouter()
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Link(Body):
@@ -36,25 +38,40 @@ class Verified(BaseModel):
     credits: int
 
 
-@router.post("/verify")
+@router.post("/verify", responses=raises((InvalidRequest, "invalid_link")))
 async def verify(body: Link, mail: MailDep) -> Verified:
     account = await mail.verify(body.token)
     return Verified(email=account.email, email_verified=account.email_verified, credits=account.credits)
 
 
-@router.post("/verify/resend", status_code=202)
+@router.post(
+    "/verify/resend",
+    status_code=202,
+    response_class=Response,
+    responses=raises(RateLimited, MailFailed, NotImplementedFeature),
+)
 async def resend(body: Address, mail: MailDep) -> Response:
     await mail.resend_verification(body.email)
     return Response(status_code=202)
 
 
-@router.post("/password/forgot", status_code=202)
+@router.post(
+    "/password/forgot",
+    status_code=202,
+    response_class=Response,
+    responses=raises(RateLimited, MailFailed, NotImplementedFeature),
+)
 async def forgot(body: Address, mail: MailDep) -> Response:
     await mail.forgot(body.email)
     return Response(status_code=202)
 
 
-@router.post("/password/reset", status_code=204)
+@router.post(
+    "/password/reset",
+    status_code=204,
+    response_class=Response,
+    responses=raises((InvalidRequest, "invalid_link"), InvalidRequest),
+)
 async def reset(body: NewPassword, mail: MailDep) -> Response:
     await mail.reset(body.token, body.new_password)
     return Response(status_code=204)

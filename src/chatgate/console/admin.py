@@ -9,6 +9,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatgate.api.deps import AdminDep, AuditDep, DeploymentsDep, RequestLogDep
+from chatgate.api.openapi import raises
+from chatgate.errors import InvalidRequest, NotFound
 from chatgate.services.audit import Actor
 from chatgate.storage.requestlog import Filters
 
@@ -16,7 +18,7 @@ router = APIRouter()
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---- deployments ------------------------------------------------------------------------------
@@ -61,12 +63,12 @@ async def deployments(admin: AdminDep, monitor: DeploymentsDep) -> DeploymentLis
     return DeploymentList.model_validate({"data": await monitor.overview()})
 
 
-@router.post("/deployments/{deployment_id:path}/test")
+@router.post("/deployments/{deployment_id:path}/test", responses=raises(NotFound))
 async def test_deployment(deployment_id: str, admin: AdminDep, monitor: DeploymentsDep) -> TestResult:
     return TestResult.model_validate((await monitor.test(deployment_id)).as_dict())
 
 
-@router.post("/deployments/{deployment_id:path}/disable")
+@router.post("/deployments/{deployment_id:path}/disable", responses=raises(NotFound))
 async def disable_deployment(
     deployment_id: str, body: Switch, admin: AdminDep, monitor: DeploymentsDep
 ) -> DeploymentView:
@@ -131,7 +133,7 @@ async def _filters(query: RequestQuery, log: RequestLogDep) -> Filters:
     )
 
 
-@router.get("/requests")
+@router.get("/requests", responses=raises(InvalidRequest))
 async def requests(
     admin: AdminDep,
     log: RequestLogDep,
@@ -141,7 +143,14 @@ async def requests(
     return RequestPage.model_validate(page)
 
 
-@router.get("/requests.csv", response_class=StreamingResponse)
+@router.get(
+    "/requests.csv",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        **raises(InvalidRequest),
+    },
+)
 async def requests_csv(
     admin: AdminDep, log: RequestLogDep, query: Annotated[RequestQuery, Query()]
 ) -> StreamingResponse:
@@ -173,7 +182,7 @@ class AuditPage(BaseModel):
     data: list[AuditRow]
 
 
-@router.get("/audit")
+@router.get("/audit", responses=raises(InvalidRequest))
 async def audit(
     admin: AdminDep,
     log: AuditDep,

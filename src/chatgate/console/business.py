@@ -4,20 +4,24 @@ groups (create, change, move users), under ``/api/admin``. Admins only; changes 
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatgate.api.deps import AdminDep, CodesDep, GroupsDep
+from chatgate.api.openapi import raises
+from chatgate.errors import Conflict, InvalidRequest, NotFound
+from chatgate.protocol.base import INT64_MAX, INT64_MIN
 from chatgate.services.audit import Actor
 
 router = APIRouter()
 
 State = Literal["unused", "used", "expired", "disabled"]
+RowId = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---- codes --------------------------------------------------------------------------------------
@@ -51,7 +55,7 @@ class CodePage(BaseModel):
     data: list[CodeView]
 
 
-@router.post("/codes", status_code=201)
+@router.post("/codes", status_code=201, responses=raises(InvalidRequest))
 async def create_codes(body: NewCodes, admin: AdminDep, codes: CodesDep) -> CreatedCodes:
     made = await codes.create(
         credits=body.credits,
@@ -63,7 +67,7 @@ async def create_codes(body: NewCodes, admin: AdminDep, codes: CodesDep) -> Crea
     return CreatedCodes(codes=made)
 
 
-@router.get("/codes")
+@router.get("/codes", responses=raises(InvalidRequest))
 async def list_codes(
     admin: AdminDep,
     codes: CodesDep,
@@ -74,7 +78,14 @@ async def list_codes(
     return CodePage.model_validate(await codes.page(state=state, limit=limit, offset=offset))
 
 
-@router.get("/codes.csv", response_class=StreamingResponse)
+@router.get(
+    "/codes.csv",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        **raises(InvalidRequest),
+    },
+)
 async def codes_csv(admin: AdminDep, codes: CodesDep, state: State | None = None) -> StreamingResponse:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return StreamingResponse(
@@ -84,8 +95,8 @@ async def codes_csv(admin: AdminDep, codes: CodesDep, state: State | None = None
     )
 
 
-@router.post("/codes/{code_id}/disable", status_code=204)
-async def disable_code(code_id: int, admin: AdminDep, codes: CodesDep) -> None:
+@router.post("/codes/{code_id}/disable", status_code=204, responses=raises(NotFound))
+async def disable_code(code_id: RowId, admin: AdminDep, codes: CodesDep) -> None:
     await codes.disable(code_id, Actor.admin(admin.account.id))
 
 
@@ -127,7 +138,7 @@ async def list_groups(admin: AdminDep, groups: GroupsDep) -> GroupList:
     return GroupList(data=[GroupView.model_validate(g, from_attributes=True) for g in await groups.all()])
 
 
-@router.post("/groups", status_code=201)
+@router.post("/groups", status_code=201, responses=raises(Conflict, InvalidRequest))
 async def create_group(body: NewGroup, admin: AdminDep, groups: GroupsDep) -> GroupView:
     group = await groups.create(
         body.name,
@@ -139,7 +150,7 @@ async def create_group(body: NewGroup, admin: AdminDep, groups: GroupsDep) -> Gr
     return GroupView.model_validate(group, from_attributes=True)
 
 
-@router.patch("/groups/{name}")
+@router.patch("/groups/{name}", responses=raises(NotFound, InvalidRequest))
 async def change_group(name: str, body: GroupChange, admin: AdminDep, groups: GroupsDep) -> GroupView:
     group = await groups.update(
         name,
@@ -152,6 +163,6 @@ async def change_group(name: str, body: GroupChange, admin: AdminDep, groups: Gr
     return GroupView.model_validate(group, from_attributes=True)
 
 
-@router.post("/users/{user_id}/group", status_code=204)
-async def move_user(user_id: int, body: Move, admin: AdminDep, groups: GroupsDep) -> None:
+@router.post("/users/{user_id}/group", status_code=204, responses=raises(NotFound))
+async def move_user(user_id: RowId, body: Move, admin: AdminDep, groups: GroupsDep) -> None:
     await groups.move(user_id, body.group, Actor.admin(admin.account.id))

@@ -14,6 +14,10 @@ class Account(WireModel):
     disabled: bool
     credits: int = Field(description="The balance, in credits.")
     created_at: datetime
+    email_verified: bool = Field(
+        description="Whether the email address was confirmed (always, unless required)."
+    )
+    group: str = Field(description="Its price group.")
 
 
 class Session(WireModel):

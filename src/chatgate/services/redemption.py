@@ -123,9 +123,14 @@ class RedemptionService:
             taken = await store.take(session, code_hash=code_hash, user_id=user_id)
             if taken is not None:
                 code_id, credits = taken
-                await users.grant(
+                if not await users.grant(
                     session, user_id=user_id, credits=credits, trace_id=f"redeem_{code_id}", kind="redeem"
-                )
+                ):  # raised inside the transaction: the code is not taken either
+                    raise InvalidRequest(
+                        f"This code would take the balance past {users.MAX_CREDITS:,} credits.",
+                        param="code",
+                        code="balance_too_large",
+                    )
                 user = await users.by_id(session, user_id=user_id)
                 assert user is not None
                 await session.refresh(user)
