@@ -55,8 +55,9 @@ class Credentials:
 
 @schemathesis.hook
 def map_path_parameters(ctx: Any, path_parameters: dict[str, Any]) -> dict[str, Any]:
-    """The admin disables anyone but the fuzzer's own two users (it would lock itself out)."""
-    if ctx.operation.path.endswith("/disable") and path_parameters.get("user_id") in PROTECTED:
+    """The admin disables (or moves to another price group) anyone but the fuzzer's own two users
+    (it would lock itself out, or hide its models from itself)."""
+    if ctx.operation.path.endswith(("/disable", "/group")) and path_parameters.get("user_id") in PROTECTED:
         return {**path_parameters, "user_id": SPARE_USER}
     return path_parameters
 

@@ -29,8 +29,10 @@ class Conformance:
     def __post_init__(self) -> None:
         resource = referencing.jsonschema.DRAFT202012.create_resource(self.document)
         self._registry: referencing.Registry[Any] = referencing.Registry().with_resource(URI, resource)
+        # A parameter is one segment; failing that, several (an id with slashes, as a deployment's).
         self._templates = [
-            (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"), path)
+            (re.compile("^" + re.sub(r"\{[^}]+\}", segment, path) + "$"), path)
+            for segment in ("[^/]+", ".+")
             for path in self.document["paths"]
         ]
 

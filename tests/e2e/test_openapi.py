@@ -5,7 +5,9 @@ headers, body, every event of a stream) is checked against what the document say
 import io
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -13,9 +15,10 @@ from openapi_spec_validator import validate
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from tests.e2e.conftest import API_KEY, EMBED, PAINTER, SKETCH, SMALL, Server
+from tests.e2e import infra
+from tests.e2e.conftest import API_KEY, CHROMIUM, EMBED, FLAGS, PAINTER, SKETCH, SMALL, Server
+from tests.e2e.mailbox import link, mailbox
 from tests.e2e.openapi_conformance import Conformance
-from tests.e2e.test_console import CHROMIUM, FLAGS
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
 
@@ -67,7 +70,9 @@ class Console:
 
 
 @pytest.fixture(scope="module")
-def calls(server: Server, conformance: Conformance) -> Iterator[list[httpx.Response]]:
+def calls(
+    server: Server, conformance: Conformance, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[httpx.Response]]:
     """Every operation, called so that it succeeds and so that it fails; each answer is checked."""
     base = server.base_url
     made: list[httpx.Response] = []
@@ -186,6 +191,9 @@ def calls(server: Server, conformance: Conformance) -> Iterator[list[httpx.Respo
     master = httpx.Client(base_url=base, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60)
     made.append(master.get("/v1/usage"))  # the unmetered key: credits_left is null
 
+    made += business(base, user, admin, spare, anonymous, chat)
+    made += email_links(tmp_path_factory.mktemp("openapi-mail"))
+
     made.append(user.send("DELETE", f"/api/tokens/{token_id}"))
     made.append(user.send("DELETE", "/api/tokens/999999999"))  # 404
     made.append(user.send("GET", "/api/usage"))
@@ -200,6 +208,94 @@ def calls(server: Server, conformance: Conformance) -> Iterator[list[httpx.Respo
     for client in (user.http, admin.http, spare.http, anonymous, master):
         client.close()
     yield made
+
+
+def business(
+    base: str, user: Console, admin: Console, spare: Console, anonymous: httpx.Client, chat: dict[str, Any]
+) -> list[httpx.Response]:
+    """Top-up codes, price groups, pricing, deployments, the admin's logs, deleting an account."""
+    made: list[httpx.Response] = []
+    made.append(admin.send("POST", "/api/admin/codes", json={"credits": 100, "count": 2, "note": "openapi"}))
+    first, second = made[-1].json()["codes"]
+    made.append(admin.send("POST", "/api/admin/codes", json={"credits": 0}))  # 400
+    made.append(admin.send("GET", "/api/admin/codes", params={"state": "unused", "limit": 5}))
+    newest = made[-1].json()["data"][0]["id"]  # the second code
+    made.append(admin.send("GET", "/api/admin/codes", params={"limit": 0}))  # 400
+    made.append(admin.send("GET", "/api/admin/codes.csv"))
+    made.append(admin.send("GET", "/api/admin/codes.csv", params={"state": "spent"}))  # 400
+    made.append(user.send("POST", "/api/redeem", json={"code": first}))
+    made.append(user.send("POST", "/api/redeem", json={"code": first}))  # 409
+    made.append(admin.send("POST", f"/api/admin/codes/{newest}/disable"))
+    made.append(user.send("POST", "/api/redeem", json={"code": second}))  # 403: disabled
+    made.append(admin.send("POST", "/api/admin/codes/999999999/disable"))  # 404
+    made.append(user.send("GET", "/api/pricing"))
+    made.append(anonymous.get("/api/pricing"))  # 401
+    made.append(user.send("POST", "/api/pricing/estimate", json=chat))
+    made.append(user.send("POST", "/api/pricing/estimate", json={**chat, "model": "no-such-model"}))  # 404
+    group = f"openapi-{uuid.uuid4().hex[:8]}"
+    made.append(admin.send("GET", "/api/admin/groups"))
+    made.append(user.send("GET", "/api/admin/groups"))  # 403
+    made.append(admin.send("POST", "/api/admin/groups", json={"name": group, "multiplier": 1.5}))
+    made.append(admin.send("POST", "/api/admin/groups", json={"name": group}))  # 409
+    made.append(admin.send("PATCH", f"/api/admin/groups/{group}", json={"multiplier": 1.25}))
+    made.append(admin.send("PATCH", "/api/admin/groups/no-such-group", json={"multiplier": 1}))  # 404
+    made.append(admin.send("POST", f"/api/admin/users/{spare.id}/group", json={"group": group}))
+    made.append(admin.send("POST", f"/api/admin/users/{spare.id}/group", json={"group": "nope"}))  # 404
+    made.append(admin.send("GET", "/api/admin/deployments"))
+    deployment = quote(next(d["id"] for d in made[-1].json()["data"] if d["model"] == SMALL), safe="")
+    made.append(user.send("GET", "/api/admin/deployments"))  # 403
+    made.append(admin.send("POST", f"/api/admin/deployments/{deployment}/test"))
+    made.append(admin.send("POST", "/api/admin/deployments/no-such/test"))  # 404
+    # Enabled again, as it is: the session's server keeps serving every other test.
+    made.append(admin.send("POST", f"/api/admin/deployments/{deployment}/disable", json={"disabled": False}))
+    made.append(admin.send("POST", "/api/admin/deployments/no-such/disable", json={"disabled": True}))  # 404
+    made.append(admin.send("GET", "/api/admin/requests", params={"limit": 5}))
+    made.append(admin.send("GET", "/api/admin/requests", params={"limit": 0}))  # 400
+    made.append(admin.send("GET", "/api/admin/requests.csv", params={"model": SMALL}))
+    made.append(admin.send("GET", "/api/admin/requests.csv", params={"status": "odd"}))  # 400
+    made.append(admin.send("GET", "/api/admin/audit", params={"limit": 5}))
+    made.append(admin.send("GET", "/api/admin/audit", params={"limit": 0}))  # 400
+    leaver = Console(base, unique("openapi-leaver"))
+    made.append(leaver.send("DELETE", "/api/me", json={"password": "not the password"}))  # 403
+    made.append(leaver.send("DELETE", "/api/me", json={"password": leaver.password}))
+    leaver.http.close()
+    return made
+
+
+def email_links(workdir: Path) -> list[httpx.Response]:
+    """Sign-up with a confirmed address and a password reset, on a server of their own that sends
+    its links to a real SMTP server on loopback."""
+    made: list[httpx.Response] = []
+    catalogue = 'models:\n  - {name: m, deployment: {kind: openai_compatible, base_url: "http://127.0.0.1:9/v1", model: m}}\n'
+    with mailbox() as box:
+        env = {
+            "CHATGATE_EMAIL_VERIFICATION": "true",
+            "CHATGATE_SMTP_HOST": "127.0.0.1",
+            "CHATGATE_SMTP_PORT": str(box.port),
+            "CHATGATE_SMTP_SECURITY": "none",
+            "CHATGATE_SMTP_FROM": "chatgate <noreply@example.com>",
+        }
+        with (
+            infra.chatgate(workdir, catalogue, **env) as server,
+            httpx.Client(base_url=server.base_url) as http,
+        ):
+            email, password = unique("openapi-mail"), "a long password"
+            made.append(http.post("/api/signup", json={"email": email, "password": password}))  # pending
+            made.append(http.post("/api/login", json={"email": email, "password": password}))  # 403
+            made.append(http.post("/api/verify/resend", json={"email": email}))
+            made.append(http.post("/api/verify/resend", json={"email": 7}))  # 400
+            token = parse_qs(urlsplit(link(box.wait(email)[0])).fragment.partition("?")[2])["token"][0]
+            made.append(http.post("/api/verify", json={"token": token}))
+            made.append(http.post("/api/verify", json={"token": token}))  # 400: used
+            made.append(http.post("/api/password/forgot", json={"email": email}))
+            made.append(http.post("/api/password/forgot", json={}))  # 400
+            reset = link(box.wait(email, 3)[-1])
+            token = parse_qs(urlsplit(reset).fragment.partition("?")[2])["token"][0]
+            made.append(
+                http.post("/api/password/reset", json={"token": token, "new_password": "a new password"})
+            )
+            made.append(http.post("/api/password/reset", json={"token": token, "new_password": "again pass"}))
+    return made
 
 
 def test_every_answer_is_as_the_document_says(calls: list[httpx.Response], conformance: Conformance) -> None:

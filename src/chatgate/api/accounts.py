@@ -117,13 +117,26 @@ def _session_response(request: Request, cookie: str, signed_in: SignedIn, status
     return response
 
 
+# A sign-up signs in at once, unless the address must be confirmed first (no cookie then).
+SIGNS_IN_UNLESS_VERIFYING: dict[str, Any] = {
+    "headers": {
+        "set-cookie": {
+            **SETS_COOKIE["headers"]["set-cookie"],
+            "description": "The session cookie (HttpOnly, SameSite=Lax); none while the email address "
+            "waits for confirmation.",
+            "required": False,
+        }
+    }
+}
+
+
 @router.post(
     "/signup",
     status_code=201,
     response_model=Session | PendingVerification,
     responses={
         201: {
-            **SETS_COOKIE,
+            **SIGNS_IN_UNLESS_VERIFYING,
             **links(
                 GrantCredits=("admin_grant", {"user_id": "$response.body#/user/id"}),
                 DisableUser=("admin_disable", {"user_id": "$response.body#/user/id"}),

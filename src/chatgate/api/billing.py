@@ -38,9 +38,9 @@ class Redeemed(BaseModel):
 
 class ModelPrice(BaseModel):
     model: str
-    kind: Literal["chat", "image_generation"]
+    kind: Literal["chat", "image_generation", "embedding"]
     prompt_per_million: float  # credits per million prompt tokens, after the group's multiplier
-    completion_per_million: float
+    completion_per_million: float | None  # None: an embedding model (its input alone is charged)
     per_image: float | None  # credits per image drawn, for the models that draw
     list_prompt_per_million: int  # the catalogue's prices, before the multiplier
     list_completion_per_million: int

@@ -15,6 +15,10 @@ class DeploymentHealth(WireModel):
 
     deployment: str
     up: bool
+    id: str | None = Field(default=None, description="A routed deployment's stable id.")
+    state: Literal["up", "cooling", "disabled"] | None = Field(
+        default=None, description="A routed deployment's state."
+    )
 
 
 class Health(WireModel):
