@@ -133,7 +133,7 @@ async def _filters(query: RequestQuery, log: RequestLogDep) -> Filters:
     )
 
 
-@router.get("/requests", responses=raises(InvalidRequest))
+@router.get("/requests", responses=raises(InvalidRequest, NotFound))
 async def requests(
     admin: AdminDep,
     log: RequestLogDep,
@@ -148,7 +148,7 @@ async def requests(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
-        **raises(InvalidRequest),
+        **raises(InvalidRequest, NotFound),
     },
 )
 async def requests_csv(
