@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from aiosmtpd.controller import Controller
 
@@ -39,6 +40,22 @@ class Mailbox:
         while len(found := self.to(address)) < count and time.monotonic() < deadline:
             time.sleep(0.05)
         return found
+
+
+def token_of(url: str) -> str:
+    """A link's secret (the console's links carry it in the fragment: ``/#/verify?token=...``)."""
+    return parse_qs(urlsplit(url).fragment.partition("?")[2])["token"][0]
+
+
+def smtp_env(box: Mailbox) -> dict[str, str]:
+    """A chatgate server's settings to send its email to ``box``, with verification at sign-up."""
+    return {
+        "CHATGATE_EMAIL_VERIFICATION": "true",
+        "CHATGATE_SMTP_HOST": "127.0.0.1",
+        "CHATGATE_SMTP_PORT": str(box.port),
+        "CHATGATE_SMTP_SECURITY": "none",
+        "CHATGATE_SMTP_FROM": "chatgate <noreply@example.com>",
+    }
 
 
 def link(message: EmailMessage) -> str:

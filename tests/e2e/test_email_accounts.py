@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from playwright.sync_api import Browser, expect
 
 from tests.e2e import infra
 from tests.e2e.infra import Server
-from tests.e2e.mailbox import Mailbox, link, mailbox
+from tests.e2e.mailbox import Mailbox, link, mailbox, smtp_env, token_of
 from tests.e2e.test_console import DESKTOP, PHONE, shot
 
 FREE = 5000
@@ -40,20 +39,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     )
     command = [sys.executable, str(FAULTY), "--port", str(upstream_port)]
     with mailbox() as box, infra.process(command, upstream_port, workdir / "upstream.log"):
-        env = {
-            "CHATGATE_EMAIL_VERIFICATION": "true",
-            "CHATGATE_SMTP_HOST": "127.0.0.1",
-            "CHATGATE_SMTP_PORT": str(box.port),
-            "CHATGATE_SMTP_SECURITY": "none",
-            "CHATGATE_SMTP_FROM": "chatgate <noreply@example.com>",
-            "CHATGATE_FREE_CREDITS": str(FREE),
-        }
+        env = {**smtp_env(box), "CHATGATE_FREE_CREDITS": str(FREE)}
         with infra.chatgate(workdir / "chatgate", catalogue, **env) as server:
             yield Site(server, box, workdir / "chatgate" / "data" / "chatgate.db")
-
-
-def token_of(url: str) -> str:
-    return parse_qs(urlsplit(url).fragment.partition("?")[2])["token"][0]
 
 
 def new_address() -> str:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -17,7 +17,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e import infra
 from tests.e2e.conftest import API_KEY, CHROMIUM, EMBED, FLAGS, PAINTER, SKETCH, SMALL, Server
-from tests.e2e.mailbox import link, mailbox
+from tests.e2e.mailbox import link, mailbox, smtp_env, token_of
 from tests.e2e.openapi_conformance import Conformance
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
@@ -268,15 +268,8 @@ def email_links(workdir: Path) -> list[httpx.Response]:
     made: list[httpx.Response] = []
     catalogue = 'models:\n  - {name: m, deployment: {kind: openai_compatible, base_url: "http://127.0.0.1:9/v1", model: m}}\n'
     with mailbox() as box:
-        env = {
-            "CHATGATE_EMAIL_VERIFICATION": "true",
-            "CHATGATE_SMTP_HOST": "127.0.0.1",
-            "CHATGATE_SMTP_PORT": str(box.port),
-            "CHATGATE_SMTP_SECURITY": "none",
-            "CHATGATE_SMTP_FROM": "chatgate <noreply@example.com>",
-        }
         with (
-            infra.chatgate(workdir, catalogue, **env) as server,
+            infra.chatgate(workdir, catalogue, **smtp_env(box)) as server,
             httpx.Client(base_url=server.base_url) as http,
         ):
             email, password = unique("openapi-mail"), "a long password"
@@ -284,13 +277,12 @@ def email_links(workdir: Path) -> list[httpx.Response]:
             made.append(http.post("/api/login", json={"email": email, "password": password}))  # 403
             made.append(http.post("/api/verify/resend", json={"email": email}))
             made.append(http.post("/api/verify/resend", json={"email": 7}))  # 400
-            token = parse_qs(urlsplit(link(box.wait(email)[0])).fragment.partition("?")[2])["token"][0]
+            token = token_of(link(box.wait(email)[0]))
             made.append(http.post("/api/verify", json={"token": token}))
             made.append(http.post("/api/verify", json={"token": token}))  # 400: used
             made.append(http.post("/api/password/forgot", json={"email": email}))
             made.append(http.post("/api/password/forgot", json={}))  # 400
-            reset = link(box.wait(email, 3)[-1])
-            token = parse_qs(urlsplit(reset).fragment.partition("?")[2])["token"][0]
+            token = token_of(link(box.wait(email, 3)[-1]))
             made.append(
                 http.post("/api/password/reset", json={"token": token, "new_password": "a new password"})
             )
