@@ -316,10 +316,11 @@ class Engines:
 
     def budget(self) -> "ThreadBudget":
         """The host's compute threads, one budget for every local model of this process."""
+        from chatgate.providers.local.cores import FreeCores
         from chatgate.providers.local.pool import ThreadBudget
 
-        if self._budget is None:
-            self._budget = ThreadBudget(self.settings.engine_threads)
+        if self._budget is None:  # a step's threads: no more than the cores other work leaves idle
+            self._budget = ThreadBudget(self.settings.engine_threads, free=FreeCores())
         return self._budget
 
     def _local(self, deployment: LocalDeployment, *, plans_only: bool = False) -> AnyProvider:

@@ -4,9 +4,10 @@ Every generation of every local model is a generator of steps: one llama.cpp cal
 prompt, or one token) and what it sampled from it. At most ``total`` lanes (OS threads) run steps.
 Each lane takes the generation at the head of one shared queue, steps it once and puts it at the
 back, so no request waits for another to finish. A step runs on ``share()`` threads: all of them for
-a lone stream, one each when two or more compete. With 4 streams on 2 cores, two lanes of one thread
-each take turns over the 4 sequences: each call costs what a lone sequence's call costs, which is
-the most these cores give (``bench/ceiling.py``; batching sequences into one call costs more here).
+a lone stream (as many as other work leaves cores idle for), one each when two or more compete.
+With 4 streams on 2 cores, two lanes of one thread each take turns over the 4 sequences: each call
+costs what a lone sequence's call costs, which is the most these cores give (``bench/ceiling.py``;
+batching sequences into one call costs more here).
 
 A new generation's first step comes before the others' next ones, so its prompt (or the first
 chunk of a long one) goes in at once. A lane that finds the queue empty exits: llama.cpp's OpenMP
@@ -40,10 +41,15 @@ class Task:
 
 
 class ThreadBudget:
-    """The machine's compute threads, shared by every engine sequence that is taken, in every pool."""
+    """The machine's compute threads, shared by every engine sequence that is taken, in every pool.
 
-    def __init__(self, total: int) -> None:
+    ``free`` says how many cores other work leaves idle (cores.FreeCores); without it, the
+    ``total`` threads are taken to be the engine's own.
+    """
+
+    def __init__(self, total: int, *, free: Callable[[], int] | None = None) -> None:
         self.total = total
+        self._free = free
         self._active = 0
         self._lock = threading.Lock()
         self._new: deque[Task] = deque()  # not stepped yet: first come, first stepped, before the others
@@ -70,8 +76,13 @@ class ThreadBudget:
 
     def share(self) -> int:
         """Threads for one step: the total split among the sequences taken (counted from when they are
-        taken, so a generation starting alone sees the others coming)."""
-        return max(1, self.total // max(1, self._active))
+        taken, so a generation starting alone sees the others coming), and no more than the cores
+        other work leaves idle: a step's threads wait for each other at every layer, so one whose
+        core is taken stalls them all (cores.py)."""
+        threads = max(1, self.total // max(1, self._active))
+        if self._free is not None and threads > 1:
+            threads = max(1, min(threads, self._free()))
+        return threads
 
     def submit(self, task: Task) -> None:
         """Queue a generation's steps; a new lane starts while there are fewer lanes than work and threads."""
