@@ -11,7 +11,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import PAINTER, SKETCH, ImagesPeer, Server, Spec, sse_events
+from tests.e2e.conftest import PAINTER, SKETCH, ImagesPeer, Server, Spec, ledger_checked, sse_events
 
 # The reply's shape: the plan as a JSON block, the image, the download link, a sentence.
 REPLY = re.compile(
@@ -22,6 +22,7 @@ REPLY = re.compile(
     re.DOTALL,
 )
 DRAW = [{"role": "user", "content": "Draw a red apple on a white table."}]
+verified = ledger_checked("server")  # `chatgate ledger verify` passes after every test
 
 
 def check_reply(content: str, sizes: list[str]) -> re.Match[str]:
@@ -168,3 +169,5 @@ def test_quota_pays_for_every_model_step_and_the_image(server: Server) -> None:
     # One credit per token at the default price, plus the sketch model's image price.
     assert usage["credits_used"] == answer.usage.total_tokens + 1000
     assert usage["requests"] == 2 and usage["total_tokens"] == answer.usage.total_tokens
+    granted = int(server.env.get("CHATGATE_FREE_CREDITS", "1000000"))
+    assert usage["credits_used"] + usage["credits_left"] == granted  # used + left = granted
