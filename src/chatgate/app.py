@@ -25,7 +25,9 @@ from chatgate.api import (
     files,
     health,
     images,
+    messages,
     models,
+    responses,
     usage,
     verification,
 )
@@ -83,11 +85,14 @@ from chatgate.services.files import FileService
 from chatgate.services.groups import GroupService
 from chatgate.services.host_limits import HostRateLimiter
 from chatgate.services.images import ImageService
+from chatgate.services.messages import MessagesService
 from chatgate.services.metering import Metering
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from chatgate.services.recovery import Recovery, new_owner
 from chatgate.services.redemption import RedemptionService
 from chatgate.services.requestlog import RequestLog
+from chatgate.services.responses import ResponsesService
+from chatgate.services.stored_responses import ResponseStore
 from chatgate.services.throttle import LocalThrottle, RedisThrottle, Throttle
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import POSTGRES_BATCH_ROWS, UsageRecorder
@@ -434,8 +439,8 @@ async def _settled(metering: Metering, seconds: float) -> None:
         )
 
 
-async def _sweep_files(files: FileStore, every: float = 600.0) -> None:
-    """Expired files go every ten minutes (and once at start-up)."""
+async def _sweep_files(files: FileStore, stored: ResponseStore, every: float = 600.0) -> None:
+    """Expired files and stored responses go every ten minutes (and once at start-up)."""
     while True:
         try:
             removed = await files.sweep()
@@ -443,6 +448,12 @@ async def _sweep_files(files: FileStore, every: float = 600.0) -> None:
                 log.info("removed %d expired files", removed)
         except OSError as exc:
             log.warning("file sweep failed: %s", exc)
+        try:
+            removed = await stored.sweep()
+            if removed:
+                log.info("removed %d expired stored responses", removed)
+        except Exception as exc:  # the database is unreachable for now: the next round tries again
+            log.warning("stored responses sweep failed: %s", exc)
         await asyncio.sleep(every)
 
 
@@ -479,6 +490,9 @@ class Services:
     groups: GroupService
     codes: RedemptionService
     throttle: Throttle
+    responses: ResponsesService
+    messages: MessagesService
+    stored_responses: ResponseStore
 
 
 def build_services(
@@ -507,6 +521,7 @@ def build_services(
         session_hours=settings.session_hours,
         require_verification=settings.email_verification,
     )
+    stored = ResponseStore(db, retention_seconds=settings.responses_retention_hours * 3600)
     return Services(
         db=db,
         registry=registry,
@@ -537,6 +552,9 @@ def build_services(
             per_address=settings.redeem_per_address_hour,
         ),
         throttle=throttle,
+        responses=ResponsesService(chat_service, stored),
+        messages=MessagesService(chat_service),
+        stored_responses=stored,
     )
 
 
@@ -585,7 +603,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         for embedder in registry.embedders:
             await embedder.start()
         await services.deployments.start()
-        sweeper = asyncio.create_task(_sweep_files(outside.files))
+        sweeper = asyncio.create_task(_sweep_files(outside.files, services.stored_responses))
         heap.settle()  # start-up is done: what it allocated is kept out of every collection from now on
         try:
             yield
@@ -635,6 +653,9 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
         app.include_router(images.router, prefix=prefix)
         app.include_router(embeddings.router, prefix=prefix)
         app.include_router(files.api_router, prefix=prefix)
+        app.include_router(responses.router, prefix=prefix)
+    for prefix in ("/v1", "/anthropic/v1"):
+        app.include_router(messages.router, prefix=prefix)
     app.include_router(accounts.router, prefix="/api")
     app.include_router(verification.router, prefix="/api")
     app.include_router(billing.router, prefix="/api")

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     file_max_bytes: int = Field(default=25_000_000, ge=1)
     files_max_total_bytes: int = Field(default=2_000_000_000, ge=1)
     file_retention_hours: int = Field(default=24 * 7, ge=1)
+    # Responses API answers kept with store (the default), for reading back and previous_response_id.
+    responses_retention_hours: int = Field(default=24 * 30, ge=1)
     # Browsing: hosts the fetcher may reach even on private or loopback addresses (comma-separated).
     browsing_allow_hosts: str = ""
     browsing_index: Path | None = None  # the local search index; default: index.db in the data dir
@@ -234,6 +236,9 @@ class UpstreamDeployment(BaseModel):
     # Request fields forwarded beyond OpenAI's usual ones: EXTENSION_FIELDS the server takes, and the
     # GATED_FIELDS this deployment may be sent (they change the bill or where the data is kept).
     extra_fields: list[str] = Field(default_factory=list)
+    # The upstream serves OpenAI's Responses API (POST /responses) too: Responses requests are
+    # relayed to it as they came, instead of translated to Chat Completions.
+    responses_api: bool = False
 
     @model_validator(mode="after")
     def _known_fields(self) -> "UpstreamDeployment":
@@ -599,6 +604,7 @@ def openai_catalogue(
                 api_key_env="OPENAI_API_KEY",
                 limit_field="max_completion_tokens",
                 vision=True,  # every model listed reads images
+                responses_api=True,
             ),
         )
         for name, (prompt, completion, aliases) in OPENAI_MODELS.items()

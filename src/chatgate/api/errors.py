@@ -35,6 +35,7 @@ from chatgate.errors import (
     UpstreamTimeout,
 )
 from chatgate.protocol.errors import ErrorBody, ErrorEnvelope
+from chatgate.protocol.messages_api import ErrorDetail, ErrorResponse
 
 log = logging.getLogger("chatgate.api")
 
@@ -78,8 +79,54 @@ def envelope(exc: ChatgateError, trace_id: str) -> ErrorEnvelope:
     return ErrorEnvelope(error=body, trace_id=trace_id)
 
 
-def error_response(exc: ChatgateError, trace_id: str) -> JSONResponse:
+# Anthropic's Messages API answers in its own error shape, with its own statuses and types.
+ANTHROPIC_HEADER = "request-id"  # where Anthropic's SDKs read a request's id
+_ANTHROPIC_STATUSES: dict[type[ChatgateError], int] = {InsufficientQuota: 402, EngineBusy: 529}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def is_anthropic(path: str) -> bool:
+    """Whether a path is one of Anthropic's API (``/v1/messages``...), answered in its error shape."""
+    return path.startswith(("/v1/messages", "/anthropic/"))
+
+
+def anthropic_status(exc: ChatgateError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _ANTHROPIC_STATUSES:
+            return _ANTHROPIC_STATUSES[cls]
+    return status_and_type(exc)[0]
+
+
+def anthropic_error(exc: ChatgateError, trace_id: str) -> ErrorResponse:
+    status = anthropic_status(exc)
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return ErrorResponse(error=ErrorDetail(type=kind, message=exc.message), request_id=trace_id)
+
+
+def error_response(exc: ChatgateError, trace_id: str, path: str = "") -> JSONResponse:
+    if is_anthropic(path):
+        headers = {**_error_headers(exc, trace_id), ANTHROPIC_HEADER: trace_id}
+        body = anthropic_error(exc, trace_id).model_dump(mode="json")
+        return JSONResponse(body, status_code=anthropic_status(exc), headers=headers)
     status, _ = status_and_type(exc)
+    return JSONResponse(
+        envelope(exc, trace_id).model_dump(mode="json"),
+        status_code=status,
+        headers=_error_headers(exc, trace_id),
+    )
+
+
+def _error_headers(exc: ChatgateError, trace_id: str) -> dict[str, str]:
     headers = {TRACE_HEADER: trace_id}
     if isinstance(exc, EngineBusy | RateLimited):
         headers["retry-after"] = str(exc.retry_after)
@@ -88,7 +135,7 @@ def error_response(exc: ChatgateError, trace_id: str) -> JSONResponse:
         headers["retry-after"] = exc.retry_after
     if isinstance(exc, InsufficientQuota):
         headers["x-should-retry"] = "false"  # the official SDKs honour this: no pointless retries
-    return JSONResponse(envelope(exc, trace_id).model_dump(mode="json"), status_code=status, headers=headers)
+    return headers
 
 
 def _param(loc: tuple[int | str, ...], body: Any) -> str | None:
@@ -154,12 +201,12 @@ def from_validation(errors: Sequence[ErrorDetails], body: Any) -> InvalidRequest
 
 async def on_chatgate_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatgateError)
-    return error_response(exc, trace_id_of(request))
+    return error_response(exc, trace_id_of(request), request.url.path)
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(from_validation(exc.errors(), exc.body), trace_id_of(request))
+    return error_response(from_validation(exc.errors(), exc.body), trace_id_of(request), request.url.path)
 
 
 def _unreadable_body(request: Request, exc: StarletteHTTPException) -> ChatgateError:
@@ -180,15 +227,24 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
         err: ChatgateError = NotFound(f"Unknown path {request.url.path}.", code="not_found")
-        return error_response(err, trace_id_of(request))
+        return error_response(err, trace_id_of(request), request.url.path)
     if exc.status_code == 400:
-        return error_response(_unreadable_body(request, exc), trace_id_of(request))
-    body = ErrorBody(message=str(exc.detail), type="invalid_request_error", code=f"http_{exc.status_code}")
+        return error_response(_unreadable_body(request, exc), trace_id_of(request), request.url.path)
     trace_id = trace_id_of(request)
     headers = {TRACE_HEADER: trace_id, **(exc.headers or {})}
     if exc.status_code == 405:  # every method the path is served with, not just one route's
         headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
         headers["allow"] = ", ".join(allowed_methods(request.app, request.url.path))
+    if is_anthropic(request.url.path):
+        detail = ErrorDetail(
+            type=_ANTHROPIC_TYPES.get(exc.status_code, "invalid_request_error"), message=str(exc.detail)
+        )
+        return JSONResponse(
+            ErrorResponse(error=detail, request_id=trace_id).model_dump(mode="json"),
+            status_code=exc.status_code,
+            headers={**headers, ANTHROPIC_HEADER: trace_id},
+        )
+    body = ErrorBody(message=str(exc.detail), type="invalid_request_error", code=f"http_{exc.status_code}")
     return JSONResponse(
         ErrorEnvelope(error=body, trace_id=trace_id).model_dump(mode="json"),
         status_code=exc.status_code,
@@ -234,7 +290,7 @@ class CatchAll:
             err = EngineFailure(
                 "The server had an error while processing your request.", code="internal_error"
             )
-            await error_response(err, trace_id)(scope, receive, send)
+            await error_response(err, trace_id, scope.get("path", ""))(scope, receive, send)
 
 
 class BodyLimit:
@@ -250,7 +306,9 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            await error_response(self._too_large(), _trace_of(scope))(scope, receive, send)
+            await error_response(self._too_large(), _trace_of(scope), scope.get("path", ""))(
+                scope, receive, send
+            )
             return
         seen = 0
 

@@ -1,5 +1,7 @@
 """``POST /v1/images/generations`` (and the same under ``/openai``)."""
 
+from dataclasses import replace
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -18,5 +20,5 @@ router = APIRouter()
     responses=raises(*METERED, NotImplementedFeature, InvalidImage, (EngineFailure, "engine_error")),
 )
 async def create_image(body: ImageGenerationRequest, caller: CallerDep, images: ImagesDep) -> JSONResponse:
-    response, headers = await images.generate(caller, body)
+    response, headers = await images.generate(replace(caller, api="images.generations"), body)
     return JSONResponse(response.model_dump(mode="json"), headers=headers)

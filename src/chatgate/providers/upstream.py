@@ -18,8 +18,8 @@ success status: at once for a stream, with the whole answer otherwise.
 
 import json
 from collections import Counter
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +39,7 @@ from chatgate.protocol.messages import (
 )
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.protocol.responses import FinishReason, TokenLogprob
+from chatgate.providers import responses_relay
 from chatgate.providers.base import (
     Accepted,
     Bound,
@@ -145,6 +146,7 @@ def prompt_bound(request: ChatCompletionRequest) -> int:
 class UpstreamPlan(Plan):
     limit: int  # the tokens a choice may write: the client's limit, or the deployment's
     prompt_estimate: int  # charged when the upstream reports no usage
+    native: dict[str, Any] | None = None  # a Responses request's own body, relayed to POST /responses
 
 
 def display_url(url: str) -> str:
@@ -194,6 +196,7 @@ class UpstreamProvider:
             sock_read=deployment.timeout,
         )
         self._url = deployment.base_url.rstrip("/") + "/chat/completions"
+        self._responses_url = deployment.base_url.rstrip("/") + "/responses"
         self._headers = {"content-type": "application/json", **deployment.headers}
         key = deployment.api_key()
         if key:
@@ -242,16 +245,18 @@ class UpstreamProvider:
         limit = request.token_limit or self.deployment.max_tokens
         size = prompt_size(request)
         bound = Bound(size.bound, limit * (request.n or 1))
-        return UpstreamPlan(request, bound, limit=limit, prompt_estimate=size.estimate)
+        native = self._native(request, limit)
+        return UpstreamPlan(request, bound, limit=limit, prompt_estimate=size.estimate, native=native)
 
     async def run(self, plan: UpstreamPlan) -> AsyncGenerator[ProviderEvent, None]:
-        request, limit = plan.request, plan.limit
+        request, limit, native = plan.request, plan.limit, plan.native
         self.in_flight += 1
         try:
-            body = json.dumps(self._body(request, limit)).encode()
+            body = json.dumps(native or self._body(request, limit)).encode()
+            url = self._url if native is None else self._responses_url
             try:
                 response = await self._relay.session.post(
-                    self._url, data=body, headers=self._headers, timeout=self._timeout
+                    url, data=body, headers=self._headers, timeout=self._timeout
                 )
             except TimeoutError as exc:
                 self.failures += 1
@@ -264,15 +269,19 @@ class UpstreamProvider:
                 if response.status >= 400:
                     await self._refuse(response)
                 if not request.stream:
+                    parse = _completion if native is None else responses_relay.whole
                     # Read whole before Accepted: a bad answer can still be retried.
-                    answer, fingerprint = await self._whole(response, limit)
+                    answer, fingerprint = await self._whole(response, limit, parse)
                     complete = True
                     yield Accepted(plan.prompt_estimate, fingerprint)
                     for event in answer:
                         yield event
                     return
                 yield Accepted(plan.prompt_estimate)
-                async for event in self._events(response, limit, plan.prompt_estimate):
+                parser: ChunkParser | responses_relay.StreamParser = (
+                    ChunkParser(limit) if native is None else responses_relay.StreamParser(limit)
+                )
+                async for event in self._events(response, parser, plan.prompt_estimate):
                     yield event
                 complete = True
             finally:
@@ -293,36 +302,26 @@ class UpstreamProvider:
             self.failures += 1
         raise error
 
+    def _native(self, request: ChatCompletionRequest, limit: int) -> dict[str, Any] | None:
+        """A Responses request's own body, for a deployment that speaks the Responses API."""
+        native = getattr(request, "native", None)
+        if not self.deployment.responses_api or not isinstance(native, dict):
+            return None
+        return {
+            **native,
+            "model": self.deployment.model,
+            "max_output_tokens": limit,
+            "stream": bool(request.stream),
+        }
+
     async def _whole(
-        self, response: aiohttp.ClientResponse, limit: int
+        self, response: aiohttp.ClientResponse, limit: int, parse: Callable[[Any, int], list[ProviderEvent]]
     ) -> tuple[list[ProviderEvent], str | None]:
         """A non-streamed answer as events, with the upstream's exact usage, or each choice estimated
         (at most ``limit``, the tokens a choice it was sent); and the upstream's system_fingerprint."""
         try:
             body = json.loads(await response.read())
-            events: list[ProviderEvent] = []
-            for choice in body["choices"]:
-                index = int(choice.get("index", 0))
-                message = choice.get("message") or {}
-                logprobs = (choice.get("logprobs") or {}).get("content")
-                parsed = [TokenLogprob.model_validate(t) for t in logprobs] if logprobs else None
-                content, refusal = _text(message.get("content")), _text(message.get("refusal"))
-                if content or parsed:
-                    events.append(TextDelta(content or "", index, parsed))
-                if refusal:
-                    events.append(TextDelta(refusal, index, refusal=True))
-                written = _size(content) + _size(refusal)
-                for number, call in enumerate(message.get("tool_calls") or []):
-                    function = call.get("function") or {}
-                    name, arguments = _text(function.get("name")), _text(function.get("arguments")) or ""
-                    written += _size(name) + _size(arguments)
-                    call_id = _text(call.get("id")) or new_call_id()
-                    events.append(ToolCallDelta(number, arguments, call_id, name, index))
-                reason = choice.get("finish_reason")
-                final: FinishReason = reason if reason in FINISH_REASONS else "stop"
-                events.append(Finished(final, 0, min(limit, estimate_tokens(written)), index))
-            usage = _reported(body.get("usage"))
-            return (events if usage is None else [*events, usage]), _fingerprint(body)
+            return parse(body, limit), _fingerprint(body)
         except TimeoutError as exc:
             self.failures += 1
             raise UpstreamTimeout("The upstream stalled mid-answer.") from exc
@@ -331,28 +330,26 @@ class UpstreamProvider:
             raise UpstreamFailed("The upstream's answer broke off.") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.failures += 1
-            raise UpstreamFailed("The upstream's answer was not a chat completion.") from exc
+            raise UpstreamFailed("The upstream's answer was not in the shape asked for.") from exc
 
     async def _events(
-        self, response: aiohttp.ClientResponse, limit: int, prompt_estimate: int
+        self,
+        response: aiohttp.ClientResponse,
+        parser: "ChunkParser | responses_relay.StreamParser",
+        prompt_estimate: int,
     ) -> AsyncGenerator[ProviderEvent, None]:
-        done = False
         first = True
-        # Per choice, for upstreams that send no usage (llama.cpp's server): pieces and bytes written.
-        pieces: Counter[int] = Counter()
-        written: Counter[int] = Counter()
-        calls: set[tuple[int, int]] = set()  # (choice, call) pairs seen, to give an id to those without
         try:
             async for raw in response.content:
                 if not raw.startswith(b"data:"):
                     continue
                 payload = raw[5:].strip()
                 if payload == b"[DONE]":
-                    done = True
+                    parser.done = True
                     break
                 try:
                     chunk = json.loads(payload)
-                    events = _chunk_events(chunk)
+                    events = parser.feed(chunk)
                 except (ValueError, TypeError, AttributeError, KeyError) as exc:
                     raise UpstreamFailed("The upstream sent a malformed chunk in its stream.") from exc
                 if first:  # the upstream's fingerprint, before anything built from its chunks
@@ -360,20 +357,6 @@ class UpstreamProvider:
                     if (fingerprint := _fingerprint(chunk)) is not None:
                         yield Accepted(prompt_estimate, fingerprint)
                 for event in events:
-                    if isinstance(event, TextDelta):
-                        pieces[event.index] += event.tokens
-                        written[event.index] += _size(event.text)
-                    elif isinstance(event, ToolCallDelta):
-                        pieces[event.index] += event.tokens
-                        written[event.index] += _size(event.name) + _size(event.arguments)
-                        if (event.index, event.call_index) not in calls:
-                            calls.add((event.index, event.call_index))
-                            if event.call_id is None:
-                                event = replace(event, call_id=new_call_id())
-                    elif isinstance(event, Finished):
-                        estimate = min(limit, estimate_tokens(written[event.index]))
-                        counted = max(pieces[event.index], estimate)
-                        event = Finished(event.reason, 0, counted, event.index)
                     yield event
         except TimeoutError as exc:
             self.failures += 1
@@ -381,9 +364,40 @@ class UpstreamProvider:
         except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a line over the read buffer
             self.failures += 1
             raise UpstreamFailed("The upstream's stream broke off.") from exc
-        if not done:
+        if not parser.done:
             self.failures += 1
-            raise UpstreamFailed("The upstream's stream ended without [DONE].")
+            raise UpstreamFailed("The upstream's stream ended before its end.")
+
+
+@dataclass
+class ChunkParser:
+    """A streamed chat completion's chunks as events. Per choice, for upstreams that send no usage
+    (llama.cpp's server), the pieces and bytes written; calls without an id are given one."""
+
+    limit: int
+    done: bool = False
+    pieces: Counter[int] = field(default_factory=Counter)
+    written: Counter[int] = field(default_factory=Counter)
+    calls: set[tuple[int, int]] = field(default_factory=set)  # (choice, call) pairs seen
+
+    def feed(self, chunk: dict[str, Any]) -> list[ProviderEvent]:
+        events: list[ProviderEvent] = []
+        for event in _chunk_events(chunk):
+            if isinstance(event, TextDelta):
+                self.pieces[event.index] += event.tokens
+                self.written[event.index] += _size(event.text)
+            elif isinstance(event, ToolCallDelta):
+                self.pieces[event.index] += event.tokens
+                self.written[event.index] += _size(event.name) + _size(event.arguments)
+                if (event.index, event.call_index) not in self.calls:
+                    self.calls.add((event.index, event.call_index))
+                    if event.call_id is None:
+                        event = replace(event, call_id=new_call_id())
+            elif isinstance(event, Finished):
+                estimate = min(self.limit, estimate_tokens(self.written[event.index]))
+                event = Finished(event.reason, 0, max(self.pieces[event.index], estimate), event.index)
+            events.append(event)
+        return events
 
 
 def _reported(usage: Any) -> UsageReport | None:
@@ -444,4 +458,31 @@ def _chunk_events(chunk: dict[str, Any]) -> list[ProviderEvent]:
             final: FinishReason = reason if reason in FINISH_REASONS else "stop"
             events.append(Finished(final, 0, 0, index))
     usage = _reported(chunk.get("usage"))
+    return events if usage is None else [*events, usage]
+
+
+def _completion(body: Any, limit: int) -> list[ProviderEvent]:
+    """A whole chat completion as events."""
+    events: list[ProviderEvent] = []
+    for choice in body["choices"]:
+        index = int(choice.get("index", 0))
+        message = choice.get("message") or {}
+        logprobs = (choice.get("logprobs") or {}).get("content")
+        parsed = [TokenLogprob.model_validate(t) for t in logprobs] if logprobs else None
+        content, refusal = _text(message.get("content")), _text(message.get("refusal"))
+        if content or parsed:
+            events.append(TextDelta(content or "", index, parsed))
+        if refusal:
+            events.append(TextDelta(refusal, index, refusal=True))
+        written = _size(content) + _size(refusal)
+        for number, call in enumerate(message.get("tool_calls") or []):
+            function = call.get("function") or {}
+            name, arguments = _text(function.get("name")), _text(function.get("arguments")) or ""
+            written += _size(name) + _size(arguments)
+            call_id = _text(call.get("id")) or new_call_id()
+            events.append(ToolCallDelta(number, arguments, call_id, name, index))
+        reason = choice.get("finish_reason")
+        final: FinishReason = reason if reason in FINISH_REASONS else "stop"
+        events.append(Finished(final, 0, min(limit, estimate_tokens(written)), index))
+    usage = _reported(body.get("usage"))
     return events if usage is None else [*events, usage]

@@ -72,6 +72,7 @@ def cost(
 class Caller:
     principal: Principal
     trace_id: str
+    api: str = "chat.completions"  # the API the request came through, named in its usage row
 
 
 class Store(Protocol):
@@ -369,6 +370,7 @@ class Metering:
             price_prompt=meter.price.prompt if meter is not None else None,
             price_completion=meter.price.completion if meter is not None else None,
             price_multiplier=meter.multiplier if meter is not None else None,
+            api=caller.api,
         )
 
     def _record(self, caller: Caller, model: str, started: float, charge: Charge, code: str | None) -> None:
@@ -391,6 +393,7 @@ class Metering:
                 json.dumps(
                     {
                         "event": "chat_request",
+                        "api": row.api,
                         "trace_id": row.trace_id,
                         "user_id": row.user_id,
                         "token_id": row.token_id,

@@ -119,6 +119,7 @@ class UsageRecorder:
             total = await usage.totals(session, **scope)
             by_day = await usage.totals_by(session, column="day", **scope)
             by_model = await usage.totals_by(session, column="model", **scope)
+            by_api = await usage.totals_by(session, column="api", **scope)
             left = await self._credits_left(session, principal, whole_user=whole_user)
 
         def row(totals: usage.Totals) -> dict[str, int]:
@@ -136,10 +137,11 @@ class UsageRecorder:
             "credits_left": left,
             "daily": [{"date": day, **row(t)} for day, t in by_day.items()],
             "models": [{"model": model, **row(t)} for model, t in by_model.items()],
+            "apis": [{"api": api, **row(t)} for api, t in by_api.items()],
         }
 
     async def user_summary(self, user_id: int) -> dict[str, Any]:
-        """The console's usage page: a user's totals over all their tokens, per day and per model."""
+        """The console's usage page: a user's totals over all their tokens, per day, model and API."""
         return await self.summary(Principal(user_id=user_id, token_id=None), whole_user=True)
 
     async def requests(
@@ -158,6 +160,7 @@ class UsageRecorder:
                     "trace_id": row.trace_id,
                     "token_id": row.token_id,
                     "model": row.model,
+                    "api": row.api,
                     "prompt_tokens": row.prompt_tokens,
                     "completion_tokens": row.completion_tokens,
                     "cost": row.cost,

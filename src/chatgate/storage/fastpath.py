@@ -331,10 +331,10 @@ def _reserve(
 
 _USAGE_INSERT = (
     "INSERT INTO usage_log (trace_id, user_id, token_id, model, prompt_tokens, completion_tokens, cost,"
-    " latency_ms, status, error_code, day, created_at, price_prompt, price_completion, price_multiplier)"
-    " VALUES ({})"
+    " latency_ms, status, error_code, day, created_at, price_prompt, price_completion, price_multiplier,"
+    " api) VALUES ({})"
 )
-_USAGE = _USAGE_INSERT.format(", ".join("?" * 15))
+_USAGE = _USAGE_INSERT.format(", ".join("?" * 16))
 
 
 def _settle_group(conn: sqlite3.Connection, group: list[Settlement]) -> list[bool]:
@@ -408,4 +408,5 @@ def _usage_values(row: UsageRow, held: bool, created_at: Any) -> tuple[Any, ...]
         row.price_prompt,
         row.price_completion,
         row.price_multiplier,
+        row.api,
     )

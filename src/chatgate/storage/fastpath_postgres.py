@@ -40,7 +40,7 @@ _TOKEN = TOKEN_QUERY.format("$1")
 # inserting usage and ledger rows takes through the foreign keys. The user's row first, then the
 # token's: the order settlements lock them in too.
 _RESERVE = "SELECT chatgate_reserve($1, $2, $3, $4, $5, $6, $7)"
-_SETTLE = "SELECT chatgate_settle({})".format(", ".join(f"${n}" for n in range(1, 18)))  # migration 0008's
+_SETTLE = "SELECT chatgate_settle({})".format(", ".join(f"${n}" for n in range(1, 19)))  # migration 0006's
 
 
 def connect_options(url: str) -> dict[str, Any]:
@@ -110,6 +110,7 @@ class PostgresFastPath:
             [row.price_prompt for row in rows],
             [row.price_completion for row in rows],
             [row.price_multiplier for row in rows],
+            [row.api for row in rows],
             datetime.now(UTC),
         )
         return [bool(h) for h in held]

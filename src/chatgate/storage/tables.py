@@ -127,6 +127,10 @@ class UsageRecord(Base):
     cost: Mapped[int] = mapped_column(default=0)
     latency_ms: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(16))  # ok | cancelled | error
+    # Which API the request came through: chat.completions, responses, messages, images.generations...
+    api: Mapped[str] = mapped_column(
+        String(32), default="chat.completions", server_default="chat.completions"
+    )
     error_code: Mapped[str | None] = mapped_column(String(64))
     # The price the request was charged at: the catalogue's credits per million tokens, and the
     # caller's group multiplier in thousandths (None before prices were recorded, and for refusals).
@@ -135,6 +139,26 @@ class UsageRecord(Base):
     price_multiplier: Mapped[int | None] = mapped_column(Integer)
     day: Mapped[str] = mapped_column(String(10))  # UTC date, for per-day totals on any database
     created_at: Mapped[datetime]
+
+
+class StoredResponse(Base):
+    """A Responses API answer kept for ``GET /v1/responses/{id}`` and ``previous_response_id``,
+    visible only to the user who made it, until ``expires_at``."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_expires", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)  # None: the master key
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    model: Mapped[str] = mapped_column(String(200))
+    # This request's input items; the whole conversation before its answer (earlier turns
+    # included), to continue from; and the Response object as answered.
+    input_items: Mapped[list[Any]] = mapped_column(JSON)
+    context: Mapped[list[Any]] = mapped_column(JSON)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 class WebSession(Base):

@@ -30,6 +30,7 @@ class UsageRow:
     price_prompt: int | None = None
     price_completion: int | None = None
     price_multiplier: int | None = None
+    api: str = "chat.completions"  # chat.completions, responses, messages, images.generations...
 
     def values(self) -> dict[str, Any]:
         """The row's columns, with the UTC day it is counted under."""
@@ -73,8 +74,8 @@ async def totals(session: AsyncSession, *, user_id: int | None = None, token_id:
 async def totals_by(
     session: AsyncSession, *, column: str, user_id: int | None = None, token_id: int | None = None
 ) -> dict[str, Totals]:
-    """Totals grouped by ``day`` or ``model``."""
-    key = {"day": UsageRecord.day, "model": UsageRecord.model}[column]
+    """Totals grouped by ``day``, ``model`` or ``api``."""
+    key = {"day": UsageRecord.day, "model": UsageRecord.model, "api": UsageRecord.api}[column]
     query = _scope(select(key, *_SUMS), user_id=user_id, token_id=token_id).group_by(key).order_by(key)
     return {str(row[0]): Totals(*(int(v) for v in row[1:])) for row in await session.execute(query)}
 
