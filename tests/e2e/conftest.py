@@ -157,6 +157,35 @@ def embeddings_spec() -> Spec:
     return Spec(SPEC_DIR / "embeddings_schemas.json")
 
 
+@pytest.fixture(scope="session")
+def responses_spec() -> Spec:
+    """OpenAI's Responses API schemas."""
+    return Spec(SPEC_DIR / "responses_schemas.json")
+
+
+@pytest.fixture(scope="session")
+def anthropic_spec() -> Spec:
+    """Anthropic's Messages API shapes (tests/data/anthropic-spec)."""
+    return Spec(ROOT / "tests" / "data" / "anthropic-spec" / "messages_schemas.json")
+
+
+def typed_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    """An SSE response of typed events (``event:`` then ``data:``) as (name, payload) pairs."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    name = ""
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: ") :])))
+    return events
+
+
+def user_key(server: Server, email: str) -> str:
+    """A new user's API token (the last line `chatgate keys create` prints)."""
+    return server.cli("keys", "create", "--user", email).strip().splitlines()[-1]
+
+
 def sse_events(response: httpx.Response) -> list[str]:
     """The ``data:`` payloads of an SSE response, in order (comments and blank lines skipped)."""
     return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]

@@ -268,7 +268,6 @@ class Response(WireModel):
             "previous_response_id",
             "temperature",
             "top_p",
-            "usage",
             "completed_at",
         }
     )
