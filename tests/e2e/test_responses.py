@@ -37,7 +37,11 @@ def user(server: Server) -> str:
 
 def test_a_response_is_valid_and_says_what_it_used(client: openai.OpenAI, responses_spec: Spec) -> None:
     raw = client.responses.with_raw_response.create(
-        model=SMALL, input="Name a colour.", instructions="Answer in one word.", max_output_tokens=8, temperature=0
+        model=SMALL,
+        input="Name a colour.",
+        instructions="Answer in one word.",
+        max_output_tokens=8,
+        temperature=0,
     )
     responses_spec.validate("Response", raw.http_response.json())
     response = raw.parse()
@@ -87,7 +91,9 @@ def test_the_sdk_stream_helper_gives_the_final_response(client: openai.OpenAI) -
     assert final.output_text == text and final.status == "completed"
 
 
-def test_stored_responses_chain_and_belong_to_their_user(server: Server, user: str, responses_spec: Spec) -> None:
+def test_stored_responses_chain_and_belong_to_their_user(
+    server: Server, user: str, responses_spec: Spec
+) -> None:
     mine, other = client_for(server, user), client_for(server, user_key(server, f"o-{time.time_ns()}@x.org"))
     first = mine.responses.create(model=SMALL, input="My name is Ada.", max_output_tokens=8)
     again = mine.responses.retrieve(first.id)
@@ -106,7 +112,9 @@ def test_stored_responses_chain_and_belong_to_their_user(server: Server, user: s
     for call in (
         lambda: other.responses.retrieve(first.id),
         lambda: other.responses.delete(first.id),
-        lambda: other.responses.create(model=SMALL, input="x", previous_response_id=first.id, max_output_tokens=4),
+        lambda: other.responses.create(
+            model=SMALL, input="x", previous_response_id=first.id, max_output_tokens=4
+        ),
     ):
         with pytest.raises(openai.NotFoundError):
             call()
@@ -166,7 +174,14 @@ def test_text_format_json_schema_holds_the_answer(client: openai.OpenAI) -> None
         ({"model": SMALL, "input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
         ({"model": SMALL, "input": "x", "background": True}, 400, "background"),
         ({"model": SMALL, "input": "x", "max_output_tokens": True}, 400, "max_output_tokens"),
-        ({"model": SMALL, "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, 400, "input[0].content[0]"),
+        (
+            {
+                "model": SMALL,
+                "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}],
+            },
+            400,
+            "input[0].content[0]",
+        ),
         ({"model": SMALL, "input": "x", "previous_response_id": "resp_unknown"}, 404, "previous_response_id"),
     ],
 )

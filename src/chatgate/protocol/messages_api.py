@@ -114,6 +114,16 @@ class Thinking(AnthropicModel):
     budget_tokens: int | None = None
 
 
+class JsonOutputFormat(AnthropicModel):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(AnthropicModel):
+    effort: str | None = None
+    format: JsonOutputFormat | None = None
+
+
 class Metadata(AnthropicModel):
     user_id: str | None = None
 
@@ -135,6 +145,7 @@ class CreateMessage(CountTokensRequest):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
     service_tier: str | None = None
     mcp_servers: list[dict[str, Any]] | None = None
     container: Any = None

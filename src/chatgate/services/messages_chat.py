@@ -45,6 +45,8 @@ from chatgate.protocol.requests import (
     ChatCompletionRequest,
     FunctionDefinition,
     FunctionTool,
+    JsonSchemaFormat,
+    JsonSchemaResponseFormat,
     NamedFunction,
     NamedToolChoice,
     StreamOptions,
@@ -191,10 +193,20 @@ def to_chat(request: CreateMessage, *, stream: bool) -> ChatCompletionRequest:
         if choice.type == "tool" and not choice.name:
             raise InvalidRequest("tool_choice of type 'tool' names the tool.", param="tool_choice.name")
         parallel = False if choice.disable_parallel_tool_use else None
+    fmt = request.output_config.format if request.output_config is not None else None
+    response_format = (
+        JsonSchemaResponseFormat(
+            type="json_schema",
+            json_schema=JsonSchemaFormat.model_validate({"name": "output", "schema": fmt.schema_}),
+        )
+        if fmt is not None
+        else None
+    )
     return ChatCompletionRequest(
         model=request.model,
         messages=chat_messages(request),
         max_tokens=request.max_tokens,
+        response_format=response_format,
         stop=stops or None,
         temperature=request.temperature,
         top_p=request.top_p,
