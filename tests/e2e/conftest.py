@@ -16,6 +16,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
+from chatgate.providers.local import assets
 from chatgate.storage.database import Database
 from chatgate.storage.reservations import discrepancies
 from tests.e2e import infra
@@ -115,6 +116,19 @@ def server(tmp_path_factory: pytest.TempPathFactory, images_peer: ImagesPeer) ->
         TEST_IMAGES_KEY=IMAGES_KEY,
     ) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """llama.cpp's own OpenAI-compatible server (from llama-cpp-python[server]) on the small model."""
+    port = infra.free_port()
+    model = assets.ensure(assets.resolve("smollm2-135m-instruct-q4_1"), ROOT / ".chatgate" / "models")
+    command = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "smol",
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+    ]  # fmt: skip
+    with infra.process(command, port, tmp_path_factory.mktemp("llama") / "log"):
+        yield port
 
 
 @pytest.fixture(scope="session")

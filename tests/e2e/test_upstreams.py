@@ -12,10 +12,9 @@ import httpx
 import openai
 import pytest
 
-from chatgate.providers.local import assets
 from tests.e2e import infra
 from tests.e2e.conftest import SMALL, Spec, ledger_checked, sse_events
-from tests.e2e.infra import API_KEY, ROOT, Server
+from tests.e2e.infra import API_KEY, Server
 
 HI: list[Any] = [{"role": "user", "content": "Name three colours."}]
 CREDITS = 1_000_000
@@ -67,19 +66,6 @@ def catalogue(main: Server, llama_port: int, faulty_port: int, closed_port: int)
         f"  - {{name: badrequest, deployment: {up(faulty, 'badrequest')}}}",
     ]
     return "\n".join(lines) + "\n"
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """llama.cpp's own OpenAI-compatible server (from llama-cpp-python[server]) on the small model."""
-    port = infra.free_port()
-    model = assets.ensure(assets.resolve("smollm2-135m-instruct-q4_1"), ROOT / ".chatgate" / "models")
-    command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "smol",
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-    ]  # fmt: skip
-    with infra.process(command, port, tmp_path_factory.mktemp("llama") / "log"):
-        yield port
 
 
 @pytest.fixture(scope="module")
