@@ -4,7 +4,7 @@ import { adminTabs, auditPage, deploymentsPage, requestsPage } from "./admin.js"
 import { api, keys, session } from "./api.js";
 import { codesPage, costOf, estimateInto, groupSelect, groupsPage, pricesFor, pricingPage, redeemCard } from "./billing.js";
 import { checkEmailPage, deletionCard, forgotPage, resetPage, verifyPage } from "./recovery.js";
-import { samples } from "./codegen.js";
+import { APIS, samples } from "./codegen.js";
 import { copy, field, fmt, h, toast, when } from "./dom.js";
 
 // The images and links a reply's markdown holds (a drawing model's picture and its download link),
@@ -198,6 +198,7 @@ async function playgroundPage() {
   const key = () => tokenSelect.value || pasted.value;
 
   const model = h("select", {});
+  const apiSelect = h("select", {}, ...Object.entries(APIS).map(([value, spec]) => h("option", { value }, spec.label)));
   const stream = h("input", { type: "checkbox", checked: true });
   const temperature = h("input", { type: "number", min: 0, max: 2, step: 0.1, value: 0.7 });
   const maxTokens = h("input", { type: "number", min: 1, max: 4096, value: 64 });
@@ -221,18 +222,37 @@ async function playgroundPage() {
     render();
   }
 
-  function body() {
-    const messages = [...rows.querySelectorAll(".message")].map((row) => ({
+  // The request in the chosen API's shape: system messages become its instructions (Responses)
+  // or its system prompt (Messages); the output limit is each API's own field.
+  const messagesOf = () =>
+    [...rows.querySelectorAll(".message")].map((row) => ({
       role: row.querySelector("select").value,
       content: row.querySelector("textarea").value,
     }));
-    const out = { model: model.value, messages, temperature: Number(temperature.value), max_tokens: Number(maxTokens.value) };
+
+  // The request as Chat Completions has it: what every API is metered as, so what the estimate reads.
+  const chatBody = () => ({ model: model.value, messages: messagesOf(), temperature: Number(temperature.value), max_tokens: Number(maxTokens.value) });
+
+  function body() {
+    const messages = messagesOf();
+    const settings = { temperature: Number(temperature.value) };
+    const system = messages.filter((m) => m.role === "system").map((m) => m.content).join("\n\n");
+    const turns = messages.filter((m) => m.role !== "system");
+    let out;
+    if (apiSelect.value === "responses") {
+      out = { model: model.value, input: turns, ...settings, max_output_tokens: Number(maxTokens.value) };
+      if (system) out.instructions = system;
+    } else if (apiSelect.value === "messages") {
+      out = { model: model.value, max_tokens: Number(maxTokens.value), messages: turns, ...settings };
+      if (system) out.system = system;
+    } else out = { model: model.value, messages, ...settings, max_tokens: Number(maxTokens.value) };
     if (stream.checked) out.stream = true;
     return out;
   }
 
   function render() {
-    const all = samples({ base: location.origin, key: key() || "YOUR_TOKEN", body: body() });
+    const all = samples({ base: location.origin, key: key() || "YOUR_TOKEN", api: apiSelect.value, body: body() });
+    if (!(language in all)) language = Object.keys(all).find((name) => name.startsWith("Python (") && name !== "Python (requests)");
     tabs.replaceChildren(
       ...Object.keys(all).map((name) =>
         h("button", { role: "tab", "aria-selected": String(name === language), class: name === language ? "tab on" : "tab", onclick: () => ((language = name), render()) }, name),
@@ -240,7 +260,7 @@ async function playgroundPage() {
     );
     code.textContent = all[language];
     clearTimeout(estimating);
-    if (model.value) estimating = setTimeout(() => estimateInto(cost, body()), 400);
+    if (model.value) estimating = setTimeout(() => estimateInto(cost, chatBody()), 400);
   }
 
   async function showCost(data) {
@@ -263,26 +283,63 @@ async function playgroundPage() {
     }
   }
 
+  // The usage an answer reports, and what it cost at the caller's prices.
+  function showUsage(prompt, completion, answeredBy) {
+    usage.textContent = `Usage: ${prompt} prompt + ${completion} completion = ${prompt + completion} tokens`;
+    showCost({ model: answeredBy, prompt_tokens: prompt, completion_tokens: completion });
+  }
+
+  // A whole answer's text and usage, per API.
+  function readWhole(data) {
+    if (apiSelect.value === "responses") {
+      reply.textContent = data.output.filter((i) => i.type === "message").flatMap((i) => i.content).map((p) => p.text ?? p.refusal ?? "").join("");
+      if (data.usage) showUsage(data.usage.input_tokens, data.usage.output_tokens, data.model);
+    } else if (apiSelect.value === "messages") {
+      reply.textContent = data.content.filter((b) => b.type === "text").map((b) => b.text).join("");
+      showUsage(data.usage.input_tokens, data.usage.output_tokens, data.model);
+    } else {
+      reply.textContent = data.choices[0].message.content;
+      showUsage(data.usage.prompt_tokens, data.usage.completion_tokens, data.model);
+    }
+  }
+
+  // One streamed payload: its text and, at the end, its usage; a failure in the stream is shown.
+  let answeredBy = null; // a Messages stream names its model in its first event only
+  function readEvent(event) {
+    if (apiSelect.value === "responses") {
+      if (event.type === "response.output_text.delta") reply.textContent += event.delta;
+      if (event.response?.usage) showUsage(event.response.usage.input_tokens, event.response.usage.output_tokens, event.response.model);
+      if (event.type === "response.failed") fail(new Error(event.response.error?.message || "The response failed."));
+    } else if (apiSelect.value === "messages") {
+      if (event.type === "content_block_delta") reply.textContent += event.delta.text ?? "";
+      if (event.type === "message_start") answeredBy = event.message.model;
+      if (event.type === "message_delta") showUsage(event.usage.input_tokens ?? 0, event.usage.output_tokens, answeredBy);
+      if (event.type === "error") fail(new Error(event.error.message));
+    } else {
+      if (event.error) fail(new Error(event.error.message));
+      if (event.choices?.length) reply.textContent += event.choices[0].delta.content ?? "";
+      if (event.usage) showUsage(event.usage.prompt_tokens, event.usage.completion_tokens, event.model);
+    }
+  }
+
   async function tryIt() {
     reply.textContent = "";
     raw.textContent = "";
     usage.textContent = "";
     media.replaceChildren();
     const request = body();
-    if (request.stream) request.stream_options = { include_usage: true };
-    const response = await fetch("/v1/chat/completions", {
+    if (request.stream && apiSelect.value === "chat") request.stream_options = { include_usage: true };
+    const response = await fetch(APIS[apiSelect.value].path, {
       method: "POST",
-      headers: { Authorization: `Bearer ${key()}`, "Content-Type": "application/json" },
+      headers: { ...APIS[apiSelect.value].headers(key()), "Content-Type": "application/json" },
       body: JSON.stringify(request),
     });
     if (!request.stream || !response.ok) {
       const data = await response.json();
       raw.textContent = JSON.stringify(data, null, 2);
       if (!response.ok) return fail(new Error(data.error?.message || `HTTP ${response.status}`));
-      reply.textContent = data.choices[0].message.content;
+      readWhole(data);
       media.replaceChildren(...mediaOf(reply.textContent));
-      usage.textContent = `Usage: ${data.usage.prompt_tokens} prompt + ${data.usage.completion_tokens} completion = ${data.usage.total_tokens} tokens`;
-      await showCost({ model: data.model, ...data.usage });
       return;
     }
     const reader = response.body.getReader();
@@ -296,23 +353,19 @@ async function playgroundPage() {
       const frames = buffer.split("\n\n");
       buffer = frames.pop();
       for (const frame of frames) {
-        const data = frame.replace(/^data: /, "");
-        if (data === "[DONE]") continue;
-        const chunk = JSON.parse(data);
-        chunks.push(chunk);
-        if (chunk.error) fail(new Error(chunk.error.message));
-        if (chunk.choices?.length) reply.textContent += chunk.choices[0].delta.content ?? "";
-        if (chunk.usage) {
-          usage.textContent = `Usage: ${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion = ${chunk.usage.total_tokens} tokens`;
-          await showCost({ model: chunk.model, ...chunk.usage });
-        }
+        // Chat chunks are bare "data:" lines; the Responses and Messages events have an "event:" line first.
+        const data = frame.split("\n").find((line) => line.startsWith("data: "))?.slice(6);
+        if (!data || data === "[DONE]") continue;
+        const event = JSON.parse(data);
+        chunks.push(event);
+        readEvent(event);
       }
     }
     raw.textContent = chunks.map((c) => JSON.stringify(c)).join("\n");
     media.replaceChildren(...mediaOf(reply.textContent));
   }
 
-  for (const el of [stream, temperature, maxTokens, model]) el.addEventListener("input", render);
+  for (const el of [stream, temperature, maxTokens, model, apiSelect]) el.addEventListener("input", render);
   show(
     h("h1", {}, "Playground"),
     h(
@@ -323,6 +376,7 @@ async function playgroundPage() {
         { class: "card", "aria-label": "Request" },
         field("Authorization", tokenSelect, usable.length ? null : "Acquire a token on the Tokens page, or paste one."),
         pasted,
+        field("API", apiSelect),
         field("Model", model),
         h("fieldset", {}, h("legend", {}, "Messages"), rows, h("button", { class: "secondary small", onclick: () => addRow() }, "Add message")),
         h("div", { class: "row wrap" }, field("Temperature", temperature), field("Max tokens", maxTokens), h("label", { class: "check" }, stream, " Stream")),
@@ -351,6 +405,15 @@ async function playgroundPage() {
 
 // ---- usage ---------------------------------------------------------------------------------
 
+// The usage log's API names, as people know them.
+const API_LABELS = {
+  "chat.completions": "Chat Completions",
+  responses: "Responses",
+  messages: "Messages",
+  "images.generations": "Images",
+  embeddings: "Embeddings",
+};
+
 async function usagePage() {
   const summary = await api("GET", "/api/usage");
   const log = h("tbody");
@@ -367,7 +430,7 @@ async function usagePage() {
     const { data, total } = await api("GET", `/api/usage/requests?${params}`);
     log.replaceChildren(
       ...data.map((r) =>
-        h("tr", {}, h("td", {}, when(r.time)), h("td", {}, r.model), h("td", {}, `${fmt(r.prompt_tokens)} + ${fmt(r.completion_tokens)}`), h("td", {}, fmt(r.cost)), h("td", {}, `${fmt(r.latency_ms)} ms`), h("td", {}, r.status + (r.error_code ? ` (${r.error_code})` : "")), h("td", {}, h("code", {}, r.trace_id))),
+        h("tr", {}, h("td", {}, when(r.time)), h("td", {}, r.model), h("td", {}, API_LABELS[r.api] ?? r.api), h("td", {}, `${fmt(r.prompt_tokens)} + ${fmt(r.completion_tokens)}`), h("td", {}, fmt(r.cost)), h("td", {}, `${fmt(r.latency_ms)} ms`), h("td", {}, r.status + (r.error_code ? ` (${r.error_code})` : "")), h("td", {}, h("code", {}, r.trace_id))),
       ),
     );
     pager.replaceChildren(
@@ -380,6 +443,7 @@ async function usagePage() {
 
   const chart = h("div", { class: "chart", role: "img", "aria-label": "Tokens per day" });
   const maxCost = Math.max(1, ...summary.models.map((m) => m.credits_used));
+  const maxApiCost = Math.max(1, ...summary.apis.map((a) => a.credits_used));
   show(
     h("h1", {}, "Usage"),
     h(
@@ -401,10 +465,18 @@ async function usagePage() {
     ),
     h(
       "section",
+      { class: "card", "data-testid": "per-api" },
+      h("h2", {}, "Per API"),
+      ...summary.apis.map((a) =>
+        h("div", { class: "bar" }, h("span", {}, API_LABELS[a.api] ?? a.api), h("div", { class: "fill", style: `width:${(100 * a.credits_used) / maxApiCost}%` }), h("small", {}, `${fmt(a.requests)} requests, ${fmt(a.total_tokens)} tokens, ${fmt(a.credits_used)} credits`)),
+      ),
+    ),
+    h(
+      "section",
       { class: "card" },
       h("h2", {}, "Requests"),
       h("div", { class: "row wrap" }, field("Model", modelFilter), field("Status", statusFilter)),
-      h("div", { class: "scroll" }, h("table", { "data-testid": "request-log" }, h("thead", {}, h("tr", {}, ...["Time", "Model", "Tokens", "Cost", "Latency", "Status", "Trace id"].map((c) => h("th", { scope: "col" }, c)))), log)),
+      h("div", { class: "scroll" }, h("table", { "data-testid": "request-log" }, h("thead", {}, h("tr", {}, ...["Time", "Model", "API", "Tokens", "Cost", "Latency", "Status", "Trace id"].map((c) => h("th", { scope: "col" }, c)))), log)),
       pager,
     ),
   );

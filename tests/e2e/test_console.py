@@ -31,6 +31,8 @@ models:
       sizes: ["256x256"]
 """
 ADMIN = ("admin@example.com", "admin password 1")
+# How long a reply may take to arrive: a bound for a machine shared with other test runs, not a target.
+GENERATION_MS = 120_000
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +93,7 @@ def test_sign_up_acquire_try_run_the_code_see_usage_revoke(
     expect(page.get_by_label("Model")).to_have_value(SMALL)
     page.get_by_label("Max tokens").fill("16")
     page.get_by_role("button", name="Try").click()
-    expect(page.get_by_test_id("usage")).to_contain_text("completion")  # the stream ended with its usage
+    expect(page.get_by_test_id("usage")).to_contain_text("completion", timeout=GENERATION_MS)  # the stream ended with its usage
     assert page.get_by_test_id("reply").inner_text().strip()
     page.get_by_role("tab", name="Python (openai)").click()
     code = page.get_by_test_id("code").inner_text()
@@ -201,7 +203,7 @@ def test_the_playground_shows_a_drawing_model_s_picture(console_server: Server, 
     page.locator("textarea").nth(1).fill("Draw a red car on a grey road under a blue sky.")
     page.get_by_role("button", name="Try").click()
     picture = page.get_by_test_id("reply-media").get_by_role("img")
-    expect(picture).to_be_visible(timeout=60_000)
+    expect(picture).to_be_visible(timeout=GENERATION_MS)
     expect(page.get_by_test_id("reply-media").get_by_role("link", name="Download⏬")).to_be_visible()
     assert picture.evaluate("img => img.complete && img.naturalWidth") == 256
     assert "```json" in page.get_by_test_id("reply").inner_text()
@@ -242,4 +244,49 @@ def test_the_playground_with_a_wrong_token_and_no_messages(console_server: Serve
         compile(code, language, "exec")  # valid Python even with no messages
     page.get_by_role("tab", name="Python (openai)").click()
     assert "messages=[]," in page.get_by_test_id("code").inner_text()
+    context.close()
+
+
+def test_the_playground_speaks_each_api_and_its_code_runs(
+    console_server: Server, browser: Browser, tmp_path: Path
+) -> None:
+    base = console_server.base_url
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    sign_up(page, base, f"apis-{datetime.now(UTC).strftime('%H%M%S%f')}@example.com")
+    page.get_by_role("button", name="Acquire").click()
+    key = page.get_by_test_id("new-key").inner_text()
+    page.get_by_role("link", name="Playground").click()
+    expect(page.get_by_label("Model")).to_have_value(SMALL)
+    page.get_by_label("Max tokens").fill("16")
+    for api, sdk, streamed in (
+        ("Responses", "Python (openai)", True),
+        ("Messages", "Python (anthropic)", False),
+    ):
+        page.get_by_label("API").select_option(label=api)
+        page.get_by_label("Stream").set_checked(streamed)
+        page.get_by_role("button", name="Try").click()
+        expect(page.get_by_test_id("usage")).to_contain_text("completion", timeout=GENERATION_MS)
+        assert page.get_by_test_id("reply").inner_text().strip()
+        for language in ("curl", "Python (requests)", "JavaScript (fetch)", "Java (OkHttp)", sdk):
+            page.get_by_role("tab", name=language).click()
+            assert key in page.get_by_test_id("code").inner_text()
+        script = tmp_path / f"{api}.py"
+        script.write_text(page.get_by_test_id("code").inner_text())
+        run = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip()
+        page.get_by_role("tab", name="Python (requests)").click()
+        script.write_text(page.get_by_test_id("code").inner_text())
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and run.stdout.strip(), run.stderr
+    shot(page, "playground-messages-desktop")
+    page.get_by_role("link", name="Usage").click()
+    per_api = page.get_by_test_id("per-api")
+    expect(per_api).to_contain_text("Responses")
+    expect(per_api).to_contain_text("Messages")
+    expect(per_api).to_contain_text("3 requests")  # the playground's and both scripts', for each API
+    expect(page.get_by_test_id("request-log")).to_contain_text("Messages")
     context.close()
