@@ -93,7 +93,9 @@ def test_sign_up_acquire_try_run_the_code_see_usage_revoke(
     expect(page.get_by_label("Model")).to_have_value(SMALL)
     page.get_by_label("Max tokens").fill("16")
     page.get_by_role("button", name="Try").click()
-    expect(page.get_by_test_id("usage")).to_contain_text("completion", timeout=GENERATION_MS)  # the stream ended with its usage
+    expect(page.get_by_test_id("usage")).to_contain_text(
+        "completion", timeout=GENERATION_MS
+    )  # the stream ended with its usage
     assert page.get_by_test_id("reply").inner_text().strip()
     page.get_by_role("tab", name="Python (openai)").click()
     code = page.get_by_test_id("code").inner_text()

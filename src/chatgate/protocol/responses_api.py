@@ -113,6 +113,8 @@ InputItem = Annotated[
 
 
 class FunctionToolParam(WireModel):
+    nullable = frozenset({"description", "parameters", "strict"})  # as a Response echoes them
+
     type: Literal["function"]
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None

@@ -304,7 +304,8 @@ def usage_of(prompt_tokens: int, completion_tokens: int) -> ResponseUsage:
 
 def shell(request: CreateResponse, model: str, response_id: str, created: int) -> Response:
     """The Response as it stands before any output: the request's settings echoed."""
-    tools = [t.model_dump(mode="json", exclude_none=True) for t in request.tools or []]
+    # Echoed as the schema's FunctionTool has them: parameters and strict always present, maybe null.
+    tools = [t.model_dump(mode="json", exclude_none=False) for t in request.tools or []]
     choice = request.tool_choice
     return Response(
         id=response_id,

@@ -5,7 +5,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from chatgate.api.errors import ERRORS, CatchAll, _param, envelope, status_and_type
+from chatgate.api.errors import ERRORS, CatchAll, _param, envelope, error_response, status_and_type
 from chatgate.api.sse import DONE, frames
 from chatgate.api.trace import TraceMiddleware
 from chatgate.errors import (
@@ -13,9 +13,13 @@ from chatgate.errors import (
     ChatgateError,
     ContextLengthExceeded,
     EngineBusy,
+    InsufficientQuota,
     InvalidRequest,
     ModelNotFound,
     NotImplementedFeature,
+    RateLimited,
+    UpstreamFailed,
+    UpstreamTimeout,
 )
 from chatgate.protocol.base import WireModel
 from chatgate.protocol.models import Model
@@ -118,3 +122,28 @@ async def test_an_unexpected_failure_is_an_enveloped_500_that_escapes_no_further
         },
         "trace_id": "trace-0000001",
     }
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (InvalidRequest("bad", param="x"), 400, "invalid_request_error"),
+        (AuthError("who?"), 401, "authentication_error"),
+        (InsufficientQuota("poor"), 402, "billing_error"),
+        (ModelNotFound("none"), 404, "not_found_error"),
+        (RateLimited("slow", retry_after=1, headers={}), 429, "rate_limit_error"),
+        (EngineBusy("busy", retry_after=1), 529, "overloaded_error"),
+        (UpstreamFailed("down"), 502, "api_error"),
+        (UpstreamTimeout("late"), 504, "timeout_error"),
+    ],
+)
+def test_anthropic_routes_answer_in_anthropics_shape(error: ChatgateError, status: int, kind: str) -> None:
+    response = error_response(error, "req_1", "/v1/messages")
+    assert response.status_code == status
+    assert json.loads(response.body) == {
+        "type": "error",
+        "error": {"type": kind, "message": error.message},
+        "request_id": "req_1",
+    }
+    assert response.headers["request-id"] == response.headers["x-request-id"] == "req_1"
+    assert error_response(error, "req_1", "/v1/chat/completions").status_code != 529

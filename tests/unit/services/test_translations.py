@@ -1,0 +1,269 @@
+"""The Responses and Messages APIs over ChatService with a scripted provider: event order, usage
+rows under each API, requests translated to chat, and unread streams settled."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from chatgate.errors import InvalidRequest, NotImplementedFeature
+from chatgate.protocol.messages import AssistantMessage, ToolMessage, UserMessage
+from chatgate.protocol.messages_api import CreateMessage
+from chatgate.protocol.responses_api import CreateResponse
+from chatgate.providers.base import Finished, ProviderEvent, Running, Started, TextDelta, ToolCallDelta
+from chatgate.services import messages_chat, responses_chat
+from chatgate.services.messages import MessagesService
+from chatgate.services.responses import ResponsesService
+from chatgate.services.stored_responses import ResponseStore
+from tests.unit.services.test_chat import CALLER, ScriptedProvider, service
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+SCRIPT: list[ProviderEvent] = [
+    Started(5, 16),
+    Running(),
+    TextDelta("Let me", tokens=1),
+    TextDelta(" look.", tokens=1),
+    ToolCallDelta(0, "", call_id="call_1", name="get_weather", tokens=1),
+    ToolCallDelta(0, '{"city": ', tokens=1),
+    ToolCallDelta(0, '"Paris"}', tokens=1),
+    Finished("tool_calls", 5, 5),
+]
+TOOL: dict[str, Any] = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+
+
+def validator(path: Path, definition: str) -> jsonschema.Draft202012Validator:
+    document = json.loads(path.read_text())
+    return jsonschema.Draft202012Validator({**document, "$ref": f"#/$defs/{definition}"})
+
+
+def responses_service(provider: ScriptedProvider) -> tuple[ResponsesService, Any]:
+    chat = service(provider)
+    store = ResponseStore(chat.quota._db, retention_seconds=60)  # never touched: store is off
+    return ResponsesService(chat, store), chat
+
+
+async def test_a_responses_stream_is_in_the_specs_order_and_logged_under_its_api() -> None:
+    responses, chat = responses_service(ScriptedProvider(SCRIPT))
+    request = CreateResponse.model_validate(
+        {"model": "alias", "input": "Weather?", "tools": [TOOL], "stream": True, "store": False}
+    )
+    events, _ = await responses.stream(CALLER, request)
+    payloads = [json.loads(e.model_dump_json()) async for e in events]
+    check = validator(DATA / "openai-spec" / "responses_schemas.json", "ResponseStreamEvent")
+    for payload in payloads:
+        check.validate(payload)
+    assert [p["sequence_number"] for p in payloads] == list(range(len(payloads)))
+    assert [p["type"] for p in payloads] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    final = payloads[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["message", "function_call"]
+    assert final["output"][1]["arguments"] == '{"city": "Paris"}'
+    assert final["usage"] == {
+        "input_tokens": 5,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 10,
+    }
+    assert [(row["api"], row["status"]) for row in chat.usage._rows] == [("responses", "ok")]
+
+
+async def test_a_whole_response_holds_the_message_then_the_call() -> None:
+    responses, _ = responses_service(ScriptedProvider(SCRIPT))
+    request = CreateResponse.model_validate(
+        {"model": "alias", "input": "Weather?", "tools": [TOOL], "store": False}
+    )
+    response, _ = await responses.create(CALLER, request)
+    validator(DATA / "openai-spec" / "responses_schemas.json", "Response").validate(
+        json.loads(response.model_dump_json(by_alias=True))
+    )
+    assert response.status == "completed" and response.model == "m"
+    assert [item.type for item in response.output] == ["message", "function_call"]
+
+
+async def test_an_unread_stream_is_settled_and_its_engine_released() -> None:
+    provider = ScriptedProvider(SCRIPT)
+    responses, chat = responses_service(provider)
+    request = CreateResponse.model_validate({"model": "alias", "input": "hi", "stream": True, "store": False})
+    events, _ = await responses.stream(CALLER, request)
+    await events.aclose()  # type: ignore[attr-defined]
+    assert provider.closed
+    assert [(row["api"], row["status"]) for row in chat.usage._rows] == [("responses", "cancelled")]
+
+
+async def test_a_messages_stream_is_in_anthropics_order() -> None:
+    chat = service(ScriptedProvider(SCRIPT))
+    request = CreateMessage.model_validate(
+        {
+            "model": "alias",
+            "max_tokens": 16,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Weather?"}],
+        }
+    )
+    events, _ = await MessagesService(chat).stream(CALLER, request)
+    payloads = [json.loads(e.model_dump_json()) async for e in events]
+    shapes = DATA / "anthropic-spec" / "messages_schemas.json"
+    for payload in payloads:
+        validator(shapes, "PingEvent" if payload["type"] == "ping" else "RawMessageStreamEvent").validate(
+            payload
+        )
+    assert [p["type"] for p in payloads] == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert payloads[6]["content_block"] == {
+        "type": "tool_use",
+        "id": "call_1",
+        "name": "get_weather",
+        "input": {},
+    }
+    assert "".join(p["delta"].get("partial_json", "") for p in payloads[7:9]) == '{"city": "Paris"}'
+    assert payloads[-2]["delta"]["stop_reason"] == "tool_use"
+    assert payloads[-2]["usage"] == {"input_tokens": 5, "output_tokens": 5}
+    assert [(row["api"], row["status"]) for row in chat.usage._rows] == [("messages", "ok")]
+
+
+async def test_a_whole_message_has_its_tool_use_input_as_an_object() -> None:
+    request = CreateMessage.model_validate(
+        {"model": "alias", "max_tokens": 16, "messages": [{"role": "user", "content": "Weather?"}]}
+    )
+    message, _ = await MessagesService(service(ScriptedProvider(SCRIPT))).create(CALLER, request)
+    validator(DATA / "anthropic-spec" / "messages_schemas.json", "Message").validate(
+        json.loads(message.model_dump_json())
+    )
+    assert [block.type for block in message.content] == ["text", "tool_use"]
+    assert message.stop_reason == "tool_use" and message.usage.output_tokens == 5
+
+
+def test_responses_items_become_chat_messages() -> None:
+    request = CreateResponse.model_validate(
+        {
+            "model": "m",
+            "instructions": "Be brief.",
+            "input": [
+                {"role": "user", "content": "Weather?"},
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Looking."}],
+                },
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "21 C"},
+            ],
+        }
+    )
+    chat = responses_chat.to_chat(request, list(request.input), stream=False)  # type: ignore[arg-type]
+    roles = [m.role for m in chat.messages]
+    assert roles == ["system", "user", "assistant", "tool"]  # the call joined the assistant's message
+    assistant = chat.messages[2]
+    assert isinstance(assistant, AssistantMessage) and assistant.tool_calls
+    assert assistant.tool_calls[0].id == "c1"
+    assert chat.native is not None and chat.native["store"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        ({"input": "x", "tools": [{"type": "file_search"}]}, "tools[0].type"),
+        ({"input": "x", "conversation": "conv_1"}, "conversation"),
+    ],
+)
+def test_what_no_deployment_can_do_is_refused_by_name(body: dict[str, Any], param: str) -> None:
+    request = CreateResponse.model_validate({"model": "m", **body})
+    items = [request.input] if isinstance(request.input, str) else list(request.input)
+    with pytest.raises(NotImplementedFeature) as caught:
+        responses_chat.to_chat(request, items, stream=False)  # type: ignore[arg-type]
+    assert caught.value.param == param
+
+
+def test_anthropic_blocks_become_chat_messages_with_results_first() -> None:
+    request = CreateMessage.model_validate(
+        {
+            "model": "m",
+            "max_tokens": 5,
+            "system": [{"type": "text", "text": "Be brief."}],
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": "hm", "signature": "s"},
+                        {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t1", "content": "21 C", "is_error": False},
+                        {"type": "text", "text": "And tomorrow?", "cache_control": {"type": "ephemeral"}},
+                    ],
+                },
+            ],
+        }
+    )
+    chat = messages_chat.to_chat(request, stream=False)
+    assert [m.role for m in chat.messages] == ["system", "user", "assistant", "tool", "user"]
+    assert isinstance(chat.messages[3], ToolMessage) and chat.messages[3].tool_call_id == "t1"
+    assert isinstance(chat.messages[4], UserMessage)
+    assert chat.tool_choice == "required" and chat.parallel_tool_calls is False
+    assert chat.max_tokens == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "error"),
+    [
+        (
+            {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+            "tools[0].type",
+            NotImplementedFeature,
+        ),
+        ({"tools": [{"name": "has space"}]}, "tools[0].name", InvalidRequest),
+        ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences", InvalidRequest),
+        ({"mcp_servers": [{"url": "x"}]}, "mcp_servers", NotImplementedFeature),
+    ],
+)
+def test_anthropic_features_no_deployment_has_are_refused_by_name(
+    extra: dict[str, Any], param: str, error: type[Exception]
+) -> None:
+    request = CreateMessage.model_validate(
+        {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **extra}
+    )
+    with pytest.raises(error) as caught:
+        messages_chat.to_chat(request, stream=False)
+    assert getattr(caught.value, "param", None) == param
