@@ -267,3 +267,38 @@ def test_anthropic_features_no_deployment_has_are_refused_by_name(
     with pytest.raises(error) as caught:
         messages_chat.to_chat(request, stream=False)
     assert getattr(caught.value, "param", None) == param
+
+
+def test_images_are_image_parts_in_both_apis() -> None:
+    url = "data:image/png;base64,iVBORw0KGgo="
+    responses = CreateResponse.model_validate(
+        {
+            "model": "m",
+            "input": [
+                {"role": "user", "content": [{"type": "input_image", "image_url": url, "detail": "low"}]}
+            ],
+        }
+    )
+    chat = responses_chat.to_chat(responses, list(responses.input), stream=False)  # type: ignore[arg-type]
+    (part,) = chat.messages[0].content  # type: ignore[union-attr]
+    assert part.type == "image_url" and part.image_url.url == url and part.image_url.detail == "low"  # type: ignore[union-attr]
+    assert chat.native is None  # the gateway checks and inlines images: no relay as is
+    message = CreateMessage.model_validate(
+        {
+            "model": "m",
+            "max_tokens": 5,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    (part,) = messages_chat.to_chat(message, stream=False).messages[0].content  # type: ignore[union-attr]
+    assert part.image_url.url == url  # type: ignore[union-attr]
