@@ -87,7 +87,8 @@ ContentBlock = Annotated[
 
 
 class MessageParam(AnthropicModel):
-    role: Literal["user", "assistant"]
+    # Claude Code sends "system" turns among the messages (a string or text blocks) too.
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 

@@ -136,6 +136,17 @@ def _assistant(message: MessageParam, param: str) -> AssistantMessage:
     return AssistantMessage(role="assistant", content="".join(texts) or None, tool_calls=calls or None)
 
 
+def _system_text(message: MessageParam, param: str) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    texts: list[str] = []
+    for j, block in enumerate(message.content):
+        if not isinstance(block, TextBlock):
+            raise InvalidRequest("A system turn holds text only.", param=f"{param}.content[{j}].type")
+        texts.append(block.text)
+    return "\n\n".join(texts)
+
+
 def chat_messages(request: CountTokensRequest) -> list[ChatMessage]:
     messages: list[ChatMessage] = []
     system = request.system
@@ -146,8 +157,10 @@ def chat_messages(request: CountTokensRequest) -> list[ChatMessage]:
         where = f"messages[{i}]"
         if message.role == "user":
             messages += _user(message, where)
-        else:
+        elif message.role == "assistant":
             messages.append(_assistant(message, where))
+        else:
+            messages.append(SystemMessage(role="system", content=_system_text(message, where)))
     return messages
 
 

@@ -302,3 +302,45 @@ def test_images_are_image_parts_in_both_apis() -> None:
     )
     (part,) = messages_chat.to_chat(message, stream=False).messages[0].content  # type: ignore[union-attr]
     assert part.image_url.url == url  # type: ignore[union-attr]
+
+
+def test_a_claude_code_request_is_read_and_translated() -> None:
+    """The shape of Claude Code 2.1's requests (recorded; the prose here is ours): a system turn among
+    the messages, adaptive thinking, effort, context management, cache marks, a JSON user id."""
+    request = CreateMessage.model_validate_json(
+        json.dumps(
+            {
+                "model": "claude-opus-4-8",
+                "max_tokens": 64000,
+                "stream": True,
+                "system": [
+                    {
+                        "type": "text",
+                        "text": "You are a coding agent.",
+                        "cache_control": {"type": "ephemeral"},
+                    }
+                ],
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "Say hi", "cache_control": {"type": "ephemeral"}}
+                        ],
+                    },
+                    {"role": "system", "content": "Agents you can start: general."},
+                ],
+                "tools": [
+                    {"name": "Bash", "description": "Runs a command.", "input_schema": {"type": "object"}}
+                ],
+                "metadata": {"user_id": '{"device_id": "d", "session_id": "s"}'},
+                "thinking": {"type": "adaptive"},
+                "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+                "output_config": {"effort": "high"},
+            }
+        ),
+        strict=True,
+    )
+    chat = messages_chat.to_chat(request, stream=True)
+    assert [m.role for m in chat.messages] == ["system", "user", "system"]
+    assert chat.tools is not None and chat.tools[0].function.name == "Bash"
+    assert chat.max_tokens == 64000 and chat.response_format is None
