@@ -83,23 +83,29 @@ class ResponsesService:
 
     async def _save(
         self, caller: Caller, request: CreateResponse, response: Response, context: list[InputItem]
-    ) -> None:
+    ) -> Response:
+        """Keeps the response (unless ``store`` is off); the response as answered. The answer is paid
+        for by now: if it cannot be kept, it is still given, saying ``store: false``."""
         if request.store is False:
-            return
-        await self._store.save(
-            caller.principal,
-            response=response.model_dump(mode="json", by_alias=True),
-            input_items=[listed(item) for item in input_items(request)],
-            context=[item.model_dump(mode="json", exclude_none=True, by_alias=True) for item in context],
-        )
+            return response
+        try:
+            await self._store.save(
+                caller.principal,
+                response=response.model_dump(mode="json", by_alias=True),
+                input_items=[listed(item) for item in input_items(request)],
+                context=[item.model_dump(mode="json", exclude_none=True, by_alias=True) for item in context],
+            )
+        except Exception:
+            log.exception("could not store response %s", response.id, extra={"trace_id": caller.trace_id})
+            return response.model_copy(update={"store": False})
+        return response
 
     async def create(self, caller: Caller, request: CreateResponse) -> tuple[Response, dict[str, str]]:
         caller = dataclasses.replace(caller, api=API)
         context = await self._context(caller, request)
         completion, headers = await self._chat.complete(caller, to_chat(request, context, stream=False))
         response = from_completion(request, completion, new_id("resp"), int(time.time()))
-        await self._save(caller, request, response, context)
-        return response, headers
+        return await self._save(caller, request, response, context), headers
 
     async def stream(
         self, caller: Caller, request: CreateResponse
@@ -136,7 +142,8 @@ class ResponsesService:
             )
             return
         final, events = state.finish()
-        await self._save(caller, request, final, context)
+        if await self._save(caller, request, final, context) is not final:  # could not be kept
+            events[-1] = state.restate(events[-1], store=False)
         for event in events:
             yield event
 

@@ -580,6 +580,13 @@ class ResponseEvents:
         events.append(self.event(kind, response=final.model_dump(mode="json", by_alias=True)))
         return final, events
 
+    @staticmethod
+    def restate(event: StreamEvent, **changes: Any) -> StreamEvent:
+        """The final event again, its response changed (as ``store: false`` when it could not be kept)."""
+        data = event.model_dump(mode="json")
+        data["response"] = {**data["response"], **changes}
+        return StreamEvent.model_validate(data)
+
     def fail(self, exc: ChatgateError) -> StreamEvent:
         failed = self.response.model_copy(
             update={

@@ -344,3 +344,23 @@ def test_a_claude_code_request_is_read_and_translated() -> None:
     assert [m.role for m in chat.messages] == ["system", "user", "system"]
     assert chat.tools is not None and chat.tools[0].function.name == "Bash"
     assert chat.max_tokens == 64000 and chat.response_format is None
+
+
+class UnwritableStore(ResponseStore):
+    async def save(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError("the database is gone")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_paid_for_is_given_even_when_it_cannot_be_kept(stream: bool) -> None:
+    chat = service(ScriptedProvider(SCRIPT))
+    responses = ResponsesService(chat, UnwritableStore(chat.quota._db, retention_seconds=60))
+    request = CreateResponse.model_validate({"model": "alias", "input": "hi", "stream": stream})
+    if stream:
+        events, _ = await responses.stream(CALLER, request)
+        final = [e async for e in events][-1]
+        assert final.type == "response.completed" and final.response["store"] is False  # type: ignore[attr-defined]
+    else:
+        response, _ = await responses.create(CALLER, request)
+        assert response.status == "completed" and response.store is False
+    assert [row["status"] for row in chat.usage._rows] == ["ok"]
