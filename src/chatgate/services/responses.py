@@ -22,7 +22,8 @@ from chatgate.protocol.responses_api import (
     StreamEvent,
 )
 from chatgate.services.chat import Caller, ChatService
-from chatgate.services.responses_chat import ResponseEvents, from_completion, new_id, shell, to_chat
+from chatgate.services.responses_chat import from_completion, new_id, shell, to_chat
+from chatgate.services.responses_events import ResponseEvents
 from chatgate.services.stored_responses import ResponseStore
 from chatgate.services.translated import TranslatedStream
 
