@@ -10,19 +10,22 @@ import pytest
 
 from chatgate.errors import InvalidRequest, NotImplementedFeature
 from chatgate.protocol.messages import AssistantMessage, ToolMessage, UserMessage
-from chatgate.protocol.messages_api import CreateMessage
+from chatgate.protocol.messages_api import CountTokensRequest, CreateMessage
 from chatgate.protocol.responses_api import CreateResponse
-from chatgate.providers.base import Finished, ProviderEvent, Running, Started, TextDelta, ToolCallDelta
+from chatgate.providers.base import Accepted, Finished, ProviderEvent, TextDelta, ToolCallDelta
 from chatgate.services import messages_chat, responses_chat
+from chatgate.services.chat import ChatService
 from chatgate.services.messages import MessagesService
 from chatgate.services.responses import ResponsesService
 from chatgate.services.stored_responses import ResponseStore
-from tests.unit.services.test_chat import CALLER, ScriptedProvider, service
+from chatgate.storage.database import Database
+from chatgate.storage.usage import UsageRow
+from tests.unit.fakes import CountingLimiter, FakeStore, ScriptedProvider
+from tests.unit.services.test_chat import CALLER, service
 
 DATA = Path(__file__).resolve().parents[2] / "data"
-SCRIPT: list[ProviderEvent] = [
-    Started(5, 16),
-    Running(),
+SCRIPT: list[ProviderEvent | Exception] = [
+    Accepted(5),
     TextDelta("Let me", tokens=1),
     TextDelta(" look.", tokens=1),
     ToolCallDelta(0, "", call_id="call_1", name="get_weather", tokens=1),
@@ -38,10 +41,18 @@ def validator(path: Path, definition: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator({**document, "$ref": f"#/$defs/{definition}"})
 
 
-def responses_service(provider: ScriptedProvider) -> tuple[ResponsesService, Any]:
+UNUSED_DB = Database("sqlite+aiosqlite:///:memory:")  # never connected to: the tests store nothing
+
+
+def responses_service(provider: ScriptedProvider) -> tuple[ResponsesService, ChatService]:
     chat = service(provider)
-    store = ResponseStore(chat.quota._db, retention_seconds=60)  # never touched: store is off
-    return ResponsesService(chat, store), chat
+    return ResponsesService(chat, ResponseStore(UNUSED_DB, retention_seconds=60)), chat
+
+
+def usage_rows(chat: ChatService) -> list[UsageRow]:
+    store = chat.metering._store
+    assert isinstance(store, FakeStore)
+    return store.usage
 
 
 async def test_a_responses_stream_is_in_the_specs_order_and_logged_under_its_api() -> None:
@@ -82,7 +93,7 @@ async def test_a_responses_stream_is_in_the_specs_order_and_logged_under_its_api
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": 10,
     }
-    assert [(row["api"], row["status"]) for row in chat.usage._rows] == [("responses", "ok")]
+    assert [(row.api, row.status) for row in usage_rows(chat)] == [("responses", "ok")]
 
 
 async def test_a_whole_response_holds_the_message_then_the_call() -> None:
@@ -105,7 +116,7 @@ async def test_an_unread_stream_is_settled_and_its_engine_released() -> None:
     events, _ = await responses.stream(CALLER, request)
     await events.aclose()  # type: ignore[attr-defined]
     assert provider.closed
-    assert [(row["api"], row["status"]) for row in chat.usage._rows] == [("responses", "cancelled")]
+    assert [(row.api, row.status) for row in usage_rows(chat)] == [("responses", "cancelled")]
 
 
 async def test_a_messages_stream_is_in_anthropics_order() -> None:
@@ -148,7 +159,7 @@ async def test_a_messages_stream_is_in_anthropics_order() -> None:
     assert "".join(p["delta"].get("partial_json", "") for p in payloads[7:9]) == '{"city": "Paris"}'
     assert payloads[-2]["delta"]["stop_reason"] == "tool_use"
     assert payloads[-2]["usage"] == {"input_tokens": 5, "output_tokens": 5}
-    assert [(row["api"], row["status"]) for row in chat.usage._rows] == [("messages", "ok")]
+    assert [(row.api, row.status) for row in usage_rows(chat)] == [("messages", "ok")]
 
 
 async def test_a_whole_message_has_its_tool_use_input_as_an_object() -> None:
@@ -354,7 +365,7 @@ class UnwritableStore(ResponseStore):
 @pytest.mark.parametrize("stream", [False, True])
 async def test_an_answer_paid_for_is_given_even_when_it_cannot_be_kept(stream: bool) -> None:
     chat = service(ScriptedProvider(SCRIPT))
-    responses = ResponsesService(chat, UnwritableStore(chat.quota._db, retention_seconds=60))
+    responses = ResponsesService(chat, UnwritableStore(UNUSED_DB, retention_seconds=60))
     request = CreateResponse.model_validate({"model": "alias", "input": "hi", "stream": stream})
     if stream:
         events, _ = await responses.stream(CALLER, request)
@@ -363,4 +374,17 @@ async def test_an_answer_paid_for_is_given_even_when_it_cannot_be_kept(stream: b
     else:
         response, _ = await responses.create(CALLER, request)
         assert response.status == "completed" and response.store is False
-    assert [row["status"] for row in chat.usage._rows] == ["ok"]
+    assert [row.status for row in usage_rows(chat)] == ["ok"]
+
+
+async def test_counting_tokens_runs_nothing_reserves_nothing_and_counts_against_the_rate() -> None:
+    provider = ScriptedProvider(SCRIPT)
+    chat = service(provider)
+    request = CountTokensRequest.model_validate(
+        {"model": "alias", "messages": [{"role": "user", "content": "How many?"}]}
+    )
+    count, _ = await MessagesService(chat).count_tokens(CALLER, request)
+    assert count.input_tokens == provider.bound.prompt_tokens  # a provider that cannot count: its bound
+    assert provider.ran == 0 and usage_rows(chat) == []
+    limiter = chat.metering._limiter
+    assert isinstance(limiter, CountingLimiter) and limiter.admitted == 1
