@@ -3,7 +3,7 @@
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from chatgate.protocol.messages import FunctionCall, ToolCall
 from chatgate.protocol.requests import ChatCompletionRequest
@@ -153,6 +153,22 @@ class Provider(Protocol[PlanT]):
 
 
 AnyProvider = Provider[Any]  # a provider of any plan type: what routes and deployments hold
+
+
+@runtime_checkable
+class PromptCounter(Protocol):
+    """A provider that can count a planned request's prompt without running it: the count its
+    ``Accepted`` would give (exact with the model's own tokenizer, else its estimate)."""
+
+    async def count_prompt(self, plan: Any) -> int: ...
+
+
+async def count_prompt(provider: AnyProvider, plan: Plan) -> int:
+    """The prompt tokens ``plan`` is charged at unless its provider reports exact usage; for a
+    provider that cannot count, the plan's bound."""
+    if isinstance(provider, PromptCounter):
+        return await provider.count_prompt(plan)
+    return plan.bound.prompt_tokens
 
 
 async def generate(provider: AnyProvider, request: ChatCompletionRequest) -> Completion:

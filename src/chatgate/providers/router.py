@@ -36,7 +36,7 @@ from chatgate.errors import (
     UpstreamTimeout,
 )
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import AnyProvider, Bound, Plan, ProviderEvent
+from chatgate.providers.base import AnyProvider, Bound, Plan, ProviderEvent, count_prompt
 
 RETRYABLE_STATUSES = {408, 409, 429}
 
@@ -230,6 +230,11 @@ class RouterProvider:
             max(b.extra_cost for b in bounds),
         )
         return RouterPlan(request, bound, plans=plans)
+
+    async def count_prompt(self, plan: RouterPlan) -> int:
+        """As the first deployment that takes the request counts it."""
+        deployment, inner = next(iter(plan.plans.items()))
+        return await count_prompt(deployment.provider, inner)
 
     async def run(self, plan: RouterPlan) -> AsyncGenerator[ProviderEvent, None]:
         tried: set[Deployment] = set()

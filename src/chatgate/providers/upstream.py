@@ -236,17 +236,20 @@ class UpstreamProvider:
         return body
 
     def prepare(self, request: ChatCompletionRequest) -> UpstreamPlan:
-        for field in (*EXTENSION_FIELDS, *GATED_FIELDS):
-            value = getattr(request, field)
-            if value is not None and value is not False and field not in self._forwarded:
+        for name in (*EXTENSION_FIELDS, *GATED_FIELDS):
+            value = getattr(request, name)
+            if value is not None and value is not False and name not in self._forwarded:
                 raise UnsupportedParameter(
-                    f"Unsupported parameter: '{field}' is not supported with this model.", param=field
+                    f"Unsupported parameter: '{name}' is not supported with this model.", param=name
                 )
         limit = request.token_limit or self.deployment.max_tokens
         size = prompt_size(request)
         bound = Bound(size.bound, limit * (request.n or 1))
         native = self._native(request, limit)
         return UpstreamPlan(request, bound, limit=limit, prompt_estimate=size.estimate, native=native)
+
+    async def count_prompt(self, plan: UpstreamPlan) -> int:
+        return plan.prompt_estimate  # no tokenizer of the upstream's here: its estimate
 
     async def run(self, plan: UpstreamPlan) -> AsyncGenerator[ProviderEvent, None]:
         request, limit, native = plan.request, plan.limit, plan.native

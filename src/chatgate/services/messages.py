@@ -4,8 +4,6 @@ path, its answer shaped as a Message (or its stream events); and prompt token co
 import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import anyio
-
 from chatgate.protocol.messages_api import (
     CountTokensRequest,
     CreateMessage,
@@ -14,8 +12,8 @@ from chatgate.protocol.messages_api import (
     TokenCount,
 )
 from chatgate.protocol.responses import ChatCompletionChunk
-from chatgate.providers.base import Started
-from chatgate.services.chat import Caller, ChatService, check_supported
+from chatgate.providers.base import count_prompt
+from chatgate.services.chat import Caller, ChatService
 from chatgate.services.messages_chat import (
     MessageEvents,
     count_request,
@@ -62,20 +60,11 @@ class MessagesService:
     async def count_tokens(
         self, caller: Caller, request: CountTokensRequest
     ) -> tuple[TokenCount, dict[str, str]]:
-        """The prompt's tokens, as the model's provider measures it before running anything: exact
-        on the local engine, an estimate for an upstream. Counted against the caller's request rate;
-        it costs no credits, as nothing is generated."""
+        """The prompt's tokens, as the model's provider would charge them: exact on the local
+        engine, an estimate for an upstream. Planned as a chat request (the same checks, nothing
+        decoded or fetched), counted against the caller's request rate, and free: nothing runs."""
         route = self._chat.registry.resolve(request.model)
         caller.principal.check_model(request.model, route.name)
-        chat_request = count_request(request)
-        check_supported(chat_request)
-        decision = await self._chat.limiter.admit(caller.principal)
-        events = route.provider.stream(chat_request)
-        try:
-            first = await anext(events)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await events.aclose()
-        if not isinstance(first, Started):
-            raise RuntimeError(f"provider stream began with {first!r}, not Started")
-        return TokenCount(input_tokens=first.prompt_charge), decision.headers()
+        provider, plan = self._chat.plan(route, count_request(request))
+        headers = await self._chat.metering.limit(caller)
+        return TokenCount(input_tokens=await count_prompt(provider, plan)), headers

@@ -247,6 +247,12 @@ class Metering:
         """A meter for one request: enter it (``async with``, or ``open``/``close``) to admit it."""
         return Meter(self, caller, model, price, bound)
 
+    async def limit(self, caller: Caller) -> dict[str, str]:
+        """Count a request that runs no model and costs no credits (counting a prompt's tokens)
+        against the caller's request rate: its rate-limit headers, or the refusal. Nothing is
+        reserved or recorded."""
+        return (await self._limiter.admit(caller.principal)).headers()
+
     def in_flight(self) -> set[tuple[int, str]]:
         """The (user, request) pairs whose reservations this process holds and will settle."""
         return set(self._in_flight)

@@ -8,6 +8,7 @@ import pytest
 from chatgate.config import UpstreamDeployment
 from chatgate.errors import UnsupportedParameter
 from chatgate.protocol.requests import ChatCompletionRequest
+from chatgate.protocol.responses_api import CreateResponse
 from chatgate.providers.base import Finished, TextDelta, UsageReport
 from chatgate.providers.relay import RelaySession
 from chatgate.providers.upstream import (
@@ -20,6 +21,7 @@ from chatgate.providers.upstream import (
     display_url,
     prompt_size,
 )
+from chatgate.services.responses_chat import to_chat
 
 BIG = "x" * 10_000
 
@@ -201,3 +203,17 @@ def test_a_chunk_whose_text_is_not_a_string_is_malformed() -> None:
 def test_a_finish_chunk_counts_nothing_itself() -> None:
     finished = {"choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]}
     assert _chunk_events(json.loads(json.dumps(finished))) == [Finished("length", 0, 0, 1)]
+
+
+async def test_a_responses_request_is_planned_as_it_came_for_a_deployment_that_speaks_it() -> None:
+    ask = CreateResponse.model_validate(
+        {"model": "alias", "input": [{"role": "user", "content": "hi"}], "max_output_tokens": 9}
+    )
+    chat = to_chat(ask, list(ask.input), stream=False)  # type: ignore[arg-type]
+    plan = provider(responses_api=True).prepare(chat)
+    assert plan.native is not None
+    assert (plan.native["model"], plan.native["max_output_tokens"], plan.native["store"]) == ("up", 9, False)
+    assert plan.bound.completion_tokens == 9
+    assert provider().prepare(chat).native is None  # translated to Chat Completions instead
+    assert provider(responses_api=True).prepare(request(messages=ASK)).native is None  # a chat request
+    assert await provider().count_prompt(plan) == plan.prompt_estimate

@@ -183,6 +183,12 @@ class LocalProvider:
             tokens += llama.tokenize(raw, add_bos=add_bos and not tokens, special=not literal)
         return tokens
 
+    async def count_prompt(self, plan: LocalPlan) -> int:
+        """The prompt's exact count; a long prompt is tokenized off the event loop, as in ``run``."""
+        if plan.prompt is not None:
+            return len(plan.prompt)
+        return len(await asyncio.to_thread(self._tokenize, plan.pieces, plan.add_bos))
+
     async def _job(self, plan: LocalPlan) -> Job:
         """The work ``prepare`` left for after admission: the grammars, a long prompt's tokens."""
         request = plan.request
