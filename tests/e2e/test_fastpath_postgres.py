@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from alembic import command
 
 from chatgate.services.usage import UsageRecorder
-from chatgate.storage.database import Database, migrate
+from chatgate.storage.database import Database, alembic_config, migrate
 from chatgate.storage.fastpath import DuplicateReservation, Settlement
 from chatgate.storage.fastpath_postgres import PostgresFastPath
 from chatgate.storage.usage import UsageRow
@@ -181,7 +182,7 @@ def test_a_settlement_group_closes_each_reservation_once(url: str) -> None:
             return list(
                 await asyncio.gather(
                     fast.settle(Settlement(row("a", cost=30), refund=70)),
-                    fast.settle(Settlement(row("b", cost=100), refund=0)),
+                    fast.settle(Settlement(row("b", cost=100, api="responses"), refund=0)),
                     fast.settle(Settlement(row("a", cost=30), refund=70)),  # again: no second refund
                     fast.settle(Settlement(row("m", cost=5, user_id=None, token_id=None))),
                 )
@@ -193,9 +194,40 @@ def test_a_settlement_group_closes_each_reservation_once(url: str) -> None:
     credits, spent, entries = asyncio.run(state(url))
     assert (credits, spent, entries) == (870, 130, 4)
     assert asyncio.run(open_reservations(url)) == 0
+    apis = asyncio.run(fetch(url, "SELECT trace_id, api FROM usage_log ORDER BY id"))
+    assert apis == [
+        ("a", "chat.completions"),
+        ("b", "responses"),
+        ("a", "chat.completions"),
+        ("m", "chat.completions"),
+    ]
 
 
-def row(trace_id: str, *, cost: int, user_id: int | None = 1, token_id: int | None = 7) -> UsageRow:
+def test_revision_0006_gives_settle_the_rows_api_and_takes_it_back(url: str) -> None:
+    arguments = "SELECT pronargs FROM pg_proc WHERE proname = 'chatgate_settle'"
+    assert asyncio.run(fetch(url, arguments)) == [(15,)]
+    command.downgrade(alembic_config(url), "0003")
+    assert asyncio.run(fetch(url, arguments)) == [(14,)]
+    migrate(url)
+    assert asyncio.run(fetch(url, arguments)) == [(15,)]
+
+
+async def fetch(url: str, query: str) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return [tuple(record) for record in await conn.fetch(query)]
+    finally:
+        await conn.close()
+
+
+def row(
+    trace_id: str,
+    *,
+    cost: int,
+    user_id: int | None = 1,
+    token_id: int | None = 7,
+    api: str = "chat.completions",
+) -> UsageRow:
     return UsageRow(
         trace_id=trace_id,
         user_id=user_id,
@@ -208,6 +240,7 @@ def row(trace_id: str, *, cost: int, user_id: int | None = 1, token_id: int | No
         status="ok",
         error_code=None,
         created_at=datetime.now(UTC),
+        api=api,
     )
 
 

@@ -3,6 +3,7 @@ and stream events validated against Anthropic's shapes, tools, token counts, err
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -31,8 +32,9 @@ def client_for(server: Server, key: str = API_KEY) -> anthropic.Anthropic:
 
 
 @pytest.fixture(scope="module")
-def claude(server: Server) -> anthropic.Anthropic:
-    return client_for(server)
+def claude(server: Server) -> Iterator[anthropic.Anthropic]:
+    with client_for(server) as client:
+        yield client
 
 
 def test_a_message_is_valid_and_says_what_it_used(claude: anthropic.Anthropic, anthropic_spec: Spec) -> None:
@@ -201,9 +203,12 @@ def test_the_sdk_raises_its_own_errors(claude: anthropic.Anthropic) -> None:
 
 def test_usage_is_in_the_ledger_under_its_api(server: Server) -> None:
     key = user_key(server, f"messages-{time.time_ns()}@example.com")
-    with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {key}"}) as http:
-        message = client_for(server, key).messages.create(model=SMALL, max_tokens=6, messages=HI)
-        with client_for(server, key).messages.stream(model=SMALL, max_tokens=6, messages=HI) as stream:
+    with (
+        httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {key}"}) as http,
+        client_for(server, key) as claude,
+    ):
+        message = claude.messages.create(model=SMALL, max_tokens=6, messages=HI)
+        with claude.messages.stream(model=SMALL, max_tokens=6, messages=HI) as stream:
             streamed = stream.get_final_message()
         report = http.get("/v1/usage").json()
     apis = {a["api"]: a for a in report["apis"]}

@@ -94,36 +94,37 @@ def test_the_sdk_stream_helper_gives_the_final_response(client: openai.OpenAI) -
 def test_stored_responses_chain_and_belong_to_their_user(
     server: Server, user: str, responses_spec: Spec
 ) -> None:
-    mine, other = client_for(server, user), client_for(server, user_key(server, f"o-{time.time_ns()}@x.org"))
-    first = mine.responses.create(model=SMALL, input="My name is Ada.", max_output_tokens=8)
-    again = mine.responses.retrieve(first.id)
-    assert again.id == first.id and again.output_text == first.output_text
-    second = mine.responses.create(
-        model=SMALL, input="What is my name?", previous_response_id=first.id, max_output_tokens=8
-    )
-    assert second.previous_response_id == first.id
-    assert second.usage is not None and first.usage is not None
-    # The second prompt holds the first exchange: more than its own words.
-    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
-    with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {user}"}) as http:
-        items = http.get(f"/v1/responses/{second.id}/input_items").json()
-    responses_spec.validate("ResponseItemList", items)
-    assert [i["content"][0]["text"] for i in items["data"]] == ["What is my name?"]
-    for call in (
-        lambda: other.responses.retrieve(first.id),
-        lambda: other.responses.delete(first.id),
-        lambda: other.responses.create(
-            model=SMALL, input="x", previous_response_id=first.id, max_output_tokens=4
-        ),
-    ):
+    other_key = user_key(server, f"o-{time.time_ns()}@x.org")
+    with client_for(server, user) as mine, client_for(server, other_key) as other:
+        first = mine.responses.create(model=SMALL, input="My name is Ada.", max_output_tokens=8)
+        again = mine.responses.retrieve(first.id)
+        assert again.id == first.id and again.output_text == first.output_text
+        second = mine.responses.create(
+            model=SMALL, input="What is my name?", previous_response_id=first.id, max_output_tokens=8
+        )
+        assert second.previous_response_id == first.id
+        assert second.usage is not None and first.usage is not None
+        # The second prompt holds the first exchange: more than its own words.
+        assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+        with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {user}"}) as http:
+            items = http.get(f"/v1/responses/{second.id}/input_items").json()
+        responses_spec.validate("ResponseItemList", items)
+        assert [i["content"][0]["text"] for i in items["data"]] == ["What is my name?"]
+        for call in (
+            lambda: other.responses.retrieve(first.id),
+            lambda: other.responses.delete(first.id),
+            lambda: other.responses.create(
+                model=SMALL, input="x", previous_response_id=first.id, max_output_tokens=4
+            ),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        mine.responses.delete(first.id)
         with pytest.raises(openai.NotFoundError):
-            call()
-    mine.responses.delete(first.id)
-    with pytest.raises(openai.NotFoundError):
-        mine.responses.retrieve(first.id)
-    not_stored = mine.responses.create(model=SMALL, input="Hi.", store=False, max_output_tokens=4)
-    with pytest.raises(openai.NotFoundError):
-        mine.responses.retrieve(not_stored.id)
+            mine.responses.retrieve(first.id)
+        not_stored = mine.responses.create(model=SMALL, input="Hi.", store=False, max_output_tokens=4)
+        with pytest.raises(openai.NotFoundError):
+            mine.responses.retrieve(not_stored.id)
 
 
 def test_a_required_function_call_and_its_output_round_trip(client: openai.OpenAI) -> None:
@@ -196,8 +197,10 @@ def test_refusals_are_in_openais_envelope(
 
 
 def test_usage_is_in_the_ledger_under_its_api(server: Server, user: str) -> None:
-    client = client_for(server, user)
-    with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {user}"}) as http:
+    with (
+        client_for(server, user) as client,
+        httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {user}"}) as http,
+    ):
         before = {a["api"]: a for a in http.get("/v1/usage").json()["apis"]}
         response = client.responses.create(model=SMALL, input="Hi there.", max_output_tokens=6)
         report = http.get("/v1/usage").json()
