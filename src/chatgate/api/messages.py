@@ -60,8 +60,9 @@ async def create_message(
     authorization: Annotated[str | None, Header()] = None,
 ) -> Response:
     caller = await _caller(request, x_api_key, authorization)
-    body = parse(CreateMessage, await request.body())
     service = _service(request)
+    service.check_credits(caller)  # a token with nothing left is refused before its body is read
+    body = parse(CreateMessage, await request.body())
 
     def late_failure(exc: ChatgateError) -> MessageEvent:
         error = anthropic_error(exc, caller.trace_id)

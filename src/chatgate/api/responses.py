@@ -51,6 +51,7 @@ def _late_failure(exc: ChatgateError) -> StreamEvent:
 )
 async def create_response(request: Request, caller: CallerDep) -> Response:
     service = _service(request)
+    service.check_credits(caller)  # a token with nothing left is refused before its body is read
     body = parse(CreateResponse, await request.body())
 
     async def answer() -> Response:

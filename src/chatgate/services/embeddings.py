@@ -9,6 +9,7 @@ chat prompt does.
 """
 
 import base64
+import dataclasses
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from chatgate.providers.embeddings.base import Vectors
 from chatgate.services.catalogue import ModelRegistry
 from chatgate.services.metering import Caller, Metering
 
-API = "embeddings"  # the usage row's API name: ``create`` tags its caller with it once Caller has ``api``
+API = "embeddings"  # the API named in the usage rows of this service's requests
 
 
 class EmbeddingService:
@@ -32,6 +33,7 @@ class EmbeddingService:
 
     def check_credits(self, caller: Caller) -> None:
         """Refuse a token with no credits left before its body is read (logged with no model)."""
+        caller = dataclasses.replace(caller, api=API)
         left = caller.principal.credits_left
         if left is not None and left <= 0 and not self._free:
             refusal = InsufficientQuota(
@@ -42,7 +44,7 @@ class EmbeddingService:
 
     async def create(self, caller: Caller, request: EmbeddingRequest) -> tuple[EmbeddingList, dict[str, str]]:
         started = time.monotonic()
-        # (Here the caller becomes dataclasses.replace(caller, api=API) once Caller has ``api``.)
+        caller = dataclasses.replace(caller, api=API)
         try:
             route = self._registry.resolve_embedding(request.model)
             caller.principal.check_model(request.model, route.name)

@@ -30,6 +30,10 @@ class MessagesService:
     def __init__(self, chat: ChatService) -> None:
         self._chat = chat
 
+    def check_credits(self, caller: Caller) -> None:
+        """Refuse a token with no credits left before its request is read (as chat does)."""
+        self._chat.check_credits(dataclasses.replace(caller, api=API))
+
     async def create(self, caller: Caller, request: CreateMessage) -> tuple[Message, dict[str, str]]:
         caller = dataclasses.replace(caller, api=API)
         completion, headers = await self._chat.complete(caller, to_chat(request, stream=False))

@@ -66,6 +66,10 @@ class ResponsesService:
         self._chat = chat
         self._store = store
 
+    def check_credits(self, caller: Caller) -> None:
+        """Refuse a token with no credits left before its request is read (as chat does)."""
+        self._chat.check_credits(dataclasses.replace(caller, api=API))
+
     async def _context(self, caller: Caller, request: CreateResponse) -> list[InputItem]:
         """The conversation to answer: an earlier response's (its context and output), then the input."""
         items = input_items(request)

@@ -125,6 +125,7 @@ async def test_reserved_on_the_bytes_and_settled_on_the_exact_count() -> None:
     assert answer.usage.prompt_tokens == answer.usage.total_tokens == 9
     row = s.store.usage[0]
     assert (row.status, row.prompt_tokens, row.completion_tokens, row.cost) == ("ok", 9, 0, 9)
+    assert row.api == "embeddings"
     assert s.limiter.tokens == [9]
     s.conserved()
 
@@ -135,7 +136,7 @@ async def test_bad_input_is_refused_before_any_limit_or_credit() -> None:
         await s.service.create(s.caller, request(["ok", ""]))
     assert caught.value.param == "input[1]"
     assert s.reserved == [] and s.limiter.admitted == 0 and s.charged() == 0
-    assert [r.error_code for r in s.refusals.rows] == ["invalid_value"]
+    assert [(r.error_code, r.api) for r in s.refusals.rows] == [("invalid_value", "embeddings")]
     s.conserved()
 
 
@@ -153,7 +154,7 @@ async def test_a_token_with_nothing_left_is_refused_unread() -> None:
     broke = Caller(Principal(user_id=1, token_id=None, credits_left=0), "t2")
     with pytest.raises(InsufficientQuota):
         s.service.check_credits(broke)
-    assert s.limiter.admitted == 0 and [r.model for r in s.refusals.rows] == [""]
+    assert s.limiter.admitted == 0 and [(r.model, r.api) for r in s.refusals.rows] == [("", "embeddings")]
 
 
 @pytest.mark.parametrize("read_first", [True, False])

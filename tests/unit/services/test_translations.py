@@ -8,19 +8,20 @@ from typing import Any
 import jsonschema
 import pytest
 
-from chatgate.errors import InvalidRequest, NotImplementedFeature
+from chatgate.errors import InsufficientQuota, InvalidRequest, NotImplementedFeature
 from chatgate.protocol.messages import AssistantMessage, ToolMessage, UserMessage
 from chatgate.protocol.messages_api import CountTokensRequest, CreateMessage
 from chatgate.protocol.responses_api import CreateResponse
 from chatgate.providers.base import Accepted, Finished, ProviderEvent, TextDelta, ToolCallDelta
 from chatgate.services import messages_chat, responses_chat
-from chatgate.services.chat import ChatService
+from chatgate.services.auth import Principal
+from chatgate.services.chat import Caller, ChatService
 from chatgate.services.messages import MessagesService
 from chatgate.services.responses import ResponsesService
 from chatgate.services.stored_responses import ResponseStore
 from chatgate.storage.database import Database
 from chatgate.storage.usage import UsageRow
-from tests.unit.fakes import CountingLimiter, FakeStore, ScriptedProvider
+from tests.unit.fakes import CountingLimiter, FakeStore, Refusals, ScriptedProvider
 from tests.unit.services.test_chat import CALLER, service
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -388,3 +389,17 @@ async def test_counting_tokens_runs_nothing_reserves_nothing_and_counts_against_
     assert provider.ran == 0 and usage_rows(chat) == []
     limiter = chat.metering._limiter
     assert isinstance(limiter, CountingLimiter) and limiter.admitted == 1
+
+
+@pytest.mark.parametrize(("kind", "api"), [(ResponsesService, "responses"), (MessagesService, "messages")])
+def test_a_token_with_nothing_left_is_refused_unread_under_its_api(kind: type, api: str) -> None:
+    chat = service(ScriptedProvider(SCRIPT))
+    translated = (
+        kind(chat, ResponseStore(UNUSED_DB, retention_seconds=60)) if api == "responses" else kind(chat)
+    )
+    broke = Caller(Principal(user_id=1, token_id=None, credits_left=0), "req_broke")
+    with pytest.raises(InsufficientQuota):
+        translated.check_credits(broke)
+    refusals = chat.metering._refusals
+    assert isinstance(refusals, Refusals)
+    assert [(row.model, row.api) for row in refusals.rows] == [("", api)]
