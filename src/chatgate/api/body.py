@@ -40,13 +40,6 @@ def parse(model: type[M], raw: bytes) -> M:
         raise _invalid(exc, _loads(text)) from None
 
 
-def described(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI description of a route whose body is read with ``parse`` (not by the framework):
-    its JSON schema, self-contained (``$defs`` inside)."""
-    schema = model.model_json_schema(by_alias=True)
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 def _decoded(raw: bytes) -> str | None:
     """The body as text when it is in another Unicode encoding than plain UTF-8 (or has a BOM)."""
     try:

@@ -6,7 +6,9 @@ it, and the errors it can answer from what it takes (a body or parameters: 400; 
 caller: 401, and 503 for a bearer token while the database that holds it cannot be reached; a
 session on a state-changing call, or an admin's: 403; anything: 500), to which its decorator adds
 its domain errors (``raises`` in ``api/openapi.py``). Every answer carries the ``x-request-id``
-header, and every error the envelope.
+header, and every error the envelope: OpenAI's, or on Anthropic's paths (``/v1/messages``,
+``/anthropic/...``) Anthropic's error object, with the statuses and types it answers there (as
+``api/errors.py`` renders them) and the ``request-id`` header besides.
 """
 
 import http
@@ -19,21 +21,37 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from chatgate.api.deps import CSRF_HEADER, SESSION_COOKIE, AdminDep, CallerDep, SignedInDep
-from chatgate.api.openapi import API_PREFIXES, BEARER, CSRF, SESSION, STAND_IN, Ref, Security, codes_of
+from chatgate.api.errors import ANTHROPIC_HEADER, anthropic_answer, anthropic_type, is_anthropic
+from chatgate.api.openapi import (
+    ANTHROPIC_PREFIXES,
+    API_PREFIXES,
+    BEARER,
+    CSRF,
+    SESSION,
+    STAND_IN,
+    X_API_KEY,
+    Errors,
+    Ref,
+    Security,
+    codes_of,
+    status_of,
+)
 from chatgate.api.routes import api_routes
 from chatgate.api.trace import TRACE_HEADER
 from chatgate.protocol.errors import ErrorEnvelope
+from chatgate.protocol.messages_api import AnthropicError
 
 COMPONENTS = "#/components/schemas/"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 DESCRIPTION = """\
 An OpenAI-compatible API (the same routes under `/v1`, `/openai/v1` and `/openai`: point an
-official SDK's `base_url` at any of them), the web console's JSON API under `/api`, and the
-operators' endpoints.
+official SDK's `base_url` at any of them), Anthropic's Messages API (`/v1/messages`, also under
+`/anthropic/v1`), the web console's JSON API under `/api`, and the operators' endpoints.
 
 **Authentication.** The OpenAI-compatible API takes an API token (`sk-...`, made in the console)
-or the operator's master key as `Authorization: Bearer ...`. The console's API takes the session
+or the operator's master key as `Authorization: Bearer ...`; the Messages API takes the same in
+`x-api-key` (as Anthropic's SDKs send it) or as a bearer token. The console's API takes the session
 cookie that signing up or in sets, and on every state-changing call the session's CSRF token in
 `x-csrf-token`.
 
@@ -41,11 +59,17 @@ cookie that signing up or in sets, and on every state-changing call the session'
 `{"success": false, "error": {"message", "type", "param", "code"}, "trace_id"}` with its status;
 each operation lists the statuses it can answer, with the error types and codes of each
 (`x-error-codes`). Every answer carries its trace id in `x-request-id` (a caller's own well-formed
-`x-request-id` is kept).
+`x-request-id` is kept). The Messages API answers errors as Anthropic does,
+`{"type": "error", "error": {"type", "message"}, "request_id"}`, with Anthropic's statuses and types
+(402 `billing_error` for credits, 529 `overloaded_error` for an engine at capacity): its
+`x-error-codes` list under each type the conditions that cause it, which the body does not carry;
+its answers carry the trace id in `request-id` too.
 
-**Streaming.** With `"stream": true` the answer is `text/event-stream`: one `data:` line per chunk,
-as JSON; an error after the stream began comes as an error envelope in a `data:` line; the stream
-ends with `data: [DONE]`.
+**Streaming.** With `"stream": true` the answer is `text/event-stream`. Chat Completions: one `data:`
+line per chunk, as JSON; an error after the stream began comes as an error envelope in a `data:`
+line; the stream ends with `data: [DONE]`. Responses and Messages: named events (`event: <type>`
+and its `data:` as JSON), a failure after the stream began being an event of the API's own, and no
+`[DONE]`.
 """
 
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
@@ -61,6 +85,13 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
         "name": SESSION_COOKIE,
         "description": "The console's session, set by `POST /api/signup` and `POST /api/login`.",
     },
+    X_API_KEY: {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "An API token or the operator's master key, as Anthropic's SDKs send it "
+        "(the Messages API).",
+    },
     CSRF: {
         "type": "apiKey",
         "in": "header",
@@ -72,6 +103,9 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 
 TAGS = [
     {"name": "Chat", "description": "Chat Completions, as OpenAI's API has them."},
+    {"name": "Responses", "description": "OpenAI's Responses API, and the responses it stores."},
+    {"name": "Messages", "description": "Anthropic's Messages API, and its prompt token counts."},
+    {"name": "Embeddings", "description": "Embeddings, as OpenAI's API has them."},
     {"name": "Models", "description": "The models this server routes."},
     {"name": "Images", "description": "Image generation."},
     {"name": "Files", "description": "Uploaded and generated files."},
@@ -89,6 +123,15 @@ _REQUEST_ID = {
     "schema": {"type": "string"},
 }
 _RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}}
+_ANTHROPIC_REQUEST_ID = {
+    "description": "The request's trace id again, where Anthropic's SDKs read a request's id.",
+    "required": True,
+    "schema": {"type": "string"},
+}
+# The header each scheme is: not a parameter besides.
+_SCHEME_HEADERS = {BEARER: "authorization", X_API_KEY: "x-api-key", CSRF: CSRF_HEADER}
+# Statuses Python's table does not name.
+_PHRASES = {529: "Overloaded"}
 _CALLER_TRACE_ID = {
     "name": TRACE_HEADER,
     "in": "header",
@@ -120,6 +163,7 @@ def build(app: FastAPI, *, title: str, version: str) -> dict[str, Any]:
     routes = [route for route in api_routes(app) if route.include_in_schema]
     stand_ins = _StandIns()
     envelope = stand_ins.add(Ref(ErrorEnvelope))
+    anthropic = stand_ins.add(Ref(AnthropicError))
     for route in routes:
         stand_ins.collect(route.openapi_extra)
     document = get_openapi(
@@ -132,12 +176,17 @@ def build(app: FastAPI, *, title: str, version: str) -> dict[str, Any]:
     stand_ins.resolve(document)
     components = document.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
-    components["headers"] = {"RequestId": _REQUEST_ID, "RetryAfter": _RETRY_AFTER}
+    components["headers"] = {
+        "RequestId": _REQUEST_ID,
+        "RetryAfter": _RETRY_AFTER,
+        "AnthropicRequestId": _ANTHROPIC_REQUEST_ID,
+    }
     components["parameters"] = {"CallerTraceId": _CALLER_TRACE_ID}
     for route in routes:
+        error = anthropic if is_anthropic(route.path_format) else envelope
         for method in sorted(route.methods or ()):
             operation = document["paths"][route.path_format][method.lower()]
-            _complete(operation, route, method, stand_ins.resolved(envelope))
+            _complete(operation, route, method, stand_ins.resolved(error))
     schemas = components.get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422s: this API answers 400s
         schemas.pop(unused, None)
@@ -209,18 +258,20 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
             yield from _walk(value)
 
 
-def _complete(operation: dict[str, Any], route: Any, method: str, envelope: str) -> None:
-    """The operation's security, the errors it answers, its headers and its tag."""
+def _complete(operation: dict[str, Any], route: Any, method: str, error: str) -> None:
+    """The operation's security, the errors it answers (each with the ``error`` schema), its headers
+    and its tag."""
     calls = set(_calls(route))
     if "security" not in operation:
         security = _security(calls, method)
         if security:
             operation["security"] = security
     schemes = {name for requirement in operation.get("security", []) for name in requirement}
-    if BEARER in schemes:  # the scheme is the header: not a parameter besides
+    headers = {_SCHEME_HEADERS[scheme] for scheme in schemes if scheme in _SCHEME_HEADERS}
+    if headers:  # a scheme is its header: not a parameter besides
         parameters = operation.get("parameters", [])
         operation["parameters"] = [
-            p for p in parameters if (p["in"], p["name"].lower()) != ("header", "authorization")
+            p for p in parameters if not (p["in"] == "header" and p["name"].lower() in headers)
         ]
     faults: dict[int, dict[str, list[str]]] = {500: _INTERNAL}
     if "requestBody" in operation:
@@ -228,7 +279,7 @@ def _complete(operation: dict[str, Any], route: Any, method: str, envelope: str)
         faults[413] = _TOO_LARGE
     elif any(_can_fail(parameter) for parameter in operation.get("parameters", [])):
         faults[400] = _PARAMETER_FAULTS
-    if BEARER in schemes:
+    if schemes & {BEARER, X_API_KEY}:
         faults[401] = _NO_TOKEN
         faults[503] = _NO_STORAGE
     if SESSION in schemes:
@@ -242,19 +293,55 @@ def _complete(operation: dict[str, Any], route: Any, method: str, envelope: str)
     for fault, codes in faults.items():
         entry = responses.setdefault(str(fault), {})
         entry["x-error-codes"] = _merged(codes, codes_of(entry))
+    anthropic = is_anthropic(route.path_format)
+    if anthropic:
+        _in_anthropic_shape(responses, route)
     for status, entry in responses.items():
         if "x-error-codes" in entry:
-            _error_response(status, entry, envelope)
+            _error_response(status, entry, error)
         entry.setdefault("headers", {})[TRACE_HEADER] = {"$ref": "#/components/headers/RequestId"}
+        if anthropic:
+            entry["headers"][ANTHROPIC_HEADER] = {"$ref": "#/components/headers/AnthropicRequestId"}
     operation["responses"] = dict(sorted(responses.items()))
     operation.setdefault("parameters", []).append({"$ref": "#/components/parameters/CallerTraceId"})
     operation["tags"] = operation.get("tags") or [_tag(route.path_format)]
+
+
+def _in_anthropic_shape(responses: dict[str, Any], route: Any) -> None:
+    """The operation's errors as Anthropic's shape answers them (``api/errors.py``): under the status
+    an error's class has there (402 for credits, 529 for an engine at capacity) or else its own,
+    with that status's type. An upstream's refusal (``4XX``) keeps its status, as it does here."""
+    translated: dict[str, dict[str, list[str]]] = {}
+    for status, entry in list(responses.items()):
+        codes = entry.get("x-error-codes")
+        if codes is None or status == "4XX":
+            continue
+        del responses[status]
+        declared = route.responses.get(int(status))
+        raised = declared.raised if isinstance(declared, Errors) else []
+        for kind, found in codes.items():
+            for code in found:
+                classes = [cls for cls, c in raised if c == code and status_of(cls)[1] == kind]
+                answers = {anthropic_answer(cls, int(status)) for cls in classes}
+                for answer, anthropic_kind in answers or {(int(status), anthropic_type(int(status)))}:
+                    _add(translated.setdefault(str(answer), {}), anthropic_kind, code)
+    for status, codes in translated.items():
+        entry = responses.setdefault(status, {})
+        entry["x-error-codes"] = _merged(codes_of(entry), codes)
+
+
+def _add(codes: dict[str, list[str]], kind: str, code: str) -> None:
+    known = codes.setdefault(kind, [])
+    if code not in known:
+        known.append(code)
 
 
 def _error_response(status: str, entry: dict[str, Any], envelope: str) -> None:
     codes: dict[str, list[str]] = entry["x-error-codes"]
     if status == "4XX":
         lead = _UPSTREAM
+    elif int(status) in _PHRASES:
+        lead = _PHRASES[int(status)] + "."
     else:
         lead = http.HTTPStatus(int(status)).phrase + "."
     kinds = "; ".join(
@@ -262,7 +349,7 @@ def _error_response(status: str, entry: dict[str, Any], envelope: str) -> None:
     )
     entry["description"] = f"{lead} {kinds}." if status != "4XX" else lead
     entry["content"] = {"application/json": {"schema": {"$ref": envelope}}}
-    if status == "429":
+    if status in ("429", "529"):
         entry.setdefault("headers", {})["retry-after"] = {"$ref": "#/components/headers/RetryAfter"}
 
 
@@ -308,7 +395,7 @@ def _security(calls: set[Any], method: str) -> Security:
 
 
 def _tag(path: str) -> str:
-    for prefix in API_PREFIXES:
+    for prefix in (*API_PREFIXES, *ANTHROPIC_PREFIXES):
         if path.startswith(prefix + "/"):
             return path[len(prefix) + 1 :].split("/")[0].capitalize()
     if path.startswith("/api/admin/"):

@@ -35,7 +35,7 @@ from chatgate.errors import (
     UpstreamTimeout,
 )
 from chatgate.protocol.errors import ErrorBody, ErrorEnvelope
-from chatgate.protocol.messages_api import ErrorDetail, ErrorResponse
+from chatgate.protocol.messages_api import AnthropicError, ErrorDetail
 
 log = logging.getLogger("chatgate.api")
 
@@ -100,17 +100,28 @@ def is_anthropic(path: str) -> bool:
     return path.startswith(("/v1/messages", "/anthropic/"))
 
 
+def anthropic_type(status: int) -> str:
+    """The type of Anthropic's error answered with ``status``."""
+    return _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
+def anthropic_answer(cls: type[ChatgateError], status: int) -> tuple[int, str]:
+    """The status and type Anthropic's shape answers an error of ``cls`` with, which OpenAI's
+    envelope answers with ``status`` (the OpenAPI document translates a route's errors with this)."""
+    for base in cls.__mro__:
+        if base in _ANTHROPIC_STATUSES:
+            status = _ANTHROPIC_STATUSES[base]
+            break
+    return status, anthropic_type(status)
+
+
 def anthropic_status(exc: ChatgateError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in _ANTHROPIC_STATUSES:
-            return _ANTHROPIC_STATUSES[cls]
-    return status_and_type(exc)[0]
+    return anthropic_answer(type(exc), status_and_type(exc)[0])[0]
 
 
-def anthropic_error(exc: ChatgateError, trace_id: str) -> ErrorResponse:
-    status = anthropic_status(exc)
-    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return ErrorResponse(error=ErrorDetail(type=kind, message=exc.message), request_id=trace_id)
+def anthropic_error(exc: ChatgateError, trace_id: str) -> AnthropicError:
+    _, kind = anthropic_answer(type(exc), status_and_type(exc)[0])
+    return AnthropicError(error=ErrorDetail(type=kind, message=exc.message), request_id=trace_id)
 
 
 def error_response(exc: ChatgateError, trace_id: str, path: str = "") -> JSONResponse:
@@ -236,11 +247,9 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
         headers["allow"] = ", ".join(allowed_methods(request.app, request.url.path))
     if is_anthropic(request.url.path):
-        detail = ErrorDetail(
-            type=_ANTHROPIC_TYPES.get(exc.status_code, "invalid_request_error"), message=str(exc.detail)
-        )
+        detail = ErrorDetail(type=anthropic_type(exc.status_code), message=str(exc.detail))
         return JSONResponse(
-            ErrorResponse(error=detail, request_id=trace_id).model_dump(mode="json"),
+            AnthropicError(error=detail, request_id=trace_id).model_dump(mode="json"),
             status_code=exc.status_code,
             headers={**headers, ANTHROPIC_HEADER: trace_id},
         )

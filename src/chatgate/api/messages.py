@@ -11,13 +11,25 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from chatgate.api.body import described, parse
+from chatgate.api.body import parse
 from chatgate.api.cancel import unless_gone
 from chatgate.api.deps import services_of
 from chatgate.api.errors import ANTHROPIC_HEADER, anthropic_error
+from chatgate.api.openapi import BEARER, METERED, X_API_KEY, described, raises
 from chatgate.api.sse import event_stream_response
 from chatgate.api.trace import trace_id_of
-from chatgate.errors import ChatgateError
+from chatgate.errors import (
+    ChatgateError,
+    ContextLengthExceeded,
+    EngineFailure,
+    InvalidImage,
+    InvalidRequest,
+    ModelNotFound,
+    NotImplementedFeature,
+    RateLimited,
+    TokenMismatch,
+    UnsupportedParameter,
+)
 from chatgate.protocol.messages_api import (
     CountTokensRequest,
     CreateMessage,
@@ -30,6 +42,12 @@ from chatgate.services.chat import Caller
 from chatgate.services.messages import MessagesService
 
 router = APIRouter()
+
+# The token, in either header (the document's security schemes say so: not parameters besides).
+ApiKey = Annotated[str | None, Header(alias="x-api-key", include_in_schema=False)]
+Authorization = Annotated[str | None, Header(alias="authorization", include_in_schema=False)]
+# A message's checks, as chat's (a message is answered as a chat request).
+_CHECKS = (NotImplementedFeature, UnsupportedParameter, InvalidImage)
 
 
 async def _caller(request: Request, x_api_key: str | None, authorization: str | None) -> Caller:
@@ -50,14 +68,14 @@ def _json(body: str, caller: Caller, headers: dict[str, str]) -> Response:
 
 @router.post(
     "/messages",
-    response_model=None,
-    responses={200: {"model": Message, "description": "The message, or its events as SSE."}},
-    openapi_extra=described(CreateMessage),
+    response_model=Message,
+    response_description="The message, or with `stream` its events.",
+    responses=raises(*METERED, *_CHECKS, (EngineFailure, "engine_error")),
+    # The body and the caller are read by hand: described here instead.
+    openapi_extra=described(body=CreateMessage, events=MessageEvent, security=(X_API_KEY, BEARER)),
 )
 async def create_message(
-    request: Request,
-    x_api_key: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    request: Request, x_api_key: ApiKey = None, authorization: Authorization = None
 ) -> Response:
     caller = await _caller(request, x_api_key, authorization)
     service = _service(request)
@@ -79,11 +97,22 @@ async def create_message(
     return await unless_gone(request, answer)
 
 
-@router.post("/messages/count_tokens", response_model=TokenCount, openapi_extra=described(CountTokensRequest))
+@router.post(
+    "/messages/count_tokens",
+    response_model=TokenCount,
+    # Planned as a message is (the model, the token's models, its checks), then the request rate.
+    responses=raises(
+        ModelNotFound,
+        (InvalidRequest, "model_not_supported"),
+        TokenMismatch,
+        ContextLengthExceeded,
+        RateLimited,
+        *_CHECKS,
+    ),
+    openapi_extra=described(body=CountTokensRequest, security=(X_API_KEY, BEARER)),
+)
 async def count_tokens(
-    request: Request,
-    x_api_key: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    request: Request, x_api_key: ApiKey = None, authorization: Authorization = None
 ) -> Response:
     caller = await _caller(request, x_api_key, authorization)
     body = parse(CountTokensRequest, await request.body())

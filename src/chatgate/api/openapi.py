@@ -16,6 +16,9 @@ admin's), and the errors every route of its kind can answer. The decorator adds 
 A route that reads its body or its caller by hand, or streams, says so with ``openapi_extra``:
 
     openapi_extra=described(body=ChatCompletionRequest, stream=ChatCompletionChunk, security=BEARER)
+
+``raises`` names the errors as OpenAI's envelope answers them; on Anthropic's paths (``/v1/messages``,
+``/anthropic/...``) the document gives each the status and type Anthropic's shape answers it with.
 """
 
 from collections.abc import Mapping
@@ -44,6 +47,7 @@ from chatgate.protocol.errors import ErrorEnvelope
 BEARER = "bearer"  # an API token or the operator's master key, in ``Authorization: Bearer ...``
 SESSION = "session"  # the console's session cookie
 CSRF = "csrf"  # the session's CSRF token, in ``x-csrf-token``, on every state-changing call
+X_API_KEY = "x_api_key"  # an API token in ``x-api-key``, as Anthropic's SDKs send it
 
 Security = list[dict[str, list[str]]]
 Mode = Literal["validation", "serialization"]
@@ -51,6 +55,9 @@ STAND_IN = "#/components/schemas/__stand_in__."
 
 # The prefixes the OpenAI-compatible API is served under; the first is the canonical one.
 API_PREFIXES = ("/v1", "/openai/v1", "/openai")
+# The prefixes Anthropic's Messages API is served under (a client whose base URL must have a path
+# takes the second).
+ANTHROPIC_PREFIXES = ("/v1", "/anthropic/v1")
 
 
 # A response that signs the caller in (``responses={201: SETS_COOKIE}``).
@@ -66,6 +73,17 @@ SETS_COOKIE: dict[str, Any] = {
 
 
 Raised = type[ChatgateError] | tuple[type[ChatgateError], str]
+
+
+class Errors(dict[str, Any]):
+    """A ``responses=`` entry for errors, which keeps the classes it was made of (with their codes),
+    for the document to answer them in another API's shape too. (The framework copies the entry
+    into the document as a plain dict: what it keeps is not sent.)"""
+
+    def __init__(self) -> None:
+        super().__init__({"model": ErrorEnvelope, "x-error-codes": {}})
+        self.raised: list[tuple[type[ChatgateError], str]] = []
+
 
 # What every route through the metering unit (services/metering.py) can answer: the model unknown,
 # of the other API, or not this token's; too long for it; the admission refused (the limits, the
@@ -115,7 +133,8 @@ def raises(*errors: Raised) -> dict[int | str, Any]:
     for error in errors:
         cls, code = error if isinstance(error, tuple) else (error, _default_code(error))
         status, kind = status_of(cls)
-        entry = responses.setdefault(status, {"model": ErrorEnvelope, "x-error-codes": {}})
+        entry = responses.setdefault(status, Errors())
+        entry.raised.append((cls, code))
         entry["x-error-codes"].setdefault(kind, [])
         if code not in entry["x-error-codes"][kind]:
             entry["x-error-codes"][kind].append(code)
@@ -141,22 +160,27 @@ def described(
     body: type[BaseModel] | None = None,
     media_type: str = "application/json",
     stream: type[BaseModel] | None = None,
-    security: str | None = None,
+    events: type[BaseModel] | None = None,
+    security: str | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """``openapi_extra`` for what a route does by hand: reads ``body`` (as ``media_type``) from the
-    request's bytes, answers with a ``stream`` of server-sent events (each a ``data:`` line holding
-    one such model as JSON, or an error envelope, then ``data: [DONE]``), or authenticates its caller
-    itself (``security``: ``BEARER``)."""
+    request's bytes; answers with a ``stream`` of server-sent events (each a ``data:`` line holding
+    one such model as JSON, or an error envelope, then ``data: [DONE]``) or with named ``events``
+    (each ``event: <type>`` and a ``data:`` line holding one such model, whose ``type`` it is; no
+    ``[DONE]``: the Responses and Messages APIs' streams); or authenticates its caller itself
+    (``security``: ``BEARER``, or a tuple of schemes any one of which will do)."""
     extra: dict[str, Any] = {}
     if body is not None:
         extra["requestBody"] = {
             "required": True,
             "content": {media_type: {"schema": Ref(body, "validation")}},
         }
-    if stream is not None:
-        extra["responses"] = {"200": {"content": {"text/event-stream": {"schema": sse_event(stream)}}}}
+    event = sse_event(stream) if stream else sse_named_event(events) if events else None
+    if event is not None:
+        extra["responses"] = {"200": {"content": {"text/event-stream": {"schema": event}}}}
     if security is not None:
-        extra["security"] = [{security: []}]
+        schemes = (security,) if isinstance(security, str) else security
+        extra["security"] = [{scheme: []} for scheme in schemes]
     return extra
 
 
@@ -184,10 +208,31 @@ def sse_event(chunk: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def sse_named_event(event: type[BaseModel]) -> dict[str, Any]:
+    """The schema of one named server-sent event: ``event: <type>``, then ``data:`` holding an
+    ``event`` as JSON (whose ``type`` is the event's name), as the Responses and Messages APIs send
+    them; a failure after the stream began is one of these events too, and no ``[DONE]`` follows."""
+    return {
+        "type": "object",
+        "description": (
+            f"One named server-sent event: `event` is its type, `data` a `{event.__name__}` as JSON "
+            "of that type; a failure after the stream began is an event of this kind too (`error`, "
+            "or the API's own failure event), and no `[DONE]` ends the stream. Lines starting with "
+            "`:` are keep-alive comments."
+        ),
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": Ref(event)},
+        },
+        "required": ["event", "data"],
+    }
+
+
 def operation_id(route: APIRoute) -> str:
-    """The route's function name; under the other prefixes of the OpenAI-compatible API, suffixed
-    with the prefix (``list_models``, ``list_models_openai``, ``list_models_openai_v1``)."""
-    for prefix in API_PREFIXES[1:]:
+    """The route's function name; under the other prefixes of the OpenAI-compatible API (or of
+    Anthropic's), suffixed with the prefix (``list_models``, ``list_models_openai``,
+    ``list_models_openai_v1``, ``create_message_anthropic_v1``)."""
+    for prefix in (*API_PREFIXES[1:], *ANTHROPIC_PREFIXES[1:]):
         if route.path_format.startswith(prefix + "/"):
             return route.name + prefix.replace("/", "_")
     return route.name

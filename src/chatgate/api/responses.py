@@ -10,11 +10,20 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from chatgate.api.body import described, parse
+from chatgate.api.body import parse
 from chatgate.api.cancel import unless_gone
 from chatgate.api.deps import CallerDep, services_of
+from chatgate.api.openapi import METERED, described, links, raises
 from chatgate.api.sse import event_stream_response
-from chatgate.errors import ChatgateError
+from chatgate.errors import (
+    ChatgateError,
+    EngineFailure,
+    InvalidImage,
+    InvalidRequest,
+    NotFound,
+    NotImplementedFeature,
+    UnsupportedParameter,
+)
 from chatgate.protocol.responses_api import (
     CreateResponse,
     DeletedResponse,
@@ -43,11 +52,31 @@ def _late_failure(exc: ChatgateError) -> StreamEvent:
     return StreamEvent(type="error", sequence_number=0, code=exc.code, message=exc.message, param=exc.param)
 
 
+# A stored response's id, read from an answer by the operations that take it.
+_STORED = "response_not_found"
+
+
 @router.post(
     "/responses",
-    response_model=None,
-    responses={200: {"model": ResponseObject, "description": "The response, or its events as SSE."}},
-    openapi_extra=described(CreateResponse),
+    response_model=ResponseObject,
+    response_description="The response, or with `stream` its events.",
+    responses={
+        200: links(
+            GetResponse=("get_response", {"response_id": "$response.body#/id"}),
+            ListInputItems=("list_input_items", {"response_id": "$response.body#/id"}),
+            DeleteResponse=("delete_response", {"response_id": "$response.body#/id"}),
+        ),
+        **raises(
+            *METERED,
+            NotImplementedFeature,
+            UnsupportedParameter,
+            InvalidImage,
+            (EngineFailure, "engine_error"),
+            (NotFound, _STORED),  # previous_response_id
+        ),
+    },
+    # The body is read by hand, as chat's is: described here instead.
+    openapi_extra=described(body=CreateResponse, events=StreamEvent),
 )
 async def create_response(request: Request, caller: CallerDep) -> Response:
     service = _service(request)
@@ -64,17 +93,23 @@ async def create_response(request: Request, caller: CallerDep) -> Response:
     return await unless_gone(request, answer)
 
 
-@router.get("/responses/{response_id}", response_model=ResponseObject)
+@router.get("/responses/{response_id}", response_model=ResponseObject, responses=raises((NotFound, _STORED)))
 async def get_response(response_id: str, request: Request, caller: CallerDep) -> Response:
     return _json(json.dumps(await _service(request).retrieve(caller, response_id)))
 
 
-@router.delete("/responses/{response_id}", response_model=DeletedResponse)
+@router.delete(
+    "/responses/{response_id}", response_model=DeletedResponse, responses=raises((NotFound, _STORED))
+)
 async def delete_response(response_id: str, request: Request, caller: CallerDep) -> Response:
     return _json((await _service(request).delete(caller, response_id)).model_dump_json())
 
 
-@router.get("/responses/{response_id}/input_items", response_model=InputItemList)
+@router.get(
+    "/responses/{response_id}/input_items",
+    response_model=InputItemList,
+    responses=raises((NotFound, _STORED), InvalidRequest),  # InvalidRequest: an `after` not among them
+)
 async def list_input_items(
     response_id: str,
     request: Request,

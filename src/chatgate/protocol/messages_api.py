@@ -218,7 +218,7 @@ class ErrorDetail(WireModel):
     message: str
 
 
-class ErrorResponse(WireModel):
+class AnthropicError(WireModel):
     """``{"type": "error", "error": {...}, "request_id": ...}``, as Anthropic answers a failure."""
 
     type: Literal["error"] = "error"

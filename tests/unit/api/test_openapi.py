@@ -36,6 +36,21 @@ PUBLIC = (
     "/api/password/forgot",
     "/api/password/reset",
 )
+# Anthropic's Messages API answers errors in Anthropic's object, with its statuses and types (from
+# Anthropic's API reference, "Errors"); every other path in chatgate's envelope.
+ANTHROPIC_PATHS = ("/v1/messages", "/anthropic/")
+ANTHROPIC_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "timeout_error",
+    "overloaded_error",
+}
 CATALOGUE = """
 models:
   - name: upstream-model
@@ -86,24 +101,31 @@ def test_each_operation_says_who_may_call_it_what_it_answers_and_with_which_head
 ) -> None:
     ids = [op["operationId"] for _, _, op in operations(doc)]
     assert len(ids) == len(set(ids))
-    envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
     for method, path, op in operations(doc):
         where = f"{method} {path}"
+        anthropic = path.startswith(ANTHROPIC_PATHS)
+        error = {"$ref": "#/components/schemas/" + ("AnthropicError" if anthropic else "ErrorEnvelope")}
         responses = op["responses"]
         assert "422" not in responses, where  # this API answers a bad request with 400
         assert "500" in responses, where
         for status, response in responses.items():
             assert response["headers"]["x-request-id"] == {"$ref": "#/components/headers/RequestId"}, where
+            assert ("request-id" in response["headers"]) == anthropic, where  # where Anthropic's SDKs look
             if status.startswith("2") and "application/json" in response.get("content", {}):
                 assert response["content"]["application/json"]["schema"], (where, "no response_model")
             if status[0] in "45" and (where, status) != ("GET /readyz", "503"):  # not ready: its report
-                assert response["content"]["application/json"]["schema"] == envelope, (where, status)
+                assert response["content"]["application/json"]["schema"] == error, (where, status)
                 assert response["x-error-codes"], (where, status)
+                if anthropic and status != "4XX":  # (an upstream's refusal: the type follows its status)
+                    assert set(response["x-error-codes"]) <= ANTHROPIC_TYPES, (where, status)
         schemes = {name for requirement in op.get("security", []) for name in requirement}
-        if path.startswith(("/v1/", "/openai/")):
+        if path.startswith(("/v1/", "/openai/", "/anthropic/")):
             assert "bearer" in schemes and "401" in responses, where  # (another API's key may be beside it)
             assert responses["503"]["x-error-codes"] == {"api_error": ["storage_unavailable"]}, where
-            assert all(p.get("name") != "authorization" for p in op.get("parameters", [])), where
+            headers = {p.get("name", "").lower() for p in op.get("parameters", [])}
+            assert not headers & {"authorization", "x-api-key"}, where  # the schemes say so
+            if anthropic:
+                assert op["security"] == [{"x_api_key": []}, {"bearer": []}], where
         elif path.startswith("/api/") and path not in PUBLIC:
             expected = {"session"} if method == "GET" else {"session", "csrf"}
             assert schemes == expected, where
@@ -134,6 +156,50 @@ def test_the_chat_route_read_by_hand_is_described_in_full(doc: dict[str, Any]) -
     assert op["security"] == [{"bearer": []}]
 
 
+def test_the_responses_and_messages_routes_read_by_hand_are_described_in_full(doc: dict[str, Any]) -> None:
+    """Their bodies and named events among the components, Anthropic's statuses where its errors
+    differ from OpenAI's, and the Messages routes under both prefixes with ids of their own."""
+    schemas = "#/components/schemas/"
+    responses = doc["paths"]["/openai/v1/responses"]["post"]
+    assert responses["operationId"] == "create_response_openai_v1"
+    assert responses["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": schemas + "CreateResponse"
+    }
+    ok = responses["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"] == {"$ref": schemas + "Response"}
+    event = ok["content"]["text/event-stream"]["schema"]
+    assert event["required"] == ["event", "data"]
+    assert event["properties"]["data"]["contentSchema"] == {"$ref": schemas + "StreamEvent"}
+    assert ok["links"]["GetResponse"]["operationId"] == "get_response"
+    assert "response_not_found" in responses["responses"]["404"]["x-error-codes"]["invalid_request_error"]
+    assert "insufficient_quota" in responses["responses"]["429"]["x-error-codes"]
+    for path, suffix in (("/v1/messages", ""), ("/anthropic/v1/messages", "_anthropic_v1")):
+        messages = doc["paths"][path]["post"]
+        assert messages["operationId"] == "create_message" + suffix
+        assert messages["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": schemas + "CreateMessage"
+        }
+        event = messages["responses"]["200"]["content"]["text/event-stream"]["schema"]
+        assert event["properties"]["data"]["contentSchema"] == {"$ref": schemas + "MessageEvent"}
+        errors = messages["responses"]
+        assert errors["402"]["x-error-codes"] == {"billing_error": ["insufficient_quota"]}
+        assert errors["529"]["x-error-codes"] == {"overloaded_error": ["too_many_requests"]}
+        assert "retry-after" in errors["529"]["headers"]
+        assert errors["404"]["x-error-codes"] == {"not_found_error": ["model_not_found"]}
+        assert errors["413"]["x-error-codes"] == {"request_too_large": ["request_too_large"]}
+        assert "insufficient_quota" not in errors["429"]["x-error-codes"]
+        count = doc["paths"][path + "/count_tokens"]["post"]
+        assert count["operationId"] == "count_tokens" + suffix
+        assert "402" not in count["responses"]  # nothing is reserved: no credits needed
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["x_api_key"] == {
+        **schemes["x_api_key"],
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+    }
+
+
 async def test_a_token_is_refused_with_the_documented_503_while_the_database_cannot_answer(
     app: FastAPI, doc: dict[str, Any]
 ) -> None:
@@ -148,7 +214,8 @@ async def test_a_token_is_refused_with_the_documented_503_while_the_database_can
             answer = await client.request(method, url, headers={"authorization": "Bearer sk-" + "x" * 40})
             assert answer.status_code == 503, (method, path, answer.text)
             error = answer.json()["error"]
-            assert error["code"] in op["responses"]["503"]["x-error-codes"][error["type"]], (method, path)
+            codes = op["responses"]["503"]["x-error-codes"][error["type"]]
+            assert error.get("code", codes[0]) in codes, (method, path)  # Anthropic's error has no code
 
 
 @pytest.fixture(scope="module")
