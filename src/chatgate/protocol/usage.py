@@ -20,12 +20,23 @@ class DailyUsage(UsageTotals):
     date: date
 
 
+# The API a request came through, as its usage row names it.
+API_FIELD = Field(
+    description="The API the request came through: `chat.completions`, `responses`, `messages`, "
+    "`embeddings` or `images.generations`."
+)
+
+
 class ModelUsage(UsageTotals):
     model: str
 
 
+class ApiUsage(UsageTotals):
+    api: str = API_FIELD
+
+
 class UsageSummary(UsageTotals):
-    """Totals over every request, then per day and per model."""
+    """Totals over every request, then per day, per model and per API."""
 
     nullable = frozenset({"credits_left"})
 
@@ -36,6 +47,7 @@ class UsageSummary(UsageTotals):
     )
     daily: list[DailyUsage]
     models: list[ModelUsage]
+    apis: list[ApiUsage]
 
 
 class LoggedRequest(WireModel):
@@ -45,6 +57,7 @@ class LoggedRequest(WireModel):
     trace_id: str
     token_id: int | None
     model: str
+    api: str = API_FIELD
     prompt_tokens: int
     completion_tokens: int
     cost: int = Field(description="Credits charged.")
