@@ -4,7 +4,7 @@ The credentials come from the environment the test sets: a user's API token for 
 scheme, an admin's email and password for the console's session (signed in here, and again
 whenever an answer says the session has ended, as a ``POST /api/logout`` does). Beyond
 schemathesis's own checks, an error's type and code must be among those the document lists for its
-status (``x-error-codes``).
+status (``x-error-codes``; Anthropic's error object, on the Messages API, has a type and no code).
 """
 
 import json
@@ -62,22 +62,32 @@ def map_path_parameters(ctx: Any, path_parameters: dict[str, Any]) -> dict[str, 
     return path_parameters
 
 
+# The operations that run a model, and the fields that bound what they generate.
+_MODELLED = ("/chat/completions", "/embeddings", "/responses", "/messages", "/messages/count_tokens")
+_BOUNDS = {
+    "/chat/completions": ("max_tokens", "max_completion_tokens"),
+    "/responses": ("max_output_tokens",),
+    "/messages": ("max_tokens",),
+}
+
+
 @schemathesis.hook
 def map_body(ctx: Any, body: Any) -> Any:
-    """Half of the chat and embeddings requests name a model this server serves (a random name is a
-    404 before any work), and a chat asks for a few tokens: the fuzzer explores the API, not the
-    model's speed."""
+    """Half of the requests to a model (chat, embeddings, responses, messages, token counts) name a
+    model this server serves (a random name is a 404 before any work), and those that generate ask
+    for a few tokens: the fuzzer explores the API, not the model's speed."""
     path = ctx.operation.path
-    if not path.endswith(("/chat/completions", "/embeddings")) or not isinstance(body, dict):
+    if not path.endswith(_MODELLED) or not isinstance(body, dict):
         return body
     if not isinstance(body.get("model"), str) or zlib.crc32(repr(sorted(body)).encode()) % 2:
         return body
     if path.endswith("/embeddings"):
         return {**body, "model": EMBEDDING_MODEL}
     body = {**body, "model": MODEL}
-    if "max_completion_tokens" not in body:
-        body["max_tokens"] = body.get("max_tokens", SHORT)
-    for key in ("max_tokens", "max_completion_tokens", "n"):
+    bounds = next((fields for end, fields in _BOUNDS.items() if path.endswith(end)), ())
+    if bounds and not any(field in body for field in bounds):
+        body[bounds[0]] = SHORT
+    for key in (*bounds, "n"):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             body[key] = min(value, SHORT if key != "n" else 2)
@@ -95,12 +105,12 @@ def error_code_documented(ctx: Any, response: Any, case: Any) -> None:
         return
     try:
         error = json.loads(response.content)["error"]
-        kind, code = error["type"], error["code"]
-    except (ValueError, KeyError, TypeError) as exc:
+        kind, code = error["type"], error.get("code")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AssertionError(
             f"{response.status_code} without an error envelope: {response.text[:200]}"
         ) from exc
-    if code not in codes.get(kind, []):
+    if kind not in codes or ("code" in error and code not in codes[kind]):
         raise AssertionError(
             f"{response.status_code} with error type {kind!r} and code {code!r}; the document lists {codes}"
         )

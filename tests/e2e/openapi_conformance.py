@@ -1,7 +1,8 @@
 """Checks a live answer against the server's own OpenAPI document: its status is listed for the
 operation, its content type too, its required headers are there, its body (JSON, or each event of
-a stream) is valid against the schema the document gives, and an error's type and code are among
-those the document lists for its status (``x-error-codes``)."""
+a stream, of the kind the document describes) is valid against the schema the document gives, and
+an error's type and code are among those the document lists for its status (``x-error-codes``;
+Anthropic's error object has a type and no code)."""
 
 import json
 import re
@@ -75,14 +76,29 @@ class Conformance:
 
     @staticmethod
     def _check_code(codes: dict[str, list[str]], error: dict[str, Any], where: str) -> None:
-        """The error's type and code are among those the document lists for the status."""
-        kind, code = error["type"], error["code"]
-        assert code in codes.get(kind, []), (
+        """The error's type and code are among those the document lists for the status (the type
+        alone for Anthropic's error object, which carries no code)."""
+        kind, code = error["type"], error.get("code")
+        assert kind in codes and ("code" not in error or code in codes[kind]), (
             f"{where} with error type {kind!r} and code {code!r}, which the document does not list "
             f"for that status ({codes}): add the error to the route's raises(...)"
         )
 
     def _check_events(self, base: tuple[str, ...], text: str, where: str) -> None:
+        schema = self._resolve({"$ref": "#/" + _pointer(*base)})
+        if "event" in schema.get("properties", {}):  # named events (Responses, Messages)
+            content = (*base, "properties", "data", "contentSchema")
+            named = list(_events(text))
+            assert named, f"{where}: a stream without events"
+            for name, data in named:
+                assert name is not None, f"{where}: an event without its name: {data[:200]}"
+                assert data != "[DONE]", f"{where}: [DONE] in a stream of named events"
+                payload = json.loads(data)
+                assert payload.get("type") == name, (
+                    f"{where}: event {name!r} holding a {payload.get('type')!r}"
+                )
+                self._validate(content, payload, where)
+            return
         events = list(_data_lines(text))
         assert events and events[-1] == "[DONE]", f"{where}: a stream that does not end with [DONE]"
         assert "[DONE]" not in events[:-1], f"{where}: [DONE] before the end of the stream"
@@ -112,6 +128,19 @@ class Conformance:
         for template, operations in self.document["paths"].items():
             for method, operation in operations.items():
                 yield method.upper(), template, operation
+
+
+def _events(text: str) -> Iterator[tuple[str | None, str]]:
+    """Each event's name (``event:``, None if it had none) and ``data:`` payload (comments skipped)."""
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[len("event:") :].strip()
+            elif line.startswith("data:"):
+                data.append(line[len("data:") :].strip())
+        if data:
+            yield name, "\n".join(data)
 
 
 def _data_lines(text: str) -> Iterator[str]:

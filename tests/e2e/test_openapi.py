@@ -21,6 +21,7 @@ from tests.e2e.mailbox import link, mailbox, smtp_env, token_of
 from tests.e2e.openapi_conformance import Conformance
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
+ANTHROPIC_PREFIXES = ("/v1", "/anthropic/v1")
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,45 @@ def calls(
         made.append(api.post("/files", files={"file": ("no.png", b"not an image", "image/png")}))  # 400
         made.append(anonymous.get(f"/files/{uploaded.json()['id']}"))
         made.append(anonymous.get("/files/file-" + "x" * 32))  # 404
+        # The Responses API: a response (kept), its events, the stored response and its input items.
+        ask = {"model": SMALL, "input": "Say hi.", "max_output_tokens": 4}
+        created = api.post("/responses", json=ask)
+        made.append(created)
+        response_id = created.json()["id"]
+        with api.stream("POST", "/responses", json={**ask, "stream": True}) as streamed:
+            streamed.read()
+            made.append(streamed)
+        made.append(api.post("/responses", json={**ask, "temperature": 9}))  # 400
+        made.append(api.post("/responses", json={**ask, "previous_response_id": "resp_none"}))  # 404
+        made.append(api.get(f"/responses/{response_id}"))
+        made.append(api.get("/responses/resp_none"))  # 404
+        made.append(api.get(f"/responses/{response_id}/input_items", params={"limit": 1, "order": "asc"}))
+        made.append(api.get(f"/responses/{response_id}/input_items", params={"after": "msg_none"}))  # 400
+        made.append(api.delete(f"/responses/{response_id}"))
+        made.append(api.delete(f"/responses/{response_id}"))  # 404: gone
         api.close()
+    # Anthropic's Messages API, under each of its prefixes: the token in x-api-key (or as a bearer).
+    message = {"model": SMALL, "max_tokens": 4, "messages": [{"role": "user", "content": "Say hi."}]}
+    for prefix in ANTHROPIC_PREFIXES:
+        claude = httpx.Client(
+            base_url=base + prefix, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}, timeout=120
+        )
+        made.append(claude.post("/messages", json=message))
+        with claude.stream("POST", "/messages", json={**message, "stream": True}) as streamed:
+            streamed.read()
+            made.append(streamed)
+        made.append(
+            anonymous.post(prefix + "/messages", headers=bearer, json={**message, "max_tokens": 0})
+        )  # 400
+        made.append(
+            claude.post("/messages", json={**message, "model": "no-such-model"})
+        )  # 404 not_found_error
+        made.append(anonymous.post(prefix + "/messages", json=message))  # 401
+        made.append(
+            claude.post("/messages/count_tokens", json={"model": SMALL, "messages": message["messages"]})
+        )
+        made.append(claude.post("/messages/count_tokens", json={"model": SMALL}))  # 400
+        claude.close()
     # A prompt longer than the planning model's context (this server's is 2,048 tokens).
     made.append(
         anonymous.post(
@@ -188,6 +227,13 @@ def calls(
         )
     )
     assert made[-1].status_code == 429 and made[-1].json()["error"]["code"] == "insufficient_quota"
+    # The same in Anthropic's shape: 402 billing_error.
+    made.append(
+        anonymous.post(
+            "/anthropic/v1/messages", headers={"x-api-key": capped}, json={**message, "max_tokens": 64}
+        )
+    )
+    assert made[-1].status_code == 402 and made[-1].json()["error"]["type"] == "billing_error"
     master = httpx.Client(base_url=base, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60)
     made.append(master.get("/v1/usage"))  # the unmetered key: credits_left is null
 
