@@ -68,11 +68,14 @@ class OtherBlock(AnthropicModel):
 
 
 def _block_kind(value: Any) -> str:
+    """The block's tag; any type that is not a known one's, a string or not, is ``other`` (which
+    refuses a type that is no string, naming it)."""
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    known = {"text", "image", "tool_use", "tool_result"}
+    if not isinstance(kind, str):
+        return "other"
     if kind in ("thinking", "redacted_thinking"):
         return "thinking"
-    return str(kind) if kind in known else "other"
+    return kind if kind in {"text", "image", "tool_use", "tool_result"} else "other"
 
 
 ContentBlock = Annotated[

@@ -93,6 +93,8 @@ def _refuse_block(block: OtherBlock, param: str) -> NotImplementedFeature:
 def _user(message: MessageParam, param: str) -> list[ChatMessage]:
     if isinstance(message.content, str):
         return [UserMessage(role="user", content=message.content)]
+    if not message.content:  # as Anthropic's API refuses it (found by the fuzzer: it was a 500)
+        raise InvalidRequest("A user message's content must not be empty.", param=f"{param}.content")
     results: list[ChatMessage] = []
     parts: list[TextPart | ImagePart] = []
     for j, block in enumerate(message.content):

@@ -8,6 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from chatgate.api.body import parse
 from chatgate.errors import InsufficientQuota, InvalidRequest, NotImplementedFeature
 from chatgate.protocol.messages import AssistantMessage, ToolMessage, UserMessage
 from chatgate.protocol.messages_api import CountTokensRequest, CreateMessage
@@ -268,16 +269,22 @@ def test_anthropic_blocks_become_chat_messages_with_results_first() -> None:
         ({"tools": [{"name": "has space"}]}, "tools[0].name", InvalidRequest),
         ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences", InvalidRequest),
         ({"mcp_servers": [{"url": "x"}]}, "mcp_servers", NotImplementedFeature),
+        # Found by the fuzzer (each was a 500): a user turn without blocks, and a block whose type
+        # is no string.
+        ({"messages": [{"role": "user", "content": []}]}, "messages[0].content", InvalidRequest),
+        (
+            {"messages": [{"role": "user", "content": [{"type": {}}]}]},
+            "messages[0].content[0].type",
+            InvalidRequest,
+        ),
     ],
 )
 def test_anthropic_features_no_deployment_has_are_refused_by_name(
     extra: dict[str, Any], param: str, error: type[Exception]
 ) -> None:
-    request = CreateMessage.model_validate(
-        {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **extra}
-    )
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **extra}
     with pytest.raises(error) as caught:
-        messages_chat.to_chat(request, stream=False)
+        messages_chat.to_chat(parse(CreateMessage, json.dumps(body).encode()), stream=False)
     assert getattr(caught.value, "param", None) == param
 
 
