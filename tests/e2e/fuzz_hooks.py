@@ -62,35 +62,40 @@ def map_path_parameters(ctx: Any, path_parameters: dict[str, Any]) -> dict[str, 
     return path_parameters
 
 
-# The operations that run a model, and the fields that bound what they generate.
+# The operations that run a model; the fields that bound what they generate, and whether one may be
+# added when none is sent (not a required one: adding it would make an invalid request valid).
 _MODELLED = ("/chat/completions", "/embeddings", "/responses", "/messages", "/messages/count_tokens")
 _BOUNDS = {
-    "/chat/completions": ("max_tokens", "max_completion_tokens"),
-    "/responses": ("max_output_tokens",),
-    "/messages": ("max_tokens",),
+    "/chat/completions": (("max_tokens", "max_completion_tokens"), True),
+    "/responses": (("max_output_tokens",), True),
+    "/messages": (("max_tokens",), False),
 }
+_RANGES = {"n": (1, 128, 2)}  # (least, most, what the fuzzer asks for at most); bounds: 1 to 2**31-1
 
 
 @schemathesis.hook
 def map_body(ctx: Any, body: Any) -> Any:
     """Half of the requests to a model (chat, embeddings, responses, messages, token counts) name a
     model this server serves (a random name is a 404 before any work), and those that generate ask
-    for a few tokens: the fuzzer explores the API, not the model's speed."""
+    for a few tokens: the fuzzer explores the API, not the model's speed. Only valid values are
+    replaced, by other valid ones: a request meant to be refused stays one."""
     path = ctx.operation.path
     if not path.endswith(_MODELLED) or not isinstance(body, dict):
         return body
-    if not isinstance(body.get("model"), str) or zlib.crc32(repr(sorted(body)).encode()) % 2:
+    model = body.get("model")
+    if not isinstance(model, str) or not model or zlib.crc32(repr(sorted(body)).encode()) % 2:
         return body
     if path.endswith("/embeddings"):
         return {**body, "model": EMBEDDING_MODEL}
     body = {**body, "model": MODEL}
-    bounds = next((fields for end, fields in _BOUNDS.items() if path.endswith(end)), ())
-    if bounds and not any(field in body for field in bounds):
+    bounds, optional = next((spec for end, spec in _BOUNDS.items() if path.endswith(end)), ((), False))
+    if bounds and optional and not any(field in body for field in bounds):
         body[bounds[0]] = SHORT
     for key in (*bounds, "n"):
         value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            body[key] = min(value, SHORT if key != "n" else 2)
+        least, most, cap = _RANGES.get(key, (1, 2**31 - 1, SHORT))
+        if isinstance(value, int) and not isinstance(value, bool) and least <= value <= most:
+            body[key] = min(value, cap)
     if path.endswith("/responses") and body.get("store") is False:
         # A response made with "store": false is not kept (as OpenAI's is not), so the links from
         # it to the stored response find nothing; the stateful phase would take that for a
