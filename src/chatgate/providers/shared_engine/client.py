@@ -23,7 +23,7 @@ import aiohttp
 
 from chatgate.errors import ChatgateError, EngineFailure
 from chatgate.protocol.requests import ChatCompletionRequest
-from chatgate.providers.base import AnyProvider, Plan, ProviderEvent
+from chatgate.providers.base import AnyProvider, Plan, ProviderEvent, count_prompt
 from chatgate.providers.shared_engine import wire
 
 log = logging.getLogger("chatgate.engine")
@@ -101,6 +101,10 @@ class SharedEngineProvider:
     def prepare(self, request: ChatCompletionRequest) -> Plan:
         plan: Plan = self._planner.prepare(request)
         return plan
+
+    async def count_prompt(self, plan: Plan) -> int:
+        """As the planner counts it: the model's own vocabulary is here (Messages' count_tokens)."""
+        return await count_prompt(self._planner, plan)
 
     def stats(self) -> dict[str, int]:
         entry = self._link.stats.get(self.key, {})
