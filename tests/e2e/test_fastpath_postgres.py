@@ -204,12 +204,16 @@ def test_a_settlement_group_closes_each_reservation_once(url: str) -> None:
 
 
 def test_revision_0006_gives_settle_the_rows_api_and_takes_it_back(url: str) -> None:
+    """Revision 0006 (after 0008, which added the prices) takes the rows' APIs too; going back to
+    0008 gives back 0008's function, and 0003 its own."""
     arguments = "SELECT pronargs FROM pg_proc WHERE proname = 'chatgate_settle'"
-    assert asyncio.run(fetch(url, arguments)) == [(15,)]
+    assert asyncio.run(fetch(url, arguments)) == [(18,)]
+    command.downgrade(alembic_config(url), "0008")
+    assert asyncio.run(fetch(url, arguments)) == [(17,)]
     command.downgrade(alembic_config(url), "0003")
     assert asyncio.run(fetch(url, arguments)) == [(14,)]
     migrate(url)
-    assert asyncio.run(fetch(url, arguments)) == [(15,)]
+    assert asyncio.run(fetch(url, arguments)) == [(18,)]
 
 
 async def fetch(url: str, query: str) -> list[tuple[object, ...]]:
