@@ -259,8 +259,23 @@ async function playgroundPage() {
       ),
     );
     code.textContent = all[language];
-    clearTimeout(estimating);
-    if (model.value) estimating = setTimeout(() => estimateInto(cost, chatBody()), 400);
+    const asked = JSON.stringify(chatBody());
+    if (model.value && asked !== estimated) {
+      estimated = asked; // only a changed request is estimated again (not a code tab picked)
+      clearTimeout(estimating);
+      estimating = setTimeout(estimate, 400);
+    }
+  }
+
+  // The estimate of the request as it stands, unless a request was tried meanwhile: an estimate
+  // answered late must not replace what that request cost.
+  let tries = 0;
+  let estimated = null;
+  async function estimate() {
+    const asked = tries;
+    const scratch = h("p");
+    await estimateInto(scratch, chatBody());
+    if (asked === tries) cost.textContent = scratch.textContent;
   }
 
   async function showCost(data) {
@@ -323,6 +338,8 @@ async function playgroundPage() {
   }
 
   async function tryIt() {
+    clearTimeout(estimating);
+    tries += 1;
     reply.textContent = "";
     raw.textContent = "";
     usage.textContent = "";

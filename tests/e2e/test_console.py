@@ -1,6 +1,7 @@
 """The web console in a real browser (Debian's Chromium, driven by Playwright) against a real server."""
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -273,6 +274,9 @@ def test_the_playground_speaks_each_api_and_its_code_runs(
         for language in ("curl", "Python (requests)", "JavaScript (fetch)", "Java (OkHttp)", sdk):
             page.get_by_role("tab", name=language).click()
             assert key in page.get_by_test_id("code").inner_text()
+        # What it cost, read from the answer's usage in this API's shape (a code tab picked since
+        # does not bring the estimate back).
+        expect(page.get_by_test_id("cost")).to_have_text(re.compile(r"This request cost \d+ credits\."))
         script = tmp_path / f"{api}.py"
         script.write_text(page.get_by_test_id("code").inner_text())
         run = subprocess.run(
