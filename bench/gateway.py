@@ -95,6 +95,46 @@ class Path_:
     port: int
     headers: dict[str, str] = field(default_factory=dict)
     pid: int | None = None  # probed: a chatgate or bare-relay process
+    master: str | None = None  # chatgate's master key: its /metrics is read around each run
+
+
+def fastpath_counters(port: int, master: str) -> dict[str, float]:
+    """chatgate's ``chatgate_fastpath_*`` counters from its ``/metrics`` (none in older trees)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {master}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    counters = {}
+    for line in text.splitlines():
+        if line.startswith("chatgate_fastpath_"):
+            name, _, value = line.rpartition(" ")
+            counters[name] = float(value)
+    return counters
+
+
+def fastpath_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """A run's fast-path queries: how many waited for the lock, and the mean time of each way."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    out: dict[str, Any] = {}
+    for query in ("token", "reserve", "settle"):
+        for way in ("inline", "waited"):
+            label = f'{{query="{query}",way="{way}"}}'
+            count = delta.get(f"chatgate_fastpath_queries_total{label}", 0.0)
+            seconds = delta.get(f"chatgate_fastpath_seconds_total{label}", 0.0)
+            out[f"{query}_{way}"] = int(count)
+            out[f"{query}_{way}_ms"] = round(seconds / count * 1000, 3) if count else 0.0
+    commits = delta.get("chatgate_fastpath_commits_total", 0.0)
+    if commits:
+        out["settlements_a_commit"] = round(
+            delta.get("chatgate_fastpath_settlements_total", 0.0) / commits, 2
+        )
+    return out
 
 
 @contextlib.contextmanager
@@ -207,16 +247,19 @@ async def measure(args: argparse.Namespace, paths: list[Path_], probes: Path) ->
                 f"{path.name}: {rate:g} {'streams' if mode == 'stream' else 'requests'}/s for {args.seconds:g} s"
             )
             each = client(path, mode == "stream")
-            asked = pause_probe.signal_probes(probes, path.pid) if path.pid else {}
+            if path.pid:  # the probe starts afresh: its next report covers this run alone
+                pause_probe.read_probes(probes, pause_probe.signal_probes(probes, path.pid))
+            counted = fastpath_counters(path.port, path.master) if path.master else {}
             await asyncio.sleep(0.2)
             run = await httpload.open_loop(path.name, mode, each, rate, args.seconds)
             each.close()
+            if counted:
+                run.fastpath = fastpath_summary(counted, fastpath_counters(path.port, path.master or ""))
             if path.pid:
+                asked = pause_probe.signal_probes(probes, path.pid)
                 run.probe = pause_probe.summarise(pause_probe.read_probes(probes, asked))
                 if run.probe:  # CPU a request (or stream): what one core can sustain, whatever the load
                     run.probe["cpu_ms_each"] = round(run.probe["cpu_ms"] / run.requests, 3)
-                asked = pause_probe.signal_probes(probes, path.pid)
-                pause_probe.read_probes(probes, asked)
             runs.append(run)
     throughput: dict[str, Any] = {}
     if args.throughput_seconds > 0:
@@ -305,6 +348,21 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{probe['gc_gen2_longest_cpu_ms']:>7.2f}{probe['cpu_ms_each']:>6.2f}{probe['rss_mib']:>7.1f}"
             )
         print(line)
+    fast = [r for r in report["runs"] if r.get("fastpath")]
+    if fast:
+        print(
+            "fast path (SQLite): queries inline / handed to the thread that waits for the lock, mean ms each"
+        )
+        for r in fast:
+            f = r["fastpath"]
+            parts = [
+                f"{q} {f[q + '_inline']}/{f[q + '_waited']} ({f[q + '_inline_ms']:.2f}/{f[q + '_waited_ms']:.2f})"
+                for q in ("token", "reserve", "settle")
+            ]
+            group = (
+                f", {f['settlements_a_commit']} settlements a commit" if "settlements_a_commit" in f else ""
+            )
+            print(f"  {r['name']:<18}{r['mode']:<7}{r['rate']:>6g}/s  " + ", ".join(parts) + group)
     print("added over direct (ms):")
     for a in report["added_ms"]:
         stall = f", longest stall {a['longest_stall_ms']:.2f}" if a["longest_stall_ms"] is not None else ""
@@ -344,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", help="share rate limits through Redis")
     parser.add_argument("--no-bare", action="store_true", help="leave the bare relay out")
     parser.add_argument("--no-freeze", action="store_true", help="add chatgate without gc.freeze()")
-    parser.add_argument("--before", help="add chatgate as of this git ref (its src exported), one worker")
+    parser.add_argument(
+        "--before",
+        help="add chatgate as of these git refs (comma-separated; each one's src exported), one worker each",
+    )
     parser.add_argument("--litellm", action="store_true", help="add LiteLLM's proxy")
     parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--json", action="store_true")
@@ -376,19 +437,20 @@ def main(argv: list[str] | None = None) -> int:
                 name = "chatgate" if workers == 1 else f"chatgate-w{workers}"
                 logfile = workdir / f"{name}.log"
                 pid = stack.enter_context(running(pinned(cpus, command), probed(env, probes), port, logfile))
-                paths.append(Path_(name, port, headers, pid))
-            if args.before:
-                source = export_source(args.before, workdir / "before")
-                before = chatgate_env(workdir / "before", stub_port, args)
+                paths.append(Path_(name, port, headers, pid, master=env["CHATGATE_API_KEY"]))
+            for i, ref in enumerate(args.before.split(",") if args.before else []):
+                source = export_source(ref, workdir / f"before{i}")
+                before = chatgate_env(workdir / f"before{i}", stub_port, args)
                 before["PYTHONPATH"] = str(source)
                 before_token = make_token(before)
                 port = free_port()
                 command = pinned(args.server_cpu, [PYTHON, "-m", "chatgate", "serve", "--port", str(port)])
                 pid = stack.enter_context(
-                    running(command, probed(before, probes), port, workdir / "before.log")
+                    running(command, probed(before, probes), port, workdir / f"before{i}.log")
                 )
-                name = f"chatgate@{args.before}"[:18]
-                paths.append(Path_(name, port, {"Authorization": f"Bearer {before_token}"}, pid))
+                name = f"chatgate@{ref}"[:18]
+                headers_before = {"Authorization": f"Bearer {before_token}"}
+                paths.append(Path_(name, port, headers_before, pid, master=before["CHATGATE_API_KEY"]))
             if args.no_freeze:
                 port = free_port()
                 command = pinned(args.server_cpu, [PYTHON, "-m", "chatgate", "serve", "--port", str(port)])

@@ -117,6 +117,7 @@ class Run:
     ttfb_p50_ms: float
     send_lag_max_ms: float  # how late the client itself sent a request, at worst
     probe: dict[str, Any] = field(default_factory=dict)
+    fastpath: dict[str, Any] = field(default_factory=dict)  # chatgate's SQLite fast path in the run
 
 
 def percentile(values: list[float], q: float) -> float:
