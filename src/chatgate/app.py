@@ -512,6 +512,7 @@ def build_services(
     money = DatabaseMoney(db)
     owner = new_owner()
     metering = Metering(money, limiter, recorder, owner=owner.owner, models=registry)
+    metering.metrics.add_source(db.metrics_lines)
     recovery = Recovery(money, owner, lease_seconds=settings.lease_seconds, in_flight=metering.in_flight)
     chat_service = ChatService(registry, metering, images=outside.images)
     throttle: Throttle = RedisThrottle(settings.redis_url) if settings.redis_url else LocalThrottle()

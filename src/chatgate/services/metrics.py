@@ -6,6 +6,7 @@ queue depth and busy engine slots are read from the providers at scrape time.
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 from chatgate.services.catalogue import ModelRegistry
 
@@ -46,6 +47,11 @@ class Metrics:
         self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
         self._histograms: dict[str, dict[Labels, Histogram]] = defaultdict(lambda: defaultdict(Histogram))
         self._help: dict[str, tuple[str, str]] = {}
+        self._sources: list[Callable[[], list[str]]] = []
+
+    def add_source(self, lines: Callable[[], list[str]]) -> None:
+        """Lines read at scrape time from a part that keeps its own counters (the database's fast path)."""
+        self._sources.append(lines)
 
     def count(self, name: str, help_text: str, amount: float = 1, **labels: str) -> None:
         self._help[name] = ("counter", help_text)
@@ -99,6 +105,8 @@ class Metrics:
                 lines.append(f"{name}_sum{_labels(labels)} {histogram.total:g}")
                 lines.append(f"{name}_count{_labels(labels)} {histogram.count}")
         lines += self._live(registry)
+        for source in self._sources:
+            lines += source()
         return "\n".join(lines) + "\n"
 
     def _live(self, registry: ModelRegistry) -> list[str]:

@@ -61,6 +61,10 @@ class Database:
             raise ConfigError("An in-memory database holds no API tokens or credits; use a database file.")
         return self._fast
 
+    def metrics_lines(self) -> list[str]:
+        """The fast path's counters for ``/metrics`` (SQLite's; none on PostgreSQL)."""
+        return self._fast.stats.lines() if isinstance(self._fast, SqliteFastPath) else []
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on any error."""

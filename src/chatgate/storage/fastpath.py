@@ -26,6 +26,8 @@ import json
 import logging
 import sqlite3
 import threading
+import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -171,9 +173,52 @@ class GroupCommit(Generic[T, R]):
                     future.set_result(result)
 
 
+class PathStats:
+    """How the fast path's queries ran, for ``/metrics``: per query (token, reserve, settle) and way
+    (``inline`` on the event loop's connection, ``waited`` handed to the thread that waits for the
+    lock), how many and the seconds they took; and how many settlements went in how many commits."""
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+        self.settlements = 0
+        self.commits = 0
+
+    def add(self, query: str, way: str, seconds: float) -> None:
+        entry = self.calls[query, way]
+        entry[0] += 1
+        entry[1] += seconds
+
+    def lines(self) -> list[str]:
+        """The counters in Prometheus' text exposition format."""
+        out = [
+            "# HELP chatgate_fastpath_queries_total Hot-path queries, by query and by way (inline or waited for the lock).",
+            "# TYPE chatgate_fastpath_queries_total counter",
+        ]
+        out += [
+            f'chatgate_fastpath_queries_total{{query="{q}",way="{w}"}} {int(c)}'
+            for (q, w), (c, _) in self.calls.items()
+        ]
+        out += [
+            "# HELP chatgate_fastpath_seconds_total Time the hot-path queries took, waits included.",
+            "# TYPE chatgate_fastpath_seconds_total counter",
+        ]
+        out += [
+            f'chatgate_fastpath_seconds_total{{query="{q}",way="{w}"}} {s:.6f}'
+            for (q, w), (_, s) in self.calls.items()
+        ]
+        out += [
+            "# TYPE chatgate_fastpath_settlements_total counter",
+            f"chatgate_fastpath_settlements_total {self.settlements}",
+            "# TYPE chatgate_fastpath_commits_total counter",
+            f"chatgate_fastpath_commits_total {self.commits}",
+        ]
+        return out
+
+
 class SqliteFastPath:
     def __init__(self, path: str) -> None:
         self._path = path
+        self.stats = PathStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-fastpath")
         self._conn: sqlite3.Connection | None = None
         self._inline: sqlite3.Connection | None = None
@@ -206,26 +251,33 @@ class SqliteFastPath:
             self._inline, self._inline_thread = conn, threading.get_ident()
         return self._inline if self._inline_thread == threading.get_ident() else None
 
-    async def _run(self, work: Any, *args: Any) -> Any:
+    async def _run(self, query: str, work: Any, *args: Any) -> Any:
+        started = time.perf_counter()
         inline = self._inline_connection()
         if inline is not None:
             try:
-                return work(inline, *args)
+                result = work(inline, *args)
+                self.stats.add(query, "inline", time.perf_counter() - started)
+                return result
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 # Locked right now: nothing was changed (see _reserve); wait for the lock off the loop.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: work(self._connection(), *args))
+        result = await loop.run_in_executor(self._executor, lambda: work(self._connection(), *args))
+        self.stats.add(query, "waited", time.perf_counter() - started)
+        return result
 
     async def token(self, secret_hash: str) -> TokenRow | None:
-        return await self._run(_token, secret_hash)  # type: ignore[no-any-return]
+        return await self._run("token", _token, secret_hash)  # type: ignore[no-any-return]
 
     async def reserve(
         self, *, user_id: int, token_id: int | None, trace_id: str, amount: int, model: str, owner: str
     ) -> bool:
         try:
-            covered: bool = await self._run(_reserve, user_id, token_id, trace_id, amount, model, owner)
+            covered: bool = await self._run(
+                "reserve", _reserve, user_id, token_id, trace_id, amount, model, owner
+            )
         except sqlite3.IntegrityError as exc:
             raise DuplicateReservation(trace_id) from exc
         self._wrote()
@@ -235,7 +287,9 @@ class SqliteFastPath:
         return await self._settlements.submit(settlement)
 
     async def _settle_group(self, group: list[Settlement]) -> list[bool]:
-        held: list[bool] = await self._run(_settle_group, group)
+        held: list[bool] = await self._run("settle", _settle_group, group)
+        self.stats.settlements += len(group)
+        self.stats.commits += 1
         self._wrote()
         return held
 
