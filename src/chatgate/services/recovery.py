@@ -128,10 +128,13 @@ class Recovery:
         """Release every reservation no live process will settle; the ones released."""
         now = _now()
         leases = {lease.owner: lease for lease in await self._ledger.leases()}
+        open_now = await self._ledger.open_reservations()
+        # What is in flight, read after the reservations: one made while they were read is in it (a
+        # request counts itself in flight before it reserves, and out only once it has settled).
         in_flight = self._in_flight()
         released: list[Held] = []
         holders: set[str] = set()
-        for held in await self._ledger.open_reservations():
+        for held in open_now:
             if held.owner == self.me.owner:
                 if (held.user_id, held.trace_id) in in_flight:
                     continue

@@ -5,6 +5,7 @@ before the answer's last chunk, and that a sweep gives back what no live process
 import asyncio
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from chatgate.services.chat import ChatService
 from chatgate.services.metering import Caller, Metering, cost
 from chatgate.services.ratelimit import Decision
 from chatgate.services.recovery import INTERRUPTED, Recovery
-from chatgate.storage.reservations import Lease
+from chatgate.storage.reservations import Held, Lease
 from tests.unit.fakes import CountingLimiter, FakeStore, Refusals, ScriptedProvider
 
 USER = Principal(user_id=1, token_id=None)
@@ -304,6 +305,26 @@ async def test_a_sweep_refunds_what_dead_processes_held_and_nothing_a_live_one_h
     assert all(r.error_code == INTERRUPTED and r.cost == 0 for r in store.usage)
     assert store.discrepancies() == []
     assert await sweeper.sweep() == []  # nothing twice
+
+
+async def test_a_request_that_reserves_while_a_sweep_reads_the_reservations_is_left_alone() -> None:
+    s = Setup(ANSWER)
+    sweeper = recovery(s.store, "me", {}, set())
+    sweeper._in_flight = s.metering.in_flight
+    read = s.store.open_reservations
+    started: list[Any] = []
+
+    async def reading() -> list[Held]:  # a request is admitted and reserves while the sweep reads
+        started.append(await s.chat.start(s.caller, request()))
+        return await read()
+
+    s.store.open_reservations = reading  # type: ignore[method-assign]
+    assert await sweeper.sweep() == []
+    async for _ in started[0]:
+        pass
+    await started[0].meter.close()
+    assert s.charged() == 7  # settled and charged, not refunded under it
+    s.conserved()
 
 
 async def test_start_up_takes_a_lease_and_sweeps() -> None:
