@@ -3,11 +3,17 @@
 Through SQLAlchemy and aiosqlite every statement is a hop to a worker thread and back, so a
 three-statement reservation costs about 1.1 ms; run as one function on a thread that owns its
 own sqlite3 connection it costs about 0.26 ms, nearly all of it the two thread wake-ups. So each
-query first runs right on the event loop's thread, on a connection of its own that never waits
-for a lock (``busy_timeout`` 0) and never checkpoints: tens of microseconds. Only when the
-database is locked at that instant (a batch of usage rows being written) does it go to the worker
-thread, which waits for the lock. Only these queries take this path (PostgreSQL has its own,
-in ``fastpath_postgres``); everything else goes through SQLAlchemy.
+query runs right on the event loop's thread, on a connection of its own that never waits for a
+lock (``busy_timeout`` 0) and never checkpoints: tens of microseconds, each transaction begun and
+committed within one call, so this process never holds the write lock across an await. When
+another connection holds the lock at that instant (another worker, or one of SQLAlchemy's
+transactions: a lease renewal, a sweep, a console write), the query is tried again on the loop a
+fraction of a millisecond later, until the lock is free. Not on a thread that waits: that thread
+queued every locked query behind the others, waited in SQLite's busy handler (which sleeps 1, 2,
+5, 10... up to 100 ms between looks) and then for the interpreter's lock (5 ms turns against a
+busy loop), which under load held requests 10 to 60 ms each (see docs/benchmarks.md). Only these
+queries take this path (PostgreSQL has its own, in ``fastpath_postgres``); everything else goes
+through SQLAlchemy.
 
 A settlement is one transaction too: the request's usage row, its ledger row, the refund to the
 balance and the token, and the deletion of its open reservation, committed before the request's
@@ -131,6 +137,12 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
+# When another connection holds the write lock, a query tries again after these many seconds (then
+# after the last, again and again) for up to LOCK_TIMEOUT seconds. Every transaction of this path
+# is over within one call, so the lock is free again well within a millisecond unless someone
+# else's transaction holds it.
+RETRY_AFTER = (0.0002, 0.0005, 0.001)
+LOCK_TIMEOUT = 30.0
 MAX_GROUP = 256  # settlements in one transaction, at most
 T = TypeVar("T")
 R = TypeVar("R")
@@ -254,18 +266,26 @@ class SqliteFastPath:
     async def _run(self, query: str, work: Any, *args: Any) -> Any:
         started = time.perf_counter()
         inline = self._inline_connection()
-        if inline is not None:
+        if inline is None:  # not the event loop's thread: the worker thread's connection, which waits
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, lambda: work(self._connection(), *args))
+            self.stats.add(query, "thread", time.perf_counter() - started)
+            return result
+        tries = 0
+        while True:
             try:
                 result = work(inline, *args)
-                self.stats.add(query, "inline", time.perf_counter() - started)
-                return result
+                break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
-                # Locked right now: nothing was changed (see _reserve); wait for the lock off the loop.
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, lambda: work(self._connection(), *args))
-        self.stats.add(query, "waited", time.perf_counter() - started)
+                if time.perf_counter() - started > LOCK_TIMEOUT:
+                    raise
+            # Another connection holds the write lock (nothing was changed, see _reserve): try again
+            # shortly, here on the loop, so the query runs the moment the lock is free.
+            await asyncio.sleep(RETRY_AFTER[min(tries, len(RETRY_AFTER) - 1)])
+            tries += 1
+        self.stats.add(query, "inline" if tries == 0 else "waited", time.perf_counter() - started)
         return result
 
     async def token(self, secret_hash: str) -> TokenRow | None:
