@@ -237,4 +237,5 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "gc_longest_cpu_ms": max(max(g["longest_cpu_ms"] for g in r["gc"].values()) for r in reports),
         "rss_mib": round(sum(r["rss_mib"] for r in reports), 1),
         "cpu_ms": round(sum(r["cpu_ms"] for r in reports), 1),
+        "stacks": sorted((s for r in reports for s in r["stacks"]), key=lambda s: -s["count"])[:8],
     }
