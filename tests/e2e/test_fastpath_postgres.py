@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -10,9 +11,11 @@ import pytest
 from alembic import command
 
 from chatgate.services.usage import UsageRecorder
+from chatgate.storage import reservations
 from chatgate.storage.database import Database, alembic_config, migrate
 from chatgate.storage.fastpath import DuplicateReservation, Settlement
 from chatgate.storage.fastpath_postgres import PostgresFastPath
+from chatgate.storage.reservations import Lease
 from chatgate.storage.usage import UsageRow
 from tests.e2e import infra
 
@@ -72,6 +75,24 @@ def test_the_token_row_reads_back_typed(url: str) -> None:
         assert row.expires_at is not None and row.expires_at > datetime.now(UTC)
 
     asyncio.run(run())
+
+
+def test_a_lease_is_taken_then_moved_on_and_reads_back_as_written(url: str) -> None:
+    start = datetime(2026, 12, 6, 12, 0, 0, 123456, tzinfo=UTC)
+    first = Lease("me", "host/boot/ns", 42, 4242, start)
+    later = replace(first, expires_at=start + timedelta(seconds=30))
+
+    async def run() -> list[Lease]:
+        db = Database(url)
+        try:
+            await db.fast.renew(first)
+            await db.fast.renew(later)
+            async with db.sessions() as session:
+                return await reservations.leases(session)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(run()) == [later]
 
 
 def test_concurrent_reservations_never_pass_the_token_cap(url: str) -> None:

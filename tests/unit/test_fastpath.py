@@ -3,11 +3,14 @@
 import asyncio
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from chatgate.storage.database import migrate
+from chatgate.storage import reservations
+from chatgate.storage.database import Database, migrate
 from chatgate.storage.fastpath import Settlement, SqliteFastPath
+from chatgate.storage.reservations import Lease
 from chatgate.storage.usage import UsageRow
 
 NOW = "2026-11-25 12:00:00.000000"
@@ -150,3 +153,23 @@ def test_settlements_asked_for_in_one_turn_of_the_loop_share_a_transaction(tmp_p
     assert asyncio.run(use()) == [True] * 5
     assert groups == [5]
     assert balance(path) == (950, 50, 10) and held(path) == []
+
+
+def test_a_lease_is_taken_then_moved_on_in_one_statement_and_reads_back_as_written(tmp_path: Path) -> None:
+    path = database_with_a_token(tmp_path, credits=100)
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    start = datetime(2026, 12, 6, 12, 0, 0, 123456, tzinfo=UTC)
+    first = Lease("me", "host/boot/ns", 42, 4242, start)
+    later = replace(first, expires_at=start + timedelta(seconds=30))
+
+    async def use() -> list[Lease]:
+        await db.fast.renew(first)
+        await db.fast.renew(later)
+        async with db.sessions() as session:
+            found = await reservations.leases(session)
+        await db.dispose()
+        return found
+
+    assert asyncio.run(use()) == [later]
+    assert isinstance(db.fast, SqliteFastPath)
+    assert db.fast.stats.calls["lease", "inline"][0] == 2

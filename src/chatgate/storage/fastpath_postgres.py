@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Dialect, make_url
 
 from chatgate.storage.fastpath import (
+    RENEW_QUERY,
     TOKEN_QUERY,
     DuplicateReservation,
     GroupCommit,
@@ -30,8 +31,10 @@ from chatgate.storage.fastpath import (
     TokenRow,
     token_row,
 )
+from chatgate.storage.reservations import Lease
 
 _TOKEN = TOKEN_QUERY.format("$1")
+_RENEW = RENEW_QUERY.format("$1", "$2", "$3", "$4", "$5")
 
 # The same rule as SQLite's _reserve, as one call (its body: migration 0003): plain UPDATEs whose
 # WHERE holds the rule. Under concurrency PostgreSQL re-checks an updated row's WHERE against its
@@ -114,6 +117,10 @@ class PostgresFastPath:
             datetime.now(UTC),
         )
         return [bool(h) for h in held]
+
+    async def renew(self, lease: Lease) -> None:
+        pool = await self._connections()
+        await pool.execute(_RENEW, lease.owner, lease.host, lease.pid, lease.process_start, lease.expires_at)
 
     async def checkpoint(self) -> None:
         return None  # PostgreSQL checkpoints on its own

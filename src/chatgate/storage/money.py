@@ -23,8 +23,7 @@ class DatabaseMoney:
         return await self._db.fast.settle(settlement)
 
     async def renew(self, lease: Lease) -> None:
-        async with self._db.transaction() as session:
-            await reservations.renew(session, lease=lease)
+        await self._db.fast.renew(lease)
 
     async def leases(self) -> list[Lease]:
         async with self._db.sessions() as session:

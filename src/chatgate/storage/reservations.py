@@ -37,23 +37,6 @@ class Held:
     created_at: datetime
 
 
-async def renew(session: AsyncSession, *, lease: Lease) -> None:
-    """Insert the lease, or move its expiry on."""
-    changed = await session.execute(
-        update(LeaseRow).where(LeaseRow.owner == lease.owner).values(expires_at=lease.expires_at)
-    )
-    if not changed.rowcount:  # type: ignore[attr-defined]
-        await session.execute(
-            insert(LeaseRow).values(
-                owner=lease.owner,
-                host=lease.host,
-                pid=lease.pid,
-                process_start=lease.process_start,
-                expires_at=lease.expires_at,
-            )
-        )
-
-
 async def leases(session: AsyncSession) -> list[Lease]:
     rows = await session.execute(select(LeaseRow))
     return [Lease(r.owner, r.host, r.pid, r.process_start, r.expires_at) for r in rows.scalars()]
