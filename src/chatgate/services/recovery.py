@@ -128,10 +128,13 @@ class Recovery:
         """Release every reservation no live process will settle; the ones released."""
         now = _now()
         leases = {lease.owner: lease for lease in await self._ledger.leases()}
+        # A request counts itself in flight before it reserves, and out once it has settled. So one
+        # of this process's reservations is left alone if it was in flight before the reservations
+        # were read (it may have settled since: nothing to refund, and no write to find that out)
+        # or after (it reserved while they were read).
+        in_flight = set(self._in_flight())
         open_now = await self._ledger.open_reservations()
-        # What is in flight, read after the reservations: one made while they were read is in it (a
-        # request counts itself in flight before it reserves, and out only once it has settled).
-        in_flight = self._in_flight()
+        in_flight |= set(self._in_flight())
         released: list[Held] = []
         holders: set[str] = set()
         for held in open_now:

@@ -26,6 +26,7 @@ from chatgate.services.metering import Caller, Metering, cost
 from chatgate.services.ratelimit import Decision
 from chatgate.services.recovery import INTERRUPTED, Recovery
 from chatgate.storage.reservations import Held, Lease
+from chatgate.storage.usage import UsageRow
 from tests.unit.fakes import CountingLimiter, FakeStore, Refusals, ScriptedProvider
 
 USER = Principal(user_id=1, token_id=None)
@@ -324,6 +325,33 @@ async def test_a_request_that_reserves_while_a_sweep_reads_the_reservations_is_l
         pass
     await started[0].meter.close()
     assert s.charged() == 7  # settled and charged, not refunded under it
+    s.conserved()
+
+
+async def test_a_request_that_settles_while_a_sweep_reads_the_reservations_costs_the_sweep_no_write() -> None:
+    s = Setup(ANSWER)
+    run = await s.chat.start(s.caller, request())
+    sweeper = recovery(s.store, "me", {}, set())
+    sweeper._in_flight = s.metering.in_flight
+    read = s.store.open_reservations
+    releases: list[Held] = []
+    release = s.store.release
+
+    async def reading() -> list[Held]:  # the request's reservation is read, then it settles
+        found = await read()
+        async for _ in run:
+            pass
+        await run.meter.close()
+        return found
+
+    async def counted(held: Held, usage: UsageRow) -> bool:
+        releases.append(held)
+        return await release(held, usage)
+
+    s.store.open_reservations = reading  # type: ignore[method-assign]
+    s.store.release = counted  # type: ignore[method-assign]
+    assert await sweeper.sweep() == [] and releases == []
+    assert s.charged() == 7
     s.conserved()
 
 
