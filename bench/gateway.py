@@ -129,6 +129,11 @@ def fastpath_summary(before: dict[str, float], after: dict[str, float]) -> dict[
             seconds = delta.get(f"chatgate_fastpath_seconds_total{label}", 0.0)
             out[f"{query}_{way}"] = int(count)
             out[f"{query}_{way}_ms"] = round(seconds / count * 1000, 3) if count else 0.0
+    out["checkpoints"] = int(delta.get('chatgate_fastpath_checkpoints_total{restarted="yes"}', 0.0))
+    out["checkpoints_unrestarted"] = int(
+        delta.get('chatgate_fastpath_checkpoints_total{restarted="no"}', 0.0)
+    )
+    out["wal_mib"] = round(after.get("chatgate_fastpath_wal_bytes", 0.0) / 2**20, 1)  # at the end
     commits = delta.get("chatgate_fastpath_commits_total", 0.0)
     if commits:
         out["settlements_a_commit"] = round(
@@ -364,6 +369,8 @@ def print_report(report: dict[str, Any]) -> None:
             group = (
                 f", {f['settlements_a_commit']} settlements a commit" if "settlements_a_commit" in f else ""
             )
+            group += f"; checkpoints {f['checkpoints']} rewound, {f['checkpoints_unrestarted']} not"
+            group += f"; WAL {f['wal_mib']} MiB"
             print(f"  {r['name']:<18}{r['mode']:<7}{r['rate']:>6g}/s  " + ", ".join(parts) + group)
     print("added over direct (ms):")
     for a in report["added_ms"]:

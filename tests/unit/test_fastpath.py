@@ -173,3 +173,24 @@ def test_a_lease_is_taken_then_moved_on_in_one_statement_and_reads_back_as_writt
     assert asyncio.run(use()) == [later]
     assert isinstance(db.fast, SqliteFastPath)
     assert db.fast.stats.calls["lease", "inline"][0] == 2
+
+
+def test_a_checkpoint_starts_the_wal_over_so_it_does_not_grow_with_every_write(tmp_path: Path) -> None:
+    path = database_with_a_token(tmp_path, credits=10_000)
+    fast = SqliteFastPath(path)
+
+    def frames() -> int:  # the WAL's length in frames, as a checkpoint that copies nothing reports it
+        with sqlite3.connect(path, isolation_level=None) as conn:
+            return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+    async def write(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            await fast.reserve(user_id=1, token_id=7, trace_id=f"t{i}", amount=1, model="m", owner="o")
+
+    asyncio.run(write(0, 50))
+    before = frames()
+    fast._checkpointer.submit(fast._checkpoint).result()  # on its thread, as the fast path runs it
+    asyncio.run(write(50, 1))  # the next write starts the WAL from its beginning
+    fast.close()
+    assert fast.stats.restarts == 1
+    assert frames() < 10 < before
