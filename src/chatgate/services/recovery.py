@@ -129,17 +129,15 @@ class Recovery:
         now = _now()
         leases = {lease.owner: lease for lease in await self._ledger.leases()}
         # A request counts itself in flight before it reserves, and out once it has settled. So one
-        # of this process's reservations is left alone if it was in flight before the reservations
-        # were read (it may have settled since: nothing to refund, and no write to find that out)
-        # or after (it reserved while they were read).
-        in_flight = set(self._in_flight())
-        open_now = await self._ledger.open_reservations()
-        in_flight |= set(self._in_flight())
+        # of this process's reservations is left alone if it was in flight when the sweep began (it
+        # may have settled since: nothing to refund, and no write to find that out), or if it was
+        # made since (under load, a request can reserve and settle while the reservations are read).
+        begun, in_flight = _now(), set(self._in_flight())
         released: list[Held] = []
         holders: set[str] = set()
-        for held in open_now:
+        for held in await self._ledger.open_reservations():
             if held.owner == self.me.owner:
-                if (held.user_id, held.trace_id) in in_flight:
+                if (held.user_id, held.trace_id) in in_flight or held.created_at >= begun:
                     continue
             else:
                 lease = leases.get(held.owner)
