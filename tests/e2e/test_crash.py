@@ -203,7 +203,9 @@ def test_credits_and_answers_survive_kill_9(cluster: Cluster) -> None:
         httpx.Client(base_url=second.server.base_url, timeout=60) as http,
         streaming(http, account, 400) as response,
     ):
-        next(response.iter_lines())
+        lines = response.iter_lines()  # kept: a reader dropped closes the connection, and the server
+        next(lines)  # then settles the stream as the client leaving (prompt and a word) before the kill
+        assert account.usage(third)["credits_left"] < left - 400  # in flight: its whole bound held
         second.kill()
     deadline = time.monotonic() + 15  # the survivor sweeps each second: a bound, not a timing test
     while account.usage(third)["credits_left"] != left and time.monotonic() < deadline:
