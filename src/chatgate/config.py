@@ -1,12 +1,14 @@
 """Typed settings (environment prefix ``CHATGATE_``) and the model catalogue file."""
 
 import hashlib
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -18,7 +20,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chatgate import ranges
 from chatgate.errors import ConfigError
+from chatgate.ranges import Range
 
 DEFAULT_CATALOGUE = Path(__file__).parent / "catalogue" / "default.yaml"
 # A request's text (messages, tools, schemas) at most, for the default body limit: a million
@@ -32,6 +36,26 @@ EXTENSION_FIELDS = ("top_k", "min_p", "repetition_penalty", "chat_template_kwarg
 # forwarded only where the catalogue enables them, in ``extra_fields`` too.
 GATED_FIELDS = ("service_tier", "store", "metadata", "prediction", "web_search_options", "audio")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _ranged(limits: Range, name: str) -> AfterValidator:
+    """A settings field checked against one of the shared ranges (see chatgate.ranges)."""
+    return AfterValidator(limits.validator("CHATGATE_" + name.upper()))
+
+
+def _networks(text: str) -> list[IPNetwork]:
+    """Comma-separated addresses or CIDR blocks (``10.0.0.0/8, 192.168.1.7``)."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
+
+
+def _check_networks(text: str) -> str:
+    try:
+        _networks(text)
+    except ValueError as exc:
+        raise ValueError(f"CHATGATE_TRUSTED_PROXIES holds something that is not an address: {exc}") from exc
+    return text
 
 
 class Settings(BaseSettings):
@@ -60,14 +84,40 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     database_url: str | None = None  # default: SQLite in the data dir
     redis_url: str | None = None  # shared rate limits across replicas
-    free_credits: int = Field(default=1_000_000, ge=0)  # a new user's starting balance
-    default_rpm: int | None = Field(default=600, ge=1)  # per token, unless the token sets its own
-    default_tpm: int | None = Field(default=1_000_000, ge=1)
-    usage_flush_seconds: float = Field(default=1.0, gt=0)
+    free_credits: Annotated[int, _ranged(ranges.CREDITS, "free_credits")] = 1_000_000  # a new user's balance
+    # Sign-up: open to anyone, by invite code only, or closed (accounts made by the operator).
+    # Unset: open in development, invite in production.
+    signup: Literal["open", "invite", "closed"] | None = None
+    signups_per_hour: Annotated[int, _ranged(ranges.SIGNUPS_PER_HOUR, "signups_per_hour")] = 5  # per address
+    # Proxies whose X-Forwarded-For is believed (addresses or CIDR blocks, comma-separated).
+    trusted_proxies: Annotated[str, AfterValidator(_check_networks)] = ""
+    # Per user, across all of the user's tokens and the console (a user's own setting wins).
+    default_rpm: Annotated[int | None, _ranged(ranges.RPM, "default_rpm")] = 600
+    default_tpm: Annotated[int | None, _ranged(ranges.TPM, "default_tpm")] = 1_000_000
+    default_concurrency: Annotated[int | None, _ranged(ranges.CONCURRENCY, "default_concurrency")] = 16
+    tokens_per_user: Annotated[int, _ranged(ranges.TOKENS_PER_USER, "tokens_per_user")] = 20  # live ones
+    # When Redis is unreachable: refuse (503) rather than let every request through unlimited.
+    # Unset: refuse in production, let through in development.
+    limits_fail_closed: bool | None = None
+    # A replica's hold on a user's concurrency slot, renewed while the request runs: how long the
+    # slots of a replica that died stay taken.
+    limits_lease_seconds: Annotated[int, _ranged(ranges.LEASE_SECONDS, "limits_lease_seconds")] = 30
+    # Sign-in: attempts (per account, and per client address) before growing delays begin.
+    login_free_attempts: Annotated[int, _ranged(ranges.LOGIN_FREE_ATTEMPTS, "login_free_attempts")] = 5
+    login_address_free_attempts: Annotated[
+        int, _ranged(ranges.LOGIN_FREE_ATTEMPTS, "login_address_free_attempts")
+    ] = 20
+    login_max_delay: Annotated[int, _ranged(ranges.LOGIN_MAX_DELAY, "login_max_delay")] = 300  # seconds
+    # Password hashing (argon2, CPU- and memory-heavy): at most this many at once, this many waiting.
+    password_hash_workers: Annotated[int, _ranged(ranges.HASH_WORKERS, "password_hash_workers")] = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 1) // 2)
+    )
+    password_hash_queue: Annotated[int, _ranged(ranges.HASH_QUEUE, "password_hash_queue")] = 32
+    usage_flush_seconds: float = Field(default=1.0, gt=0, le=3600)
     # How often each replica writes its deployment figures and reads which deployments are disabled.
     deployment_sync_seconds: float = Field(default=2.0, gt=0, le=60)
-    session_hours: int = Field(default=24 * 7, ge=1)
-    secure_cookies: bool = False  # set when served over https
+    session_hours: Annotated[int, _ranged(ranges.SESSION_HOURS, "session_hours")] = 24 * 7
+    secure_cookies: bool | None = None  # unset: on in production (serve it over https)
     public_url: str | None = None  # how clients reach this server, for file links (default: host and port)
     # A request body at most; default: what the largest request the image limits allow needs (body_limit).
     max_body_bytes: int | None = Field(default=None, ge=1024)
@@ -82,7 +132,13 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, ge=3)
     files_dir: Path | None = None  # generated images (default: the data dir's files/)
     file_max_bytes: int = Field(default=25_000_000, ge=1)
-    files_max_total_bytes: int = Field(default=2_000_000_000, ge=1)
+    files_max_total_bytes: Annotated[int, _ranged(ranges.STORAGE_BYTES, "files_max_total_bytes")] = (
+        2_000_000_000
+    )
+    # What one user's uploads may hold; a new upload replaces that user's oldest ones to fit.
+    files_user_quota_bytes: Annotated[int, _ranged(ranges.STORAGE_BYTES, "files_user_quota_bytes")] = (
+        100_000_000
+    )
     file_retention_hours: int = Field(default=24 * 7, ge=1)
     # Responses API answers kept with store (the default), for reading back and previous_response_id.
     responses_retention_hours: int = Field(default=24 * 30, ge=1)
@@ -135,6 +191,24 @@ class Settings(BaseSettings):
         return self.data_dir / "limits.db"
 
     @property
+    def signup_mode(self) -> Literal["open", "invite", "closed"]:
+        if self.signup is not None:
+            return self.signup
+        return "invite" if self.env == "production" else "open"
+
+    @property
+    def fail_closed(self) -> bool:
+        return self.limits_fail_closed if self.limits_fail_closed is not None else self.env == "production"
+
+    @property
+    def cookies_secure(self) -> bool:
+        return self.secure_cookies if self.secure_cookies is not None else self.env == "production"
+
+    @property
+    def trusted_proxy_networks(self) -> list[IPNetwork]:
+        return _networks(self.trusted_proxies)
+
+    @property
     def database(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'chatgate.db').resolve()}"
 
@@ -169,6 +243,19 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings, or a ConfigError saying in one line which variable is wrong and why."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        name = f"CHATGATE_{str(error['loc'][0]).upper()}" if error["loc"] else ""
+        if name and not message.startswith(name):
+            message = f"{name}: {message}"
+        raise ConfigError(message) from None
 
 
 # A deployment's id: what its state (disabled or not) and its statistics are kept under in the database.
@@ -515,6 +602,10 @@ class Catalogue(BaseModel):
                     raise ValueError(f"deployment id {deployment_id!r} appears twice")
                 ids.add(deployment_id)
         return self
+
+    def names(self) -> frozenset[str]:
+        """Every model's name and aliases."""
+        return frozenset(name for entry in self.models for name in (entry.name, *entry.aliases))
 
     def entry(self, name: str) -> "CatalogueEntry | None":
         """The entry called ``name`` (or with that alias)."""

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from chatgate.config import DEFAULT_CATALOGUE, Settings, effective_catalogue, load_catalogue
-from chatgate.errors import ConfigError
+from chatgate import ranges
+from chatgate.config import DEFAULT_CATALOGUE, Settings, effective_catalogue, load_catalogue, load_settings
+from chatgate.errors import ConfigError, InvalidRequest
 
 DEFAULT_MODELS = [
     "qwen2.5-coder-0.5b-instruct",
@@ -20,6 +21,55 @@ def test_production_refuses_to_start_without_a_strong_master_key() -> None:
     with pytest.raises(ValidationError):
         Settings(env="production", api_key="short")
     assert Settings(env="production", api_key="x" * 32).api_key is not None
+
+
+def test_production_defaults_are_the_safe_ones() -> None:
+    production = Settings(env="production", api_key="x" * 32)
+    assert production.signup_mode == "invite"
+    assert production.fail_closed and production.cookies_secure
+    development = Settings()
+    assert development.signup_mode == "open"
+    assert not development.fail_closed and not development.cookies_secure
+    assert (development.signups_per_hour, development.default_concurrency) == (5, 16)
+    chosen = Settings(
+        env="production", api_key="x" * 32, signup="open", limits_fail_closed=False, secure_cookies=False
+    )
+    assert chosen.signup_mode == "open" and not chosen.fail_closed and not chosen.cookies_secure
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "CHATGATE_DEFAULT_TPM",
+            "100000000000",
+            "CHATGATE_DEFAULT_TPM must be a whole number from 1 to 2,000,000,000",
+        ),
+        ("CHATGATE_FREE_CREDITS", "-1", "CHATGATE_FREE_CREDITS must be a whole number from 0 to"),
+        ("CHATGATE_DEFAULT_RPM", "lots", "CHATGATE_DEFAULT_RPM: Input should be a valid integer"),
+        ("CHATGATE_SIGNUP", "maybe", "CHATGATE_SIGNUP: Input should be 'open', 'invite' or 'closed'"),
+        ("CHATGATE_TRUSTED_PROXIES", "10.0.0.0/8, proxy", "CHATGATE_TRUSTED_PROXIES holds something"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_one_range_says_the_same_wherever_it_is_checked() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        ranges.TPM.check(100_000_000_000, "tpm_limit")
+    assert refused.value.param == "tpm_limit"
+    assert (
+        str(refused.value)
+        == "tpm_limit must be a whole number from 1 to 2,000,000,000 (got 100,000,000,000)."
+    )
+    assert not ranges.TPM.contains(True) and not ranges.CREDITS.contains(-1)
+    assert ranges.TPM.high < 2**31 and ranges.GRANT.high < 2**53  # fits the column, exact in JavaScript
 
 
 def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
