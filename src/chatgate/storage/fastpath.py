@@ -63,6 +63,9 @@ class TokenRow:
     tpm_limit: int | None
     user_disabled: bool
     credits_left: int  # what the balance and the token's cap allow now, the smaller
+    user_rpm: int | None  # the user's own limits (None: the server's defaults)
+    user_tpm: int | None
+    user_concurrency: int | None
     group: str = "default"
     price_multiplier: int = 1000  # the user's group's, in thousandths
     group_models: list[str] | None = None  # the models the user's group may use; None: all
@@ -117,10 +120,12 @@ RENEW_QUERY = (
     " ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at"
 )
 
-# The token lookup, the same on both databases but for its placeholder (SQLite's ?, asyncpg's $1).
+# The token lookup, the same on both databases but for its placeholder (SQLite's ?, asyncpg's $1):
+# one query for the token and its user's state and limits.
 TOKEN_QUERY = (
     "SELECT t.id, t.user_id, t.revoked_at, t.expires_at, t.allowed_models, t.rpm_limit, t.tpm_limit, u.disabled,"
-    " u.credits, t.quota_cap, t.spent, u.group_name, g.multiplier, g.models"
+    " u.credits, t.quota_cap, t.spent, u.group_name, g.multiplier, g.models,"
+    " u.rpm_limit, u.tpm_limit, u.concurrency_limit"
     " FROM api_tokens t JOIN users u ON u.id = t.user_id LEFT JOIN user_groups g ON g.name = u.group_name"
     " WHERE t.secret_hash = {}"
 )
@@ -141,6 +146,9 @@ def token_row(row: Any, expires_at: datetime | None) -> TokenRow:
         group=row[11],
         price_multiplier=row[12] if row[12] is not None else 1000,
         group_models=json.loads(row[13]) if row[13] is not None else None,
+        user_rpm=row[14],
+        user_tpm=row[15],
+        user_concurrency=row[16],
     )
 
 

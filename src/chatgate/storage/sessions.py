@@ -39,10 +39,19 @@ async def with_user(session: AsyncSession, *, id_hash: str) -> tuple[WebSession,
     return (row[0], row[1]) if row else None
 
 
-async def remove(session: AsyncSession, *, id_hash: str | None = None, user_id: int | None = None) -> None:
+async def remove(
+    session: AsyncSession,
+    *,
+    id_hash: str | None = None,
+    user_id: int | None = None,
+    keep: str | None = None,
+) -> None:
+    """Remove one session (by ``id_hash``) or a user's, all of them or all but ``keep``."""
     query = delete(WebSession)
     if id_hash is not None:
         query = query.where(WebSession.id_hash == id_hash)
     if user_id is not None:
         query = query.where(WebSession.user_id == user_id)
+    if keep is not None:
+        query = query.where(WebSession.id_hash != keep)
     await session.execute(query)

@@ -42,6 +42,27 @@ class User(Base):
     group_name: Mapped[str] = mapped_column(
         String(64), ForeignKey("user_groups.name"), default="default", server_default="default"
     )
+    # The user's own limits across all their tokens; None: the server's defaults.
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    invite_id: Mapped[int | None] = mapped_column(ForeignKey("invites.id"))  # the code it signed up with
+
+
+class Invite(Base):
+    """An invite code for ``CHATGATE_SIGNUP=invite``: only its hash is kept, like an API token's."""
+
+    __tablename__ = "invites"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in lists
+    note: Mapped[str] = mapped_column(String(200), default="")
+    max_uses: Mapped[int] = mapped_column(default=1)
+    uses: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):

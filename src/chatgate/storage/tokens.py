@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatgate.storage.tables import ApiToken
@@ -43,6 +43,16 @@ async def insert(
 async def of_user(session: AsyncSession, *, user_id: int) -> list[ApiToken]:
     result = await session.execute(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id))
     return list(result.scalars())
+
+
+async def count_live(session: AsyncSession, *, user_id: int) -> int:
+    """The user's tokens neither revoked nor expired."""
+    query = select(func.count(ApiToken.id)).where(
+        ApiToken.user_id == user_id,
+        ApiToken.revoked_at.is_(None),
+        or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now()),
+    )
+    return int((await session.execute(query)).scalar_one())
 
 
 async def by_id(session: AsyncSession, *, token_id: int) -> ApiToken | None:

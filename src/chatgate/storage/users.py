@@ -35,6 +35,7 @@ async def insert(
     credits: int,
     is_admin: bool = False,
     verified: bool = True,
+    invite_id: int | None = None,
 ) -> User:
     created = now()
     user = User(
@@ -45,6 +46,7 @@ async def insert(
         created_at=created,
         email_verified_at=created if verified else None,
         group_name="default",
+        invite_id=invite_id,
     )
     session.add(user)
     await session.flush()
@@ -73,6 +75,18 @@ async def grant(
         )
     )
     return True
+
+
+async def set_limits(session: AsyncSession, *, user_id: int, limits: dict[str, int | None]) -> None:
+    """Set some of ``rpm_limit``, ``tpm_limit``, ``concurrency_limit`` (None: the server's default)."""
+    if limits:
+        await session.execute(update(User).where(User.id == user_id).values(**limits))
+
+
+async def lock(session: AsyncSession, *, user_id: int) -> None:
+    """Take the user's row lock for the rest of the transaction (a write lock on SQLite), so checks
+    made after it (how many tokens the user holds) can't race another transaction's."""
+    await session.execute(update(User).where(User.id == user_id).values(id=User.id))
 
 
 async def list_all(session: AsyncSession, *, limit: int = 100, offset: int = 0) -> list[User]:
