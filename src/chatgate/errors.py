@@ -92,6 +92,22 @@ class RateLimited(ChatgateError):
         self.headers = headers
 
 
+class Unavailable(ChatgateError):
+    """Something chatgate needs to admit a request safely is unreachable or saturated: try again shortly."""
+
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class StorageFull(ChatgateError):
+    """The file store as a whole is full (one owner's uploads never make room by removing another's)."""
+
+    code = "storage_full"
+
+
 class ModelNotFound(ChatgateError):
     code = "model_not_found"
 

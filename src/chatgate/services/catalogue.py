@@ -113,6 +113,10 @@ class ModelRegistry:
     def _permitted(self, allowed: tuple[str, ...]) -> set[str]:
         return {self._aliases.get(name, name) for name in allowed}
 
+    def names(self) -> frozenset[str]:
+        """Every model's public name and aliases."""
+        return frozenset((*self._routes, *self._aliases))
+
     def __contains__(self, name: object) -> bool:
         """Whether ``name`` is a model's public name, chat or embedding (aliases are not)."""
         return name in self._routes or name in self._embeddings

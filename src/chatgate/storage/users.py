@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chatgate import ranges
 from chatgate.storage.tables import LedgerEntry, User
 
 
@@ -15,7 +16,7 @@ def now() -> datetime:
 # The most credits a balance holds (or one grant moves): far past any real use, and far enough
 # below a 64-bit integer's limit that no sum of balances or grants reaches it (past it, SQLite
 # silently stores a float and PostgreSQL refuses the update).
-MAX_CREDITS = 10**15
+MAX_CREDITS = ranges.MAX_CREDITS  # the shared ranges' bound
 
 
 async def by_email(session: AsyncSession, *, email: str) -> User | None:

@@ -5,7 +5,7 @@ Invite codes, for ``CHATGATE_SIGNUP=invite``, are kept as hashes; a user remembe
 signed up with.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-26 16:00:00
 """
 
