@@ -19,6 +19,12 @@ function mediaOf(text) {
   return found;
 }
 
+// The console's Content-Security-Policy allows no style attributes: sizes go through the CSSOM.
+function widthOf(el, percent) {
+  el.style.width = `${percent}%`;
+  return el;
+}
+
 const main = document.getElementById("main");
 
 function show(...nodes) {
@@ -35,9 +41,11 @@ async function loadMe() {
     const me = await api("GET", "/api/me");
     session.user = me.user;
     session.csrf = me.csrf_token;
+    session.limits = me.limits;
   } catch {
     session.user = null;
     session.csrf = null;
+    session.limits = null;
   }
   document.getElementById("nav").hidden = !session.user;
   document.getElementById("nav-admin").hidden = !session.user?.is_admin;
@@ -45,12 +53,17 @@ async function loadMe() {
 
 // ---- sign in / sign up ---------------------------------------------------------------------
 
-function loginPage() {
+async function loginPage() {
   const email = h("input", { type: "email", autocomplete: "username", required: true });
   const password = h("input", { type: "password", autocomplete: "current-password", required: true, minlength: 8 });
+  const invite = h("input", { type: "text", autocomplete: "off", spellcheck: "false" });
+  // How accounts are opened here: open, by invite code, or closed (accounts made by the operator).
+  const { mode } = await api("GET", "/api/signup").catch(() => ({ mode: "open" }));
   async function go(path) {
+    const body = { email: email.value, password: password.value };
+    if (path === "/api/signup" && mode === "invite") body.invite = invite.value;
     try {
-      const me = await api("POST", path, { email: email.value, password: password.value });
+      const me = await api("POST", path, body);
       if (me.verification_required) return checkEmailPage(show, me.user.email);
       session.user = me.user;
       session.csrf = me.csrf_token;
@@ -60,19 +73,21 @@ function loginPage() {
       fail(error);
     }
   }
+  const signUp = h("button", { type: "button", class: "secondary", onclick: () => go("/api/signup") }, "Create account");
+  const blurb = {
+    open: "An OpenAI-compatible Chat Completions API. New accounts get a free quota.",
+    invite: "An OpenAI-compatible Chat Completions API. New accounts need an invite code and get a free quota.",
+    closed: "An OpenAI-compatible Chat Completions API. Sign-up is closed: ask the operator for an account.",
+  }[mode];
   const form = h(
     "form",
     { class: "card narrow", onsubmit: (e) => (e.preventDefault(), go("/api/login")) },
     h("h1", {}, "Sign in to chatgate"),
-    h("p", {}, "An OpenAI-compatible Chat Completions API. New accounts get a free quota."),
+    h("p", {}, blurb),
     field("Email", email),
     field("Password", password, "At least 8 characters."),
-    h(
-      "div",
-      { class: "row" },
-      h("button", { type: "submit" }, "Sign in"),
-      h("button", { type: "button", class: "secondary", onclick: () => go("/api/signup") }, "Create account"),
-    ),
+    mode === "invite" && field("Invite code", invite, "Only to create an account."),
+    h("div", { class: "row" }, h("button", { type: "submit" }, "Sign in"), mode !== "closed" && signUp),
     h("p", {}, h("a", { href: "#/forgot" }, "Forgot your password?")),
   );
   show(form);
@@ -477,7 +492,7 @@ async function usagePage() {
       { class: "card" },
       h("h2", {}, "Per model"),
       ...summary.models.map((m) =>
-        h("div", { class: "bar" }, h("span", {}, m.model), h("div", { class: "fill", style: `width:${(100 * m.credits_used) / maxCost}%` }), h("small", {}, `${fmt(m.total_tokens)} tokens, ${fmt(m.credits_used)} credits`)),
+        h("div", { class: "bar" }, h("span", {}, m.model), widthOf(h("div", { class: "fill" }), (100 * m.credits_used) / maxCost), h("small", {}, `${fmt(m.total_tokens)} tokens, ${fmt(m.credits_used)} credits`)),
       ),
     ),
     h(
@@ -530,7 +545,11 @@ async function usagePage() {
 // ---- admin ---------------------------------------------------------------------------------
 
 async function adminPage() {
-  const [{ data: users }, { data: groups }] = await Promise.all([api("GET", "/api/admin/users"), api("GET", "/api/admin/groups")]);
+  const [{ data: users }, { data: groups }, { data: invites }] = await Promise.all([
+    api("GET", "/api/admin/users"),
+    api("GET", "/api/admin/groups"),
+    api("GET", "/api/admin/invites"),
+  ]);
   async function grant(u) {
     const credits = Number(prompt(`Credits to add for ${u.email} (negative removes)`, "100000"));
     if (!credits) return;
@@ -559,6 +578,53 @@ async function adminPage() {
       h("h2", {}, "Users"),
       h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ...["Email", "Credits", "Group", "Role", "State", ""].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, ...users.map((u) => h("tr", {}, h("td", {}, u.email), h("td", {}, fmt(u.credits)), h("td", {}, groupSelect(u, groups, route)), h("td", {}, u.is_admin ? "admin" : "user"), h("td", {}, u.disabled ? "disabled" : "active"), h("td", { class: "actions" }, h("button", { class: "secondary small", onclick: () => grant(u) }, "Grant"), h("button", { class: u.disabled ? "small" : "danger small", onclick: () => toggle(u) }, u.disabled ? "Enable" : "Disable"))))))),
     ),
+    invitesSection(invites),
+    ),
+  );
+}
+
+// Invite codes, for a server whose sign-up needs one: made here (shown once), listed, withdrawn.
+function invitesSection(invites) {
+  const uses = h("input", { type: "number", min: 1, value: 1 });
+  const days = h("input", { type: "number", min: 1, value: 30 });
+  const note = h("input", { type: "text", maxlength: 200 });
+  const reveal = h("div", { class: "reveal", hidden: true });
+  async function create(e) {
+    e.preventDefault();
+    try {
+      const made = await api("POST", "/api/admin/invites", { uses: Number(uses.value), days: Number(days.value), note: note.value });
+      reveal.replaceChildren(
+        h("strong", {}, "The new invite code. It is shown only this once:"),
+        h("code", { class: "secret", "data-testid": "new-invite" }, made.code),
+        h("button", { onclick: () => copy(made.code, "Invite code copied") }, "Copy"),
+      );
+      reveal.hidden = false;
+      rows.prepend(row(made));
+    } catch (error) {
+      fail(error);
+    }
+  }
+  async function withdraw(invite, tr) {
+    try {
+      tr.replaceWith(row(await api("DELETE", `/api/admin/invites/${invite.id}`)));
+    } catch (error) {
+      fail(error);
+    }
+  }
+  function row(invite) {
+    const live = !invite.revoked_at && invite.uses < invite.max_uses && !(invite.expires_at && new Date(invite.expires_at) < new Date());
+    const tr = h("tr", {}, h("td", {}, h("code", {}, `${invite.prefix}…`)), h("td", {}, invite.note), h("td", {}, `${fmt(invite.uses)} of ${fmt(invite.max_uses)}`), h("td", {}, when(invite.expires_at)), h("td", {}, invite.revoked_at ? "withdrawn" : live ? "live" : "spent"));
+    tr.append(h("td", { class: "actions" }, live && h("button", { class: "danger small", onclick: () => withdraw(invite, tr) }, "Withdraw")));
+    return tr;
+  }
+  const rows = h("tbody", {}, ...invites.map(row));
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, "Invite codes"),
+    h("form", { class: "row wrap", onsubmit: create }, field("Sign-ups", uses), field("Days valid", days), field("Note", note), h("button", { type: "submit" }, "Create invite code")),
+    reveal,
+    h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ...["Code", "Note", "Used", "Expires", "State", ""].map((c) => h("th", { scope: "col" }, c)))), rows)),
   );
 }
 
@@ -572,12 +638,18 @@ async function signOut() {
   location.hash = "#/login";
 }
 
+function limitsText({ rpm, tpm, concurrency, tokens }) {
+  const each = (n, what) => (n === null ? `no limit on ${what}` : `${fmt(n)} ${what}`);
+  return `Your limits, across all your tokens: ${each(rpm, "requests a minute")}, ${each(tpm, "tokens a minute")}, ${each(concurrency, "requests at once")}, ${fmt(tokens)} live tokens.`;
+}
+
 function accountPage() {
   const current = h("input", { type: "password", autocomplete: "current-password" });
   const next = h("input", { type: "password", autocomplete: "new-password", minlength: 8 });
   show(
     h("h1", {}, "Account"),
     h("p", {}, `Signed in as ${session.user.email}.`),
+    session.limits && h("p", { "data-testid": "limits" }, limitsText(session.limits)),
     h(
       "form",
       {
@@ -634,7 +706,7 @@ async function navigate() {
   const page = name || "tokens";
   const params = new URLSearchParams(query);
   // Reached without a session: from the sign-in page, or from a link in an email.
-  const open = { login: loginPage, forgot: () => forgotPage(show), verify: () => verifyPage(show, params), reset: () => resetPage(show, params) };
+  const open = { login: () => loginPage().catch(fail), forgot: () => forgotPage(show), verify: () => verifyPage(show, params), reset: () => resetPage(show, params) };
   if (open[page]) return open[page]();
   if (!session.user) return (location.hash = "#/login");
   const section = page.split("/")[0];

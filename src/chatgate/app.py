@@ -5,7 +5,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from chatgate.api import (
     usage,
     verification,
 )
+from chatgate.api.client import ClientAddresses
 from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
 from chatgate.api.openapi import API_PREFIXES, operation_id
 from chatgate.api.trace import TraceMiddleware
@@ -73,9 +74,9 @@ from chatgate.providers.shared_engine.client import EngineLink, SharedEngineProv
 from chatgate.providers.shared_engine.host import EngineHost
 from chatgate.providers.upstream import UpstreamProvider
 from chatgate.providers.web.fetch import GuardedFetcher
-from chatgate.services.accounts import AccountService
+from chatgate.services.accounts import AccountRules, AccountService
 from chatgate.services.audit import AuditLog
-from chatgate.services.auth import AuthService
+from chatgate.services.auth import AuthService, UserLimits
 from chatgate.services.catalogue import EmbeddingRoute, ModelRegistry, Route
 from chatgate.services.chat import ChatService
 from chatgate.services.deployments import DeploymentMonitor
@@ -86,8 +87,11 @@ from chatgate.services.groups import GroupService
 from chatgate.services.host_limits import HostRateLimiter
 from chatgate.services.images import ImageService
 from chatgate.services.messages import MessagesService
+from chatgate.services.invites import InviteService
 from chatgate.services.metering import Metering
-from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from chatgate.services.passwords import PasswordHashing
+from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter
+from chatgate.services.ratelimit_redis import RedisRateLimiter
 from chatgate.services.recovery import Recovery, new_owner
 from chatgate.services.redemption import RedemptionService
 from chatgate.services.requestlog import RequestLog
@@ -144,6 +148,7 @@ def build_outside(settings: Settings) -> Outside:
         public_url=settings.base_url,
         max_file_bytes=settings.file_max_bytes,
         max_total_bytes=settings.files_max_total_bytes,
+        owner_quota_bytes=settings.files_user_quota_bytes,
         retention_seconds=settings.file_retention_hours * 3600,
     )
     limits = ImageLimits(
@@ -493,6 +498,29 @@ class Services:
     responses: ResponsesService
     messages: MessagesService
     stored_responses: ResponseStore
+    invites: InviteService
+    hashing: PasswordHashing
+
+    async def aclose(self) -> None:
+        self.hashing.close()
+        await self.limiter.aclose()
+        await self.throttle.aclose()
+        await self.db.dispose()
+
+
+def account_rules(settings: Settings) -> AccountRules:
+    return AccountRules(
+        signup=settings.signup_mode,
+        signups_per_hour=settings.signups_per_hour,
+        free_credits=settings.free_credits,
+        session_hours=settings.session_hours,
+        login_free_attempts=settings.login_free_attempts,
+        login_address_free_attempts=settings.login_address_free_attempts,
+        login_max_delay=settings.login_max_delay,
+        limits=UserLimits(settings.default_rpm, settings.default_tpm, settings.default_concurrency),
+        tokens_per_user=settings.tokens_per_user,
+        require_verification=settings.email_verification,
+    )
 
 
 def build_services(
@@ -500,9 +528,15 @@ def build_services(
     registry: ModelRegistry,
     outside: Outside | None = None,
     health: HealthPolicy | None = None,
+    *,
+    models: Container[str] | None = None,
 ) -> Services:
+    """The services over ``registry``; ``models`` (default: the registry's) are the names a token's
+    allow-list may hold."""
     db = Database(settings.database)
     limiter = build_limiter(settings)
+    rules = account_rules(settings)
+    hashing = PasswordHashing(workers=settings.password_hash_workers, queue=settings.password_hash_queue)
     recorder = UsageRecorder(
         db,
         flush_seconds=settings.usage_flush_seconds,
@@ -516,21 +550,16 @@ def build_services(
     recovery = Recovery(money, owner, lease_seconds=settings.lease_seconds, in_flight=metering.in_flight)
     chat_service = ChatService(registry, metering, images=outside.images)
     throttle: Throttle = RedisThrottle(settings.redis_url) if settings.redis_url else LocalThrottle()
-    accounts = AccountService(
-        db,
-        free_credits=settings.free_credits,
-        session_hours=settings.session_hours,
-        require_verification=settings.email_verification,
-    )
+    accounts = AccountService(db, rules=rules, limiter=limiter, hashing=hashing)
     stored = ResponseStore(db, retention_seconds=settings.responses_retention_hours * 3600)
     return Services(
         db=db,
         registry=registry,
-        auth=AuthService(
-            db, master_key(settings), default_rpm=settings.default_rpm, default_tpm=settings.default_tpm
-        ),
+        auth=AuthService(db, master_key(settings), limits=rules.limits),
         accounts=accounts,
-        tokens=TokenService(db),
+        tokens=TokenService(
+            db, models=models if models is not None else registry.names(), max_live=settings.tokens_per_user
+        ),
         chat=chat_service,
         usage=recorder,
         limiter=limiter,
@@ -556,6 +585,8 @@ def build_services(
         responses=ResponsesService(chat_service, stored),
         messages=MessagesService(chat_service),
         stored_responses=stored,
+        invites=InviteService(db),
+        hashing=hashing,
     )
 
 
@@ -581,7 +612,9 @@ def build_limiter(settings: Settings) -> RateLimiter:
     """Where a token's per-minute counts live: Redis when configured (shared by replicas), a file of
     counters shared by this host's workers when there are several, this process's memory otherwise."""
     if settings.redis_url:
-        return RedisRateLimiter(settings.redis_url)
+        return RedisRateLimiter(
+            settings.redis_url, fail_closed=settings.fail_closed, lease_seconds=settings.limits_lease_seconds
+        )
     if settings.worker_count > 1:
         return HostRateLimiter(CounterStore(settings.limits_path))
     return LocalRateLimiter()
@@ -621,9 +654,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
                 await embedder.aclose()
             await services.recovery.stop()
             await services.usage.stop()
-            await services.limiter.aclose()
-            await services.throttle.aclose()
-            await services.db.dispose()
+            await services.aclose()
             await outside.http.aclose()
             await outside.relay.close()
             outside.heavy.close()
@@ -639,6 +670,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     )
     app.state.settings = settings
     app.state.services = services
+    app.state.client_addresses = ClientAddresses(settings.trusted_proxy_networks)
 
     handlers: list[tuple[type[Exception], Callable[..., object]]] = [
         (ChatgateError, on_chatgate_error),

@@ -6,9 +6,11 @@ import getpass
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
+from chatgate import ranges
 from chatgate.errors import ChatgateError
+from chatgate.ranges import Range
 
 if TYPE_CHECKING:
     from chatgate.app import Services
@@ -37,14 +39,40 @@ class _Progress:
 
 _progress = _Progress()
 
+DEFAULT = "default"  # a user's limit set back to the server's
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, as every other error of the command is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"chatgate: {message}\n")
+
+
+def _number(limits: Range, *, default_ok: bool = False) -> Callable[[str], int | str]:
+    """An argument checked against one of the shared ranges (the API and settings use the same)."""
+
+    def parse(text: str) -> int | str:
+        if default_ok and text == DEFAULT:
+            return DEFAULT
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(limits.describe(text)) from None
+        if not limits.contains(value):
+            raise argparse.ArgumentTypeError(limits.describe(value))
+        return value
+
+    return parse
+
 
 def _serve(args: argparse.Namespace) -> int:
-    from chatgate.config import Settings
+    from chatgate.config import load_settings
     from chatgate.server import serve
 
     given = {"host": args.host, "port": args.port, "catalogue": args.config, "workers": args.workers}
     overrides = {k: v for k, v in given.items() if v is not None}  # --port 0 (any free port) counts
-    return serve(Settings(**overrides), _progress)
+    return serve(load_settings(**overrides), _progress)
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -56,11 +84,11 @@ def _engine(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from chatgate.config import LocalDeployment, LocalEmbeddingDeployment, Settings, load_catalogue
+    from chatgate.config import LocalDeployment, LocalEmbeddingDeployment, load_catalogue, load_settings
     from chatgate.providers.embeddings import assets as embedding_assets
     from chatgate.providers.local import assets
 
-    settings = Settings(**({"catalogue": args.config} if args.config else {}))
+    settings = load_settings(**({"catalogue": args.config} if args.config else {}))
     names = args.asset or [
         d.asset
         for e in load_catalogue(settings.catalogue).models
@@ -80,24 +108,24 @@ def _models(args: argparse.Namespace) -> int:
 async def _with_services(work: "Callable[[Services], Awaitable[int]]") -> int:
     """Run a command against the database (schema checked) without loading any model."""
     from chatgate.app import build_services
-    from chatgate.config import Settings
+    from chatgate.config import effective_catalogue, load_settings
     from chatgate.services.catalogue import ModelRegistry
 
-    services = build_services(Settings(), ModelRegistry([], {}))
+    settings = load_settings()
+    models = effective_catalogue(settings).names()  # for tokens' allow-lists; no model is loaded
+    services = build_services(settings, ModelRegistry([], {}), models=models)
     try:
         await services.db.check_schema()
         return await work(services)
     finally:
-        await services.limiter.aclose()
-        await services.throttle.aclose()
-        await services.db.dispose()
+        await services.aclose()
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from chatgate.config import Settings
+    from chatgate.config import load_settings
     from chatgate.storage.database import head_revision, migrate
 
-    settings = Settings()
+    settings = load_settings()
     migrate(settings.database)
     print(f"database schema at revision {head_revision()}")
     return 0
@@ -241,12 +269,69 @@ def _codes_disable(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(work))
 
 
+def _invites_create(args: argparse.Namespace) -> int:
+    async def work(services: "Services") -> int:
+        info, code = await services.invites.create(uses=args.uses, days=args.days, note=args.note)
+        expires = info.expires_at.date().isoformat() if info.expires_at else "never"
+        print(
+            f"created invite {info.prefix}... (id {info.id}) for {info.max_uses} sign-up(s), expires {expires}; "
+            "it is shown only this once:"
+        )
+        print(code)
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _invites_list(args: argparse.Namespace) -> int:
+    async def work(services: "Services") -> int:
+        for i in await services.invites.list(limit=1000):
+            state = "withdrawn" if i.revoked_at else f"used {i.uses}/{i.max_uses}"
+            expires = i.expires_at.isoformat() if i.expires_at else "never"
+            print(f"{i.id}\t{i.prefix}...\t{state}\texpires={expires}\t{i.note}")
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _invites_revoke(args: argparse.Namespace) -> int:
+    async def work(services: "Services") -> int:
+        info = await services.invites.revoke(args.id)
+        print(f"withdrew invite {info.prefix}... (id {info.id})")
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
+def _users_limits(args: argparse.Namespace) -> int:
+    given = {"rpm_limit": args.rpm, "tpm_limit": args.tpm, "concurrency_limit": args.concurrency}
+    changes = {k: (None if v == DEFAULT else v) for k, v in given.items() if v is not None}
+
+    async def work(services: "Services") -> int:
+        account = await services.accounts.by_email(args.user)
+        if changes:
+            account = await services.accounts.set_limits(account.id, changes)
+        limits = services.accounts.principal(account).user
+
+        def shown(own: int | None, effective: int | None) -> str:
+            value = "none" if effective is None else str(effective)
+            return value if own is not None else f"{value} (default)"
+
+        print(
+            f"{account.email}: rpm={shown(account.rpm_limit, limits.rpm)} tpm={shown(account.tpm_limit, limits.tpm)} "
+            f"concurrency={shown(account.concurrency_limit, limits.concurrency)}"
+        )
+        return 0
+
+    return asyncio.run(_with_services(work))
+
+
 def _index_add(args: argparse.Namespace) -> int:
-    from chatgate.config import Settings
+    from chatgate.config import load_settings
     from chatgate.providers.browsing.index import LocalIndex, add_sources
     from chatgate.providers.web.fetch import GuardedFetcher
 
-    settings = Settings()
+    settings = load_settings()
 
     async def work() -> int:
         fetcher = GuardedFetcher(allow_hosts=settings.allowed_hosts)
@@ -265,29 +350,31 @@ def _index_add(args: argparse.Namespace) -> int:
 
 
 def _index_search(args: argparse.Namespace) -> int:
-    from chatgate.config import Settings
+    from chatgate.config import load_settings
     from chatgate.providers.browsing.index import LocalIndex
 
-    for rank, hit in enumerate(LocalIndex(Settings().index_path).search(args.query, args.limit), start=1):
+    for rank, hit in enumerate(
+        LocalIndex(load_settings().index_path).search(args.query, args.limit), start=1
+    ):
         text = " ".join(hit.text.split())
         print(f"{rank}. {hit.score:.4g} {hit.title} <{hit.url}>\n   {text[:200]}")
     return 0
 
 
 def _index_list(args: argparse.Namespace) -> int:
-    from chatgate.config import Settings
+    from chatgate.config import load_settings
     from chatgate.providers.browsing.index import LocalIndex
 
-    for document in LocalIndex(Settings().index_path).documents():
+    for document in LocalIndex(load_settings().index_path).documents():
         print(f"{document.url}\t{document.passages} passages\t{document.title}")
     return 0
 
 
 def _index_remove(args: argparse.Namespace) -> int:
-    from chatgate.config import Settings
+    from chatgate.config import load_settings
     from chatgate.providers.browsing.index import LocalIndex
 
-    index = LocalIndex(Settings().index_path)
+    index = LocalIndex(load_settings().index_path)
     missing = [url for url in args.url if not index.remove(url)]
     for url in missing:
         print(f"not in the index: {url}", file=sys.stderr)
@@ -295,9 +382,7 @@ def _index_remove(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chatgate", description="OpenAI-compatible Chat Completions gateway"
-    )
+    parser = _Parser(prog="chatgate", description="OpenAI-compatible Chat Completions gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="start the API server")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -333,10 +418,20 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create a token; it is printed alone on the last line")
     create.add_argument("--user", required=True, help="the owner's email (created if new)")
     create.add_argument("--name", default="cli")
-    create.add_argument("--quota", type=int, help="at most this many credits through this token")
+    create.add_argument(
+        "--quota", type=_number(ranges.CREDITS), help="at most this many credits through this token"
+    )
     create.add_argument("--model", action="append", help="allow only this model (repeatable)")
-    create.add_argument("--rpm", type=int, help="requests per minute (default: the server's)")
-    create.add_argument("--tpm", type=int, help="tokens per minute (default: the server's)")
+    create.add_argument(
+        "--rpm",
+        type=_number(ranges.RPM),
+        help="requests per minute through this token (default: only the user's limit)",
+    )
+    create.add_argument(
+        "--tpm",
+        type=_number(ranges.TPM),
+        help="tokens per minute through this token (default: only the user's limit)",
+    )
     create.set_defaults(run=_keys_create)
     listing = keys.add_parser("list", help="a user's tokens")
     listing.add_argument("--user", required=True)
@@ -348,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     quota = sub.add_parser("quota", help="credits").add_subparsers(dest="quota_command", required=True)
     grant = quota.add_parser("grant", help="add (or, negative, remove) credits")
     grant.add_argument("--user", required=True)
-    grant.add_argument("--credits", type=int, required=True)
+    grant.add_argument("--credits", type=_number(ranges.GRANT), required=True)
     grant.set_defaults(run=_quota_grant)
 
     ledger = sub.add_parser("ledger", help="the credit ledger").add_subparsers(
@@ -376,6 +471,31 @@ def build_parser() -> argparse.ArgumentParser:
     disable_codes.add_argument("id", type=int, nargs="+")
     disable_codes.set_defaults(run=_codes_disable)
 
+    users = sub.add_parser("users", help="users").add_subparsers(dest="users_command", required=True)
+    limits = users.add_parser(
+        "limits", help="show or set a user's limits across all their tokens ('default': the server's)"
+    )
+    limits.add_argument("--user", required=True)
+    limits.add_argument("--rpm", type=_number(ranges.RPM, default_ok=True), help="requests per minute")
+    limits.add_argument("--tpm", type=_number(ranges.TPM, default_ok=True), help="tokens per minute")
+    limits.add_argument(
+        "--concurrency", type=_number(ranges.CONCURRENCY, default_ok=True), help="requests at once"
+    )
+    limits.set_defaults(run=_users_limits)
+
+    invites = sub.add_parser("invites", help="invite codes (for CHATGATE_SIGNUP=invite)").add_subparsers(
+        dest="invites_command", required=True
+    )
+    invite = invites.add_parser("create", help="create a code; it is printed alone on the last line")
+    invite.add_argument("--uses", type=_number(ranges.INVITE_USES), default=1, help="sign-ups it admits")
+    invite.add_argument("--days", type=_number(ranges.INVITE_DAYS), default=30, help="days it stays valid")
+    invite.add_argument("--note", default="", help="what it is for (shown in lists)")
+    invite.set_defaults(run=_invites_create)
+    invites.add_parser("list", help="every invite code, newest first").set_defaults(run=_invites_list)
+    withdraw = invites.add_parser("revoke", help="withdraw an invite code by its id")
+    withdraw.add_argument("id", type=_number(ranges.ID))
+    withdraw.set_defaults(run=_invites_revoke)
+
     index = sub.add_parser("index", help="the local search index of browsing models").add_subparsers(
         dest="index_command", required=True
     )
@@ -384,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.set_defaults(run=_index_add)
     find = index.add_parser("search", help="the passages a query finds, best first")
     find.add_argument("query")
-    find.add_argument("--limit", type=int, default=10)
+    find.add_argument("--limit", type=_number(Range(1, 1000)), default=10)
     find.set_defaults(run=_index_search)
     index.add_parser("list", help="the documents in the index").set_defaults(run=_index_list)
     remove = index.add_parser("remove", help="remove documents by the URL they are cited as")

@@ -116,6 +116,9 @@ def _config(app: Any, settings: Settings, **more: Any) -> uvicorn.Config:
         port=settings.port,
         log_level="warning",
         access_log=False,
+        # The client address is the socket's peer, or what CHATGATE_TRUSTED_PROXIES allows to be
+        # believed of X-Forwarded-For (api/client.py), never uvicorn's own guess.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.drain_seconds),
         **more,
     )

@@ -15,6 +15,8 @@ What it does depends on the requested model:
   noid        a tool call without an id
   refusal     a refusal instead of content
   slow        streams as many words as it was sent max tokens for, one every 50 ms, then usage
+  hold        as ok, but a stream stops for 60 s after its first word (a request that stays running)
+  leaky       500 whose message names internal addresses (10.1.2.3:8000, fd00::7)
 POST /v1/images/generations draws on odd calls and fails with a 500 on even ones.
 POST /v1/embeddings answers by model too (see ``embed``): ok, flaky, stall, ratelimit, badrequest as above;
   floats (always floats, whatever was asked), nousage, wrongcount (one vector short),
@@ -116,6 +118,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if model == "stall":
         await asyncio.sleep(5)
+    if model == "leaky":
+        message = "connect to backend 10.1.2.3:8000 failed (fallback fd00::7 refused)"
+        await respond(send, 500, error(message, "server_error"))
+        return
     if model == "ratelimit":
         await respond(
             send,
@@ -162,7 +168,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
             continue
         await send({"type": "http.response.body", "body": chunk(model, {"content": word}), "more_body": True})
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(60 if model == "hold" and i == 0 else 0.01)
     tail = chunk(model, {}, "stop") + (
         usage_chunk(model) if (request.get("stream_options") or {}).get("include_usage") else b""
     )

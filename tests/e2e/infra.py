@@ -30,6 +30,13 @@ class Server:
     base_url: str
     log: Path
     env: dict[str, str]
+    proc: "subprocess.Popen[bytes] | None" = None  # to kill it outright (SIGKILL) in a test
+
+    def kill(self) -> None:
+        """SIGKILL the server: nothing of it runs after this."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
 
     def cli(self, *args: str) -> str:
         """Run a `chatgate` command against this server's database; its stdout."""
@@ -56,13 +63,17 @@ def chatgate(workdir: Path, catalogue: str, **env_overrides: str) -> Iterator[Se
         "CHATGATE_CATALOGUE": str(workdir / "catalogue.yaml"),
         "CHATGATE_ENGINE_THREADS": "2",
         "CHATGATE_USAGE_FLUSH_SECONDS": "0.2",
+        # Every test signs up from 127.0.0.1, and some run dozens of requests at once as one user:
+        # the tests of those limits set them back.
+        "CHATGATE_SIGNUPS_PER_HOUR": "0",
+        "CHATGATE_DEFAULT_CONCURRENCY": "1000",
         **env_overrides,
     }
     subprocess.run([sys.executable, "-m", "chatgate", "migrate"], env=env, check=True, capture_output=True)
     port, log = free_port(), workdir / "server.log"
     command = [sys.executable, "-m", "chatgate", "serve", "--port", str(port)]
-    with process(command, port, log, env, timeout=300):  # it listens once its models are loaded
-        yield Server(f"http://127.0.0.1:{port}", log, env)
+    with process(command, port, log, env, timeout=300) as proc:  # it listens once its models are loaded
+        yield Server(f"http://127.0.0.1:{port}", log, env, proc)
 
 
 def _pg_bin(name: str) -> str:

@@ -24,11 +24,14 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.infra import Server
 
+OTHER = "some-other-model"  # in the catalogue for tokens' allow-lists; never called
 CATALOGUE = f"""
 models:
   - name: {SMALL}
     deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 2}}
     price: {{prompt: 1000000, completion: 2000000}}
+  - name: {OTHER}
+    deployment: {{kind: openai_compatible, base_url: "http://127.0.0.1:9/v1", model: none}}
 """
 HI: list[Any] = [{"role": "user", "content": "Say hi."}]
 
@@ -165,7 +168,7 @@ def test_dead_tokens_are_401_invalid_token(accounts_server: Server, clients: Cli
 
 
 def test_model_outside_the_allow_list_is_token_mismatched(accounts_server: Server, clients: Clients) -> None:
-    key = clients.console(unique("allow")).token(allowed_models=["some-other-model"])["key"]
+    key = clients.console(unique("allow")).token(allowed_models=[OTHER])["key"]
     sdk = clients.sdk(key)
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.chat.completions.create(model=SMALL, messages=HI, max_tokens=2)

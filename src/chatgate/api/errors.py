@@ -28,6 +28,7 @@ from chatgate.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    StorageFull,
     StorageUnavailable,
     Unavailable,
     UpstreamFailed,
@@ -52,6 +53,8 @@ ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
     EngineBusy: (429, "rate_limit_error"),
     RateLimited: (429, "rate_limit_error"),
     InsufficientQuota: (429, "insufficient_quota"),
+    Unavailable: (503, "api_error"),
+    StorageFull: (507, "api_error"),
     EngineFailure: (500, "api_error"),
     UpstreamFailed: (502, "api_error"),
     UpstreamTimeout: (504, "api_error"),
@@ -139,7 +142,7 @@ def error_response(exc: ChatgateError, trace_id: str, path: str = "") -> JSONRes
 
 def _error_headers(exc: ChatgateError, trace_id: str) -> dict[str, str]:
     headers = {TRACE_HEADER: trace_id}
-    if isinstance(exc, EngineBusy | RateLimited):
+    if isinstance(exc, EngineBusy | RateLimited | Unavailable):
         headers["retry-after"] = str(exc.retry_after)
     headers.update(exc.headers)  # the rate-limit state, for a refusal and any failure after admission
     if isinstance(exc, UpstreamRefused) and exc.retry_after:

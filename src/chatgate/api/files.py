@@ -1,5 +1,8 @@
 """Files: ``GET /files/{id}`` serves generated and uploaded images (the unguessable id is the capability,
-no token is needed); ``POST /v1/files`` uploads an image to refer to by URL."""
+no token is needed); ``POST /v1/files`` uploads an image to refer to by URL, within the caller's
+storage quota; ``GET /v1/files`` lists the caller's uploads and ``DELETE /v1/files/{id}`` removes one."""
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -9,9 +12,10 @@ from starlette.formparsers import MultiPartException
 
 from chatgate.api.deps import CallerDep, FilesDep
 from chatgate.api.openapi import described, links, raises
-from chatgate.errors import EngineBusy, InvalidImage, InvalidRequest, NotFound
-from chatgate.protocol.files import FileObject, FileUpload
+from chatgate.errors import EngineBusy, InvalidImage, InvalidRequest, NotFound, StorageFull
+from chatgate.protocol.files import DeletedFile, FileList, FileObject, FileUpload
 from chatgate.services.files import IMAGE_TYPES
+from chatgate.storage.files import StoredFile
 
 router = APIRouter()
 api_router = APIRouter()
@@ -40,12 +44,25 @@ async def get_file(file_id: str, files: FilesDep, download: bool = False) -> Fil
     )
 
 
+def _file(stored: StoredFile, url: str, filename: str | None = None) -> dict[str, Any]:
+    return {
+        "id": stored.id,
+        "object": "file",
+        "bytes": stored.bytes,
+        "created_at": stored.created,
+        "filename": filename or stored.filename,
+        "purpose": "vision",
+        "status": "processed",
+        "url": url,
+    }
+
+
 @api_router.post(
     "/files",
     response_model=FileObject,
     responses={
         200: links(GetFile=("get_file", {"file_id": "$response.body#/id"})),
-        **raises(InvalidImage, EngineBusy),
+        **raises(InvalidImage, EngineBusy, StorageFull),
     },
     # Multipart, read by hand so an oversized upload is refused before it is spooled (below).
     openapi_extra=described(body=FileUpload, media_type="multipart/form-data"),
@@ -54,20 +71,21 @@ async def upload_file(request: Request, caller: CallerDep, files: FilesDep) -> J
     """An image uploaded to refer to by URL in chat: ``{"type": "image_url", "image_url": {"url": <url>}}``.
 
     Multipart, as the SDK's ``files.create`` sends it. The size is checked from Content-Length before
-    anything is read, so an oversized upload is refused without being spooled to disk.
+    anything is read, so an oversized upload is refused without being spooled to disk. It counts
+    against the caller's storage quota: the caller's own oldest uploads make room.
     """
-    limit = files.store.max_file_bytes + 64 * 1024  # the file and the multipart framing around it
+    limit = files.max_upload_bytes + 64 * 1024  # the file and the multipart framing around it
     length = request.headers.get("content-length", "")
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):
         raise InvalidRequest("Uploads need a Content-Length header.", param="file")
     if int(length) > limit:
-        raise InvalidRequest(f"Files are limited to {files.store.max_file_bytes} bytes.", param="file")
+        raise InvalidRequest(f"Files are limited to {files.max_upload_bytes} bytes.", param="file")
     try:
         async with request.form(max_files=1, max_fields=4) as form:
             file, purpose = form.get("file"), form.get("purpose", "vision")
             if not isinstance(file, UploadFile):
                 raise InvalidRequest("The form needs a 'file' part holding the image.", param="file")
-            data = await file.read(files.store.max_file_bytes + 1)
+            data = await file.read(files.max_upload_bytes + 1)
             filename = file.filename or "upload"
     except (MultiPartException, ValueError) as exc:
         raise InvalidRequest(f"The upload is not valid multipart form data: {exc}", param="file") from exc
@@ -76,15 +94,26 @@ async def upload_file(request: Request, caller: CallerDep, files: FilesDep) -> J
             f"The upload is not valid multipart form data: {exc.detail}", param="file"
         ) from exc
     stored = await files.upload(caller.principal, data, filename)
+    return JSONResponse({**_file(stored, files.store.url(stored.id), filename), "purpose": str(purpose)[:64]})
+
+
+@api_router.get("/files", response_model=FileList)
+async def list_files(caller: CallerDep, files: FilesDep) -> JSONResponse:
+    """The caller's uploads, oldest first, and what they hold of the caller's storage quota."""
+    owned = await files.owned(caller.principal)
     return JSONResponse(
         {
-            "id": stored.id,
-            "object": "file",
-            "bytes": stored.bytes,
-            "created_at": stored.created,
-            "filename": filename,
-            "purpose": str(purpose),
-            "status": "processed",
-            "url": files.store.url(stored.id),
+            "object": "list",
+            "data": [_file(stored, files.store.url(stored.id)) for stored in owned],
+            "has_more": False,
+            "bytes": sum(stored.bytes for stored in owned),
+            "quota_bytes": files.store.owner_quota_bytes,
         }
     )
+
+
+@api_router.delete("/files/{file_id}", response_model=DeletedFile, responses=raises(NotFound))
+async def delete_file(file_id: str, caller: CallerDep, files: FilesDep) -> JSONResponse:
+    """Delete one of the caller's files; another's answers 404, as a missing one does."""
+    await files.delete(caller.principal, file_id)
+    return JSONResponse({"id": file_id, "object": "file", "deleted": True})

@@ -5,7 +5,7 @@ from dataclasses import replace
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from chatgate.api.deps import CallerDep, ImagesDep
+from chatgate.api.deps import AuthenticatedDep, ImagesDep
 from chatgate.api.openapi import METERED, raises
 from chatgate.errors import EngineFailure, InvalidImage, NotImplementedFeature
 from chatgate.protocol.images import ImageGenerationRequest, ImagesResponse
@@ -19,6 +19,8 @@ router = APIRouter()
     # ContextLengthExceeded (in METERED): the prompt, for the base model that plans the image.
     responses=raises(*METERED, NotImplementedFeature, InvalidImage, (EngineFailure, "engine_error")),
 )
-async def create_image(body: ImageGenerationRequest, caller: CallerDep, images: ImagesDep) -> JSONResponse:
+async def create_image(
+    body: ImageGenerationRequest, caller: AuthenticatedDep, images: ImagesDep
+) -> JSONResponse:
     response, headers = await images.generate(replace(caller, api="images.generations"), body)
     return JSONResponse(response.model_dump(mode="json"), headers=headers)

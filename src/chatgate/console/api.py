@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from chatgate import ranges
 from chatgate.api.deps import AdminDep, RegistryDep, SignedInDep, UsageDep
-from chatgate.protocol.base import INT64_MAX
 from chatgate.protocol.health import ModelDeploymentsList
 from chatgate.protocol.usage import RequestLog, UsageSummary
 
@@ -23,9 +23,9 @@ async def my_requests(
     signed_in: SignedInDep,
     usage: UsageDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
-    model: str | None = None,
-    status: str | None = None,
+    offset: Annotated[int, Query(ge=0, le=ranges.PAGE_OFFSET.high)] = 0,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+    status: Annotated[str | None, Query(max_length=16)] = None,
 ) -> JSONResponse:
     page = await usage.requests(signed_in.account.id, limit=limit, offset=offset, model=model, status=status)
     return JSONResponse(page)

@@ -20,6 +20,22 @@ class FileObject(WireModel):
     )
 
 
+class FileList(WireModel):
+    """The caller's uploads, oldest first, and what they hold of the caller's storage quota."""
+
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+    bytes: int = Field(description="What the caller's uploads hold together.")
+    quota_bytes: int = Field(description="What they may hold; a new upload removes the oldest to fit.")
+
+
+class DeletedFile(WireModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
 class FileUpload(WireModel):
     """The multipart form of an upload, as the SDK's ``files.create`` sends it."""
 

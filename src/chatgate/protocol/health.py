@@ -23,12 +23,16 @@ class DeploymentHealth(WireModel):
 
 class Health(WireModel):
     status: Literal["ok"] = "ok"
-    models: dict[str, dict[str, int]] = Field(description="Load figures per model.")
+    models: dict[str, dict[str, int]] | None = Field(
+        default=None, description="Load figures per model (with the master key only)."
+    )
 
 
 class Readiness(WireModel):
     ready: bool = Field(description="Whether every model has a deployment up.")
-    models: dict[str, list[DeploymentHealth]]
+    models: dict[str, list[DeploymentHealth]] | None = Field(
+        default=None, description="Each model's deployments (with the master key only)."
+    )
 
 
 class ModelDeployments(WireModel):

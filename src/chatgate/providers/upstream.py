@@ -51,6 +51,7 @@ from chatgate.providers.base import (
     UsageReport,
     new_call_id,
 )
+from chatgate.providers.redact import without_addresses
 from chatgate.providers.relay import RelaySession
 
 PER_MESSAGE_OVERHEAD = 8  # bytes: the role and the chat template's separators
@@ -172,6 +173,7 @@ def upstream_error(
     except ValueError:
         pass
     message = str(error.get("message") or raw[:300].decode(errors="replace") or "no message")
+    message = without_addresses(message)  # an upstream's own network is none of the caller's business
     if status >= 500:
         return UpstreamFailed(f"{who} failed with status {status}: {message}")
     if status in (401, 403, 404):
@@ -432,7 +434,7 @@ def _count(value: Any) -> int | None:
 
 def _chunk_events(chunk: dict[str, Any]) -> list[ProviderEvent]:
     if "error" in chunk:
-        raise UpstreamFailed(f"The upstream failed mid-stream: {chunk['error']}")
+        raise UpstreamFailed(f"The upstream failed mid-stream: {without_addresses(str(chunk['error']))}")
     events: list[ProviderEvent] = []
     for choice in chunk.get("choices") or []:
         index = int(choice.get("index", 0))

@@ -20,6 +20,8 @@ import httpcore
 import httpx
 from httpcore import AnyIOBackend, AsyncNetworkBackend, AsyncNetworkStream
 
+from chatgate.providers.redact import without_addresses
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # What httpcore raises for a network or protocol failure.
 TRANSPORT_ERRORS = (
@@ -48,8 +50,11 @@ NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 class FetchError(Exception):
+    """A fetch that failed. Its message may be shown to the caller: it never holds an address a
+    name resolved to, only the host as the URL gave it."""
+
     def __init__(self, message: str, url: str) -> None:
-        super().__init__(message)
+        super().__init__(without_addresses(message, keep=_host_of(url)))
         self.url = url
 
 
@@ -120,9 +125,10 @@ class _GuardedBackend(AsyncNetworkBackend):
         for ip in addresses:
             try:
                 return await self._fetcher.connector(str(ip), port, timeout)
-            except OSError as exc:
+            except (OSError, httpcore.ConnectError) as exc:
                 last = exc
-        raise httpcore.ConnectError(f"cannot connect to {host}:{port}: {last}")
+        # Not the addresses tried, nor the OS's message (which names them): the host as given.
+        raise httpcore.ConnectError(f"cannot connect to {host}:{port}") from last
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
@@ -169,7 +175,8 @@ class GuardedFetcher:
             return addresses
         for ip in addresses:
             if is_forbidden_address(ip):
-                raise FetchRefused(f"{host} resolves to a forbidden address ({ip})", host)
+                where = "is" if literal is not None else "resolves to"
+                raise FetchRefused(f"{host} {where} a private, loopback or reserved address", host)
         return addresses
 
     async def _resolve(self, host: str, port: int) -> list[IPAddress]:
@@ -177,7 +184,7 @@ class GuardedFetcher:
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+            raise httpcore.ConnectError(f"cannot resolve {host}") from exc
         found: list[IPAddress] = []
         for info in infos:
             ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
@@ -266,6 +273,14 @@ class GuardedFetcher:
         except TRANSPORT_ERRORS as exc:
             raise FetchFailed(f"the body broke off: {exc}", url) from exc
         return b"".join(chunks)
+
+
+def _host_of(url: str) -> str:
+    """The host a URL (or a bare host) names, as written."""
+    try:
+        return httpx.URL(url).host or url
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return url
 
 
 def _host_key(host: str) -> str:

@@ -15,6 +15,7 @@ from chatgate.providers.web.fetch import (
     default_connect,
     is_forbidden_address,
 )
+from tests.e2e import infra
 from tests.website import Page, Site, website
 
 
@@ -108,10 +109,29 @@ async def test_a_name_resolving_to_a_forbidden_address_is_refused(
         return [ipaddress.ip_address("93.184.215.14"), ipaddress.ip_address("10.1.2.3")]
 
     monkeypatch.setattr(fetcher, "_resolve", resolve)
-    with pytest.raises(FetchRefused):  # one forbidden address among good ones is enough
+    with pytest.raises(FetchRefused) as refused:  # one forbidden address among good ones is enough
         await fetcher.fetch("http://rebind.example/")
     await fetcher.aclose()
     assert connections.made == []
+    assert "rebind.example" in str(refused.value)
+    assert "10.1.2.3" not in str(refused.value) and "93.184" not in str(refused.value)  # never told
+
+
+async def test_a_failed_connection_names_the_host_not_the_addresses_it_resolved_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed = infra.free_port()
+    fetcher = GuardedFetcher(allow_hosts=["internal.example"], timeout=2.0)
+
+    async def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [ipaddress.ip_address("127.0.0.1")]  # an internal service's address, allowed by name
+
+    monkeypatch.setattr(fetcher, "_resolve", resolve)
+    with pytest.raises(FetchFailed) as failed:
+        await fetcher.fetch(f"http://internal.example:{closed}/")
+    await fetcher.aclose()
+    assert "internal.example" in str(failed.value)
+    assert "127.0.0.1" not in str(failed.value)
 
 
 async def test_localhost_is_refused_even_when_its_address_is_allowed(
