@@ -27,6 +27,7 @@ GET /stats answers how many requests each model received; GET /last the last bod
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import math
@@ -80,6 +81,14 @@ async def respond(
 
 def error(message: str, kind: str, code: str | None = None, param: str | None = None) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "code": code, "param": param}}).encode()
+
+
+async def until_gone(receive: Any, seconds: float) -> None:
+    """Wait ``seconds``, or less if the client leaves (the request's body has been read already)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while (await receive())["type"] != "http.disconnect":
+                pass
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -168,7 +177,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
             continue
         await send({"type": "http.response.body", "body": chunk(model, {"content": word}), "more_body": True})
-        await asyncio.sleep(60 if model == "hold" and i == 0 else 0.01)
+        if model == "hold" and i == 0:
+            await until_gone(receive, 60)
+        else:
+            await asyncio.sleep(0.01)
     tail = chunk(model, {}, "stop") + (
         usage_chunk(model) if (request.get("stream_options") or {}).get("include_usage") else b""
     )

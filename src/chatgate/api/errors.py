@@ -158,6 +158,8 @@ def _param(loc: tuple[int | str, ...], body: Any) -> str | None:
     Pydantic's locations also name union members and discriminator tags (``user``, ``str``); only
     the steps that exist in the request body itself are kept.
     """
+    if loc[:1] in (("path",), ("query",), ("header",), ("cookie",)):
+        return str(loc[1]) if len(loc) > 1 else None  # a path or query parameter: its name
     text, node = "", body
     for part in loc[1:] if loc[:1] == ("body",) else loc:
         if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):

@@ -18,6 +18,8 @@ from chatgate.errors import (
     ModelNotFound,
     NotImplementedFeature,
     RateLimited,
+    StorageFull,
+    Unavailable,
     UpstreamFailed,
     UpstreamTimeout,
 )
@@ -34,6 +36,8 @@ from chatgate.protocol.models import Model
         (ContextLengthExceeded("no"), 400, "context_length_exceeded"),
         (NotImplementedFeature("no"), 400, "api_not_implemented"),
         (EngineBusy("no", retry_after=3), 429, "too_many_requests"),
+        (Unavailable("no", retry_after=1, code="limits_unavailable"), 503, "limits_unavailable"),
+        (StorageFull("no"), 507, "storage_full"),
     ],
 )
 def test_each_domain_error_has_its_status_and_code(error: ChatgateError, status: int, code: str) -> None:
@@ -89,6 +93,8 @@ async def test_an_error_after_the_first_byte_travels_in_the_stream() -> None:
         ),
         (("body", "messages"), {"model": "m"}, "messages"),
         (("body",), "not json", None),
+        (("path", "token_id"), None, "token_id"),
+        (("query", "offset"), None, "offset"),
     ],
 )
 def test_param_names_the_field_in_the_request_not_pydantic_tags(
