@@ -20,7 +20,7 @@ from PIL import Image
 from tests import website
 from tests.e2e import infra
 from tests.e2e.conftest import ledger_checked
-from tests.e2e.infra import Server
+from tests.e2e.infra import API_KEY, Server
 
 CREDITS = 10_000_000  # at the default price, a credit a token
 SECRET = "hunter2pass"
@@ -275,7 +275,11 @@ def test_metrics_and_readyz_survive_hostile_model_names_and_hide_credentials(gat
             assert response.status_code == 404
         with gateway.client() as client:
             client.chat.completions.create(model="credentials", messages=ASK, max_tokens=1)
-        metrics, ready = http.get("/metrics").text, http.get("/readyz").text
+        operator = {"authorization": f"Bearer {API_KEY}"}  # their detail is the operator's
+        metrics, ready = (
+            http.get("/metrics", headers=operator).text,
+            http.get("/readyz", headers=operator).text,
+        )
     for line in metrics.splitlines():
         assert line.startswith("# ") or SAMPLE.match(line), line
     assert 'chatgate_requests_total{code="model_not_found",model="unknown",status="error"} 3' in metrics

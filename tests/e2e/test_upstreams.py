@@ -222,7 +222,9 @@ def test_readyz_and_metrics(gateway: Gateway) -> None:
         for _ in range(3):  # three failures in a row: the deployment cools down
             with pytest.raises(openai.APIStatusError):
                 client.chat.completions.create(model="refused", messages=HI, max_tokens=4)
-    with httpx.Client(base_url=gateway.server.base_url) as http:
+    with httpx.Client(
+        base_url=gateway.server.base_url, headers={"authorization": f"Bearer {API_KEY}"}
+    ) as http:
         ready = http.get("/readyz")
         metrics = http.get("/metrics").text
     assert ready.status_code == 503
