@@ -451,3 +451,68 @@ def test_rpm_and_tpm_limits_in_one_process(accounts_server: Server) -> None:
     assert refused.headers["x-ratelimit-limit-tokens"] == "60"
     assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
     assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_numbers_out_of_range_are_a_one_line_refusal_on_every_database(
+    accounts_server: Server, clients: Clients
+) -> None:
+    """The same ranges for the command line and the console API, checked before any database sees
+    the number (PostgreSQL's 32-bit tpm column took 10^11 as a traceback)."""
+    email = unique("ranges")
+    for args, message in (
+        (
+            ("keys", "create", "--user", email, "--tpm", "100000000000"),
+            "argument --tpm: must be a whole number",
+        ),
+        (("keys", "create", "--user", email, "--rpm", "0"), "argument --rpm: must be a whole number from 1"),
+        (
+            ("keys", "create", "--user", email, "--quota", str(10**20)),
+            "argument --quota: must be a whole number",
+        ),
+        (
+            ("quota", "grant", "--user", email, "--credits", str(10**20)),
+            "argument --credits: must be a whole",
+        ),
+        (("keys", "revoke", str(10**20)), "No token matches"),
+        (("users", "limits", "--user", email, "--concurrency", "lots"), "argument --concurrency: must be"),
+    ):
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            accounts_server.cli(*args)
+        lines = refused.value.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("chatgate: ") and message in lines[0], lines
+        assert refused.value.returncode == 2
+
+    admin_email = unique("ranges-admin")
+    accounts_server.cli("admin", "create", "--email", admin_email, "--password", "admin password 1")
+    admin = clients.console(unique("ranges-user"))
+    with httpx.Client(base_url=accounts_server.base_url, timeout=60) as http:
+        csrf = http.post("/api/login", json={"email": admin_email, "password": "admin password 1"}).json()[
+            "csrf_token"
+        ]
+        headers = {"x-csrf-token": csrf}
+        user_id = admin.user["id"]
+        cases = [
+            (
+                http.post(f"/api/admin/users/{user_id}/grant", json={"credits": 10**20}, headers=headers),
+                "credits",
+            ),
+            (http.post(f"/api/admin/users/{10**20}/grant", json={"credits": 1}, headers=headers), "user_id"),
+            (http.get("/api/admin/users", params={"offset": 10**12}), "offset"),
+            (
+                http.post(f"/api/admin/users/{user_id}/limits", json={"tpm_limit": 10**11}, headers=headers),
+                "tpm_limit",
+            ),
+            (admin.post("/api/tokens", json={"name": "t", "quota_cap": 10**20}), "quota_cap"),
+            (admin.http.delete(f"/api/tokens/{10**20}", headers={"x-csrf-token": admin.csrf}), "token_id"),
+        ]
+        for response, param in cases:
+            assert response.status_code == 400, (param, response.text)
+            assert response.json()["error"]["param"] == param and response.json()["success"] is False
+        to_the_top = 10**15 - admin.user["credits"]  # the largest balance there may be
+        granted = http.post(
+            f"/api/admin/users/{user_id}/grant", json={"credits": to_the_top}, headers=headers
+        )
+        over = http.post(f"/api/admin/users/{user_id}/grant", json={"credits": 1}, headers=headers)
+    assert granted.status_code == 200
+    assert over.status_code == 400 and over.json()["error"]["param"] == "credits"  # past the largest balance
+    assert clients.console(unique("after")).token()["key"]  # nothing left broken behind

@@ -296,3 +296,74 @@ def test_the_playground_speaks_each_api_and_its_code_runs(
     expect(per_api).to_contain_text("2 requests")  # the playground's and the SDK script's, for each API
     expect(page.get_by_test_id("request-log")).to_contain_text("Messages")
     context.close()
+
+
+# Every Content-Security-Policy violation on the page, kept where the test can read it.
+WATCH_VIOLATIONS = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", (e) =>
+  window.__violations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`));
+"""
+
+
+def test_the_console_keeps_to_its_content_security_policy(console_server: Server, browser: Browser) -> None:
+    """Every page, with data in it, under the policy the server sends: nothing is refused, nothing
+    loads from elsewhere, and the console cannot be framed."""
+    base = console_server.base_url
+    with httpx.Client(base_url=base) as http:
+        policy = http.get("/").headers["content-security-policy"]
+        assert http.get("/").headers["x-frame-options"] == "DENY"
+        assert http.get("/assets/app.js").headers["content-security-policy"] == policy
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["frame-ancestors"] == "'none'" and directives["default-src"] == "'self'"
+    assert directives["img-src"].startswith("'self' data:") and "'unsafe-inline'" not in policy
+
+    context = browser.new_context(viewport=DESKTOP)
+    context.add_init_script(WATCH_VIOLATIONS)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    refused: list[str] = []
+    page.on("console", lambda m: "Content Security Policy" in m.text and refused.append(m.text))
+    email = f"policy-{datetime.now(UTC).timestamp()}@example.com"
+    sign_up(page, base, email)
+    page.get_by_role("button", name="Acquire").click()
+    key = page.get_by_test_id("new-key").inner_text()
+    with httpx.Client(base_url=base, timeout=120) as http:
+        answer = http.post(
+            "/v1/chat/completions",
+            json={"model": SMALL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        assert answer.status_code == 200
+    page.get_by_role("link", name="Usage").click()
+    expect(page.locator(".bar .fill")).to_have_count(1)  # the per-model bar, sized through the CSSOM
+    assert page.locator(".bar .fill").evaluate("el => el.style.width") == "100%"
+    expect(page.locator(".chart canvas")).to_have_count(1)
+    for name in ("Playground", "Account", "Tokens"):
+        page.get_by_role("link", name=name).click()
+        expect(page.get_by_role("heading", name=name if name != "Tokens" else "API tokens")).to_be_visible()
+        if name == "Account":
+            expect(page.get_by_test_id("limits")).to_contain_text("requests a minute")
+
+    page.get_by_role("link", name="Account").click()
+    page.get_by_role("button", name="Sign out").click()
+    sign_in_as_admin(page, base)
+    page.get_by_role("link", name="Admin").click()
+    page.get_by_label("Note").fill("for a friend")
+    page.get_by_role("button", name="Create invite code").click()
+    assert page.get_by_test_id("new-invite").inner_text().startswith("inv-")
+    expect(page.get_by_role("cell", name="for a friend")).to_be_visible()
+    page.get_by_role("button", name="Withdraw").first.click()
+    expect(page.get_by_role("cell", name="withdrawn").first).to_be_visible()
+
+    assert page.evaluate("window.__violations") == [] and refused == []
+    blocked = page.evaluate(
+        """new Promise((done) => {
+             document.addEventListener("securitypolicyviolation", (e) => done(e.blockedURI), { once: true });
+             const image = new Image();
+             image.src = "https://tracker.example/pixel.png";
+             document.body.append(image);
+           })"""
+    )
+    assert blocked == "https://tracker.example/pixel.png"  # a third-party image is not loaded
+    context.close()
