@@ -211,6 +211,10 @@ def chatgate_env(workdir: Path, stub_port: int, args: argparse.Namespace) -> dic
         "CHATGATE_CATALOGUE": str(catalogue),
         "CHATGATE_FREE_CREDITS": str(10**12),
         "CHATGATE_LOG_LEVEL": "warning",
+        # The user's own limits (across its tokens) far above the load, so they are checked, not hit.
+        "CHATGATE_DEFAULT_RPM": "10000000",
+        "CHATGATE_DEFAULT_TPM": "2000000000",
+        "CHATGATE_DEFAULT_CONCURRENCY": "100000",
     }
     if args.database_url:
         env["CHATGATE_DATABASE_URL"] = args.database_url

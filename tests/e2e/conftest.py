@@ -132,6 +132,30 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 @pytest.fixture(scope="session")
+def faulty_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The port of tests/e2e/faulty_upstream.py, an OpenAI-compatible upstream that answers at once
+    or misbehaves on request (its model names say how)."""
+    port = infra.free_port()
+    command = [sys.executable, str(Path(__file__).with_name("faulty_upstream.py")), "--port", str(port)]
+    with infra.process(command, port, tmp_path_factory.mktemp("faulty-upstream") / "upstream.log"):
+        yield port
+
+
+def faulty_catalogue(port: int, aliases: dict[str, list[str]] | None = None, **models: str) -> str:
+    """A catalogue of models served by the faulty upstream: each public name and the upstream model
+    it is (``fast="ok"``, ``held="hold"``), with any ``aliases`` by public name."""
+    lines = ["models:"]
+    for name, model in models.items():
+        deployment = f'{{kind: openai_compatible, base_url: "http://127.0.0.1:{port}/v1", model: {model}}}'
+        lines += [
+            f"  - name: {name}",
+            f"    aliases: {(aliases or {}).get(name, [])}",
+            f"    deployment: {deployment}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
 def postgres() -> Iterator[infra.Postgres]:
     with infra.postgres() as cluster:
         yield cluster

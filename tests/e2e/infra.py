@@ -76,6 +76,15 @@ def chatgate(workdir: Path, catalogue: str, **env_overrides: str) -> Iterator[Se
         yield Server(f"http://127.0.0.1:{port}", log, env, proc)
 
 
+@dataclass
+class Replicas:
+    """Two chatgate processes sharing one database and one Redis."""
+
+    a: Server
+    b: Server
+    redis: "Redis"
+
+
 def _pg_bin(name: str) -> str:
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if candidates:

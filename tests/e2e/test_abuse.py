@@ -9,10 +9,8 @@ client address, whatever it forwards.
 import asyncio
 import io
 import random
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,18 +18,10 @@ import pytest
 from PIL import Image
 
 from tests.e2e import infra
-from tests.e2e.conftest import admitted_until_the_limit, well_inside_a_minute
+from tests.e2e.conftest import admitted_until_the_limit, faulty_catalogue, well_inside_a_minute
 from tests.e2e.infra import Server
 
 PROXY = "127.0.0.2"
-CATALOGUE = """
-models:
-  - name: fast
-    aliases: [quick]
-    deployment: {{kind: openai_compatible, base_url: "http://127.0.0.1:{port}/v1", model: ok}}
-  - name: held
-    deployment: {{kind: openai_compatible, base_url: "http://127.0.0.1:{port}/v1", model: hold}}
-"""
 PASSWORD = "a long enough password"
 QUOTA = 2600  # bytes of uploads per user: two of the test's images, not three
 LIMITS = {
@@ -48,18 +38,9 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def upstream_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = infra.free_port()
-    command = [sys.executable, str(Path(__file__).with_name("faulty_upstream.py")), "--port", str(port)]
-    with infra.process(command, port, tmp_path_factory.mktemp("abuse-upstream") / "upstream.log"):
-        yield port
-
-
-@pytest.fixture(scope="module")
-def gate(upstream_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with infra.chatgate(
-        tmp_path_factory.mktemp("abuse"), CATALOGUE.format(port=upstream_port), **LIMITS
-    ) as server:
+def gate(faulty_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    catalogue = faulty_catalogue(faulty_port, aliases={"fast": ["quick"]}, fast="ok", held="hold")
+    with infra.chatgate(tmp_path_factory.mktemp("abuse"), catalogue, **LIMITS) as server:
         yield server
 
 

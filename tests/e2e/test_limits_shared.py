@@ -2,45 +2,26 @@
 slots of a replica killed mid-request come back when its leases run out, and with
 CHATGATE_LIMITS_FAIL_CLOSED every request is refused while Redis is away."""
 
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e import infra
-from tests.e2e.infra import Server
+from tests.e2e.conftest import faulty_catalogue
+from tests.e2e.infra import Replicas, Server
 
-CATALOGUE = """
-models:
-  - name: fast
-    deployment: {{kind: openai_compatible, base_url: "http://127.0.0.1:{port}/v1", model: ok}}
-  - name: held
-    deployment: {{kind: openai_compatible, base_url: "http://127.0.0.1:{port}/v1", model: hold}}
-"""
 HELD = {"model": "held", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 8, "stream": True}
 FAST = {"model": "fast", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 8}
 
 
-@dataclass
-class Replicas:
-    a: Server
-    b: Server
-    redis: infra.Redis
-
-
 @pytest.fixture(scope="module")
-def replicas(postgres: infra.Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    port = infra.free_port()
-    upstream = [sys.executable, str(Path(__file__).with_name("faulty_upstream.py")), "--port", str(port)]
+def replicas(
+    postgres: infra.Postgres, faulty_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Replicas]:
     url = postgres.create_database("shared_limits")
-    with (
-        infra.process(upstream, port, tmp_path_factory.mktemp("shared-upstream") / "upstream.log"),
-        infra.redis() as redis,
-    ):
+    with infra.redis() as redis:
         env = {
             "CHATGATE_DATABASE_URL": url,
             "CHATGATE_REDIS_URL": redis.url,
@@ -48,7 +29,7 @@ def replicas(postgres: infra.Postgres, tmp_path_factory: pytest.TempPathFactory)
             "CHATGATE_LIMITS_LEASE_SECONDS": "5",
             "CHATGATE_LIMITS_FAIL_CLOSED": "true",
         }
-        catalogue = CATALOGUE.format(port=port)
+        catalogue = faulty_catalogue(faulty_port, fast="ok", held="hold")
         with (
             infra.chatgate(tmp_path_factory.mktemp("shared-a"), catalogue, **env) as a,
             infra.chatgate(tmp_path_factory.mktemp("shared-b"), catalogue, **env) as b,

@@ -2,7 +2,6 @@
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -10,7 +9,7 @@ import pytest
 
 from tests.e2e import infra
 from tests.e2e.conftest import SMALL, admitted_until_the_limit, ledger_checked, well_inside_a_minute
-from tests.e2e.infra import Server
+from tests.e2e.infra import Replicas, Server
 
 CATALOGUE = f"""
 models:
@@ -20,13 +19,6 @@ models:
 BODY: dict[str, Any] = {"model": SMALL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3}
 
 verified = ledger_checked("replicas", lambda replicas: replicas.a)
-
-
-@dataclass
-class Replicas:
-    a: Server
-    b: Server
-    redis: infra.Redis
 
 
 @pytest.fixture(scope="module")

@@ -6,45 +6,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e import infra
+from tests.e2e.conftest import faulty_catalogue
 from tests.e2e.infra import API_KEY, Server
 
-CATALOGUE = """
-models:
-  - name: fast
-    deployment: {{kind: openai_compatible, base_url: "http://127.0.0.1:{port}/v1", model: ok}}
-  - name: leaky
-    deployment: {{kind: openai_compatible, base_url: "http://127.0.0.1:{port}/v1", model: leaky}}
-"""
 PASSWORD = "a long enough password"
 OPERATOR = {"authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def upstream_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = infra.free_port()
-    command = [sys.executable, str(Path(__file__).with_name("faulty_upstream.py")), "--port", str(port)]
-    with infra.process(command, port, tmp_path_factory.mktemp("surfaces-upstream") / "upstream.log"):
-        yield port
-
-
-@pytest.fixture(scope="module")
-def closed(upstream_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def closed(faulty_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Development, sign-up closed: accounts are made by the operator."""
-    catalogue = CATALOGUE.format(port=upstream_port)
+    catalogue = faulty_catalogue(faulty_port, fast="ok", leaky="leaky")
     with infra.chatgate(tmp_path_factory.mktemp("closed"), catalogue, CHATGATE_SIGNUP="closed") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def production(upstream_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def production(faulty_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """CHATGATE_ENV=production and nothing else said about sign-up or cookies."""
-    catalogue = CATALOGUE.format(port=upstream_port)
+    catalogue = faulty_catalogue(faulty_port, fast="ok", leaky="leaky")
     with infra.chatgate(
         tmp_path_factory.mktemp("production"), catalogue, CHATGATE_ENV="production"
     ) as server:
