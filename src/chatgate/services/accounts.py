@@ -320,7 +320,8 @@ class AccountService:
 
     async def log_in(self, email: str, password: str, *, address: str) -> tuple[str, SignedIn]:
         """A session for the right password. Before any hashing, the attempt counts against the
-        client address and the account: past their free attempts, each must wait twice as long."""
+        client address and the account: past their free attempts, each must wait twice as long
+        (from the end of the last failed one) as the one before."""
         email = email.strip().lower()
         rules = self.rules
         by_address = await self._limiter.attempt(
@@ -338,6 +339,8 @@ class AccountService:
             user = await users.by_email(session, email=email)
         verified = await self._hashing.verify(user.password_hash if user is not None else None, password)
         if not verified or user is None or user.disabled:
+            for key in (f"login:addr:{address}", account_key):
+                await self._limiter.failed(key)  # the delays run from now, after the check
             raise AuthError("Wrong email or password.")
         await self._limiter.forgive(account_key)
         if self.rules.require_verification and user.email_verified_at is None:

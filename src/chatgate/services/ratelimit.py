@@ -10,7 +10,8 @@ every replica through Redis (``ratelimit_redis.RedisRateLimiter``).
   that dies are freed when their leases run out.
 - **Sliding windows** (``hit``): at most N events an hour under a key (sign-ups per address).
 - **Growing delays** (``attempt``): after some free attempts under a key, each further attempt
-  must wait twice as long as the one before, up to a ceiling (sign-in per account and per address).
+  must wait, after the last one failed, twice as long as the one before, up to a ceiling (sign-in
+  per account and per address).
 
 When Redis cannot be reached, limits fail open (the request goes ahead, a warning is logged) or,
 with ``fail_closed``, the request is refused with a 503. Quota holds either way: reservations are
@@ -162,6 +163,11 @@ class RateLimiter(Protocol):
         seconds left to wait."""
         ...
 
+    async def failed(self, key: str) -> None:
+        """The attempt last counted under ``key`` has failed: the delay it earned runs from now
+        (not from when it began, which a slow check would eat into)."""
+        ...
+
     async def forgive(self, key: str) -> None:
         """Forget the attempts under ``key`` (a sign-in succeeded)."""
         ...
@@ -250,6 +256,11 @@ class LocalRateLimiter:
             cutoff = now - max(ATTEMPTS_FORGOTTEN, 2 * max_delay)
             self._attempts = {k: v for k, v in self._attempts.items() if v[1] > cutoff}
         return None
+
+    async def failed(self, key: str) -> None:
+        made = self._attempts.get(key)
+        if made is not None:
+            self._attempts[key] = (made[0], self._clock())
 
     async def forgive(self, key: str) -> None:
         self._attempts.pop(key, None)

@@ -99,6 +99,13 @@ return -1
 """
 
 
+# KEYS: the attempts' hash. ARGV: now (ms). The last attempt's time, if there is one, becomes now.
+_STAMP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last', ARGV[1]) end
+return 0
+"""
+
+
 def _ms() -> int:
     return int(time.time() * 1000)
 
@@ -113,6 +120,7 @@ class RedisRateLimiter:
         self._admit = self._redis.register_script(_ADMIT)
         self._hit = self._redis.register_script(_HIT)
         self._attempt = self._redis.register_script(_ATTEMPT)
+        self._stamp = self._redis.register_script(_STAMP)
         self._errors = (redis.RedisError, OSError)
         self._fail_closed = fail_closed
         self._lease = lease_seconds  # a holder not renewed for this long no longer counts
@@ -260,6 +268,13 @@ class RedisRateLimiter:
             self._degraded(exc)
             return None
         return None if int(wait) < 0 else int(wait) / 1000
+
+    async def failed(self, key: str) -> None:
+        try:
+            await self._stamp(keys=[f"chatgate:try:{key}"], args=[_ms()])
+        except self._errors as exc:
+            with contextlib.suppress(Unavailable):
+                self._degraded(exc)
 
     async def forgive(self, key: str) -> None:
         try:

@@ -110,3 +110,12 @@ async def test_attempts_wait_longer_each_time_and_a_success_forgives() -> None:
     assert await limiter.attempt("login:x", free=3, max_delay=60) == pytest.approx(4)
     await limiter.forgive("login:x")
     assert await limiter.attempt("login:x", free=3, max_delay=60) is None
+
+
+async def test_the_delay_runs_from_when_the_last_attempt_failed() -> None:
+    clock = Clock()
+    limiter = LocalRateLimiter(clock=clock)
+    assert await limiter.attempt("login:y", free=1, max_delay=60) is None
+    clock.now += 5  # a slow check
+    await limiter.failed("login:y")
+    assert await limiter.attempt("login:y", free=1, max_delay=60) == pytest.approx(1)
