@@ -343,6 +343,8 @@ class AccountService:
                 await self._limiter.failed(key)  # the delays run from now, after the check
             raise AuthError("Wrong email or password.")
         await self._limiter.forgive(account_key)
+        # A success is no guess: it does not count against the address (many may sign in from one).
+        await self._limiter.forgive(f"login:addr:{address}", attempts=1)
         if self.rules.require_verification and user.email_verified_at is None:
             raise Forbidden(
                 "Confirm your email address first: follow the link we sent you.",

@@ -168,8 +168,8 @@ class RateLimiter(Protocol):
         (not from when it began, which a slow check would eat into)."""
         ...
 
-    async def forgive(self, key: str) -> None:
-        """Forget the attempts under ``key`` (a sign-in succeeded)."""
+    async def forgive(self, key: str, attempts: int | None = None) -> None:
+        """Forget the attempts under ``key`` (a sign-in succeeded): all of them, or this many."""
         ...
 
     async def aclose(self) -> None: ...
@@ -262,8 +262,10 @@ class LocalRateLimiter:
         if made is not None:
             self._attempts[key] = (made[0], self._clock())
 
-    async def forgive(self, key: str) -> None:
-        self._attempts.pop(key, None)
+    async def forgive(self, key: str, attempts: int | None = None) -> None:
+        made = self._attempts.pop(key, None)
+        if made is not None and attempts is not None and made[0] > attempts:
+            self._attempts[key] = (made[0] - attempts, made[1])
 
     async def aclose(self) -> None:
         return None

@@ -105,6 +105,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last', A
 return 0
 """
 
+# KEYS: the attempts' hash. ARGV: how many attempts to forget (never below none).
+_UNCOUNT = """
+local made = tonumber(redis.call('HGET', KEYS[1], 'n') or '0') - tonumber(ARGV[1])
+if made > 0 then redis.call('HSET', KEYS[1], 'n', made) else redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 def _ms() -> int:
     return int(time.time() * 1000)
@@ -121,6 +128,7 @@ class RedisRateLimiter:
         self._hit = self._redis.register_script(_HIT)
         self._attempt = self._redis.register_script(_ATTEMPT)
         self._stamp = self._redis.register_script(_STAMP)
+        self._uncount = self._redis.register_script(_UNCOUNT)
         self._errors = (redis.RedisError, OSError)
         self._fail_closed = fail_closed
         self._lease = lease_seconds  # a holder not renewed for this long no longer counts
@@ -276,9 +284,12 @@ class RedisRateLimiter:
             with contextlib.suppress(Unavailable):
                 self._degraded(exc)
 
-    async def forgive(self, key: str) -> None:
+    async def forgive(self, key: str, attempts: int | None = None) -> None:
         try:
-            await self._redis.delete(f"chatgate:try:{key}")
+            if attempts is None:
+                await self._redis.delete(f"chatgate:try:{key}")
+            else:
+                await self._uncount(keys=[f"chatgate:try:{key}"], args=[attempts])
         except self._errors as exc:
             with contextlib.suppress(Unavailable):
                 self._degraded(exc)

@@ -119,3 +119,12 @@ async def test_the_delay_runs_from_when_the_last_attempt_failed() -> None:
     clock.now += 5  # a slow check
     await limiter.failed("login:y")
     assert await limiter.attempt("login:y", free=1, max_delay=60) == pytest.approx(1)
+
+
+async def test_a_success_can_take_back_just_its_own_attempt() -> None:
+    limiter = LocalRateLimiter(clock=Clock())
+    for _ in range(3):
+        assert await limiter.attempt("login:addr", free=3, max_delay=60) is None
+    await limiter.forgive("login:addr", attempts=1)  # the third was a success
+    assert await limiter.attempt("login:addr", free=3, max_delay=60) is None
+    assert await limiter.attempt("login:addr", free=3, max_delay=60) is not None

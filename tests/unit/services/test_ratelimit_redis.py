@@ -99,6 +99,9 @@ async def test_windows_and_attempts_are_shared(redis_url: str) -> None:
         await b.failed(login)  # the delay runs from now
         wait = await a.attempt(login, free=1, max_delay=60)
         assert wait is not None and 0.5 < wait <= 1
+        await b.forgive(login, attempts=1)  # one attempt taken back: the first is free again
+        assert await a.attempt(login, free=1, max_delay=60) is None
+        assert await a.attempt(login, free=1, max_delay=60) is not None
         await b.forgive(login)
         assert await a.attempt(login, free=1, max_delay=60) is None
     finally:
