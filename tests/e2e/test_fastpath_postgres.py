@@ -34,7 +34,8 @@ async def seed(url: str, *, credits: int, quota_cap: int | None) -> None:
     now = datetime.now(UTC)
     try:
         await conn.execute(
-            "INSERT INTO users (id, email, is_admin, disabled, credits, created_at) VALUES (1, 'a@b.c', false, false, $1, $2)",
+            "INSERT INTO users (id, email, is_admin, disabled, credits, created_at, concurrency_limit)"
+            " VALUES (1, 'a@b.c', false, false, $1, $2, 3)",
             credits,
             now,
         )
@@ -72,6 +73,7 @@ def test_the_token_row_reads_back_typed(url: str) -> None:
         assert row is not None
         assert (row.token_id, row.user_id, row.revoked, row.user_disabled) == (7, 1, False, False)
         assert row.allowed_models == ["m1"] and row.rpm_limit == 9 and row.tpm_limit is None
+        assert (row.user_rpm, row.user_tpm, row.user_concurrency) == (None, None, 3)  # the user's, same query
         assert row.expires_at is not None and row.expires_at > datetime.now(UTC)
 
     asyncio.run(run())

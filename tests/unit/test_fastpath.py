@@ -21,7 +21,8 @@ def database_with_a_token(tmp_path: Path, credits: int) -> str:
     migrate(f"sqlite+aiosqlite:///{path}")
     with sqlite3.connect(path) as conn:
         conn.execute(
-            "INSERT INTO users (id, email, is_admin, disabled, credits, created_at) VALUES (1, 'a@b.c', 0, 0, ?, ?)",
+            "INSERT INTO users (id, email, is_admin, disabled, credits, created_at, rpm_limit)"
+            " VALUES (1, 'a@b.c', 0, 0, ?, ?, 5)",
             (credits, NOW),
         )
         conn.execute(
@@ -93,6 +94,7 @@ def test_the_queries_run_on_the_loop_thread_when_the_database_is_free(tmp_path: 
     async def use() -> None:
         row = await fast.token("h")
         assert row is not None and row.token_id == 7 and row.user_id == 1
+        assert (row.user_rpm, row.user_tpm, row.user_concurrency) == (5, None, None)  # the user's limits too
         assert await fast.token("other") is None
         assert await fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=60, model="m", owner="o")
         assert not await fast.reserve(user_id=1, token_id=7, trace_id="t2", amount=60, model="m", owner="o")
