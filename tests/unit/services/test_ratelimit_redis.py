@@ -32,6 +32,11 @@ async def test_a_users_limits_hold_across_replicas_and_tokens(redis_url: str) ->
         await a.admit(user(uid, 2, rpm=3))
         with pytest.raises(RateLimited, match="requests per minute on this account"):
             await b.admit(user(uid, 1, rpm=3))
+        token = Principal(user_id=uid + 2, token_id=uid, rpm_limit=2, user=UserLimits(rpm=100))
+        await a.admit(token)
+        await b.admit(token)
+        with pytest.raises(RateLimited, match="requests per minute on this API token"):
+            await a.admit(token)
         caller = user(uid + 1, 1, tpm=50)
         await a.admit(caller)
         await a.add_tokens(caller, 50)
