@@ -197,12 +197,12 @@ def _quota_grant(args: argparse.Namespace) -> int:
 
 
 def _ledger_verify(args: argparse.Namespace) -> int:
-    from chatgate.config import Settings
+    from chatgate.config import load_settings
     from chatgate.storage.database import Database
     from chatgate.storage.reservations import discrepancies
 
     async def work() -> int:
-        db = Database(Settings().database)
+        db = Database(load_settings().database)
         try:
             await db.check_schema()
             async with db.snapshot() as session:

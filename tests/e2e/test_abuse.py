@@ -40,6 +40,8 @@ LIMITS = {
 @pytest.fixture(scope="module")
 def gate(faulty_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     catalogue = faulty_catalogue(faulty_port, aliases={"fast": ["quick"]}, fast="ok", held="hold")
+    vectors = f'{{kind: openai_embeddings, base_url: "http://127.0.0.1:{faulty_port}/v1", model: ok}}'
+    catalogue += f"  - name: vectors\n    deployment: {vectors}\n"  # an embedding model
     with infra.chatgate(tmp_path_factory.mktemp("abuse"), catalogue, **LIMITS) as server:
         yield server
 
@@ -369,6 +371,21 @@ def test_a_refused_request_costs_nothing_and_gives_its_slot_back(
             assert refused.json()["error"]["code"] == "insufficient_quota"
         report = http.get("/v1/usage").json()  # admitted: every refusal gave its slot back
     assert report["credits_used"] == 0 and report["credits_left"] == 3
+
+
+def test_an_embeddings_request_takes_one_slot_and_its_model_may_be_allowed_by_name(
+    gate: Server, users: list[User], admin: Admin
+) -> None:
+    user = new_user(gate, users, "vectors")
+    admin.set_limits(user, concurrency_limit=1)  # admitted twice, a request would refuse itself
+    key = user.token(allowed_models=["vectors"])
+    with api(gate, key) as http:
+        for _ in range(3):
+            answer = http.post("/v1/embeddings", json={"model": "vectors", "input": "hi"})
+            assert answer.status_code == 200, answer.text
+        refused = http.post("/v1/chat/completions", json=FAST)
+        assert refused.json()["error"]["code"] == "token_mismatched"  # not on the token's allow-list
+        assert http.get("/v1/usage").json()["requests"] == 4
 
 
 def test_admins_set_limits_within_the_shared_ranges(gate: Server, users: list[User], admin: Admin) -> None:

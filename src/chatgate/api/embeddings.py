@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from chatgate.api.body import parse
 from chatgate.api.cancel import unless_gone
-from chatgate.api.deps import CallerDep, EmbeddingsDep
+from chatgate.api.deps import AuthenticatedDep, EmbeddingsDep
 from chatgate.api.openapi import METERED, described, raises
 from chatgate.protocol.embeddings import EmbeddingList, EmbeddingRequest
 
@@ -26,7 +26,9 @@ router = APIRouter()
     # The body is read by hand, as chat's is: described here instead.
     openapi_extra=described(body=EmbeddingRequest),
 )
-async def create_embeddings(request: Request, caller: CallerDep, embeddings: EmbeddingsDep) -> Response:
+async def create_embeddings(
+    request: Request, caller: AuthenticatedDep, embeddings: EmbeddingsDep
+) -> Response:
     embeddings.check_credits(caller)  # a token with nothing left is refused before its body is read
     body = parse(EmbeddingRequest, await request.body())
 

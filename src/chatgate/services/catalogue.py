@@ -114,8 +114,8 @@ class ModelRegistry:
         return {self._aliases.get(name, name) for name in allowed}
 
     def names(self) -> frozenset[str]:
-        """Every model's public name and aliases."""
-        return frozenset((*self._routes, *self._aliases))
+        """Every model's public name and aliases, chat and embedding."""
+        return frozenset((*self._routes, *self._embeddings, *self._aliases))
 
     def __contains__(self, name: object) -> bool:
         """Whether ``name`` is a model's public name, chat or embedding (aliases are not)."""
