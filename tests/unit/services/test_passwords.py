@@ -11,18 +11,23 @@ from chatgate.services.passwords import PasswordHashing
 
 
 class SlowHasher:
-    """Stands in for argon2 to count how many hashes run at once (each takes a little while)."""
+    """Stands in for argon2 to count how many hashes run at once (each takes a little while, or,
+    given a ``gate``, until it opens)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: threading.Event | None = None) -> None:
         self.running = 0
         self.most = 0
         self._lock = threading.Lock()
+        self._gate = gate
 
     def hash(self, password: str) -> str:
         with self._lock:
             self.running += 1
             self.most = max(self.most, self.running)
-        time.sleep(0.05)
+        if self._gate is not None:
+            self._gate.wait(30)
+        else:
+            time.sleep(0.05)
         with self._lock:
             self.running -= 1
         return "hashed:" + password
@@ -33,10 +38,15 @@ class SlowHasher:
 
 async def test_at_most_the_workers_hash_at_once_and_the_queue_past_them_is_refused() -> None:
     hashing = PasswordHashing(workers=2, queue=3)
-    fake = SlowHasher()
+    gate = threading.Event()  # no hash ends before all eight have asked (however loaded the machine)
+    fake = SlowHasher(gate)
     hashing._hasher = fake  # type: ignore[assignment]
     try:
-        results = await asyncio.gather(*(hashing.hash(f"pw{i}") for i in range(8)), return_exceptions=True)
+        asked = [asyncio.ensure_future(hashing.hash(f"pw{i}")) for i in range(8)]
+        await asyncio.sleep(0)  # each has been admitted or refused
+        assert hashing.pending == 5
+        gate.set()
+        results = await asyncio.gather(*asked, return_exceptions=True)
         refused = [r for r in results if isinstance(r, Unavailable)]
         assert len(refused) == 3 and all(r.code == "server_busy" and r.retry_after == 1 for r in refused)
         assert [r for r in results if isinstance(r, str)] == [f"hashed:pw{i}" for i in range(5)]
