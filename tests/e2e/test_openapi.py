@@ -130,6 +130,16 @@ def calls(
     made.append(admin.send("POST", "/api/admin/users/999999999/grant", json={"credits": 1}))  # 404
     made.append(admin.send("POST", f"/api/admin/users/{spare.id}/disable", json={"disabled": True}))
     made.append(admin.send("POST", "/api/admin/users/999999999/disable", json={"disabled": True}))  # 404
+    made.append(admin.send("POST", f"/api/admin/users/{spare.id}/limits", json={"rpm_limit": 1000}))
+    made.append(admin.send("POST", f"/api/admin/users/{spare.id}/limits", json={"rpm_limit": 0}))  # 400
+    made.append(admin.send("POST", "/api/admin/users/999999999/limits", json={"rpm_limit": None}))  # 404
+    invite = admin.send("POST", "/api/admin/invites", json={"uses": 2, "days": 1, "note": "openapi"})
+    made += [invite, admin.send("POST", "/api/admin/invites", json={"uses": 0})]  # 201, 400
+    made.append(admin.send("GET", "/api/admin/invites"))
+    made.append(admin.send("GET", "/api/admin/invites?limit=0"))  # 400
+    made.append(admin.send("DELETE", f"/api/admin/invites/{invite.json()['id']}"))
+    made.append(admin.send("DELETE", "/api/admin/invites/999999999"))  # 404
+    made.append(anonymous.get("/api/signup"))  # the sign-up mode
 
     # The OpenAI-compatible API, under each prefix, with the user's token (and the master key).
     bearer = {"authorization": f"Bearer {key}"}
@@ -169,6 +179,10 @@ def calls(
         made.append(api.post("/files", files={"file": ("no.png", b"not an image", "image/png")}))  # 400
         made.append(anonymous.get(f"/files/{uploaded.json()['id']}"))
         made.append(anonymous.get("/files/file-" + "x" * 32))  # 404
+        made.append(api.get("/files"))
+        made.append(anonymous.get(prefix + "/files"))  # 401
+        made.append(api.delete(f"/files/{uploaded.json()['id']}"))
+        made.append(api.delete("/files/file-" + "x" * 32))  # 404
         # The Responses API: a response (kept), its events, the stored response and its input items.
         ask = {"model": SMALL, "input": "Say hi.", "max_output_tokens": 4}
         created = api.post("/responses", json=ask)
@@ -250,7 +264,9 @@ def calls(
 
     # Operators' endpoints and the reference.
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
-        made.append(anonymous.get(path))
+        made.append(anonymous.get(path))  # /metrics: 401 without the master key
+    for path in ("/healthz", "/readyz", "/metrics"):
+        made.append(master.get(path))  # the detail
     for client in (user.http, admin.http, spare.http, anonymous, master):
         client.close()
     yield made

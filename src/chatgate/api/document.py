@@ -3,8 +3,9 @@
 FastAPI reads each route's path, parameters, body and ``response_model``; then every operation is
 completed here from what the route is: its security follows from the dependency that authenticates
 it, and the errors it can answer from what it takes (a body or parameters: 400; a body: 413; a
-caller: 401, and 503 for a bearer token while the database that holds it cannot be reached; a
-session on a state-changing call, or an admin's: 403; anything: 500), to which its decorator adds
+caller: 401, 429 past its limits, 503 while limits that fail closed cannot be checked, and for a
+bearer token while the database that holds it cannot be reached; a session on a state-changing
+call, or an admin's: 403; anything: 500), to which its decorator adds
 its domain errors (``raises`` in ``api/openapi.py``). Every answer carries the ``x-request-id``
 header, and every error the envelope: OpenAI's, or on Anthropic's paths (``/v1/messages``,
 ``/anthropic/...``) Anthropic's error object, with the statuses and types it answers there (as
@@ -20,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from chatgate.api.deps import CSRF_HEADER, SESSION_COOKIE, AdminDep, CallerDep, SignedInDep
+from chatgate.api.deps import CSRF_HEADER, SESSION_COOKIE, AdminDep, AuthenticatedDep, CallerDep, SignedInDep
 from chatgate.api.errors import ANTHROPIC_HEADER, anthropic_answer, anthropic_type, is_anthropic
 from chatgate.api.openapi import (
     ANTHROPIC_PREFIXES,
@@ -150,6 +151,10 @@ _NO_TOKEN = {"authentication_error": ["invalid_token"]}
 # A token is looked up in the database: while it cannot be reached, the request fails closed.
 _NO_STORAGE = {"api_error": ["storage_unavailable"]}
 _NO_SESSION = {"authentication_error": ["not_signed_in"]}
+# Every authenticated call counts against its caller's limits (the metering unit's routes list it
+# among their own); with Redis unreachable and limits failing closed, it is refused.
+_LIMITED = {"rate_limit_error": ["too_many_requests"]}
+_NO_LIMITS = {"api_error": ["limits_unavailable"]}
 _NO_CSRF = {"permission_error": ["csrf_failed"]}
 _NOT_ADMIN = {"permission_error": ["forbidden"]}
 _UPSTREAM = (
@@ -281,9 +286,12 @@ def _complete(operation: dict[str, Any], route: Any, method: str, error: str) ->
         faults[400] = _PARAMETER_FAULTS
     if schemes & {BEARER, X_API_KEY}:
         faults[401] = _NO_TOKEN
-        faults[503] = _NO_STORAGE
+        faults[503] = _merged(_NO_STORAGE, _NO_LIMITS)
     if SESSION in schemes:
         faults[401] = _NO_SESSION
+        faults[503] = _NO_LIMITS
+    if _dependency(CallerDep) in calls or _dependency(SignedInDep) in calls:
+        faults[429] = _LIMITED
     if CSRF in schemes:
         faults[403] = _NO_CSRF
     if _dependency(AdminDep) in calls:
@@ -387,7 +395,7 @@ def _dependency(alias: Any) -> Any:
 
 
 def _security(calls: set[Any], method: str) -> Security:
-    if _dependency(CallerDep) in calls:
+    if _dependency(AuthenticatedDep) in calls:  # CallerDep's too: it authenticates through it
         return [{BEARER: []}]
     if _dependency(SignedInDep) in calls:
         return [{SESSION: []}] if method in SAFE_METHODS else [{SESSION: [], CSRF: []}]

@@ -121,7 +121,9 @@ def test_each_operation_says_who_may_call_it_what_it_answers_and_with_which_head
         schemes = {name for requirement in op.get("security", []) for name in requirement}
         if path.startswith(("/v1/", "/openai/", "/anthropic/")):
             assert "bearer" in schemes and "401" in responses, where  # (another API's key may be beside it)
-            assert responses["503"]["x-error-codes"] == {"api_error": ["storage_unavailable"]}, where
+            unavailable = {"api_error": ["storage_unavailable", "limits_unavailable"]}
+            assert responses["503"]["x-error-codes"] == unavailable, where
+            assert "too_many_requests" in responses["429"]["x-error-codes"]["rate_limit_error"], where
             headers = {p.get("name", "").lower() for p in op.get("parameters", [])}
             assert not headers & {"authorization", "x-api-key"}, where  # the schemes say so
             if anthropic:
@@ -129,6 +131,7 @@ def test_each_operation_says_who_may_call_it_what_it_answers_and_with_which_head
         elif path.startswith("/api/") and path not in PUBLIC:
             expected = {"session"} if method == "GET" else {"session", "csrf"}
             assert schemes == expected, where
+            assert "too_many_requests" in responses["429"]["x-error-codes"]["rate_limit_error"], where
             assert "401" in responses and ("403" in responses) == (method != "GET" or "/admin/" in path), (
                 where
             )
