@@ -1,7 +1,11 @@
-"""Rate limits shared by a host's workers without Redis: one token's counts hold across processes."""
+"""Rate limits shared by a host's workers without Redis: a token's and a user's counts, a user's
+requests at once, sign-ups per address and sign-in delays hold across processes."""
 
 import asyncio
 import multiprocessing
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -9,9 +13,9 @@ from typing import Any
 import pytest
 
 from chatgate.errors import RateLimited
-from chatgate.services.auth import Principal
+from chatgate.services.auth import Principal, UserLimits
 from chatgate.services.host_limits import HostRateLimiter
-from chatgate.services.ratelimit import _window
+from chatgate.services.ratelimit import window
 from chatgate.storage.counters import CounterStore
 
 TOKEN = Principal(user_id=1, token_id=7, rpm_limit=40, tpm_limit=None)
@@ -38,7 +42,7 @@ def _admitted(path: str, attempts: int, start: Any, results: Any) -> None:
 
 def test_a_tokens_requests_per_minute_hold_across_processes(tmp_path: Path) -> None:
     """Three processes race for the same token's minute: exactly its limit gets through, in all."""
-    left = _window()[1]
+    left = window()[1]
     if left < 10:  # the burst must not straddle two minutes
         time.sleep(left + 0.5)
     context = multiprocessing.get_context("fork")  # the workers of one host: separate processes
@@ -77,3 +81,39 @@ async def test_a_token_without_limits_is_never_counted(tmp_path: Path) -> None:
         await limiter.admit(principal)
     assert not (tmp_path / "limits.db").exists()
     await limiter.aclose()
+
+
+async def test_a_users_requests_at_once_hold_across_workers_and_a_dead_workers_slots_free_themselves(
+    tmp_path: Path,
+) -> None:
+    user = Principal(user_id=5, token_id=1, user=UserLimits(concurrency=2))
+    one, other = (HostRateLimiter(CounterStore(tmp_path / "limits.db")) for _ in range(2))
+    await one.admit(user)
+    await other.admit(user)
+    with pytest.raises(RateLimited):
+        await one.admit(user)  # two at once, wherever they run
+    await other.add_tokens(user, 0)
+    await one.admit(user)  # the slot came back
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    with sqlite3.connect(tmp_path / "limits.db") as conn:  # a worker that died holding both slots
+        conn.execute("DELETE FROM slots")
+        conn.execute("INSERT INTO slots VALUES (5, ?, 2)", (int(dead.stdout),))
+    await one.admit(user)  # its slots were dropped as soon as they refused someone
+    await one.aclose()
+    await other.aclose()
+
+
+async def test_sign_ups_per_address_and_sign_in_delays_are_shared_by_workers(tmp_path: Path) -> None:
+    one, other = (HostRateLimiter(CounterStore(tmp_path / "limits.db")) for _ in range(2))
+    assert await one.hit("signup:a", 2) is None and await other.hit("signup:a", 2) is None
+    wait = await one.hit("signup:a", 2)
+    assert wait is not None and 3500 < wait <= 3600
+    assert await other.hit("signup:b", 2) is None  # another address
+    assert await one.attempt("login:x", free=1, max_delay=60) is None
+    await other.failed("login:x")
+    wait = await other.attempt("login:x", free=1, max_delay=60)  # past the free one: wait a second
+    assert wait is not None and 0 < wait <= 1
+    await one.forgive("login:x")
+    assert await other.attempt("login:x", free=1, max_delay=60) is None
+    await one.aclose()
+    await other.aclose()
