@@ -50,6 +50,15 @@ class Server:
         return result.stdout
 
 
+# Every test signs up from 127.0.0.1, and some run dozens of requests at once as one user: the
+# servers of the tests start with the per-address and per-user limits out of the way (the tests of
+# those limits set them back).
+UNDER_LOAD = {
+    "CHATGATE_SIGNUPS_PER_HOUR": "0",
+    "CHATGATE_DEFAULT_CONCURRENCY": "1000",
+}
+
+
 @contextlib.contextmanager
 def chatgate(workdir: Path, catalogue: str, **env_overrides: str) -> Iterator[Server]:
     """A chatgate server on a free port, its database migrated first; its output goes to ``server.log``."""
@@ -57,16 +66,13 @@ def chatgate(workdir: Path, catalogue: str, **env_overrides: str) -> Iterator[Se
     (workdir / "catalogue.yaml").write_text(catalogue)
     env = {
         **{k: v for k, v in os.environ.items() if k != "PYTHONTRACEMALLOC"},
+        **UNDER_LOAD,
         "CHATGATE_API_KEY": API_KEY,
         "CHATGATE_DATA_DIR": str(workdir / "data"),
         "CHATGATE_MODEL_DIR": str(ROOT / ".chatgate" / "models"),
         "CHATGATE_CATALOGUE": str(workdir / "catalogue.yaml"),
         "CHATGATE_ENGINE_THREADS": "2",
         "CHATGATE_USAGE_FLUSH_SECONDS": "0.2",
-        # Every test signs up from 127.0.0.1, and some run dozens of requests at once as one user:
-        # the tests of those limits set them back.
-        "CHATGATE_SIGNUPS_PER_HOUR": "0",
-        "CHATGATE_DEFAULT_CONCURRENCY": "1000",
         **env_overrides,
     }
     subprocess.run([sys.executable, "-m", "chatgate", "migrate"], env=env, check=True, capture_output=True)

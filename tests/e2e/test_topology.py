@@ -140,6 +140,8 @@ def topology(postgres: infra.Postgres, tmp_path_factory: pytest.TempPathFactory)
         stack.enter_context(infra.process(llama, llama_port, work / "llama.log"))
         base_env = {
             **{k: v for k, v in os.environ.items() if k != "PYTHONTRACEMALLOC"},
+            **infra.UNDER_LOAD,
+            "CHATGATE_DEFAULT_RPM": "10000000",  # the load runs past a user's default 600 a minute
             "CHATGATE_API_KEY": API_KEY,
             "CHATGATE_DATABASE_URL": url,
             "CHATGATE_REDIS_URL": redis.url,

@@ -122,6 +122,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     (workdir / "catalogue.yaml").write_text(CATALOGUE)
     env = {
         **{k: v for k, v in os.environ.items() if k != "PYTHONTRACEMALLOC"},
+        **infra.UNDER_LOAD,
         "CHATGATE_API_KEY": API_KEY,
         "CHATGATE_DATA_DIR": str(workdir / "data"),
         "CHATGATE_MODEL_DIR": str(ROOT / ".chatgate" / "models"),
@@ -302,6 +303,7 @@ def test_past_the_drain_deadline_a_stream_is_cut_and_charged_for_what_it_deliver
     (tmp_path / "catalogue.yaml").write_text(CATALOGUE)
     env = {
         **{k: v for k, v in os.environ.items() if k != "PYTHONTRACEMALLOC"},
+        **infra.UNDER_LOAD,
         "CHATGATE_API_KEY": API_KEY,
         "CHATGATE_DATA_DIR": str(tmp_path / "data"),
         "CHATGATE_MODEL_DIR": str(ROOT / ".chatgate" / "models"),
