@@ -171,7 +171,9 @@ def post(
 
 
 def engine_stats(conn: http.client.HTTPConnection) -> dict[str, Any]:
-    conn.request("GET", "/healthz")
+    conn.request(
+        "GET", "/healthz", headers={"authorization": f"Bearer {API_KEY}"}
+    )  # the detail: the operator's
     stats: dict[str, Any] = json.loads(conn.getresponse().read())["models"][SMALL]
     return stats
 
