@@ -126,7 +126,7 @@ class EngineBusy(ChatgateError):
         self.retry_after = retry_after
 
 
-class Unavailable(ChatgateError):
+class ModelUnavailable(ChatgateError):
     """Nothing can serve this now: every deployment of the model is disabled by the operator."""
 
     code = "model_unavailable"

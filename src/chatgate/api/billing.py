@@ -15,9 +15,9 @@ from chatgate.errors import (
     Gone,
     InvalidRequest,
     ModelNotFound,
+    ModelUnavailable,
     NotFound,
     RateLimited,
-    Unavailable,
     UnsupportedParameter,
 )
 from chatgate.protocol.requests import ChatCompletionRequest
@@ -88,7 +88,7 @@ async def pricing(signed_in: SignedInDep, groups: GroupsDep) -> Pricing:
         (InvalidRequest, "model_not_supported"),
         UnsupportedParameter,
         ContextLengthExceeded,
-        Unavailable,
+        ModelUnavailable,
     ),
 )
 async def estimate(body: ChatCompletionRequest, signed_in: SignedInDep, groups: GroupsDep) -> Estimate:

@@ -25,6 +25,7 @@ from chatgate.errors import (
     InvalidRequest,
     MailFailed,
     ModelNotFound,
+    ModelUnavailable,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -59,7 +60,7 @@ ERRORS: dict[type[ChatgateError], tuple[int, str]] = {
     UpstreamFailed: (502, "api_error"),
     UpstreamTimeout: (504, "api_error"),
     StorageUnavailable: (503, "api_error"),
-    Unavailable: (503, "api_error"),
+    ModelUnavailable: (503, "api_error"),
     MailFailed: (502, "api_error"),
 }
 # An upstream's own refusal keeps its status; its type follows from the status.

@@ -30,7 +30,7 @@ from chatgate.errors import (
     EngineBusy,
     EngineFailure,
     InvalidRequest,
-    Unavailable,
+    ModelUnavailable,
     UpstreamFailed,
     UpstreamRefused,
     UpstreamTimeout,
@@ -209,7 +209,7 @@ class RouterProvider:
 
     def prepare(self, request: ChatCompletionRequest) -> RouterPlan:
         if self._all_disabled():
-            raise Unavailable(
+            raise ModelUnavailable(
                 "Every deployment of this model is disabled by the operator; try again later.",
                 param="model",
             )

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
-from chatgate.errors import EngineBusy, Unavailable, UnsupportedParameter, UpstreamFailed
+from chatgate.errors import EngineBusy, ModelUnavailable, UnsupportedParameter, UpstreamFailed
 from chatgate.protocol.requests import ChatCompletionRequest
 from chatgate.providers.base import Accepted, Bound, Finished, Plan, ProviderEvent, TextDelta, collect
 from chatgate.providers.router import Deployment, RouterProvider
@@ -143,7 +143,7 @@ async def test_a_disabled_deployment_is_never_chosen_and_all_disabled_is_unavail
     assert routed.health()[1]["up"] is False and routed.health()[0]["queued"] == 1
     assert routed.stats()["healthy"] == 1 and routed.stats()["queued"] == 2  # its engines' own figures
     deployments[0].disabled = True
-    with pytest.raises(Unavailable):
+    with pytest.raises(ModelUnavailable):
         routed.prepare(HI)  # refused before anything is reserved
     assert on.calls == 20
 
