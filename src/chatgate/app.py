@@ -97,7 +97,6 @@ from chatgate.services.redemption import RedemptionService
 from chatgate.services.requestlog import RequestLog
 from chatgate.services.responses import ResponsesService
 from chatgate.services.stored_responses import ResponseStore
-from chatgate.services.throttle import LocalThrottle, RedisThrottle, Throttle
 from chatgate.services.tokens import TokenService
 from chatgate.services.usage import POSTGRES_BATCH_ROWS, UsageRecorder
 from chatgate.storage.counters import CounterStore
@@ -494,7 +493,6 @@ class Services:
     mail: AccountMail
     groups: GroupService
     codes: RedemptionService
-    throttle: Throttle
     responses: ResponsesService
     messages: MessagesService
     stored_responses: ResponseStore
@@ -504,7 +502,6 @@ class Services:
     async def aclose(self) -> None:
         self.hashing.close()
         await self.limiter.aclose()
-        await self.throttle.aclose()
         await self.db.dispose()
 
 
@@ -549,7 +546,6 @@ def build_services(
     metering.metrics.add_source(db.metrics_lines)
     recovery = Recovery(money, owner, lease_seconds=settings.lease_seconds, in_flight=metering.in_flight)
     chat_service = ChatService(registry, metering, images=outside.images)
-    throttle: Throttle = RedisThrottle(settings.redis_url) if settings.redis_url else LocalThrottle()
     accounts = AccountService(db, rules=rules, limiter=limiter, hashing=hashing)
     stored = ResponseStore(db, retention_seconds=settings.responses_retention_hours * 3600)
     return Services(
@@ -577,11 +573,10 @@ def build_services(
         groups=GroupService(db, registry, chat_service.plan),
         codes=RedemptionService(
             db,
-            throttle,
+            limiter,
             per_user=settings.redeem_per_user_hour,
             per_address=settings.redeem_per_address_hour,
         ),
-        throttle=throttle,
         responses=ResponsesService(chat_service, stored),
         messages=MessagesService(chat_service),
         stored_responses=stored,

@@ -3,10 +3,10 @@ code, see the prices of one's group, and what a request would cost at most."""
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatgate.api.deps import CodesDep, GroupsDep, SignedInDep
+from chatgate.api.deps import ClientDep, CodesDep, GroupsDep, SignedInDep
 from chatgate.api.openapi import raises
 from chatgate.errors import (
     Conflict,
@@ -71,9 +71,10 @@ class Estimate(BaseModel):
         RateLimited,
     ),
 )
-async def redeem(body: Code, request: Request, signed_in: SignedInDep, codes: CodesDep) -> Redeemed:
-    address = request.client.host if request.client else None
-    return Redeemed.model_validate(await codes.redeem(signed_in.account.id, body.code, address=address))
+async def redeem(body: Code, signed_in: SignedInDep, codes: CodesDep, client: ClientDep) -> Redeemed:
+    """Redeem a top-up code; attempts count per user and per client address (``client``: the
+    address as trusted proxies report it, an IPv6 /64 as one)."""
+    return Redeemed.model_validate(await codes.redeem(signed_in.account.id, body.code, address=client))
 
 
 @router.get("/pricing", responses=raises(NotFound))

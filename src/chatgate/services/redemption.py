@@ -4,20 +4,22 @@ and its credits land in the ledger as their own entry kind, ``redeem``.
 Redemption is one transaction: a conditional update takes the code (only if unused, not disabled,
 not expired), and the balance and the ledger row follow; so the same code redeemed at once from two
 sessions, or through two replicas, credits exactly one of them. Unknown, used, expired and disabled
-codes each have their own error; attempts are throttled per user and per client address.
+codes each have their own error; attempts are throttled per user and per client address, by the
+rate limiter's counters (shared by a host's workers, and by every replica through Redis).
 """
 
 import csv
 import io
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chatgate.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound
+from chatgate.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, RateLimited
 from chatgate.services import codes
 from chatgate.services.audit import Actor, record
+from chatgate.services.ratelimit import HOUR, RateLimiter
 from chatgate.services.requestlog import cell
-from chatgate.services.throttle import Throttle
 from chatgate.storage import codes as store
 from chatgate.storage import users
 from chatgate.storage.database import Database
@@ -26,7 +28,6 @@ from chatgate.storage.tables import RedemptionCode
 MAX_CREDITS = 10**12
 MAX_COUNT = 10_000
 MAX_DAYS = 3650
-HOUR = 3600
 STATES = ("unused", "used", "expired", "disabled")
 COLUMNS = ["id", "code", "credits", "state", "note", "created_at", "expires_at", "redeemed_at", "redeemed_by"]
 
@@ -39,6 +40,18 @@ def state_of(row: RedemptionCode, at: datetime) -> str:
     if row.expires_at is not None and row.expires_at <= at:
         return "expired"
     return "unused"
+
+
+async def throttle(limiter: RateLimiter, key: str, *, limit: int, what: str) -> None:
+    """Count an attempt under ``key``; RateLimited once ``limit`` were counted in the last hour."""
+    wait = await limiter.hit(key, limit, HOUR)
+    if wait is not None:
+        retry = max(1, math.ceil(wait))
+        raise RateLimited(
+            f"Too many {what}: at most {limit} in {int(HOUR) // 60} minutes. Try again in {retry}s.",
+            retry_after=retry,
+            headers={},
+        )
 
 
 def _unknown() -> NotFound:
@@ -61,10 +74,10 @@ def _view(row: RedemptionCode, email: str | None, at: datetime) -> dict[str, Any
 
 class RedemptionService:
     def __init__(
-        self, db: Database, throttle: Throttle, *, per_user: int = 10, per_address: int = 30
+        self, db: Database, limiter: RateLimiter, *, per_user: int = 10, per_address: int = 30
     ) -> None:
         self._db = db
-        self._throttle = throttle
+        self._limiter = limiter
         self._per_user = per_user
         self._per_address = per_address
 
@@ -107,13 +120,10 @@ class RedemptionService:
 
     async def redeem(self, user_id: int, code: str, *, address: str | None) -> dict[str, int]:
         """Redeem a code for a user: its credits and the new balance."""
-        await self._throttle.hit(
-            f"redeem:u{user_id}", limit=self._per_user, window=HOUR, what="redemption attempts"
-        )
+        what = "redemption attempts"
+        await throttle(self._limiter, f"redeem:u{user_id}", limit=self._per_user, what=what)
         if address:
-            await self._throttle.hit(
-                f"redeem:a{address}", limit=self._per_address, window=HOUR, what="redemption attempts"
-            )
+            await throttle(self._limiter, f"redeem:a{address}", limit=self._per_address, what=what)
         characters = codes.body(code)
         if characters is None:
             raise _unknown()

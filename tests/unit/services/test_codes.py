@@ -1,10 +1,12 @@
-"""Top-up codes are read back forgivingly, carry 100 bits, and are counted by the throttle."""
+"""Top-up codes are read back forgivingly, carry 100 bits, and their attempts are counted by the
+rate limiter's counters."""
 
 import pytest
 
 from chatgate.errors import RateLimited
 from chatgate.services import codes
-from chatgate.services.throttle import LocalThrottle
+from chatgate.services.ratelimit import LocalRateLimiter
+from chatgate.services.redemption import throttle
 
 
 def test_a_code_reads_back_however_it_is_typed_and_nothing_else_does() -> None:
@@ -26,10 +28,10 @@ def test_codes_do_not_repeat() -> None:
 
 
 async def test_the_throttle_counts_per_key_and_refuses_past_the_limit() -> None:
-    throttle = LocalThrottle()
+    limiter = LocalRateLimiter()
     for _ in range(3):
-        await throttle.hit("u1", limit=3, window=3600, what="attempts")
+        await throttle(limiter, "u1", limit=3, what="attempts")
     with pytest.raises(RateLimited) as refused:
-        await throttle.hit("u1", limit=3, window=3600, what="attempts")
+        await throttle(limiter, "u1", limit=3, what="attempts")
     assert refused.value.retry_after >= 1 and "at most 3 in 60 minutes" in refused.value.message
-    await throttle.hit("u2", limit=3, window=3600, what="attempts")  # another key counts apart
+    await throttle(limiter, "u2", limit=3, what="attempts")  # another key counts apart
