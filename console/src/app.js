@@ -579,7 +579,6 @@ async function adminPage() {
       h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ...["Email", "Credits", "Group", "Role", "State", ""].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, ...users.map((u) => h("tr", {}, h("td", {}, u.email), h("td", {}, fmt(u.credits)), h("td", {}, groupSelect(u, groups, route)), h("td", {}, u.is_admin ? "admin" : "user"), h("td", {}, u.disabled ? "disabled" : "active"), h("td", { class: "actions" }, h("button", { class: "secondary small", onclick: () => grant(u) }, "Grant"), h("button", { class: u.disabled ? "small" : "danger small", onclick: () => toggle(u) }, u.disabled ? "Enable" : "Disable"))))))),
     ),
     invitesSection(invites),
-    ),
   );
 }
 
