@@ -341,7 +341,8 @@ def test_the_console_keeps_to_its_content_security_policy(console_server: Server
     expect(page.locator(".chart canvas")).to_have_count(1)
     for name in ("Playground", "Account", "Tokens"):
         page.get_by_role("link", name=name).click()
-        expect(page.get_by_role("heading", name=name if name != "Tokens" else "API tokens")).to_be_visible()
+        heading = name if name != "Tokens" else "API tokens"
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         if name == "Account":
             expect(page.get_by_test_id("limits")).to_contain_text("requests a minute")
 
