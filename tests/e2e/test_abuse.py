@@ -285,6 +285,8 @@ def test_requests_per_minute_count_across_all_of_a_users_tokens_and_the_console(
     user = new_user(gate, users, "rpm")
     keys = [user.token(), user.token()]  # two console calls: they count too
     assert admin.set_limits(user, rpm_limit=5)["rpm_limit"] == 5
+    audit = admin.http.get("/api/admin/audit", params={"action": "user.limits"}).json()["data"]
+    assert any(e["target"] == f"user {user.id}" and e["detail"] == {"rpm_limit": 5} for e in audit)
     codes = []
     for n in range(5):
         with api(gate, keys[n % 2]) as http:
