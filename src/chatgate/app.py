@@ -86,8 +86,8 @@ from chatgate.services.files import FileService
 from chatgate.services.groups import GroupService
 from chatgate.services.host_limits import HostRateLimiter
 from chatgate.services.images import ImageService
-from chatgate.services.messages import MessagesService
 from chatgate.services.invites import InviteService
+from chatgate.services.messages import MessagesService
 from chatgate.services.metering import Metering
 from chatgate.services.passwords import PasswordHashing
 from chatgate.services.ratelimit import LocalRateLimiter, RateLimiter

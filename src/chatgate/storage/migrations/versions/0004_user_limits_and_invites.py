@@ -5,7 +5,7 @@ Invite codes, for ``CHATGATE_SIGNUP=invite``, are kept as hashes; a user remembe
 signed up with.
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0006
 Create Date: 2026-11-26 16:00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0008"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
