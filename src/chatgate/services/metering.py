@@ -250,8 +250,11 @@ class Metering:
     async def limit(self, caller: Caller) -> dict[str, str]:
         """Count a request that runs no model and costs no credits (counting a prompt's tokens)
         against the caller's request rate: its rate-limit headers, or the refusal. Nothing is
-        reserved or recorded."""
-        return (await self._limiter.admit(caller.principal)).headers()
+        reserved or recorded, and its slot among the user's requests at once is given back at once
+        (every admission ends with one ``add_tokens``)."""
+        decision = await self._limiter.admit(caller.principal)
+        await to_the_end(self._limiter.add_tokens(caller.principal, 0))
+        return decision.headers()
 
     def in_flight(self) -> set[tuple[int, str]]:
         """The (user, request) pairs whose reservations this process holds and will settle."""

@@ -119,3 +119,14 @@ async def test_a_meter_used_directly_ends_once_when_its_block_fails() -> None:
     assert (s.limiter.admitted, s.limiter.ended) == (1, [0])
     await s.slot_is_free()
     assert s.store.discrepancies() == [] and not s.store.open
+
+
+async def test_a_request_that_runs_nothing_gives_its_slot_back_at_once() -> None:
+    """Counting a prompt's tokens (Messages' count_tokens) is counted against the request rate,
+    and ends at once: it holds no slot among the user's requests at once."""
+    s = Setup(ANSWER)
+    for _ in range(3):
+        headers = await s.metering.limit(caller())
+        assert isinstance(headers, dict)
+    assert (s.limiter.admitted, s.limiter.ended) == (3, [0, 0, 0])
+    await s.slot_is_free()
