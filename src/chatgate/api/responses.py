@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from chatgate.api.body import parse
 from chatgate.api.cancel import unless_gone
-from chatgate.api.deps import CallerDep, services_of
+from chatgate.api.deps import AuthenticatedDep, CallerDep, services_of
 from chatgate.api.openapi import METERED, described, links, raises
 from chatgate.api.sse import event_stream_response
 from chatgate.errors import (
@@ -78,7 +78,8 @@ _STORED = "response_not_found"
     # The body is read by hand, as chat's is: described here instead.
     openapi_extra=described(body=CreateResponse, events=StreamEvent),
 )
-async def create_response(request: Request, caller: CallerDep) -> Response:
+async def create_response(request: Request, caller: AuthenticatedDep) -> Response:
+    # Admitted once, by the metering unit the chat path runs it through (not by the route as well).
     service = _service(request)
     service.check_credits(caller)  # a token with nothing left is refused before its body is read
     body = parse(CreateResponse, await request.body())
