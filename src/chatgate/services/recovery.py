@@ -127,6 +127,12 @@ class Recovery:
     async def sweep(self) -> list[Held]:
         """Release every reservation no live process will settle; the ones released."""
         now = _now()
+        # The reservations first, then who holds them: a request admitted while these queries wait
+        # is in flight before its reservation is written, and a process's lease is written before
+        # its first reservation, so every reservation read here has its holder in what is read after
+        # it. (Read the other way round, a reservation made meanwhile had no live holder yet, and a
+        # request in flight was refunded and then served free.)
+        opened = await self._ledger.open_reservations()
         leases = {lease.owner: lease for lease in await self._ledger.leases()}
         # A request counts itself in flight before it reserves, and out once it has settled. So one
         # of this process's reservations is left alone if it was in flight when the sweep began (it
@@ -135,7 +141,7 @@ class Recovery:
         begun, in_flight = _now(), set(self._in_flight())
         released: list[Held] = []
         holders: set[str] = set()
-        for held in await self._ledger.open_reservations():
+        for held in opened:
             if held.owner == self.me.owner:
                 if (held.user_id, held.trace_id) in in_flight or held.created_at >= begun:
                     continue
