@@ -500,7 +500,7 @@ async function usagePage() {
       { class: "card", "data-testid": "per-api" },
       h("h2", {}, "Per API"),
       ...summary.apis.map((a) =>
-        h("div", { class: "bar" }, h("span", {}, API_LABELS[a.api] ?? a.api), h("div", { class: "fill", style: `width:${(100 * a.credits_used) / maxApiCost}%` }), h("small", {}, `${fmt(a.requests)} requests, ${fmt(a.total_tokens)} tokens, ${fmt(a.credits_used)} credits`)),
+        h("div", { class: "bar" }, h("span", {}, API_LABELS[a.api] ?? a.api), widthOf(h("div", { class: "fill" }), (100 * a.credits_used) / maxApiCost), h("small", {}, `${fmt(a.requests)} requests, ${fmt(a.total_tokens)} tokens, ${fmt(a.credits_used)} credits`)),
       ),
     ),
     h(
