@@ -3,8 +3,14 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+import llama_cpp
 from llama_cpp import _internals as internals
-from llama_cpp.llama_grammar import LlamaGrammar
+
+ROOT = b"root"  # the rule a grammar starts from
+
+
+class GrammarRefused(ValueError):
+    """llama.cpp could not parse a grammar (it gives back no sampler)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,13 @@ def sampler_chain(model: Any, s: Sampling, grammar: str | None) -> Any:
     if s.logit_bias:
         chain.add_logit_bias(n_vocab, s.logit_bias)
     if grammar is not None:
-        chain.add_grammar(model, LlamaGrammar.from_string(grammar))
+        # llama.cpp answers a grammar it cannot parse with a null sampler; added to the chain, that
+        # null is called at the next sample and the whole process dies (segfault in
+        # llama_sampler_apply). So it is checked here and refused as this request's error.
+        sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), ROOT)
+        if not sampler:
+            raise GrammarRefused("the engine could not parse the grammar built for this request")
+        llama_cpp.llama_sampler_chain_add(chain.sampler, sampler)
     if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
         chain.add_penalties(
             n_vocab=n_vocab,
