@@ -16,7 +16,7 @@ from chatgate.providers.embeddings import assets
 from chatgate.storage.database import Database
 from chatgate.storage.tables import OpenReservation
 from tests.e2e.conftest import EMBED, SMALL, Spec, database_url, ledger_checked
-from tests.e2e.infra import Server
+from tests.e2e.infra import API_KEY, Server
 
 TEXTS = ["The cat sat on the mat.", "A feline rested on the rug.", "Quarterly revenue grew by 12%."]
 
@@ -161,7 +161,7 @@ def test_each_request_is_charged_its_exact_tokens(server: Server, user: str, tok
     assert credits_left(server, user) == before - tokens
     with httpx.Client(base_url=server.base_url) as http:
         report = http.get("/v1/usage", headers={"authorization": f"Bearer {user}"}).json()
-        metrics = http.get("/metrics").text
+        metrics = http.get("/metrics", headers={"authorization": f"Bearer {API_KEY}"}).text  # the operator
     row = next(m for m in report["models"] if m["model"] == EMBED)
     assert row["prompt_tokens"] >= tokens and row["completion_tokens"] == 0
     assert f'chatgate_tokens_total{{kind="prompt",model="{EMBED}"}}' in metrics
