@@ -132,13 +132,15 @@ class Recovery:
         # its first reservation, so every reservation read here has its holder in what is read after
         # it. (Read the other way round, a reservation made meanwhile had no live holder yet, and a
         # request in flight was refunded and then served free.)
+        # A request counts itself in flight before it reserves, and out once it has settled. So one
+        # of this process's reservations is left alone if it was in flight before the reservations
+        # were read (it may have settled since: nothing to refund, and no write to find that out),
+        # if it was made since, or if it is in flight after they were read (a request admitted
+        # while the query waited: under load it can reserve, and even settle, meanwhile).
+        begun, in_flight = _now(), set(self._in_flight())
         opened = await self._ledger.open_reservations()
         leases = {lease.owner: lease for lease in await self._ledger.leases()}
-        # A request counts itself in flight before it reserves, and out once it has settled. So one
-        # of this process's reservations is left alone if it was in flight when the sweep began (it
-        # may have settled since: nothing to refund, and no write to find that out), or if it was
-        # made since (under load, a request can reserve and settle while the reservations are read).
-        begun, in_flight = _now(), set(self._in_flight())
+        in_flight |= set(self._in_flight())
         released: list[Held] = []
         holders: set[str] = set()
         for held in opened:
