@@ -7,9 +7,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from chatgate.storage import reservations
 from chatgate.storage.database import Database, migrate
-from chatgate.storage.fastpath import Settlement, SqliteFastPath
+from chatgate.storage.fastpath import DuplicateReservation, Reservation, Settlement, SqliteFastPath
 from chatgate.storage.reservations import Lease
 from chatgate.storage.usage import UsageRow
 
@@ -127,7 +129,7 @@ def test_a_locked_database_makes_the_reservation_wait_on_the_loop_not_on_a_threa
         released.join()
         writer.close()
     assert fast._conn is None  # no thread was needed: it tried again on the loop until the lock was free
-    assert fast.stats.calls["reserve", "waited"][0] == 1
+    assert fast.stats.calls["write", "waited"][0] == 1
     assert balance(path) == (75, 30, 1)  # both writes landed, once each
 
 
@@ -135,13 +137,13 @@ def test_settlements_asked_for_in_one_turn_of_the_loop_share_a_transaction(tmp_p
     path = database_with_a_token(tmp_path, credits=1000)
     fast = SqliteFastPath(path)
     groups: list[int] = []
-    write = fast._settle_group
+    write = fast._write_group
 
-    async def counted(group: list[Settlement]) -> list[bool]:
+    async def counted(group: list[Reservation | Settlement]) -> list[bool | Exception]:
         groups.append(len(group))
         return await write(group)
 
-    fast._settlements._write = counted
+    fast._writes_waiting._write = counted
 
     async def use() -> list[bool]:
         for i in range(5):
@@ -153,8 +155,86 @@ def test_settlements_asked_for_in_one_turn_of_the_loop_share_a_transaction(tmp_p
         return list(held)
 
     assert asyncio.run(use()) == [True] * 5
-    assert groups == [5]
+    assert groups == [1, 1, 1, 1, 1, 5]
     assert balance(path) == (950, 50, 10) and held(path) == []
+    assert (fast.stats.reservations, fast.stats.settlements, fast.stats.commits) == (5, 5, 6)
+
+
+def test_reservations_and_settlements_in_one_turn_share_a_transaction_and_each_answers_alone(
+    tmp_path: Path,
+) -> None:
+    """One commit for a settlement, a reservation covered, one not covered and one whose trace id was
+    already reserved: the two refused change nothing and are told so, the others are written."""
+    path = database_with_a_token(tmp_path, credits=300)
+    fast = SqliteFastPath(path)
+    groups: list[int] = []
+    write = fast._write_group
+
+    async def counted(group: list[Reservation | Settlement]) -> list[bool | Exception]:
+        groups.append(len(group))
+        return await write(group)
+
+    fast._writes_waiting._write = counted
+
+    async def use() -> list[bool | BaseException]:
+        await fast.reserve(user_id=1, token_id=7, trace_id="t0", amount=100, model="m", owner="o")
+        answers = await asyncio.gather(
+            fast.settle(Settlement(usage_row("t0", 40), refund=60)),
+            fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=150, model="m", owner="o"),
+            fast.reserve(user_id=1, token_id=7, trace_id="t2", amount=500, model="m", owner="o"),
+            fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=10, model="m", owner="o"),
+            return_exceptions=True,
+        )
+        fast.close()
+        return answers
+
+    settled, covered, too_much, twice = asyncio.run(use())
+    assert (settled, covered, too_much) == (True, True, False)
+    assert isinstance(twice, DuplicateReservation)
+    assert groups == [1, 4]
+    # 300 - 40 charged - 150 held; the token spent the same; ledger: t0 reserve and settle, t1 reserve
+    assert balance(path) == (110, 190, 3)
+    assert held(path) == [("t1", 150, "m", "o")]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT trace_id, cost FROM usage_log").fetchall() == [("t0", 40)]
+
+
+def test_a_settlement_whose_reservation_was_swept_still_writes_its_usage_row_in_a_group(
+    tmp_path: Path,
+) -> None:
+    path = database_with_a_token(tmp_path, credits=300)
+    fast = SqliteFastPath(path)
+
+    async def use() -> list[bool]:
+        await fast.reserve(user_id=1, token_id=7, trace_id="t0", amount=100, model="m", owner="o")
+        answers = await asyncio.gather(
+            fast.settle(Settlement(usage_row("gone", 40), refund=60)),  # no open reservation
+            fast.settle(Settlement(usage_row("t0", 30), refund=70)),
+        )
+        fast.close()
+        return list(answers)
+
+    assert asyncio.run(use()) == [False, True]
+    assert balance(path) == (270, 30, 2)
+    with sqlite3.connect(path) as conn:
+        assert sorted(conn.execute("SELECT trace_id, cost FROM usage_log").fetchall()) == [
+            ("gone", 0),
+            ("t0", 30),
+        ]
+
+
+def test_a_duplicate_reservation_alone_is_refused(tmp_path: Path) -> None:
+    path = database_with_a_token(tmp_path, credits=300)
+    fast = SqliteFastPath(path)
+
+    async def use() -> None:
+        await fast.reserve(user_id=1, token_id=7, trace_id="t0", amount=100, model="m", owner="o")
+        with pytest.raises(DuplicateReservation):
+            await fast.reserve(user_id=1, token_id=7, trace_id="t0", amount=100, model="m", owner="o")
+        fast.close()
+
+    asyncio.run(use())
+    assert balance(path) == (200, 100, 1)
 
 
 def test_a_lease_is_taken_then_moved_on_in_one_statement_and_reads_back_as_written(tmp_path: Path) -> None:

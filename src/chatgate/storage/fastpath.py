@@ -17,9 +17,12 @@ through SQLAlchemy.
 
 A settlement is one transaction too: the request's usage row, its ledger row, the refund to the
 balance and the token, and the deletion of its open reservation, committed before the request's
-last byte is written. The settlements asked for in one turn of the event loop share a
-transaction (GroupCommit): a commit is mostly the WAL write of the pages it touched, so ten in one
-cost a third of ten apart, and a request waits for no other turn. The database runs in WAL mode with ``synchronous=NORMAL``: a commit is in
+last byte is written. The reservations and settlements asked for in one turn of the event loop
+share a transaction (GroupCommit), each in a savepoint of its own, so one that is refused or breaks
+a constraint changes nothing and holds back no other: a commit is mostly the WAL write of the pages
+it touched (the balance's, the token's, the tails of the ledger and of the tables of reservations
+and usage), so ten in one cost a third of ten apart and write a fraction of the WAL, and a request
+waits for no other turn. The database runs in WAL mode with ``synchronous=NORMAL``: a commit is in
 the WAL file (the operating system's cache) when it returns, so it survives the process being
 killed; only a power loss or a kernel crash can take the last commits with it (``FULL`` would
 fsync every commit). The inline connection never checkpoints: every ``CHECKPOINT_EVERY`` writes
@@ -46,7 +49,7 @@ from chatgate.storage.reservations import Lease
 from chatgate.storage.usage import UsageRow
 
 log = logging.getLogger("chatgate.storage")
-CHECKPOINT_EVERY = 1000  # writes (reservations, settlements) between passive WAL checkpoints
+CHECKPOINT_EVERY = 1000  # commits (of reservations and settlements) between WAL checkpoints
 
 # SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back the same.
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -82,6 +85,18 @@ class Settlement:
 
     usage: UsageRow
     refund: int = 0
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A reservation asked of SQLite's grouped writes (see ``FastPath.reserve``)."""
+
+    user_id: int
+    token_id: int | None
+    trace_id: str
+    amount: int
+    model: str
+    owner: str
 
 
 class FastPath(Protocol):
@@ -173,10 +188,13 @@ class GroupCommit(Generic[T, R]):
     """Items written together: ``submit`` returns once the transaction holding its item committed.
 
     A writer task runs while items wait: it takes everything waiting (up to ``max_group``), writes
-    it in one call, hands each submitter its result (or the error), and goes round again.
+    it in one call, hands each submitter its result (or the error), and goes round again. The write
+    may answer an item with an exception instance: that submitter alone gets it raised.
     """
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]], *, max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self, write: Callable[[list[T]], Awaitable[list[R | Exception]]], *, max_group: int = MAX_GROUP
+    ) -> None:
         self._write = write
         self._max = max_group
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
@@ -202,18 +220,24 @@ class GroupCommit(Generic[T, R]):
                     raise
                 continue
             for (_, future), result in zip(group, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
 
 
 class PathStats:
     """How the fast path's queries ran, for ``/metrics``: per query (token, reserve, settle) and way
-    (``inline`` on the event loop's connection, ``waited`` handed to the thread that waits for the
-    lock), how many and the seconds they took; and how many settlements went in how many commits."""
+    (``inline`` on the event loop's connection at once, ``waited`` tried again on the loop until the
+    lock was free, ``thread`` from a caller off the loop), how many and the seconds they took; and
+    how many reservations and settlements went in how many commits."""
 
     def __init__(self, wal: str = "") -> None:
         self.wal = wal  # the WAL file's path: its size is read at scrape time
         self.calls: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+        self.reservations = 0
         self.settlements = 0
         self.commits = 0
         self.checkpoints = 0
@@ -243,8 +267,11 @@ class PathStats:
             for (q, w), (_, s) in self.calls.items()
         ]
         out += [
+            "# TYPE chatgate_fastpath_reservations_total counter",
+            f"chatgate_fastpath_reservations_total {self.reservations}",
             "# TYPE chatgate_fastpath_settlements_total counter",
             f"chatgate_fastpath_settlements_total {self.settlements}",
+            "# HELP chatgate_fastpath_commits_total Transactions that wrote reservations and settlements.",
             "# TYPE chatgate_fastpath_commits_total counter",
             f"chatgate_fastpath_commits_total {self.commits}",
             "# HELP chatgate_fastpath_checkpoints_total WAL checkpoints, and those that started the WAL over.",
@@ -276,8 +303,8 @@ class SqliteFastPath:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._writes = 0
         self._checkpointing = False
-        # Settlements asked for in one turn of the event loop are written in one transaction.
-        self._settlements = GroupCommit(self._settle_group)
+        # Reservations and settlements asked for in one turn of the event loop: one transaction.
+        self._writes_waiting: GroupCommit[Reservation | Settlement, bool] = GroupCommit(self._write_group)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:  # created on, and used only by, the executor's one thread
@@ -331,17 +358,12 @@ class SqliteFastPath:
     async def reserve(
         self, *, user_id: int, token_id: int | None, trace_id: str, amount: int, model: str, owner: str
     ) -> bool:
-        try:
-            covered: bool = await self._run(
-                "reserve", _reserve, user_id, token_id, trace_id, amount, model, owner
-            )
-        except sqlite3.IntegrityError as exc:
-            raise DuplicateReservation(trace_id) from exc
-        self._wrote()
-        return covered
+        return await self._writes_waiting.submit(
+            Reservation(user_id, token_id, trace_id, amount, model, owner)
+        )
 
     async def settle(self, settlement: Settlement) -> bool:
-        return await self._settlements.submit(settlement)
+        return await self._writes_waiting.submit(settlement)
 
     async def renew(self, lease: Lease) -> None:
         """Here, not through SQLAlchemy: there the write lock was held from the statement to the
@@ -350,12 +372,14 @@ class SqliteFastPath:
         await self._run("lease", _renew, lease)
         self._wrote()
 
-    async def _settle_group(self, group: list[Settlement]) -> list[bool]:
-        held: list[bool] = await self._run("settle", _settle_group, group)
-        self.stats.settlements += len(group)
+    async def _write_group(self, group: list[Reservation | Settlement]) -> list[bool | Exception]:
+        done: list[bool | Exception] = await self._run("write", _write_group, group)
+        reserved = sum(isinstance(item, Reservation) for item in group)
+        self.stats.reservations += reserved
+        self.stats.settlements += len(group) - reserved
         self.stats.commits += 1
         self._wrote()
-        return held
+        return done
 
     def _wrote(self) -> None:
         """Count a write; now and then start a checkpoint (never two at once), without waiting for it."""
@@ -433,44 +457,30 @@ def _now() -> str:
     return datetime.now(UTC).strftime(_SQLITE_TIME)
 
 
-def _reserve(
-    conn: sqlite3.Connection,
-    user_id: int,
-    token_id: int | None,
-    trace_id: str,
-    amount: int,
-    model: str,
-    owner: str,
-) -> bool:
-    """The balance and the token's cap both cover it, or nothing changes (the rule of PostgresFastPath too)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+def _reserve(conn: sqlite3.Connection, r: Reservation, now: str) -> bool:
+    """The balance and the token's cap both cover it, or nothing changes (the rule of PostgresFastPath
+    too); within the caller's transaction and savepoint."""
+    taken = conn.execute(
+        "UPDATE users SET credits = credits - ? WHERE id = ? AND credits >= ?",
+        (r.amount, r.user_id, r.amount),
+    ).rowcount
+    if taken and r.token_id is not None:
         taken = conn.execute(
-            "UPDATE users SET credits = credits - ? WHERE id = ? AND credits >= ?", (amount, user_id, amount)
+            "UPDATE api_tokens SET spent = spent + ? WHERE id = ? AND (quota_cap IS NULL OR spent + ? <= quota_cap)",
+            (r.amount, r.token_id, r.amount),
         ).rowcount
-        if taken and token_id is not None:
-            taken = conn.execute(
-                "UPDATE api_tokens SET spent = spent + ? WHERE id = ? AND (quota_cap IS NULL OR spent + ? <= quota_cap)",
-                (amount, token_id, amount),
-            ).rowcount
-        if not taken:
-            conn.execute("ROLLBACK")
-            return False
-        now = _now()
-        conn.execute(
-            "INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at) VALUES (?, 'reserve', ?, ?, ?, ?)",
-            (trace_id, user_id, token_id, -amount, now),
-        )
-        conn.execute(
-            "INSERT INTO reservations (user_id, token_id, trace_id, amount, model, owner, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (user_id, token_id, trace_id, amount, model, owner, now),
-        )
-        conn.execute("COMMIT")
-        return True
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    if not taken:
+        return False
+    conn.execute(
+        "INSERT INTO ledger (trace_id, kind, user_id, token_id, amount, created_at) VALUES (?, 'reserve', ?, ?, ?, ?)",
+        (r.trace_id, r.user_id, r.token_id, -r.amount, now),
+    )
+    conn.execute(
+        "INSERT INTO reservations (user_id, token_id, trace_id, amount, model, owner, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (r.user_id, r.token_id, r.trace_id, r.amount, r.model, r.owner, now),
+    )
+    return True
 
 
 _USAGE_INSERT = (
@@ -481,29 +491,35 @@ _USAGE_INSERT = (
 _USAGE = _USAGE_INSERT.format(", ".join("?" * 16))
 
 
-def _settle_group(conn: sqlite3.Connection, group: list[Settlement]) -> list[bool]:
-    """One transaction for the whole group (one WAL write, where each alone cost one: a third of
-    the time for groups of ten); if one of them breaks a constraint, each in a transaction of its
-    own, so one bad row holds back no other."""
-    try:
-        return _settle_in_one(conn, group)
-    except sqlite3.IntegrityError:
-        if len(group) == 1:
-            raise
-        return [_settle_in_one(conn, [settlement])[0] for settlement in group]
-
-
-def _settle_in_one(conn: sqlite3.Connection, group: list[Settlement]) -> list[bool]:
-    """The reservations closed, the refunds given back, the usage rows written, in one transaction."""
+def _write_group(conn: sqlite3.Connection, group: list[Reservation | Settlement]) -> list[bool | Exception]:
+    """One transaction for the whole group (one WAL write, where each alone cost one), each item in a
+    savepoint: a reservation that is not covered, or an item that breaks a constraint (a trace id
+    reserved twice), is rolled back alone and answered alone, and the others commit."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         now = _now()
-        results = [_settle(conn, settlement, now) for settlement in group]
+        done = [_in_savepoint(conn, item, now) for item in group]
         conn.execute("COMMIT")
-        return results
+        return done
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _in_savepoint(conn: sqlite3.Connection, item: Reservation | Settlement, now: str) -> bool | Exception:
+    conn.execute("SAVEPOINT item")
+    try:
+        if isinstance(item, Reservation):
+            done: bool | Exception = _reserve(conn, item, now)
+            undo = not done  # not covered: nothing of it stays
+        else:
+            done, undo = _settle(conn, item, now), False  # False (swept before): its usage row stays
+    except sqlite3.IntegrityError as exc:
+        done, undo = DuplicateReservation(item.trace_id) if isinstance(item, Reservation) else exc, True
+    if undo:
+        conn.execute("ROLLBACK TO item")
+    conn.execute("RELEASE item")
+    return done
 
 
 def _settle(conn: sqlite3.Connection, settlement: Settlement, now: str) -> bool:

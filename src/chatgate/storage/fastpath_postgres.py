@@ -92,7 +92,7 @@ class PostgresFastPath:
     async def settle(self, settlement: Settlement) -> bool:
         return await self._settlements.submit(settlement)
 
-    async def _settle_group(self, group: list[Settlement]) -> list[bool]:
+    async def _settle_group(self, group: list[Settlement]) -> list[bool | Exception]:
         pool = await self._connections()
         rows = [settlement.usage for settlement in group]
         held = await pool.fetchval(
