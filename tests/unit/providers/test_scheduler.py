@@ -22,20 +22,28 @@ class Recorder:
         self._lock = threading.Lock()
         self._stepping = 0
         self.most_at_once = 0
+        self._granted = threading.local()  # the share the lane set before this thread's step
+        self._threads_in_use = 0
+        self.most_threads_at_once = 0
 
     def set_threads(self, threads: int) -> None:
         self.threads.append(threads)
+        self._granted.threads = threads
 
     def steps(self, name: str, count: int, fail_at: int | None = None) -> Generator[None, None, bool]:
         for step in range(count):
+            threads = self._granted.threads
             with self._lock:
                 self._stepping += 1
                 self.most_at_once = max(self.most_at_once, self._stepping)
+                self._threads_in_use += threads
+                self.most_threads_at_once = max(self.most_threads_at_once, self._threads_in_use)
             self.entered.release()
             assert self.gate.wait(WAIT)
             with self._lock:
                 self.log.append(f"{name}{step}")
                 self._stepping -= 1
+                self._threads_in_use -= threads
             if step == fail_at:
                 raise RuntimeError(f"{name} failed")
             if step < count - 1:
@@ -101,6 +109,24 @@ def test_no_more_lanes_than_threads_and_each_step_gets_its_share() -> None:
     assert run.most_at_once == 2
     assert sorted(run.log) == sorted(f"{name}{step}" for name in "abcd" for step in range(4))
     assert set(run.threads) == {1}  # four sequences taken on two threads: one thread a step
+
+
+def test_a_second_stream_waits_for_a_step_on_every_thread_to_end_before_stepping_beside_it() -> None:
+    """A lone stream's step holds both threads; a request that comes meanwhile gets a lane, which
+    steps only once that step is over, and then on one thread of two, as the first does."""
+    budget = ThreadBudget(2)
+    run = Recorder(budget)
+    budget.begin()
+    run.submit("a", 3)
+    run.stepping(1)  # a's first step, on both threads, held at the gate
+    budget.begin()
+    run.submit("b", 3)  # a second lane starts now
+    assert not run.entered.acquire(timeout=0.2)  # b's first step has not begun beside a's
+    run.gate.set()
+    run.wait(2)
+    assert run.most_threads_at_once == 2
+    assert run.threads[0] == 2 and set(run.threads[1:]) == {1}
+    assert run.log.index("b0") > run.log.index("a0")
 
 
 def test_a_failing_generation_reports_its_error_and_the_others_go_on() -> None:

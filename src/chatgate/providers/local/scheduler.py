@@ -9,6 +9,12 @@ With 4 streams on 2 cores, two lanes of one thread each take turns over the 4 se
 costs what a lone sequence's call costs, which is the most these cores give (``bench/ceiling.py``;
 batching sequences into one call costs more here).
 
+The threads of the steps running at once never add up to more than ``total``: a lane that starts
+while another lane's step runs on every thread (a lone stream, then a second request) waits for
+that step to end before it steps on what is left. Two steps on three threads on two cores had one
+of the first step's threads parked by the kernel at every layer's barrier, and the lone stream's
+prompt took several times as long while the second one's first token waited behind it.
+
 A new generation's first step comes before the others' next ones, so its prompt (or the first
 chunk of a long one) goes in at once. A lane that finds the queue empty exits: llama.cpp's OpenMP
 runtime keeps a team of worker threads for every thread that ever ran a parallel region, and once
@@ -52,6 +58,8 @@ class ThreadBudget:
         self._free = free
         self._active = 0
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # a step ended: its threads are free again
+        self._in_use = 0  # threads of the steps running now
         self._new: deque[Task] = deque()  # not stepped yet: first come, first stepped, before the others
         self._ready: deque[Task] = deque()
         self._tasks = 0  # submitted and not yet done, queued or on a lane
@@ -101,21 +109,33 @@ class ThreadBudget:
                     self._lanes -= 1
                     return
                 task = (self._new or self._ready).popleft()
-            task.sequence.set_threads(self.share())
-            outcome: Outcome | None = None
+                while self._in_use >= self.total:  # another lane's step holds every thread
+                    self._freed.wait()
+                threads = min(self.share(), self.total - self._in_use)
+                self._in_use += threads
             try:
-                next(task.steps)
-            except StopIteration as stop:
-                outcome = bool(stop.value)
-            except Exception as exc:
-                outcome = exc
-            with self._lock:
-                if outcome is None:
-                    self._ready.append(task)
-                else:
-                    self._tasks -= 1
-            if outcome is not None:
-                try:
-                    task.done(outcome)
-                except Exception:  # the lane must go on serving the others
-                    log.exception("a generation's completion callback failed")
+                self._step(task, threads)
+            finally:
+                with self._lock:
+                    self._in_use -= threads
+                    self._freed.notify_all()
+
+    def _step(self, task: Task, threads: int) -> None:
+        task.sequence.set_threads(threads)
+        outcome: Outcome | None = None
+        try:
+            next(task.steps)
+        except StopIteration as stop:
+            outcome = bool(stop.value)
+        except Exception as exc:
+            outcome = exc
+        with self._lock:
+            if outcome is None:
+                self._ready.append(task)
+            else:
+                self._tasks -= 1
+        if outcome is not None:
+            try:
+                task.done(outcome)
+            except Exception:  # the lane must go on serving the others
+                log.exception("a generation's completion callback failed")
