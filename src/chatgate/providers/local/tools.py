@@ -37,12 +37,18 @@ class ToolPlan:
     required: bool  # the answer must be tool calls (``required`` or a named function)
     forced_name: str | None  # a named function: finish_reason is "stop", as OpenAI does
     parallel: bool
-    grammar_after_open: str  # GBNF for what follows an opening <tool_call>
+    calls: str  # GBNF rules: ``tc-after`` (the rest of the calls after an opening <tool_call>), ``tc-call``
     grammar_after_fence: str  # GBNF for what follows an opening ```json
 
     @property
     def grammar_from_start(self) -> str:
-        return grammar_with_root(self.grammar_after_open, f'"{OPEN}" tc-after')
+        """The whole answer: calls from the first token (``required`` or a named function)."""
+        return grammar_with_root(self.calls, f'"{OPEN}" tc-after')
+
+    @property
+    def grammar_after_open(self) -> str:
+        """What follows a ``<tool_call>`` the model opened on its own (``auto``)."""
+        return grammar_with_root(self.calls, "tc-after")
 
     def template_tools(self) -> list[dict[str, Any]]:
         return [tool.model_dump(exclude_none=True) for tool in self.tools]
@@ -79,7 +85,7 @@ def plan(request: ChatCompletionRequest, *, grammars: bool = True) -> ToolPlan |
         required=forced is not None or choice == "required",
         forced_name=forced,
         parallel=parallel,
-        grammar_after_open=_call_grammar(chosen, parallel) if grammars else "",
+        calls=_call_grammar(chosen, parallel) if grammars else "",
         grammar_after_fence=grammar_with_root(
             _call_grammar(chosen, False), f'"\\n"? tc-call "\\n"? "{FENCE_CLOSE}"'
         )
