@@ -33,6 +33,33 @@ def test_migrate_brings_the_schema_to_head(tmp_path: Path) -> None:
         asyncio.run(db.dispose())
 
 
+def test_the_head_read_from_the_migration_files_is_alembics_and_serving_needs_no_alembic(
+    tmp_path: Path,
+) -> None:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    from chatgate.storage.database import alembic_config
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
+    migrate(url)
+    with create_engine(f"sqlite:///{tmp_path / 'read.db'}").connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == head_revision()
+    # A fresh interpreter that checks a schema and opens the fast path imports neither Alembic nor asyncpg.
+    script = (
+        "import asyncio, sys\n"
+        "from chatgate.storage.database import Database\n"
+        f"db = Database({url!r})\n"
+        "asyncio.run(db.check_schema())\n"
+        "asyncio.run(db.dispose())\n"
+        "print(sorted(m for m in ('alembic', 'asyncpg') if m in sys.modules))\n"
+    )
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
+
+
 def test_the_migrations_build_exactly_the_tables_the_code_declares(tmp_path: Path) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext

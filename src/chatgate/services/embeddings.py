@@ -8,18 +8,21 @@ after the engine has read its inputs (the local tokenizer has counted them) pays
 chat prompt does.
 """
 
+from __future__ import annotations
+
 import base64
 import dataclasses
 import time
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from chatgate.errors import ChatgateError, InsufficientQuota
 from chatgate.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from chatgate.providers.base import Accepted, Bound, UsageReport
-from chatgate.providers.embeddings.base import Vectors
 from chatgate.services.catalogue import ModelRegistry
 from chatgate.services.metering import Caller, Metering
+
+if TYPE_CHECKING:
+    from chatgate.providers.embeddings.base import Vectors
 
 API = "embeddings"  # the API named in the usage rows of this service's requests
 
@@ -68,6 +71,8 @@ class EmbeddingService:
 def _data(vectors: Vectors, as_base64: bool) -> list[Embedding]:
     """One entry per vector; base64 is the vector's little-endian float32 bytes, as OpenAI sends it."""
     if as_base64:
+        import numpy as np  # loaded with the first vectors (see embeddings/base.py)
+
         raw = np.ascontiguousarray(vectors, dtype="<f4")
         return [
             Embedding.model_construct(index=i, embedding=base64.b64encode(row.tobytes()).decode("ascii"))

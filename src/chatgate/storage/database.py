@@ -1,33 +1,60 @@
 """The database connection: engine, sessions, and the check that the schema is at the latest revision."""
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from chatgate.errors import ConfigError
 from chatgate.storage.fastpath import FastPath, SqliteFastPath
-from chatgate.storage.fastpath_postgres import PostgresFastPath
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (migrations, the schema check) and asyncpg (PostgreSQL's fast path) are imported where they
+# are used: a serving process on SQLite never needs asyncpg, and Alembic only at start-up; together
+# about 25 MiB a process (issue 18: a gateway under 150 MiB).
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str) -> "Config":
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
+_REVISION = re.compile(r'^revision = "([^"]+)"', re.MULTILINE)
+_DOWN = re.compile(r'^down_revision = (?:None|"([^"]+)")', re.MULTILINE)
+
+
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    """The newest migration's revision: the one no other migration names as the one before it.
+
+    Read from the migration files themselves rather than through Alembic's script directory, so a
+    serving process checks its schema without importing Alembic (tests/unit/test_migrations.py holds
+    this to Alembic's own answer)."""
+    revisions: set[str] = set()
+    below: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        text = script.read_text()
+        found, down = _REVISION.search(text), _DOWN.search(text)
+        if found is None or down is None:
+            raise ConfigError(f"{script.name} is not a migration: no revision or down_revision")
+        revisions.add(found.group(1))
+        if down.group(1) is not None:
+            below.add(down.group(1))
+    heads = revisions - below
+    if len(heads) > 1:
+        raise ConfigError(f"The migrations have several heads: {sorted(heads)}")
+    return heads.pop() if heads else None
 
 
 class Database:
@@ -49,6 +76,8 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 self._fast = SqliteFastPath(parsed.database)
         elif parsed.get_backend_name() == "postgresql":
+            from chatgate.storage.fastpath_postgres import PostgresFastPath
+
             self._fast = PostgresFastPath(url)
         else:
             raise ConfigError(f"chatgate runs on SQLite or PostgreSQL, not {parsed.get_backend_name()}.")
@@ -102,7 +131,13 @@ class Database:
 
 
 def _revision_of(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision Alembic recorded (``alembic_version``), None before the first migration."""
+    if not connection.dialect.has_table(connection, "alembic_version"):
+        return None
+    rows = connection.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+    if len(rows) > 1:
+        raise ConfigError(f"The database records several schema revisions: {[r[0] for r in rows]}")
+    return str(rows[0][0]) if rows else None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

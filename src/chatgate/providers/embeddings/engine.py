@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -11,7 +11,9 @@ from tokenizers import Tokenizer
 
 from chatgate.errors import AssetError
 from chatgate.providers.embeddings.assets import MODEL_FILE, TOKENIZER_FILE
-from chatgate.providers.embeddings.base import Vectors
+
+if TYPE_CHECKING:
+    from chatgate.providers.embeddings.base import Vectors
 
 # Padded tokens one batch may hold. Batches of sequences of similar length are cheaper per token than
 # one sequence at a time, up to about this size (see docs/embeddings.md); longer sequences go alone.
@@ -58,7 +60,7 @@ class Encoder:
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
 
-    def encode(self, batch: list[list[int]]) -> Vectors:
+    def encode(self, batch: list[list[int]]) -> "Vectors":
         """One batch's vectors (sequences padded to the longest)."""
         width = max(len(ids) for ids in batch)
         ids = np.zeros((len(batch), width), np.int64)

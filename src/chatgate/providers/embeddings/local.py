@@ -10,9 +10,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, TypeVar
 
 from chatgate.aio import to_the_end
 from chatgate.config import LocalEmbeddingDeployment
@@ -24,7 +22,6 @@ from chatgate.providers.embeddings.base import (
     EmbeddingPlan,
     Embeddings,
     Limits,
-    Vectors,
     check_dimensions,
     check_total,
     ignore,
@@ -36,6 +33,9 @@ from chatgate.providers.embeddings.engine import Encoder, Pooling, batches
 from chatgate.providers.heavy import HeavyWork
 from chatgate.providers.local.assets import Progress
 from chatgate.providers.local.pool import ThreadBudget
+
+if TYPE_CHECKING:
+    from chatgate.providers.embeddings.base import Vectors
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -126,6 +126,8 @@ class LocalEmbedder:
             parts = await asyncio.gather(
                 *(self._on_worker(self.encoder.encode, [sequences[i] for i in group]) for group in groups)
             )
+            import numpy as np  # loaded with the model, not with the gateway (see embeddings/base.py)
+
             vectors: Vectors = np.empty((len(sequences), self.encoder.dimensions), np.float32)
             for group, part in zip(groups, parts, strict=True):
                 vectors[group] = part

@@ -5,13 +5,14 @@ floats or base64. Usage is the upstream's; an upstream that reports none is esti
 request's bytes, never charged as zero. Errors map as the chat relay's do (``upstream_error``).
 """
 
+from __future__ import annotations
+
 import base64
 import binascii
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import numpy as np
 
 from chatgate.config import UpstreamEmbeddingDeployment
 from chatgate.errors import UpstreamFailed, UpstreamTimeout
@@ -21,7 +22,6 @@ from chatgate.providers.embeddings.base import (
     EmbeddingPlan,
     Embeddings,
     Limits,
-    Vectors,
     check_dimensions,
     ignore,
     plan,
@@ -29,6 +29,9 @@ from chatgate.providers.embeddings.base import (
 )
 from chatgate.providers.relay import RelaySession
 from chatgate.providers.upstream import display_url, upstream_error
+
+if TYPE_CHECKING:
+    from chatgate.providers.embeddings.base import Vectors
 
 # A text's tokens as an upstream's tokenizer may count them: at most one a byte, plus what the model
 # adds around it (BERT's two, a decoder's end-of-text token...).
@@ -130,6 +133,8 @@ class UpstreamEmbedder:
 
 def _answer(body: Any, count: int) -> tuple[Vectors, int | None]:
     """The vectors in input order, and the reported prompt tokens (None when absent or malformed)."""
+    import numpy as np  # with the first vectors, not with the gateway (see embeddings/base.py)
+
     items = body["data"]
     if not isinstance(items, list) or len(items) != count:
         raise ValueError("wrong number of embeddings")
