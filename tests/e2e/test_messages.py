@@ -80,6 +80,33 @@ def test_the_sdk_stream_helper_gives_the_final_message(claude: anthropic.Anthrop
     assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0
 
 
+def test_a_stop_sequence_that_ends_the_message_is_named(
+    claude: anthropic.Anthropic, server: Server, anthropic_spec: Spec
+) -> None:
+    """As Anthropic answers: stop_reason "stop_sequence" and which one matched, in a message and in
+    the stream's message_delta; the text stops before it."""
+    stops = ["e", "o"]  # a greeting holds one of them within a few tokens
+    raw = claude.messages.with_raw_response.create(
+        model=SMALL, max_tokens=40, messages=HI, stop_sequences=stops, extra_body={"temperature": 0}
+    )
+    anthropic_spec.validate("Message", raw.http_response.json())
+    message = raw.parse()
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence in stops
+    text = message.content[0].text if message.content and message.content[0].type == "text" else ""
+    assert message.stop_sequence not in text
+    body = {"model": SMALL, "max_tokens": 40, "messages": HI, "stream": True, "temperature": 0}
+    body["stop_sequences"] = stops
+    headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    with (
+        httpx.Client(base_url=server.base_url, timeout=120) as http,
+        http.stream("POST", "/v1/messages", json=body, headers=headers) as response,
+    ):
+        events = typed_events(response)
+    delta = next(payload for name, payload in events if name == "message_delta")
+    anthropic_spec.validate("RawMessageStreamEvent", delta)
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": message.stop_sequence}
+
+
 def test_a_forced_tool_use_and_its_result_round_trip(claude: anthropic.Anthropic) -> None:
     asked: list[Any] = [{"role": "user", "content": "What's the weather in Paris?"}]
     message = claude.messages.create(
@@ -122,6 +149,7 @@ def test_output_config_format_holds_the_answer(claude: anthropic.Anthropic) -> N
         max_tokens=40,
         messages=[{"role": "user", "content": "Name a colour."}],
         output_config={"format": {"type": "json_schema", "schema": schema}},
+        extra_body={"temperature": 0},  # sampled at 1.0, the string could run past max_tokens (seen once)
     )
     assert message.content[0].type == "text"
     jsonschema.validate(json.loads(message.content[0].text), schema)

@@ -69,6 +69,9 @@ class Choice(WireModel):
     message: ResponseMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
+    # Not on the wire (Chat Completions has no such field): which of the caller's stop sequences
+    # ended the choice, for the APIs that report it (Anthropic's Messages: stop_sequence).
+    _stop_sequence: str | None = None
 
 
 class ChatCompletion(WireModel):
@@ -107,6 +110,7 @@ class ChunkChoice(WireModel):
     delta: Delta
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
+    _stop_sequence: str | None = None  # not on the wire: see Choice
 
 
 class ChatCompletionChunk(WireModel):

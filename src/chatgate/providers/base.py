@@ -76,6 +76,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     index: int = 0
+    stop_sequence: str | None = None  # the caller's stop sequence that ended it, where the engine knows
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ ProviderEvent = Accepted | TextDelta | ToolCallDelta | Citations | Finished | Us
 class ChoiceResult:
     text: str = ""
     reason: FinishReason = "stop"
+    stop_sequence: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
@@ -220,7 +222,7 @@ async def collect(events: AsyncIterator[ProviderEvent]) -> Completion:
             target = calls[event.call_index] if event.call_index < len(calls) else calls[-1]
             target.function.arguments += event.arguments
         else:
-            choice.reason = event.reason
+            choice.reason, choice.stop_sequence = event.reason, event.stop_sequence
             if not reported:
                 completion_tokens += event.completion_tokens
     return Completion([choices[i] for i in sorted(choices)], prompt_tokens, completion_tokens, extra_cost)

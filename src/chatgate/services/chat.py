@@ -192,20 +192,23 @@ class ChatService:
             raise
         await meter.close()
         wants_logprobs = bool(request.logprobs)
+        choices = [
+            Choice(
+                index=index,
+                message=_message(choice),
+                logprobs=ChoiceLogprobs(content=choice.logprobs or []) if wants_logprobs else None,
+                finish_reason=choice.reason,
+            )
+            for index, choice in enumerate(result.choices)
+        ]
+        for made, choice in zip(choices, result.choices, strict=True):
+            made._stop_sequence = choice.stop_sequence
         completion = ChatCompletion(
             id=_completion_id(),
             created=int(time.time()),
             model=run.route.name,
             system_fingerprint=run.fingerprint,
-            choices=[
-                Choice(
-                    index=index,
-                    message=_message(choice),
-                    logprobs=ChoiceLogprobs(content=choice.logprobs or []) if wants_logprobs else None,
-                    finish_reason=choice.reason,
-                )
-                for index, choice in enumerate(result.choices)
-            ],
+            choices=choices,
             usage=_usage(charge),
         )
         return completion, meter.headers
@@ -312,9 +315,9 @@ class ChatService:
                         [ChunkChoice(index=event.index, delta=Delta(tool_calls=[_tool_delta(event)]))]
                     )
                 elif isinstance(event, Finished):
-                    final.append(
-                        chunk([ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)])
-                    )
+                    ending = ChunkChoice(index=event.index, delta=Delta(), finish_reason=event.reason)
+                    ending._stop_sequence = event.stop_sequence
+                    final.append(chunk([ending]))
             charge = await meter.settle()
         except BaseException as exc:
             try:

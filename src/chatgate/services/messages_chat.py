@@ -254,10 +254,18 @@ STOP_REASONS: dict[FinishReason, StopReason] = {
 }
 
 
-def stop_reason(reason: FinishReason | None, called: bool) -> StopReason:
+def stop_reason(reason: FinishReason | None, called: bool, stop_sequence: str | None = None) -> StopReason:
     if called:
         return "tool_use"  # a forced named call finishes with "stop" in Chat Completions
+    if stop_sequence is not None and reason in (None, "stop"):
+        return "stop_sequence"  # the engine knows which of the caller's stop sequences matched
     return STOP_REASONS.get(reason or "stop", "end_turn")
+
+
+def matched_stop(reason: StopReason, stop_sequence: str | None) -> str | None:
+    """The ``stop_sequence`` field: the one that matched, only when that is why the message ended.
+    (An upstream's chat answer does not say which stop matched: it ends as ``end_turn``.)"""
+    return stop_sequence if reason == "stop_sequence" else None
 
 
 def arguments_json(arguments: str) -> dict[str, Any]:
@@ -282,11 +290,13 @@ def from_completion(completion: ChatCompletion) -> Message:
             ToolUseContent(id=call.id, name=call.function.name, input=arguments_json(call.function.arguments))
         )
     usage = completion.usage
+    ended = stop_reason(choice.finish_reason, bool(message.tool_calls), choice._stop_sequence)
     return Message(
         id=new_message_id(),
         model=completion.model,
         content=content,
-        stop_reason=stop_reason(choice.finish_reason, bool(message.tool_calls)),
+        stop_reason=ended,
+        stop_sequence=matched_stop(ended, choice._stop_sequence),
         usage=Usage(
             input_tokens=usage.prompt_tokens if usage else 0,
             output_tokens=usage.completion_tokens if usage else 0,
@@ -305,6 +315,7 @@ class MessageEvents:
     calls: dict[int, int] = field(default_factory=dict)  # a chat call's index -> its block
     called: bool = False
     reason: FinishReason | None = None
+    stop_sequence: str | None = None
     usage: tuple[int, int] = (0, 0)
 
     @staticmethod
@@ -371,16 +382,17 @@ class MessageEvents:
                         )
                     )
             if choice.finish_reason is not None:
-                self.reason = choice.finish_reason
+                self.reason, self.stop_sequence = choice.finish_reason, choice._stop_sequence
         return events
 
     def finish(self) -> list[MessageEvent]:
         prompt, completion = self.usage
+        ended = stop_reason(self.reason, self.called, self.stop_sequence)
         return [
             *self._close(),
             self.event(
                 "message_delta",
-                delta={"stop_reason": stop_reason(self.reason, self.called), "stop_sequence": None},
+                delta={"stop_reason": ended, "stop_sequence": matched_stop(ended, self.stop_sequence)},
                 usage={"input_tokens": prompt, "output_tokens": completion},
             ),
             self.event("message_stop"),

@@ -90,6 +90,7 @@ class Generation:
         call_text = TextAssembler([])
         pending: list[TokenLogprob] = []
         produced, reason = 0, "length"
+        matched: str | None = None  # the request's stop sequence that ended the answer
         self._unreported = 0
         while True:
             token = chain.sample(sequence.context, -1)
@@ -110,7 +111,7 @@ class Generation:
                     pending = []
                 if text.matcher.stopped:
                     if text.matcher.matched not in (OPEN, FENCE) or tools is None:
-                        reason = "stop"
+                        reason, matched = "stop", text.matcher.matched
                         break
                     # The model opened a tool call: from here the grammar holds it to the declared schemas.
                     after = (
@@ -136,7 +137,9 @@ class Generation:
             if reason == "stop" and calls.count and tools is not None:
                 reason = "stop" if tools.forced_name else "tool_calls"
         final: FinishReason = "length" if reason == "length" else reason  # type: ignore[assignment]
-        self.emit(Finished(final, len(self.job.prompt), produced, index))
+        self.emit(
+            Finished(final, len(self.job.prompt), produced, index, matched if final == "stop" else None)
+        )
         return True
 
     def _take(self) -> int:
