@@ -71,6 +71,7 @@ from chatgate.providers.mail import SmtpConfig, SmtpMailer
 from chatgate.providers.relay import RelaySession
 from chatgate.providers.router import Deployment, RouterProvider
 from chatgate.providers.shared_engine.client import EngineLink, SharedEngineProvider, deployment_key
+from chatgate.providers.shared_engine.embeddings import SharedEmbedder, embedding_key
 from chatgate.providers.shared_engine.host import EngineHost
 from chatgate.providers.upstream import UpstreamProvider
 from chatgate.providers.web.fetch import GuardedFetcher
@@ -105,6 +106,7 @@ from chatgate.storage.files import FileStore
 from chatgate.storage.money import DatabaseMoney
 
 if TYPE_CHECKING:
+    from chatgate.providers.embeddings.local import LocalEmbedder
     from chatgate.providers.local.pool import ThreadBudget
 
 log = logging.getLogger("chatgate")
@@ -239,35 +241,60 @@ def _embedder(
     engines: "Engines",
     progress: Progress | None,
 ) -> Embedder:
-    """An embedding model's engine, or its upstreams and engines behind a router. The local
-    engine's modules (ONNX Runtime, the tokenizer) are imported only when a local model is used."""
-    from chatgate.providers.embeddings import local as local_embeddings
-
+    """An embedding model's engine, or its upstreams and engines behind a router. A local model is
+    loaded here, or, when the server runs several workers, is a link to the engine process that
+    loads it once for all (the worker then never imports ONNX Runtime or the tokenizer)."""
     choices: list[Choice] = []
-    for deployment in entry.embeddings:
+    alone: Embedder | None = None  # a lone local model needs no router
+    for index, deployment in enumerate(entry.embeddings):
         embedder: Embedder
         if isinstance(deployment, UpstreamEmbeddingDeployment):
             upstream = UpstreamEmbedder(entry.name, deployment, outside.relay)
             embedder, label, limit = upstream, upstream.name, deployment.max_concurrency
         else:
             assert isinstance(deployment, LocalEmbeddingDeployment)
-            encoder, longest = local_embeddings.load(deployment, settings.models_path, progress)
-            embedder = local_embeddings.LocalEmbedder(
-                entry.name, deployment, encoder, longest, engines.budget(), heavy=outside.heavy
-            )
             label, limit = f"local:{deployment.asset or deployment.path}", None
+            if engines.link is not None:
+                key = embedding_key(entry.name, index)
+                embedder = alone = SharedEmbedder(engines.link, key, entry.name, label)
+            else:
+                embedder = alone = local_embedder(
+                    settings, entry.name, deployment, engines, outside.heavy, progress
+                )
         choices.append(Choice(label, embedder, deployment.weight, limit))
-    if len(choices) == 1 and isinstance(choices[0].embedder, local_embeddings.LocalEmbedder):
-        return choices[0].embedder
+    if len(choices) == 1 and alone is not None:
+        return alone
     return EmbeddingRouter(choices, retries=entry.retries)  # an upstream alone is retried too
 
 
+def local_embedder(
+    settings: Settings,
+    name: str,
+    deployment: LocalEmbeddingDeployment,
+    engines: "Engines",
+    heavy: HeavyWork,
+    progress: Progress | None,
+) -> "LocalEmbedder":
+    """A local embedding model, loaded (ONNX Runtime and the tokenizer are imported here, on first use)."""
+    from chatgate.providers.embeddings import local as local_embeddings
+
+    encoder, longest = local_embeddings.load(deployment, settings.models_path, progress)
+    return local_embeddings.LocalEmbedder(name, deployment, encoder, longest, engines.budget(), heavy=heavy)
+
+
 def create_engine_host(settings: Settings, progress: Progress | None = None) -> EngineHost:
-    """The engine process's app: every local deployment of the catalogue, loaded here once for all workers."""
+    """The engine process's app: every local deployment of the catalogue (chat and embeddings),
+    loaded here once for all workers."""
     heavy = HeavyWork(settings.data_dir / "locks", slots=settings.heavy_concurrency)
     engines = Engines(settings, RelaySession(), heavy, progress, shared=False)
     providers: dict[str, AnyProvider] = {}
+    embedders: dict[str, LocalEmbedder] = {}
     for entry in effective_catalogue(settings).models:
+        for index, embedding in enumerate(entry.embeddings):
+            if isinstance(embedding, LocalEmbeddingDeployment):
+                embedders[embedding_key(entry.name, index)] = local_embedder(
+                    settings, entry.name, embedding, engines, heavy, progress
+                )
         if entry.derived is not None:
             continue
         for index, deployment in enumerate(_ordinary(entry)):
@@ -275,16 +302,19 @@ def create_engine_host(settings: Settings, progress: Progress | None = None) -> 
                 providers[deployment_key(entry.name, index)] = engines.provider(
                     entry.name, index, deployment
                 )[0]
-    return EngineHost(providers)
+    return EngineHost(providers, embedders)
 
 
 def has_local_models(settings: Settings) -> bool:
+    """Whether the catalogue has a local model (chat or embeddings): with several workers, an engine
+    process then loads them once for all."""
+    catalogue = effective_catalogue(settings).models
     return any(
         isinstance(d, LocalDeployment)
-        for entry in effective_catalogue(settings).models
+        for entry in catalogue
         if entry.derived is None
         for d in _ordinary(entry)
-    )
+    ) or any(isinstance(d, LocalEmbeddingDeployment) for entry in catalogue for d in entry.embeddings)
 
 
 class Engines:

@@ -247,7 +247,7 @@ def serve_engine(settings: Settings, path: Path, progress: Progress | None = Non
     """The engine process: the catalogue's local models, served to the workers on a Unix socket."""
     configure_logging(settings)
     host = create_engine_host(settings, progress)
-    if not host.providers:
+    if not host.providers and not host.embedders:
         raise ConfigError("The catalogue has no local models for an engine process to serve.")
     config = uvicorn.Config(
         host,

@@ -23,13 +23,15 @@ from typing import Any
 import pytest
 
 from tests.e2e import infra
-from tests.e2e.conftest import SMALL, well_inside_a_minute
+from tests.e2e.conftest import EMBED, SMALL, well_inside_a_minute
 from tests.e2e.infra import API_KEY, ROOT, wait_for
 
 CATALOGUE = f"""
 models:
   - name: {SMALL}
     deployment: {{kind: local, asset: smollm2-135m-instruct-q4_1, context_length: 2048, instances: 1}}
+  - name: {EMBED}
+    deployment: {{kind: local_embedding, asset: all-minilm-l6-v2, workers: 1}}
 """
 HI: dict[str, Any] = {"model": SMALL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
 # Far longer than any test waits for: the small model's end of turn is banned, so it cannot stop early.
@@ -193,6 +195,38 @@ def test_the_local_model_is_loaded_once_in_the_engine_process(workers: Workers) 
         response = post(workers.connection(pid), HI)
         assert response.status == 200
         assert json.loads(response.read())["usage"]["completion_tokens"] == 2
+
+
+def test_the_local_embedding_model_is_loaded_once_in_the_engine_process(workers: Workers) -> None:
+    """Issue 18: the workers hold what they need to check and bound a request (its vector length,
+    vocabulary, limits, read from the engine), never ONNX Runtime or the model; both answer from the
+    one the engine process loaded, with the same vectors and the same exact count."""
+    engines, pids = workers.engines(), workers.workers()
+
+    def onnx_loaded(pid: int) -> bool:
+        return "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
+
+    assert onnx_loaded(engines[0])
+    assert not any(onnx_loaded(pid) for pid in pids)
+    body = {"model": EMBED, "input": ["the shared engine", "one copy of the weights"]}
+    answers = []
+    for pid in pids:
+        conn = workers.connection(pid)
+        headers = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
+        conn.request("POST", "/v1/embeddings", body=json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        assert response.status == 200
+        answers.append(json.loads(response.read()))
+    first, second = answers
+    assert [len(item["embedding"]) for item in first["data"]] == [384, 384]
+    assert first["data"] == second["data"] and first["usage"] == second["usage"]
+    assert first["usage"]["prompt_tokens"] > 0
+    # A request the worker can refuse alone (vectors longer than the model's) never reaches the engine.
+    conn = workers.connection(pids[0])
+    headers = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
+    conn.request("POST", "/v1/embeddings", body=json.dumps({**body, "dimensions": 100}), headers=headers)
+    response = conn.getresponse()
+    assert response.status == 400 and json.loads(response.read())["error"]["param"] == "dimensions"
 
 
 def test_a_tokens_requests_per_minute_hold_across_workers(workers: Workers) -> None:
