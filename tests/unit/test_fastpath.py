@@ -133,9 +133,8 @@ def test_a_locked_database_makes_the_reservation_wait_on_the_loop_not_on_a_threa
     assert balance(path) == (75, 30, 1)  # both writes landed, once each
 
 
-def test_settlements_asked_for_in_one_turn_of_the_loop_share_a_transaction(tmp_path: Path) -> None:
-    path = database_with_a_token(tmp_path, credits=1000)
-    fast = SqliteFastPath(path)
+def counted_groups(fast: SqliteFastPath) -> list[int]:
+    """The size of each group the fast path writes from now on, in order."""
     groups: list[int] = []
     write = fast._write_group
 
@@ -144,6 +143,13 @@ def test_settlements_asked_for_in_one_turn_of_the_loop_share_a_transaction(tmp_p
         return await write(group)
 
     fast._writes_waiting._write = counted
+    return groups
+
+
+def test_settlements_asked_for_in_one_turn_of_the_loop_share_a_transaction(tmp_path: Path) -> None:
+    path = database_with_a_token(tmp_path, credits=1000)
+    fast = SqliteFastPath(path)
+    groups = counted_groups(fast)
 
     async def use() -> list[bool]:
         for i in range(5):
@@ -167,14 +173,7 @@ def test_reservations_and_settlements_in_one_turn_share_a_transaction_and_each_a
     already reserved: the two refused change nothing and are told so, the others are written."""
     path = database_with_a_token(tmp_path, credits=300)
     fast = SqliteFastPath(path)
-    groups: list[int] = []
-    write = fast._write_group
-
-    async def counted(group: list[Reservation | Settlement]) -> list[bool | Exception]:
-        groups.append(len(group))
-        return await write(group)
-
-    fast._writes_waiting._write = counted
+    groups = counted_groups(fast)
 
     async def use() -> list[bool | BaseException]:
         await fast.reserve(user_id=1, token_id=7, trace_id="t0", amount=100, model="m", owner="o")

@@ -69,6 +69,42 @@ class EngineLink:
             await asyncio.sleep(POLL_SECONDS)
             await self.poll()
 
+    def stats_of(self, key: str) -> dict[str, int]:
+        """A deployment's load, as the engine last reported it."""
+        entry = self.stats.get(key, {})
+        return {k: int(v) for k, v in entry.get("stats", {}).items()}
+
+    def health_of(self, key: str, label: str) -> list[dict[str, object]]:
+        """A deployment's health as the engine last reported it (down while the engine is)."""
+        entry = self.stats.get(key)
+        if not self.up or entry is None:
+            return [{"deployment": label, "up": False}]
+        return [{**h, "deployment": label, "up": bool(h.get("up"))} for h in entry["health"]]
+
+    async def lines(self, verb: str, key: str, body: bytes) -> AsyncGenerator[bytes, None]:
+        """POST ``body`` to the engine's ``/{verb}/{key}`` and yield its answer's lines. Closing this
+        before the end (the client left) hangs up, and the engine cancels the work."""
+        url = f"http://engine/{verb}/" + quote(key, safe="")
+        try:
+            response = await self.session.post(url, data=body, headers={"content-type": "application/json"})
+        except aiohttp.ClientError as exc:
+            raise EngineFailure(f"The engine process could not be reached: {exc}") from exc
+        try:
+            if response.status != 200:
+                raise EngineFailure(f"The engine process answered status {response.status}.")
+            while True:
+                try:
+                    line = await response.content.readline()
+                except aiohttp.ClientError as exc:
+                    raise EngineFailure(f"The engine process broke off the answer: {exc}") from exc
+                if not line:
+                    return
+                yield line
+        finally:
+            if not response.content.at_eof():
+                response.close()  # hang up: the engine stops this request's work
+            response.release()
+
     async def aclose(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
@@ -107,36 +143,15 @@ class SharedEngineProvider:
         return await count_prompt(self._planner, plan)
 
     def stats(self) -> dict[str, int]:
-        entry = self._link.stats.get(self.key, {})
-        return {k: int(v) for k, v in entry.get("stats", {}).items()}
+        return self._link.stats_of(self.key)
 
     def health(self) -> list[dict[str, object]]:
-        entry = self._link.stats.get(self.key)
-        if not self._link.up or entry is None:
-            return [{"deployment": self.name, "up": False}]
-        return [
-            {**h, "deployment": self.name, "up": bool(h.get("up")) and self._link.up} for h in entry["health"]
-        ]
+        return self._link.health_of(self.key, self.name)
 
     async def run(self, plan: Plan) -> AsyncGenerator[ProviderEvent, None]:
         body = plan.request.model_dump_json(by_alias=True).encode()
-        url = "http://engine/run/" + quote(self.key, safe="")
-        try:
-            response = await self._link.session.post(
-                url, data=body, headers={"content-type": "application/json"}
-            )
-        except aiohttp.ClientError as exc:
-            raise EngineFailure(f"The engine process could not be reached: {exc}") from exc
-        try:
-            if response.status != 200:
-                raise EngineFailure(f"The engine process answered status {response.status}.")
-            while True:
-                try:
-                    line = await response.content.readline()
-                except aiohttp.ClientError as exc:
-                    raise EngineFailure(f"The engine process broke off the stream: {exc}") from exc
-                if not line:
-                    return
+        async with contextlib.aclosing(self._link.lines("run", self.key, body)) as lines:
+            async for line in lines:
                 try:
                     item = wire.decode(line)
                 except wire.WireError as exc:
@@ -144,10 +159,6 @@ class SharedEngineProvider:
                 if isinstance(item, ChatgateError):
                     raise item
                 yield item
-        finally:
-            if not response.content.at_eof():
-                response.close()  # hang up: the engine stops this generation
-            response.release()
 
 
 def deployment_key(model: str, index: int) -> str:

@@ -11,6 +11,7 @@ cancels the work in the engine.
 """
 
 import base64
+import contextlib
 import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
@@ -130,49 +131,24 @@ class SharedEmbedder:
         return plan(request, facts.limits, vocabulary=facts.vocabulary)
 
     def stats(self) -> dict[str, int]:
-        entry = self._link.stats.get(self.key, {})
-        return {k: int(v) for k, v in entry.get("stats", {}).items()}
+        return self._link.stats_of(self.key)
 
     def health(self) -> list[dict[str, object]]:
-        entry = self._link.stats.get(self.key)
-        if not self._link.up or entry is None:
-            return [{"deployment": self.label, "up": False}]
-        return [{**h, "deployment": self.label, "up": bool(h.get("up"))} for h in entry["health"]]
+        return self._link.health_of(self.key, self.label)
 
     async def run(self, work: EmbeddingPlan, accepted: Accept = ignore) -> Embeddings:
-        url = "http://engine/embed/" + quote(self.key, safe="")
-        try:
-            response = await self._link.session.post(
-                url, data=plan_to_json(work), headers={"content-type": "application/json"}
-            )
-        except aiohttp.ClientError as exc:
-            raise EngineFailure(f"The engine process could not be reached: {exc}") from exc
-        try:
-            if response.status != 200:
-                raise EngineFailure(f"The engine process answered status {response.status}.")
-            while True:
-                try:
-                    line = await response.content.readline()
-                except aiohttp.ClientError as exc:
-                    raise EngineFailure(f"The engine process broke off the answer: {exc}") from exc
-                if not line:
-                    raise EngineFailure("The engine process ended the answer without vectors.")
+        async with contextlib.aclosing(self._link.lines("embed", self.key, plan_to_json(work))) as lines:
+            async for line in lines:
                 body = _read(line)
                 if body.get("type") == ACCEPTED:
                     accepted(int(body["prompt_tokens"]))
                 elif body.get("type") == VECTORS:
                     return Embeddings(_vectors(body), int(body["prompt_tokens"]))
-                elif body.get("type") == wire.ERROR:
-                    error = wire.decode(line)
-                    if isinstance(error, ChatgateError):
-                        raise error
-                    raise EngineFailure(f"The engine process sent an unexpected line: {line[:80]!r}")
+                elif body.get("type") == wire.ERROR and isinstance(error := wire.decode(line), ChatgateError):
+                    raise error
                 else:
                     raise EngineFailure(f"The engine process sent an unexpected line: {line[:80]!r}")
-        finally:
-            if not response.content.at_eof():
-                response.close()  # hang up: the engine stops this request's work
-            response.release()
+        raise EngineFailure("The engine process ended the answer without vectors.")
 
 
 def _read(line: bytes) -> dict[str, Any]:
