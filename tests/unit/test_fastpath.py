@@ -1,6 +1,7 @@
 """SQLite's hot-path queries: on the event loop's own connection, waiting on the loop when another holds the lock."""
 
 import asyncio
+import functools
 import sqlite3
 import threading
 from dataclasses import replace
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from chatgate.storage import reservations
+from chatgate.storage import deployments, reservations
 from chatgate.storage.database import Database, migrate
+from chatgate.storage.deployments import MinuteFigures
 from chatgate.storage.fastpath import DuplicateReservation, Reservation, Settlement, SqliteFastPath
 from chatgate.storage.reservations import Lease
 from chatgate.storage.usage import UsageRow
@@ -275,3 +277,33 @@ def test_a_checkpoint_starts_the_wal_over_so_it_does_not_grow_with_every_write(t
     fast.close()
     assert fast.stats.restarts == 1
     assert frames() < 10 < before
+
+
+def test_the_deployment_figures_written_inline_read_back_as_sqlalchemy_writes_them(tmp_path: Path) -> None:
+    """The deployment monitor's write every 2 s goes through the fast path (the write lock held
+    within one call, not across awaits); SQLAlchemy reads its rows back field for field, and the
+    next write of the same minute overwrites its row."""
+    path = database_with_a_token(tmp_path, credits=100)
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    failed_at = datetime(2026, 12, 6, 22, 1, 2, 345678, tzinfo=UTC)
+    figures = MinuteFigures("gpt#0", 29_000_000, requests=3, errors=1, latency={"4": 2, "7": 1}, in_flight=2)
+    figures.cooling_until, figures.last_error, figures.last_error_at = 1.5, "upstream 503", failed_at
+
+    async def write_twice() -> list[deployments.DeploymentMinute]:
+        fast = db.sqlite_fast
+        assert fast is not None
+        for _ in range(2):
+            work = functools.partial(deployments.write_minutes_inline, replica="r1", figures=[figures])
+            for written, row_id in await fast.write("figures", work):
+                written.row_id = row_id
+            figures.requests += 1
+        async with db.sessions() as session:
+            rows = await deployments.since(session, minute=0)
+        await db.dispose()
+        return rows
+
+    (row,) = asyncio.run(write_twice())
+    assert (row.id, row.deployment_id, row.replica, row.minute) == (figures.row_id, "gpt#0", "r1", 29_000_000)
+    assert (row.requests, row.errors, row.latency, row.in_flight) == (4, 1, {"4": 2, "7": 1}, 2)
+    assert (row.cooling_until, row.last_error) == (1.5, "upstream 503")
+    assert row.last_error_at is not None and row.last_error_at.replace(tzinfo=UTC) == failed_at

@@ -90,6 +90,11 @@ class Database:
             raise ConfigError("An in-memory database holds no API tokens or credits; use a database file.")
         return self._fast
 
+    @property
+    def sqlite_fast(self) -> SqliteFastPath | None:
+        """SQLite's fast path (for small writes that must not hold the lock across awaits), if on SQLite."""
+        return self._fast if isinstance(self._fast, SqliteFastPath) else None
+
     def metrics_lines(self) -> list[str]:
         """The fast path's counters for ``/metrics`` (SQLite's; none on PostgreSQL)."""
         return self._fast.stats.lines() if isinstance(self._fast, SqliteFastPath) else []

@@ -1,5 +1,7 @@
 """Deployment state (disabled or not) and per-minute traffic figures, shared by every replica."""
 
+import json
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -7,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chatgate.storage.fastpath import SQLITE_TIME
 from chatgate.storage.tables import DeploymentMinute, DeploymentState
 from chatgate.storage.users import now
 
@@ -94,6 +97,43 @@ async def write_minutes(session: AsyncSession, *, replica: str, figures: list[Mi
         session.add(row)
         await session.flush()
         f.row_id = row.id
+
+
+def write_minutes_inline(
+    conn: sqlite3.Connection, *, replica: str, figures: list[MinuteFigures]
+) -> list[tuple[MinuteFigures, int]]:
+    """``write_minutes`` on SQLite's fast-path connection, inside its transaction (see
+    ``SqliteFastPath.write``): the same rows, as SQLAlchemy stores them. The ids of new rows are
+    returned, to be set on the figures once the transaction has committed."""
+    written = now().strftime(SQLITE_TIME)
+    inserted: list[tuple[MinuteFigures, int]] = []
+    for f in figures:
+        values = (
+            f.requests,
+            f.errors,
+            json.dumps(dict(f.latency or {})),
+            f.in_flight,
+            f.cooling_until,
+            f.last_error[:500] if f.last_error else None,
+            f.last_error_at.strftime(SQLITE_TIME) if f.last_error_at else None,
+            written,
+        )
+        if f.row_id is not None:
+            conn.execute(
+                "UPDATE deployment_stats SET requests = ?, errors = ?, latency = ?, in_flight = ?,"
+                " cooling_until = ?, last_error = ?, last_error_at = ?, updated_at = ? WHERE id = ?",
+                (*values, f.row_id),
+            )
+            continue
+        cursor = conn.execute(
+            "INSERT INTO deployment_stats (deployment_id, replica, minute, requests, errors, latency,"
+            " in_flight, cooling_until, last_error, last_error_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (f.deployment_id, replica, f.minute, *values),
+        )
+        assert cursor.lastrowid is not None
+        inserted.append((f, cursor.lastrowid))
+    return inserted
 
 
 async def since(session: AsyncSession, *, minute: int) -> list[DeploymentMinute]:

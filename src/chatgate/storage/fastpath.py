@@ -52,7 +52,7 @@ log = logging.getLogger("chatgate.storage")
 CHECKPOINT_EVERY = 1000  # commits (of reservations and settlements) between WAL checkpoints
 
 # SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back the same.
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+SQLITE_TIME = _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclass(frozen=True)
@@ -372,6 +372,15 @@ class SqliteFastPath:
         await self._run("lease", _renew, lease)
         self._wrote()
 
+    async def write(self, query: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Another module's small write, run the way this path runs its own: on the loop's
+        connection in one transaction begun and committed within one call, so the write lock is
+        never held across an await (through SQLAlchemy it was held from the first statement to the
+        commit, two hops through a busy loop, while every reservation waited)."""
+        result: T = await self._run(query, _in_transaction, work)
+        self._wrote()
+        return result
+
     async def _write_group(self, group: list[Reservation | Settlement]) -> list[bool | Exception]:
         done: list[bool | Exception] = await self._run("write", _write_group, group)
         reserved = sum(isinstance(item, Reservation) for item in group)
@@ -435,6 +444,17 @@ class SqliteFastPath:
         if self._inline is not None and self._inline_thread == threading.get_ident():
             self._inline.close()
             self._inline = None
+
+
+def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+        return result
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _token(conn: sqlite3.Connection, secret_hash: str) -> TokenRow | None:
