@@ -204,8 +204,9 @@ class DeploymentMonitor:
     async def sync(self) -> None:
         """Write this replica's figures and automatic disablings; read every deployment's state."""
         async with self._lock:
-            await self._disable_failing()
+            # The figures first: whoever reads a deployment disabled for its failures reads them too.
             await self._write_figures()
+            await self._disable_failing()
             async with self._db.sessions() as session:
                 states = await store.states(session)
             for deployment_id, deployment in self._deployments.items():
