@@ -52,7 +52,7 @@ log = logging.getLogger("chatgate.storage")
 CHECKPOINT_EVERY = 1000  # commits (of reservations and settlements) between WAL checkpoints
 
 # SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back the same.
-SQLITE_TIME = _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclass(frozen=True)
@@ -468,13 +468,13 @@ def _renew(conn: sqlite3.Connection, lease: Lease) -> None:
         lease.host,
         lease.pid,
         lease.process_start,
-        lease.expires_at.strftime(_SQLITE_TIME),
+        lease.expires_at.strftime(SQLITE_TIME),
     )
     conn.execute(RENEW_QUERY.format(*"?????"), values)
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime(_SQLITE_TIME)
+    return datetime.now(UTC).strftime(SQLITE_TIME)
 
 
 def _reserve(conn: sqlite3.Connection, r: Reservation, now: str) -> bool:
@@ -566,7 +566,7 @@ def _settle(conn: sqlite3.Connection, settlement: Settlement, now: str) -> bool:
             "UPDATE api_tokens SET spent = spent - ?, last_used_at = ? WHERE id = ?",
             (settlement.refund if held and row.user_id is not None else 0, now, row.token_id),
         )
-    conn.execute(_USAGE, _usage_values(row, held, row.created_at.strftime(_SQLITE_TIME)))
+    conn.execute(_USAGE, _usage_values(row, held, row.created_at.strftime(SQLITE_TIME)))
     return held
 
 

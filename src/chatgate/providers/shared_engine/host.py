@@ -158,16 +158,14 @@ class EngineHost:
         try:
             done = await embedder.run(work, accepted)
         except ChatgateError as exc:
-            await asyncio.gather(*told)
-            await _line(send, wire.encode_error(exc))
-            return
+            last = wire.encode_error(exc)
         except Exception as exc:
             log.exception("embedding failed")
-            await asyncio.gather(*told)
-            await _line(send, wire.encode_error(EngineFailure(f"The engine failed while embedding: {exc}")))
-            return
-        await asyncio.gather(*told)
-        await _line(send, vectors_line(done))
+            last = wire.encode_error(EngineFailure(f"The engine failed while embedding: {exc}"))
+        else:
+            last = vectors_line(done)
+        await asyncio.gather(*told)  # the count goes out before the vectors or the error
+        await _line(send, last)
 
     async def _relay(self, key: str, body: bytes, send: Send) -> None:
         async def line(data: bytes) -> None:
