@@ -33,6 +33,7 @@ from chatgate.api import (
 )
 from chatgate.api.client import ClientAddresses
 from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error, on_http_error, on_validation_error
+from chatgate.api.hot import Gateway
 from chatgate.api.openapi import API_PREFIXES, operation_id
 from chatgate.api.trace import TraceMiddleware
 from chatgate.config import (
@@ -684,7 +685,8 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
             await outside.relay.close()
             outside.heavy.close()
 
-    app = FastAPI(
+    app = Gateway(
+        body_limit=settings.body_limit,
         title="chatgate",
         lifespan=lifespan,
         docs_url=None,
@@ -704,6 +706,7 @@ def create_app(settings: Settings, *, progress: Progress | None = None) -> FastA
     ]
     for exc_type, handler in handlers:
         app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
+    app.hot_routes = {f"{prefix}/chat/completions": chat.create_chat_completion for prefix in API_PREFIXES}
     for prefix in API_PREFIXES:
         app.include_router(chat.router, prefix=prefix)
         app.include_router(models.router, prefix=prefix)
