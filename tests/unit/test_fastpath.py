@@ -13,7 +13,13 @@ import pytest
 from chatgate.storage import deployments, reservations
 from chatgate.storage.database import Database, migrate
 from chatgate.storage.deployments import MinuteFigures
-from chatgate.storage.fastpath import DuplicateReservation, Reservation, Settlement, SqliteFastPath
+from chatgate.storage.fastpath import (
+    DuplicateReservation,
+    GroupCommit,
+    Reservation,
+    Settlement,
+    SqliteFastPath,
+)
 from chatgate.storage.reservations import Lease
 from chatgate.storage.usage import UsageRow
 
@@ -307,3 +313,40 @@ def test_the_deployment_figures_written_inline_read_back_as_sqlalchemy_writes_th
     assert (row.requests, row.errors, row.latency, row.in_flight) == (4, 1, {"4": 2, "7": 1}, 2)
     assert (row.cooling_until, row.last_error) == (1.5, "upstream 503")
     assert row.last_error_at is not None and row.last_error_at.replace(tzinfo=UTC) == failed_at
+
+
+def test_a_group_writer_that_stops_leaves_no_submitter_waiting() -> None:
+    """The writer cancelled mid-write (the loop shutting down): the group it was writing and the
+    items still waiting all fail at once, none waits forever; a wrong count of answers fails its
+    group too."""
+
+    async def run() -> list[str]:
+        release = asyncio.Event()
+
+        async def write(items: list[int]) -> list[int | Exception]:
+            await release.wait()
+            answers: list[int | Exception] = list(items)
+            return answers[:-1] if 99 in items else answers
+
+        group: GroupCommit[int, int] = GroupCommit(write, max_group=1)
+        first = asyncio.create_task(group.submit(1))
+        second = asyncio.create_task(group.submit(2))
+        await asyncio.sleep(0.01)  # the writer holds [1]; 2 waits
+        assert group._writer is not None
+        group._writer.cancel()
+        outcomes = []
+        for task in (first, second):
+            try:
+                await asyncio.wait_for(task, 5)
+                outcomes.append("answered")
+            except ConnectionError:
+                outcomes.append("failed")
+        release.set()
+        try:
+            await asyncio.wait_for(group.submit(99), 5)
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+        assert await asyncio.wait_for(group.submit(3), 5) == 3  # a new writer for what comes next
+        return outcomes
+
+    assert asyncio.run(run()) == ["failed", "failed", "a group of 1 writes had 0 answers"]

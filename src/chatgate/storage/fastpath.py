@@ -208,24 +208,36 @@ class GroupCommit(Generic[T, R]):
         return await future
 
     async def _drain(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-            try:
-                results = await self._write([item for item, _ in group])
-            except BaseException as exc:
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, future), result in zip(group, results, strict=True):
-                if future.done():
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+                try:
+                    results = await self._write([item for item, _ in group])
+                    if len(results) != len(group):
+                        raise RuntimeError(f"a group of {len(group)} writes had {len(results)} answers")
+                except BaseException as exc:
+                    _fail(group, exc)
+                    if not isinstance(exc, Exception):
+                        raise
                     continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+                for (_, future), result in zip(group, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            # Whatever ended this writer (a cancellation, the loop shutting down), nobody is left
+            # waiting on it: what it had not taken yet fails too (a submitter would wait forever).
+            waiting, self._waiting = self._waiting, []
+            _fail(waiting, ConnectionError("the group writer stopped before this write"))
+
+
+def _fail(group: "list[tuple[T, asyncio.Future[R]]]", exc: BaseException) -> None:
+    for _, future in group:
+        if not future.done():
+            future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
 
 
 class PathStats:

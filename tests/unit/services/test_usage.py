@@ -62,3 +62,28 @@ def test_a_full_batch_is_written_without_waiting_for_the_round(tmp_path: Path) -
         return before, after, stopped
 
     assert asyncio.run(run()) == (0, BATCH_ROWS, BATCH_ROWS + 3)
+
+
+def test_stop_ends_the_writer_even_as_a_batch_fills(tmp_path: Path) -> None:
+    """Stopped in the turns around a batch filling up: on Python 3.11 a cancelled ``wait_for`` whose
+    event is set meanwhile swallows the cancellation, and a writer stopped by cancelling ran on
+    forever (a hung test on PostgreSQL). Each stop here must end, with every row written."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    migrate(url)
+
+    async def run() -> list[int]:
+        db = Database(url)
+        counts = []
+        for turns in range(6):
+            recorder = UsageRecorder(db, flush_seconds=3600, batch_rows=BATCH_ROWS)
+            await recorder.start()
+            await asyncio.sleep(0.05)  # the writer waits on its event
+            record(recorder, BATCH_ROWS)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await asyncio.wait_for(recorder.stop(), 20)  # a bound on a hang, not a timing test
+            counts.append(await written(db))
+        await db.dispose()
+        return counts
+
+    assert asyncio.run(run()) == [BATCH_ROWS * n for n in range(1, 7)]
