@@ -1,7 +1,8 @@
 """Trace ids: one per request, in ``request.state`` and in the ``x-request-id`` response header."""
 
+import random
 import re
-import uuid
+import time
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -11,7 +12,13 @@ _ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 
 def new_trace_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    """``req_`` and 32 hex digits: the milliseconds since the epoch (12), then 80 random bits.
+
+    Ids made in turn sort in turn, so the ledger, reservation and usage indexes they key grow at
+    their right edge: a request's rows land on the pages the last one wrote, where random ids put
+    each on a page of its own (a fifth less of the fast path's CPU, docs/benchmarks.md). They are
+    labels, not secrets: a caller's own ``x-request-id`` is kept as it is."""
+    return f"req_{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
 def trace_id_of(request: Request) -> str:

@@ -93,7 +93,7 @@ class LedgerEntry(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     trace_id: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16))  # grant | reserve | settle
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))  # looked up through the unique key
     token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
     amount: Mapped[int]  # signed: negative spends, positive grants and refunds
     created_at: Mapped[datetime]
@@ -112,7 +112,7 @@ class OpenReservation(Base):
     trace_id: Mapped[str] = mapped_column(String(128))
     amount: Mapped[int]
     model: Mapped[str | None] = mapped_column(String(200))  # None: opened before revision 0003
-    owner: Mapped[str] = mapped_column(String(64), index=True)
+    owner: Mapped[str] = mapped_column(String(64))  # no index: a sweep reads every open reservation
     created_at: Mapped[datetime]
 
 
