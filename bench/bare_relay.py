@@ -6,22 +6,74 @@ relay uses) and returns the upstream's status and body. No authentication, no ac
 validation, no logging: what it adds is the cost of the extra hop itself, the floor under any
 gateway built this way.
 
+With ``--books DB`` (a migrated chatgate SQLite database holding one API token) it also does what
+issue 14 makes every request do durably, and only that: the credit reservation committed before the
+upstream is called, and the settlement (refund, ledger row, usage row) committed before the answer
+is sent, through chatgate's own fast path (``SqliteFastPath``, grouped commits, trace ids made as
+chatgate makes them). What it adds over the bare relay is what the books alone cost.
+
     .venv/bin/python bench/bare_relay.py --port 8100 --upstream http://127.0.0.1:8101
 """
 
 import argparse
+import sqlite3
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import uvicorn
 
+from chatgate.api.trace import new_trace_id
+from chatgate.storage.fastpath import Settlement, SqliteFastPath
+from chatgate.storage.usage import UsageRow
+
+RESERVED, CHARGED = 100, 20  # credits held for a request, and what it costs
+
 Scope = dict[str, Any]
 
 
+class Books:
+    """A request's reservation and settlement, as chatgate's fast path writes them."""
+
+    def __init__(self, path: str) -> None:
+        with sqlite3.connect(path) as conn:
+            self.token_id, self.user_id = conn.execute("SELECT id, user_id FROM api_tokens").fetchone()
+        self.fast = SqliteFastPath(path)
+
+    async def reserve(self, trace_id: str) -> None:
+        kept = await self.fast.reserve(
+            user_id=self.user_id,
+            token_id=self.token_id,
+            trace_id=trace_id,
+            amount=RESERVED,
+            model="stub",
+            owner="bare-relay",
+        )
+        assert kept, "the bench's token ran out of credits"
+
+    async def settle(self, trace_id: str, started: float) -> None:
+        usage = UsageRow(
+            trace_id=trace_id,
+            user_id=self.user_id,
+            token_id=self.token_id,
+            model="stub",
+            prompt_tokens=12,
+            completion_tokens=5,
+            cost=CHARGED,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            status="ok",
+            error_code=None,
+            created_at=datetime.now(UTC),
+        )
+        await self.fast.settle(Settlement(usage, refund=RESERVED - CHARGED))
+
+
 class BareRelay:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, books: str | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        self.books = Books(books) if books else None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -40,11 +92,16 @@ class BareRelay:
             if not message.get("more_body"):
                 break
         assert self.session is not None
+        started, trace_id = time.perf_counter(), new_trace_id()
+        if self.books is not None:
+            await self.books.reserve(trace_id)
         async with self.session.post(
             self.upstream + scope["path"], data=body, headers={"Content-Type": "application/json"}
         ) as response:
             answer = await response.read()
             status = response.status
+        if self.books is not None:
+            await self.books.settle(trace_id, started)
         await send(
             {
                 "type": "http.response.start",
@@ -62,9 +119,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL the request path is appended to")
+    parser.add_argument("--books", help="a migrated chatgate SQLite database with one API token")
     args = parser.parse_args()
     uvicorn.run(
-        BareRelay(args.upstream), host="127.0.0.1", port=args.port, log_level="warning", access_log=False
+        BareRelay(args.upstream, args.books),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
     )
 
 

@@ -16,6 +16,9 @@ doing, and its latency runs from the moment its bytes are written to the last by
   (``chatgate/heap.py``), as it was before issue 18: what the collector's full passes cost;
 - ``bare``: ``bench/bare_relay.py`` on chatgate's server stack, doing nothing but pass the bytes on:
   the floor for any gateway built this way;
+- ``bare+books`` (``--books``): the same relay that also commits each request's reservation before
+  the upstream call and its settlement before the answer, through chatgate's SQLite fast path: the
+  floor for a gateway that keeps issue 14's books;
 - ``litellm`` (``--litellm``): LiteLLM's proxy (installed into ``.venv-litellm`` when missing).
 
 ``--stream-rates`` runs the same with ``"stream": true`` (streams per second; latency to the end of
@@ -418,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
     parser.add_argument("--redis-url", help="share rate limits through Redis")
     parser.add_argument("--no-bare", action="store_true", help="leave the bare relay out")
+    parser.add_argument(
+        "--books", action="store_true", help="add the bare relay that also writes the money path's books"
+    )
     parser.add_argument("--no-freeze", action="store_true", help="add chatgate without gc.freeze()")
     parser.add_argument(
         "--before",
@@ -483,6 +489,23 @@ def main(argv: list[str] | None = None) -> int:
                     running(pinned(args.server_cpu, bare), bare_env, port, workdir / "bare.log")
                 )
                 paths.append(Path_("bare", port, {}, pid))
+            if args.books:
+                (workdir / "books").mkdir()
+                books_env = chatgate_env(workdir / "books", stub_port, args)
+                make_token(books_env)
+                port = free_port()
+                bare = [PYTHON, str(ROOT / "bench" / "bare_relay.py"), "--port", str(port)]
+                bare += ["--upstream", f"http://127.0.0.1:{stub_port}"]
+                bare += ["--books", str(workdir / "books" / "data" / "chatgate.db")]
+                pid = stack.enter_context(
+                    running(
+                        pinned(args.server_cpu, bare),
+                        probed(dict(os.environ), probes),
+                        port,
+                        workdir / "books.log",
+                    )
+                )
+                paths.append(Path_("bare+books", port, {}, pid))
             if args.litellm:
                 binary = ensure_litellm(args.litellm_venv)
                 port = free_port()
