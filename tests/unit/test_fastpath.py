@@ -2,6 +2,7 @@
 
 import asyncio
 import functools
+import os
 import sqlite3
 import threading
 from dataclasses import replace
@@ -14,6 +15,7 @@ from chatgate.storage import deployments, reservations
 from chatgate.storage.database import Database, migrate
 from chatgate.storage.deployments import MinuteFigures
 from chatgate.storage.fastpath import (
+    CHECKPOINT_NICE,
     DuplicateReservation,
     GroupCommit,
     Reservation,
@@ -350,3 +352,19 @@ def test_a_group_writer_that_stops_leaves_no_submitter_waiting() -> None:
         return outcomes
 
     assert asyncio.run(run()) == ["failed", "failed", "a group of 1 writes had 0 answers"]
+
+
+def test_checkpoints_run_on_a_thread_that_yields_to_the_event_loop(tmp_path: Path) -> None:
+    """The checkpoint thread runs at CHECKPOINT_NICE; the thread that serves requests keeps its own."""
+    path = database_with_a_token(tmp_path, credits=100)
+    fast = SqliteFastPath(str(path))
+    try:
+        here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        there = fast._checkpointer.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result()
+        fast._checkpointer.submit(fast._checkpoint).result()  # and a checkpoint runs there
+    finally:
+        fast.close()
+    assert there == CHECKPOINT_NICE
+    assert here == os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < CHECKPOINT_NICE

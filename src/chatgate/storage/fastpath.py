@@ -50,6 +50,11 @@ from chatgate.storage.usage import UsageRow
 
 log = logging.getLogger("chatgate.storage")
 CHECKPOINT_EVERY = 1000  # commits (of reservations and settlements) between WAL checkpoints
+# The checkpoint thread's niceness: a checkpoint copies for a few milliseconds, and where it shares a
+# core with the event loop (a server on one core, or every core busy) it preempted requests for as
+# long (at 800 requests/s: 28 checkpoints in 20 s, 187 ms in all). At 19 the loop's thread gets
+# about 98 % of a shared core while both want it; alone, the checkpoint runs at full speed.
+CHECKPOINT_NICE = 19
 
 # SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back the same.
 SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -311,7 +316,9 @@ class SqliteFastPath:
         self._conn: sqlite3.Connection | None = None
         self._inline: sqlite3.Connection | None = None
         self._inline_thread: int | None = None
-        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpointer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-checkpoint", initializer=_yield_to_the_loop
+        )
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._writes = 0
         self._checkpointing = False
@@ -456,6 +463,13 @@ class SqliteFastPath:
         if self._inline is not None and self._inline_thread == threading.get_ident():
             self._inline.close()
             self._inline = None
+
+
+def _yield_to_the_loop() -> None:
+    """Lowers the calling thread's priority (the checkpoint thread's, see CHECKPOINT_NICE). Linux
+    sets a thread's niceness by its id; raising it needs no privilege. Elsewhere, nothing changes."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINT_NICE)
 
 
 def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
