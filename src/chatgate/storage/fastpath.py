@@ -59,9 +59,10 @@ CHECKPOINT_NICE = 19
 # undo in a statement journal: in memory up to 64 KiB, then in a new file in the temporary directory.
 # A settlement touches a dozen or more pages (its balance, token, ledger, usage row, indexes), so now
 # and then its journal passed 64 KiB and the event loop created, wrote and deleted a file mid-request:
-# 5 to 26 ms at 800 requests/s where the file system had to read the directory back from disk (29
-# such files in 4,000 writes of the unit test's pattern). With temp_store=MEMORY the journal never
-# leaves memory; it holds one item's pages at most, since each savepoint is released before the next.
+# about 10 a second at 800 requests/s, two of them 5 and 6 ms where the file system had to read the
+# directory back from disk (27 files in 4,000 writes of the unit test's pattern). With
+# temp_store=MEMORY the journal never leaves memory; it holds one item's pages at most, since each
+# savepoint is released before the next.
 JOURNAL_IN_MEMORY = "PRAGMA temp_store=MEMORY"
 
 # SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back the same.
