@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # On SIGTERM a process stops accepting, then waits at most this long for requests in flight
     # (streams included) to finish before it cancels them, settles them and exits.
     drain_seconds: float = Field(default=30.0, ge=0)
+    # How long an idle keep-alive connection stays open. Above the clients' own idle limits (the
+    # OpenAI and Anthropic SDKs drop theirs after 5 s, aiohttp after 15): a server that closes first
+    # races the client's next request on that connection, which then fails without an answer.
+    keep_alive_seconds: int = Field(default=20, ge=1, le=3600)
     # Set by `chatgate serve` for its workers when there is more than one: the Unix socket of the
     # engine process that serves the catalogue's local models to all of them (never set by hand).
     engine_socket: Path | None = None

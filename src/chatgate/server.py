@@ -120,6 +120,7 @@ def _config(app: Any, settings: Settings, **more: Any) -> uvicorn.Config:
         # believed of X-Forwarded-For (api/client.py), never uvicorn's own guess.
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.drain_seconds),
+        timeout_keep_alive=settings.keep_alive_seconds,
         **more,
     )
 

@@ -1,13 +1,15 @@
 """What a server shows of itself: operator endpoints behind the master key, no internal addresses in
 errors, sign-up modes and their production default, Secure cookies, sessions ended by a password
-change, and settings refused in one line."""
+change, settings refused in one line, and idle connections kept longer than the SDKs keep theirs."""
 
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 
 from tests.e2e import infra
@@ -198,3 +200,21 @@ def test_a_setting_out_of_range_stops_the_server_with_one_line(closed: Server) -
     assert result.stderr.strip().splitlines() == [
         "chatgate: CHATGATE_DEFAULT_TPM must be a whole number from 1 to 2,000,000,000 (got 100,000,000,000)."
     ]
+
+
+def test_an_idle_connection_outlives_the_sdks_own_idle_limit(closed: Server) -> None:
+    """The OpenAI and Anthropic SDKs keep an idle connection 5 s. A server that closed its side at 5 s
+    (uvicorn's default) raced the SDK's next request on it, which failed with "Server disconnected
+    without sending a response". Here a connection idles past the SDK's limit and still answers."""
+    idle = openai._constants.DEFAULT_CONNECTION_LIMITS.keepalive_expiry
+    assert idle is not None
+    host, port = closed.base_url.removeprefix("http://").split(":")
+
+    def healthz(conn: socket.socket) -> bytes:
+        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        return conn.recv(65536)
+
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        assert healthz(conn).startswith(b"HTTP/1.1 200")
+        time.sleep(idle + 1)
+        assert healthz(conn).startswith(b"HTTP/1.1 200")  # b"" once the server has closed its side
