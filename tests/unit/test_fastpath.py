@@ -409,29 +409,3 @@ def test_a_savepoints_journal_never_becomes_a_file_on_the_event_loop(tmp_path: P
     assert seen == []
     assert balance(path) == (10**9 - 10_000, 10_000, 2000)
 
-
-def test_the_checkpoint_thread_starts_the_new_wal_so_the_loop_never_writes_its_header(tmp_path: Path) -> None:
-    """Starting a WAL over writes a new header (new salts) and fsyncs it. That happens on the checkpoint
-    thread, right after it rewinds the WAL: the loop's next write finds the WAL begun and appends."""
-    path = database_with_a_token(tmp_path, credits=10_000)
-    fast = SqliteFastPath(path)
-
-    def salts() -> bytes:  # of the WAL's header: new ones each time the WAL starts over
-        return Path(f"{path}-wal").read_bytes()[16:24]
-
-    async def write(first: int, count: int) -> None:
-        for i in range(first, first + count):
-            await fast.reserve(user_id=1, token_id=7, trace_id=f"t{i}", amount=1, model="m", owner="o")
-
-    asyncio.run(write(0, 20))
-    before = salts()
-    fast._checkpointer.submit(fast._checkpoint).result()
-    begun = salts()
-    asyncio.run(write(20, 5))
-    after = salts()
-    fast.close()
-    assert fast.stats.restarts == 1
-    assert begun != before  # rewound and begun by the checkpoint thread, before the loop wrote again
-    assert after == begun  # the loop appended to the WAL the checkpoint thread began
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM reservations").fetchone()[0] == 25

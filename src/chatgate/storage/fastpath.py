@@ -444,7 +444,7 @@ class SqliteFastPath:
         during the first), then RESTART, which takes the write lock only
         if it is free this instant (``busy_timeout`` 0; if not, the next round tries again), copies
         the few frames written meanwhile and rewinds the WAL. Writers wait for that short part
-        only (on the loop, see ``_run``). Then it begins the new WAL itself (``_begin_the_wal``).
+        only (on the loop, see ``_run``).
         """
         if self._checkpoint_conn is None:
             self._checkpoint_conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
@@ -454,8 +454,6 @@ class SqliteFastPath:
         busy, _, _ = self._checkpoint_conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         self.stats.checkpoints += 1
         self.stats.restarts += 0 if busy else 1
-        if not busy:
-            _begin_the_wal(self._checkpoint_conn)
 
     async def aclose(self) -> None:
         self.close()
@@ -483,17 +481,6 @@ def _yield_to_the_loop() -> None:
     sets a thread's niceness by its id; raising it needs no privilege. Elsewhere, nothing changes."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINT_NICE)
-
-
-def _begin_the_wal(conn: sqlite3.Connection) -> None:
-    """Write the first frame of a WAL just rewound, here rather than on the event loop: the write
-    that starts a WAL over writes its header and fsyncs it (SQLite does so at ``synchronous=NORMAL``
-    too), which on the loop held every request for the disk's flush once a checkpoint (every 0.6 s
-    at 800 requests/s). The write sets ``user_version`` to the value it has: one page, nothing
-    changed. If the loop is writing this instant (``busy_timeout`` 0), its write starts the WAL."""
-    with contextlib.suppress(sqlite3.OperationalError):
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        conn.execute(f"PRAGMA user_version={version}")
 
 
 def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
