@@ -408,4 +408,3 @@ def test_a_savepoints_journal_never_becomes_a_file_on_the_event_loop(tmp_path: P
     asyncio.run(use())
     assert seen == []
     assert balance(path) == (10**9 - 10_000, 10_000, 2000)
-
