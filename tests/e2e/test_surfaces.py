@@ -211,8 +211,22 @@ def test_an_idle_connection_outlives_the_sdks_own_idle_limit(closed: Server) -> 
     host, port = closed.base_url.removeprefix("http://").split(":")
 
     def healthz(conn: socket.socket) -> bytes:
+        """One whole answer (head and body may come in separate reads); b"" if the server closed."""
         conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        return conn.recv(65536)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < length(answer):
+            more = conn.recv(65536)
+            if not more:
+                return answer
+            answer += more
+        return answer
+
+    def length(answer: bytes) -> int:
+        for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                return int(value)
+        return 0
 
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         assert healthz(conn).startswith(b"HTTP/1.1 200")
