@@ -19,8 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from chatgate.api.errors import BodyLimit, CatchAll, error_response
-from chatgate.api.trace import TraceMiddleware, trace_id_of
+from chatgate.api.errors import BodyLimit, CatchAll, on_chatgate_error
+from chatgate.api.trace import TraceMiddleware
 from chatgate.errors import ChatgateError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -49,6 +49,6 @@ class Gateway(FastAPI):
         request = Request(scope, receive)
         try:
             response = await self.hot_routes[scope["path"]](request)
-        except ChatgateError as exc:  # what the exception handler registered for it answers
-            response = error_response(exc, trace_id_of(request), scope["path"])
+        except ChatgateError as exc:  # the handler create_app registers for it, called as the framework would
+            response = await on_chatgate_error(request, exc)
         await response(scope, receive, send)
