@@ -92,8 +92,8 @@ class BareRelay:
             if not message.get("more_body"):
                 break
         assert self.session is not None
-        started, trace_id = time.perf_counter(), new_trace_id()
-        if self.books is not None:
+        if self.books is not None:  # nothing of this on the plain relay: it is the floor
+            started, trace_id = time.perf_counter(), new_trace_id()
             await self.books.reserve(trace_id)
         async with self.session.post(
             self.upstream + scope["path"], data=body, headers={"Content-Type": "application/json"}

@@ -480,32 +480,22 @@ def main(argv: list[str] | None = None) -> int:
                 unfrozen = {**probed(env, probes), "CHATGATE_BENCH_NO_FREEZE": "1"}
                 pid = stack.enter_context(running(command, unfrozen, port, workdir / "nofreeze.log"))
                 paths.append(Path_("chatgate-nofreeze", port, headers, pid))
-            if not args.no_bare:
+
+            def bare_relay(name: str, *more: str) -> None:
                 port = free_port()
                 bare = [PYTHON, str(ROOT / "bench" / "bare_relay.py"), "--port", str(port)]
-                bare += ["--upstream", f"http://127.0.0.1:{stub_port}"]
+                bare += ["--upstream", f"http://127.0.0.1:{stub_port}", *more]
                 bare_env = probed(dict(os.environ), probes)
-                pid = stack.enter_context(
-                    running(pinned(args.server_cpu, bare), bare_env, port, workdir / "bare.log")
-                )
-                paths.append(Path_("bare", port, {}, pid))
+                log_file = workdir / f"{name.replace('+', '-')}.log"
+                pid = stack.enter_context(running(pinned(args.server_cpu, bare), bare_env, port, log_file))
+                paths.append(Path_(name, port, {}, pid))
+
+            if not args.no_bare:
+                bare_relay("bare")
             if args.books:
                 (workdir / "books").mkdir()
-                books_env = chatgate_env(workdir / "books", stub_port, args)
-                make_token(books_env)
-                port = free_port()
-                bare = [PYTHON, str(ROOT / "bench" / "bare_relay.py"), "--port", str(port)]
-                bare += ["--upstream", f"http://127.0.0.1:{stub_port}"]
-                bare += ["--books", str(workdir / "books" / "data" / "chatgate.db")]
-                pid = stack.enter_context(
-                    running(
-                        pinned(args.server_cpu, bare),
-                        probed(dict(os.environ), probes),
-                        port,
-                        workdir / "books.log",
-                    )
-                )
-                paths.append(Path_("bare+books", port, {}, pid))
+                make_token(chatgate_env(workdir / "books", stub_port, args))
+                bare_relay("bare+books", "--books", str(workdir / "books" / "data" / "chatgate.db"))
             if args.litellm:
                 binary = ensure_litellm(args.litellm_venv)
                 port = free_port()
