@@ -386,9 +386,12 @@ def statement_journal_files() -> list[str]:
 def test_a_savepoints_journal_never_becomes_a_file_on_the_event_loop(tmp_path: Path) -> None:
     """A settlement's savepoint journals every page it touches; past 64 KiB SQLite moved the journal
     into a new file, created and deleted on the loop's thread mid-request (12 files in these 2,000
-    writes before the fix). Looked for while the statements run, through SQLite's progress handler."""
+    writes before the fix). Looked for while the statements run, through SQLite's progress handler.
+    Each reservation is asked for with the last one's settlement, so every write is in a group of two,
+    each item in its savepoint (an item alone has none)."""
     path = database_with_a_token(tmp_path, credits=10**9)
     fast = SqliteFastPath(path)
+    groups = counted_groups(fast)
     seen: list[str] = []
 
     def look() -> int:
@@ -399,12 +402,74 @@ def test_a_savepoints_journal_never_becomes_a_file_on_the_event_loop(tmp_path: P
         inline = fast._inline_connection()
         assert inline is not None
         inline.set_progress_handler(look, 50)
-        for i in range(1000):
+        last = None
+        for i in range(1001):
             trace = f"req_{i:020d}"
-            assert await fast.reserve(user_id=1, token_id=7, trace_id=trace, amount=100, model="m", owner="o")
-            assert await fast.settle(Settlement(usage_row(trace, 10), refund=90))
+            asked = []
+            if i < 1000:
+                asked.append(
+                    fast.reserve(user_id=1, token_id=7, trace_id=trace, amount=100, model="m", owner="o")
+                )
+            if last is not None:
+                asked.append(fast.settle(Settlement(usage_row(last, 10), refund=90)))
+            assert all(await asyncio.gather(*asked))
+            last = trace
         fast.close()
 
     asyncio.run(use())
+    assert groups == [1] + [2] * 999 + [1]
     assert seen == []
     assert balance(path) == (10**9 - 10_000, 10_000, 2000)
+
+
+def statements_of(fast: SqliteFastPath) -> list[str]:
+    """The statements the loop's connection runs from now on, each as its first word."""
+    inline = fast._inline_connection()
+    assert inline is not None
+    run: list[str] = []
+    inline.set_trace_callback(lambda sql: run.append(sql.split()[0].upper()))
+    return run
+
+
+def test_an_item_alone_is_its_own_transaction_and_items_together_each_have_a_savepoint(
+    tmp_path: Path,
+) -> None:
+    path = database_with_a_token(tmp_path, credits=1000)
+    fast = SqliteFastPath(path)
+    run = statements_of(fast)
+
+    async def use() -> None:
+        await fast.reserve(user_id=1, token_id=7, trace_id="t0", amount=100, model="m", owner="o")
+        alone = list(run)
+        run.clear()
+        await asyncio.gather(
+            fast.settle(Settlement(usage_row("t0", 40), refund=60)),
+            fast.reserve(user_id=1, token_id=7, trace_id="t1", amount=100, model="m", owner="o"),
+        )
+        fast.close()
+        assert alone == ["BEGIN", "UPDATE", "UPDATE", "INSERT", "INSERT", "COMMIT"]
+        assert run.count("SAVEPOINT") == run.count("RELEASE") == 2
+        assert (run[0], run[-1]) == ("BEGIN", "COMMIT")
+
+    asyncio.run(use())
+    assert balance(path) == (1000 - 40 - 100, 140, 3)
+
+
+def test_a_reservation_alone_that_the_tokens_cap_does_not_cover_changes_nothing(tmp_path: Path) -> None:
+    """The balance covers it and is taken first; the token's cap does not: with no savepoint, the
+    whole transaction is rolled back, and the balance is as it was."""
+    path = database_with_a_token(tmp_path, credits=1000)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE api_tokens SET quota_cap = 50 WHERE id = 7")
+    fast = SqliteFastPath(path)
+    run = statements_of(fast)
+
+    async def use() -> bool:
+        covered = await fast.reserve(user_id=1, token_id=7, trace_id="t0", amount=100, model="m", owner="o")
+        fast.close()
+        return covered
+
+    assert asyncio.run(use()) is False
+    assert run == ["BEGIN", "UPDATE", "UPDATE", "ROLLBACK"]
+    assert balance(path) == (1000, 0, 0)
+    assert held(path) == []

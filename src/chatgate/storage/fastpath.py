@@ -516,7 +516,7 @@ def _now() -> str:
 
 def _reserve(conn: sqlite3.Connection, r: Reservation, now: str) -> bool:
     """The balance and the token's cap both cover it, or nothing changes (the rule of PostgresFastPath
-    too); within the caller's transaction and savepoint."""
+    too); within the caller's transaction (and savepoint, in a group)."""
     taken = conn.execute(
         "UPDATE users SET credits = credits - ? WHERE id = ? AND credits >= ?",
         (r.amount, r.user_id, r.amount),
@@ -551,32 +551,48 @@ _USAGE = _USAGE_INSERT.format(", ".join("?" * 16))
 def _write_group(conn: sqlite3.Connection, group: list[Reservation | Settlement]) -> list[bool | Exception]:
     """One transaction for the whole group (one WAL write, where each alone cost one), each item in a
     savepoint: a reservation that is not covered, or an item that breaks a constraint (a trace id
-    reserved twice), is rolled back alone and answered alone, and the others commit."""
+    reserved twice), is rolled back alone and answered alone, and the others commit.
+
+    An item alone (most groups below saturation) needs no savepoint: the transaction is its own, and
+    undoing it is rolling that back. A savepoint and its release are two statements more, and its
+    journal a copy of every page the item touches: a reservation and its settlement, each alone,
+    took 186 to 203 us with them and 166 to 174 us without (3,000 of each, three rounds, here)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         now = _now()
-        done = [_in_savepoint(conn, item, now) for item in group]
-        conn.execute("COMMIT")
-        return done
+        if len(group) == 1:
+            done, undo = _write_item(conn, group[0], now)
+            answers = [done]
+        else:
+            answers, undo = [_in_savepoint(conn, item, now) for item in group], False
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    conn.execute("ROLLBACK" if undo else "COMMIT")
+    return answers
 
 
 def _in_savepoint(conn: sqlite3.Connection, item: Reservation | Settlement, now: str) -> bool | Exception:
     conn.execute("SAVEPOINT item")
-    try:
-        if isinstance(item, Reservation):
-            done: bool | Exception = _reserve(conn, item, now)
-            undo = not done  # not covered: nothing of it stays
-        else:
-            done, undo = _settle(conn, item, now), False  # False (swept before): its usage row stays
-    except sqlite3.IntegrityError as exc:
-        done, undo = DuplicateReservation(item.trace_id) if isinstance(item, Reservation) else exc, True
+    done, undo = _write_item(conn, item, now)
     if undo:
         conn.execute("ROLLBACK TO item")
     conn.execute("RELEASE item")
     return done
+
+
+def _write_item(
+    conn: sqlite3.Connection, item: Reservation | Settlement, now: str
+) -> tuple[bool | Exception, bool]:
+    """An item's writes, within the caller's transaction: its answer, and whether what it wrote is to
+    be undone (a reservation not covered, or a constraint broken)."""
+    try:
+        if isinstance(item, Reservation):
+            covered = _reserve(conn, item, now)
+            return covered, not covered
+        return _settle(conn, item, now), False  # False (swept before): its usage row stays
+    except sqlite3.IntegrityError as exc:
+        return (DuplicateReservation(item.trace_id) if isinstance(item, Reservation) else exc), True
 
 
 def _settle(conn: sqlite3.Connection, settlement: Settlement, now: str) -> bool:
