@@ -73,6 +73,48 @@ def batch_cost_ms(llama: Any, size: int, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def chat_prompt(system: str, user: str) -> str:
+    """A system and a user message in the model's chat template (Qwen2.5's ChatML), ready for the
+    assistant's answer: the text a chat server evaluates before its first token."""
+    return (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def prefill_seconds(llama: Any, prompts: list[str]) -> float:
+    """Seconds to evaluate each prompt from an empty cache, one after another (each prompt in one call,
+    its last token's logits out, as a server does before sampling its first token)."""
+    start = time.perf_counter()
+    for prompt in prompts:
+        llama.reset()
+        llama.eval(llama.tokenize(prompt.encode(), special=True))
+    return time.perf_counter() - start
+
+
+def prefill_worker(model: Path, prompts: list[str], repeats: int) -> None:
+    llama = load(model, 1)
+    prefill_seconds(llama, [chat_prompt("Warm-up.", "Hello.")])
+    for _ in range(repeats):
+        print(f"{prefill_seconds(llama, prompts):.4f}", flush=True)
+
+
+def run_prefill(model: Path, shares: list[list[str]], repeats: int) -> list[float]:
+    """One process of one thread per share, each evaluating its prompts, all at the same time; per
+    repeat, the seconds until the last of them is done."""
+    import json
+
+    command = [sys.executable, __file__, "--worker", "--model", str(model), f"--repeats={repeats}"]
+    procs = [
+        subprocess.Popen([*command, "--prefill", json.dumps(share)], stdout=subprocess.PIPE, text=True)
+        for share in shares
+    ]
+    outputs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit("a prefill worker failed")
+    times = [[float(line) for line in out.split()] for out in outputs]
+    return [max(column) for column in zip(*times, strict=True)]
+
+
 def worker(model: Path, threads: int, tokens: int, repeats: int) -> None:
     llama = load(model, threads)
     decode_rate(llama, 8)  # warm-up
@@ -99,7 +141,13 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--prefill", help=argparse.SUPPRESS)  # a worker's prompts, as a JSON list
     args = parser.parse_args()
+    if args.worker and args.prefill:
+        import json
+
+        prefill_worker(args.model, json.loads(args.prefill), args.repeats)
+        return 0
     if args.worker:
         worker(args.model, args.threads, args.tokens, args.repeats)
         return 0

@@ -17,7 +17,10 @@ Four scenarios, each with the same model file, the same 2 CPU threads and greedy
 
 With ``--ceiling`` it also measures, in the same run, what ``bench/ceiling.py`` calls the ceiling:
 two bare llama.cpp contexts of one thread each decoding at once (no server, no prompt), and reports
-chatgate's concurrent aggregate as a share of it.
+chatgate's concurrent aggregate as a share of it. The ceiling leaves the prompts out, so the same
+run also times the concurrent scenario's N prompts on those two bare contexts (``prefill xN``) and
+reports ``bound xN``: the scenario's completion tokens over the prompts' time plus the tokens' time
+at the ceiling's rate, the most any engine could make of these streams on these cores.
 
 With ``--xllamacpp`` it also runs ``xllamacpp x1`` / ``xllamacpp xN``: the same streams, over the
 same lean client, against llama.cpp's own server in-process through ``xllamacpp`` (a prebuilt
@@ -672,6 +675,7 @@ def build_report(
         "xllamacpp x1",
         f"xllamacpp x{n}",
         "ceiling",
+        f"prefill x{n}",
     ]
     r = results
     return {
@@ -730,7 +734,16 @@ def build_report(
                 if "ceiling" in r
                 else {}
             ),
+            **(
+                {
+                    f"bound_x{n}_over_ceiling_aggregate": _ratio(most, r["ceiling"].aggregate_tok_s),
+                    f"chatgate_x{n}_over_bound_aggregate": _ratio(r[f"chatgate x{n}"].aggregate_tok_s, most),
+                }
+                if (most := bound(r, n)) is not None
+                else {}
+            ),
         },
+        "bound_aggregate_tok_s": bound(r, n),
     }
 
 
@@ -746,6 +759,8 @@ def print_table(report: dict[str, Any], concurrency: int) -> None:
             f"{name:<20}{_fmt(row['ttft_ms'], 0):>10}{_fmt(row['per_stream_tok_s'], 1):>18}"
             f"{_fmt(row['aggregate_tok_s'], 1):>17}{row['completion_tokens']:>8.0f}"
         )
+    if report.get("bound_aggregate_tok_s") is not None:
+        print(f"{f'bound x{n}':<20}{'':>10}{'':>18}{report['bound_aggregate_tok_s']:>17.1f}")
     ratios = report["ratios"]
     decode = ratios["chatgate_x1_over_direct_x1_decode"]
     print(f"chatgate x1 / direct x1 decode: {'n/a' if decode is None else f'{100 * decode:.1f}%'}")
@@ -766,6 +781,11 @@ def print_table(report: dict[str, Any], concurrency: int) -> None:
             f"chatgate_x{n}_over_ceiling_aggregate",
             f"chatgate x{n} / ceiling ({THREADS} bare contexts) aggregate",
         ),
+        (
+            f"bound_x{n}_over_ceiling_aggregate",
+            f"bound x{n} (the prompts, then decoding at the ceiling) / ceiling aggregate",
+        ),
+        (f"chatgate_x{n}_over_bound_aggregate", f"chatgate x{n} / bound x{n} aggregate"),
     ):
         if (value := ratios.get(key)) is not None:
             print(f"{label}: {value:.2f}x")
@@ -809,15 +829,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_ceiling(model: Path, max_tokens: int, repeats: int) -> dict[str, ScenarioResult]:
-    """Two bare contexts of one thread each, decoding together: the most these cores give (bench/ceiling.py)."""
+def run_ceiling(model: Path, max_tokens: int, repeats: int, concurrency: int) -> dict[str, ScenarioResult]:
+    """Two bare contexts of one thread each, decoding together: the most these cores give (bench/ceiling.py).
+
+    And what the concurrent scenario's prompts cost before that: its ``concurrency`` prompts (the
+    chat template around this script's own messages, each with its session tag) evaluated on two
+    bare one-thread contexts at once, shared between them in turn. The ceiling decodes only; any
+    server answering those streams first has these prompts to evaluate, on the same two cores. So
+    ``bound`` (in the report) is the most any engine could make of the scenario: its completion
+    tokens over the prompts' time plus the tokens' time at the ceiling's rate, with no gap, no
+    overhead and no HTTP."""
     import ceiling  # bench/ceiling.py, beside this script
 
     log(f"ceiling: {THREADS} bare contexts of 1 thread each, {max_tokens} tokens, {repeats} repeats")
     totals = ceiling.run_workers(model, THREADS, 1, max_tokens, repeats)
     log(f"ceiling: {', '.join(f'{total:.1f}' for total in totals)} tok/s")
+    prompts = [
+        ceiling.chat_prompt(system["content"], user["content"])
+        for system, user in (bench_messages() for _ in range(concurrency))
+    ]
+    shares = [prompts[i::THREADS] for i in range(THREADS)]
+    log(f"prefill: {concurrency} prompts on {THREADS} bare contexts of 1 thread each, {repeats} repeats")
+    times = ceiling.run_prefill(model, shares, repeats)
+    log(f"prefill: {', '.join(f'{1000 * t:.0f}' for t in times)} ms")
     total = statistics.median(totals)
-    return {"ceiling": ScenarioResult(None, total / THREADS, total, THREADS * max_tokens, 0.0)}
+    prefill = statistics.median(times)
+    return {
+        "ceiling": ScenarioResult(None, total / THREADS, total, THREADS * max_tokens, 0.0),
+        f"prefill x{concurrency}": ScenarioResult(1000 * prefill, None, 0.0, 0.0, prefill),
+    }
+
+
+def bound(results: dict[str, ScenarioResult], concurrency: int) -> float | None:
+    """The most any engine could give the concurrent scenario here (see run_ceiling), in tok/s."""
+    prefill = results.get(f"prefill x{concurrency}")
+    if prefill is None or "ceiling" not in results:
+        return None
+    tokens = results[f"chatgate x{concurrency}"].completion_tokens
+    return tokens / (prefill.wall_s + tokens / results["ceiling"].aggregate_tok_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -837,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     results.update(run_direct(args.model, args.max_tokens, args.repeats, n))
     if args.ceiling:
-        results.update(run_ceiling(args.model, args.max_tokens, args.repeats))
+        results.update(run_ceiling(args.model, args.max_tokens, args.repeats, n))
     report = build_report(results, args, n)
     report["config"]["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     if args.json:
