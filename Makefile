@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 STAMP := $(VENV)/.chatgate-setup
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench screenshots clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,12 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy && $(VENV)/bin/lint-imports
+
+# The browser tests again, saving their screenshots over the README's (docs/screenshots).
+screenshots: setup
+	bash scripts/system-deps.sh
+	CHATGATE_SCREENSHOTS=docs/screenshots $(VENV)/bin/python -m pytest -q tests/e2e/test_console.py \
+		tests/e2e/test_business.py tests/e2e/test_operations.py tests/e2e/test_email_accounts.py
 
 bench: setup
 	$(VENV)/bin/python bench/engine.py
