@@ -14,8 +14,8 @@ text) for the shapes an engine can choose between:
   B sequences needs one row of them per sequence.
 
 ``bench/engine.py --ceiling`` also uses its prefill workers (``run_prefill``): the concurrent
-scenario's chat prompts evaluated on one-thread contexts at once, what any server pays before the
-decode loop above can start.
+scenario's chat prompts evaluated on one-thread contexts at once, what a server of such contexts
+pays before the decode loop above can start.
 
     .venv/bin/python bench/ceiling.py                 # 2 threads, 128 tokens, 3 repeats
     .venv/bin/python bench/ceiling.py --threads 2 --tokens 256 --repeats 5

@@ -20,7 +20,9 @@ two bare llama.cpp contexts of one thread each decoding at once (no server, no p
 chatgate's concurrent aggregate as a share of it. The ceiling leaves the prompts out, so the same
 run also times the concurrent scenario's N prompts on those two bare contexts (``prefill xN``) and
 reports ``bound xN``: the scenario's completion tokens over the prompts' time plus the tokens' time
-at the ceiling's rate, the most any engine could make of these streams on these cores.
+at the ceiling's rate: the most an engine of separate one-thread contexts (chatgate's way) could make
+of these streams on these cores. An engine that evaluates all N prompts in one batch on both
+threads (llama.cpp's server) can go past it: batched prompts are evaluated faster.
 
 With ``--xllamacpp`` it also runs ``xllamacpp x1`` / ``xllamacpp xN``: the same streams, over the
 same lean client, against llama.cpp's own server in-process through ``xllamacpp`` (a prebuilt
@@ -834,11 +836,11 @@ def run_ceiling(model: Path, max_tokens: int, repeats: int, concurrency: int) ->
 
     And what the concurrent scenario's prompts cost before that: its ``concurrency`` prompts (the
     chat template around this script's own messages, each with its session tag) evaluated on two
-    bare one-thread contexts at once, shared between them in turn. The ceiling decodes only; any
+    bare one-thread contexts at once, shared between them in turn. The ceiling decodes only; a
     server answering those streams first has these prompts to evaluate, on the same two cores. So
-    ``bound`` (in the report) is the most any engine could make of the scenario: its completion
-    tokens over the prompts' time plus the tokens' time at the ceiling's rate, with no gap, no
-    overhead and no HTTP."""
+    ``bound`` (in the report) is the most an engine of one-thread contexts could make of the
+    scenario: its completion tokens over the prompts' time plus the tokens' time at the ceiling's
+    rate, with no gap, no overhead and no HTTP (one that batches the prompts can do better)."""
     import ceiling  # bench/ceiling.py, beside this script
 
     log(f"ceiling: {THREADS} bare contexts of 1 thread each, {max_tokens} tokens, {repeats} repeats")
@@ -861,7 +863,8 @@ def run_ceiling(model: Path, max_tokens: int, repeats: int, concurrency: int) ->
 
 
 def bound(results: dict[str, ScenarioResult], concurrency: int) -> float | None:
-    """The most any engine could give the concurrent scenario here (see run_ceiling), in tok/s."""
+    """The most an engine of one-thread contexts could give the concurrent scenario here (see
+    run_ceiling), in tok/s."""
     prefill = results.get(f"prefill x{concurrency}")
     if prefill is None or "ceiling" not in results:
         return None
