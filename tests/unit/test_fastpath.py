@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatgate.storage import deployments, reservations
+from chatgate.storage import deployments, fastpath, reservations
 from chatgate.storage.database import Database, migrate
 from chatgate.storage.deployments import MinuteFigures
 from chatgate.storage.fastpath import (
@@ -473,3 +473,38 @@ def test_a_reservation_alone_that_the_tokens_cap_does_not_cover_changes_nothing(
     assert run == ["BEGIN", "UPDATE", "UPDATE", "ROLLBACK"]
     assert balance(path) == (1000, 0, 0)
     assert held(path) == []
+
+
+class FailingCommit:
+    """A connection whose next ``COMMIT`` fails, as SQLite's does on a disk error, leaving the
+    transaction open; every other statement goes to the real connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.failed = False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_a_commit_that_fails_leaves_no_transaction_open_and_nothing_written(
+    tmp_path: Path, size: int
+) -> None:
+    path = database_with_a_token(tmp_path, credits=1000)
+    conn = sqlite3.connect(path, isolation_level=None)
+    failing = FailingCommit(conn)
+    group: list[Reservation | Settlement] = [Reservation(1, 7, f"t{i}", 100, "m", "o") for i in range(size)]
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        fastpath._write_group(failing, group)  # type: ignore[arg-type]
+    assert not conn.in_transaction
+    assert fastpath._write_group(conn, [Reservation(1, 7, "after", 100, "m", "o")]) == [True]
+    conn.close()
+    assert balance(path) == (900, 100, 1)

@@ -490,7 +490,7 @@ def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection
         conn.execute("COMMIT")
         return result
     except BaseException:
-        conn.execute("ROLLBACK")
+        _end(conn)
         raise
 
 
@@ -565,11 +565,18 @@ def _write_group(conn: sqlite3.Connection, group: list[Reservation | Settlement]
             answers = [done]
         else:
             answers, undo = [_in_savepoint(conn, item, now) for item in group], False
+        conn.execute("ROLLBACK" if undo else "COMMIT")
+        return answers
     except BaseException:
-        conn.execute("ROLLBACK")
+        _end(conn)
         raise
-    conn.execute("ROLLBACK" if undo else "COMMIT")
-    return answers
+
+
+def _end(conn: sqlite3.Connection) -> None:
+    """Roll back what a failed write left open: whatever failed, even the commit (which leaves the
+    transaction open when it fails), the connection is ready for the next write."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _in_savepoint(conn: sqlite3.Connection, item: Reservation | Settlement, now: str) -> bool | Exception:
