@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,26 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+LOG_LINES = 60  # of each running server's log, at the end of a failing test's report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test's report ends with the last lines of every server running at that moment (a
+    request that hung or failed is in there, and the test's temporary folder may be gone later)."""
+    report: pytest.TestReport = yield
+    if report.failed:
+        for log in list(infra.RUNNING_LOGS):
+            try:
+                tail = log.read_text(errors="replace").splitlines()[-LOG_LINES:]
+            except OSError as exc:
+                tail = [f"(could not read it: {exc})"]
+            report.sections.append((f"last {LOG_LINES} lines of {log}", "\n".join(tail)))
+    return report
 
 
 @pytest.fixture(scope="module")

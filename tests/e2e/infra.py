@@ -17,6 +17,9 @@ from typing import TypeVar
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 API_KEY = "sk-test-" + "k" * 24
+# The logs of the servers running now, oldest first: a failing test's report ends with their last
+# lines (tests/e2e/conftest.py), so a failure in CI says what the server was doing.
+RUNNING_LOGS: list[Path] = []
 
 
 def free_port() -> int:
@@ -211,6 +214,7 @@ def process(
     """Any server started as a subprocess, ready once its port accepts connections."""
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    RUNNING_LOGS.append(log)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -223,6 +227,7 @@ def process(
             time.sleep(0.1)
         yield proc
     finally:
+        RUNNING_LOGS.remove(log)
         proc.terminate()
         try:
             proc.wait(timeout=20)
