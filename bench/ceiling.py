@@ -25,6 +25,7 @@ Python serialises them.
 """
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -105,8 +106,6 @@ def prefill_worker(model: Path, prompts: list[str], repeats: int) -> None:
 def run_prefill(model: Path, shares: list[list[str]], repeats: int) -> list[float]:
     """One process of one thread per share, each evaluating its prompts, all at the same time; per
     repeat, the seconds until the last of them is done."""
-    import json
-
     command = [sys.executable, __file__, "--worker", "--model", str(model), f"--repeats={repeats}"]
     procs = [
         subprocess.Popen([*command, "--prefill", json.dumps(share)], stdout=subprocess.PIPE, text=True)
@@ -148,8 +147,6 @@ def main() -> int:
     parser.add_argument("--prefill", help=argparse.SUPPRESS)  # a worker's prompts, as a JSON list
     args = parser.parse_args()
     if args.worker and args.prefill:
-        import json
-
         prefill_worker(args.model, json.loads(args.prefill), args.repeats)
         return 0
     if args.worker:

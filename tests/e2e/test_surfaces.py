@@ -2,7 +2,7 @@
 errors, sign-up modes and their production default, Secure cookies, sessions ended by a password
 change, settings refused in one line, and idle connections kept longer than the SDKs keep theirs."""
 
-import socket
+import http.client
 import subprocess
 import sys
 import time
@@ -209,26 +209,19 @@ def test_an_idle_connection_outlives_the_sdks_own_idle_limit(closed: Server) -> 
     idle = openai._constants.DEFAULT_CONNECTION_LIMITS.keepalive_expiry
     assert idle is not None
     host, port = closed.base_url.removeprefix("http://").split(":")
-
-    def healthz(conn: socket.socket) -> bytes:
-        """One whole answer (head and body may come in separate reads); b"" if the server closed."""
-        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < length(answer):
-            more = conn.recv(65536)
-            if not more:
-                return answer
-            answer += more
-        return answer
-
-    def length(answer: bytes) -> int:
-        for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                return int(value)
-        return 0
-
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        assert healthz(conn).startswith(b"HTTP/1.1 200")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200
+        first = conn.sock
         time.sleep(idle + 1)
-        assert healthz(conn).startswith(b"HTTP/1.1 200")  # b"" once the server has closed its side
+        # The same connection (http.client opens another only when it closed this one itself); a
+        # server that had closed its side makes this raise RemoteDisconnected.
+        conn.request("GET", "/healthz")
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200 and conn.sock is first
+    finally:
+        conn.close()
