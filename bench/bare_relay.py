@@ -1,8 +1,8 @@
 """The least a Python gateway on chatgate's stack can add: a bare relay, for ``bench/gateway.py``.
 
 A plain ASGI app on uvicorn (uvloop, httptools, as ``chatgate serve`` runs) that sends every
-``POST`` body unchanged to one upstream through a shared aiohttp session (the client chatgate's
-relay uses) and returns the upstream's status and body. No authentication, no accounting, no
+``POST`` body unchanged to one upstream through chatgate's relay client (``http1.Client``, pooled
+keep-alive connections) and returns the upstream's status and body. No authentication, no accounting, no
 validation, no logging: what it adds is the cost of the extra hop itself, the floor under any
 gateway built this way.
 
@@ -21,10 +21,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import uvicorn
 
 from chatgate.api.trace import new_trace_id
+from chatgate.providers.http1 import Client, encode_headers
 from chatgate.storage.fastpath import Settlement, SqliteFastPath
 from chatgate.storage.usage import UsageRow
 
@@ -72,17 +72,18 @@ class Books:
 class BareRelay:
     def __init__(self, upstream: str, books: str | None = None) -> None:
         self.upstream = upstream.rstrip("/")
-        self.session: aiohttp.ClientSession | None = None
+        self.client: Client | None = None
+        self.headers = encode_headers({"content-type": "application/json"})
         self.books = Books(books) if books else None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
                 if message["type"] == "lifespan.startup":
-                    self.session = aiohttp.ClientSession()
+                    self.client = Client()
                     await send({"type": "lifespan.startup.complete"})
-            if self.session is not None:
-                await self.session.close()
+            if self.client is not None:
+                await self.client.close()
             await send({"type": "lifespan.shutdown.complete"})
             return
         body = b""
@@ -91,15 +92,18 @@ class BareRelay:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        assert self.session is not None
+        assert self.client is not None
         if self.books is not None:  # nothing of this on the plain relay: it is the floor
             started, trace_id = time.perf_counter(), new_trace_id()
             await self.books.reserve(trace_id)
-        async with self.session.post(
-            self.upstream + scope["path"], data=body, headers={"Content-Type": "application/json"}
-        ) as response:
+        response = await self.client.request(
+            "POST", self.upstream + scope["path"], body=body, headers=self.headers
+        )
+        try:
             answer = await response.read()
-            status = response.status
+        finally:
+            response.release()
+        status = response.status
         if self.books is not None:
             await self.books.settle(trace_id, started)
         await send(

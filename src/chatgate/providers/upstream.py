@@ -23,8 +23,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
-
 from chatgate.config import EXTENSION_FIELDS, GATED_FIELDS, UpstreamDeployment
 from chatgate.errors import UnsupportedParameter, UpstreamFailed, UpstreamRefused, UpstreamTimeout
 from chatgate.protocol.messages import (
@@ -51,6 +49,7 @@ from chatgate.providers.base import (
     UsageReport,
     new_call_id,
 )
+from chatgate.providers.http1 import HTTPClientError, Response, encode_headers
 from chatgate.providers.redact import without_addresses
 from chatgate.providers.relay import RelaySession
 
@@ -191,18 +190,15 @@ class UpstreamProvider:
     def __init__(self, deployment: UpstreamDeployment, relay: RelaySession) -> None:
         self.deployment = deployment
         self._relay = relay
-        # Up to the first byte, and then between bytes: ``sock_read`` bounds every wait for data.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=min(10.0, deployment.timeout),
-            sock_read=deployment.timeout,
-        )
+        # Up to the first byte, and then between bytes: the read timeout bounds every wait for data.
+        self._connect_timeout = min(10.0, deployment.timeout)
         self._url = deployment.base_url.rstrip("/") + "/chat/completions"
         self._responses_url = deployment.base_url.rstrip("/") + "/responses"
-        self._headers = {"content-type": "application/json", **deployment.headers}
+        headers = {"content-type": "application/json", **deployment.headers}
         key = deployment.api_key()
         if key:
-            self._headers["authorization"] = f"Bearer {key}"
+            headers["authorization"] = f"Bearer {key}"
+        self._headers = encode_headers(headers)
         self.in_flight = 0
         self.failures = 0
         self._forwarded: set[str] = set(OPENAI_FIELDS) | set(deployment.extra_fields)
@@ -260,13 +256,18 @@ class UpstreamProvider:
             body = json.dumps(native or self._body(request, limit)).encode()
             url = self._url if native is None else self._responses_url
             try:
-                response = await self._relay.session.post(
-                    url, data=body, headers=self._headers, timeout=self._timeout
+                response = await self._relay.client.request(
+                    "POST",
+                    url,
+                    body=body,
+                    headers=self._headers,
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self.deployment.timeout,
                 )
             except TimeoutError as exc:
                 self.failures += 1
                 raise UpstreamTimeout("The upstream did not answer in time.") from exc
-            except aiohttp.ClientError as exc:
+            except HTTPClientError as exc:
                 self.failures += 1
                 raise UpstreamFailed(f"Could not reach the upstream: {type(exc).__name__}.") from exc
             complete = False
@@ -297,10 +298,10 @@ class UpstreamProvider:
         finally:
             self.in_flight -= 1
 
-    async def _refuse(self, response: aiohttp.ClientResponse) -> None:
+    async def _refuse(self, response: Response) -> None:
         try:
             raw = await response.read()
-        except (TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, HTTPClientError):
             raw = b""
         error = upstream_error(response.status, raw, response.headers.get("retry-after"))
         if isinstance(error, UpstreamFailed):
@@ -320,7 +321,7 @@ class UpstreamProvider:
         }
 
     async def _whole(
-        self, response: aiohttp.ClientResponse, limit: int, parse: Callable[[Any, int], list[ProviderEvent]]
+        self, response: Response, limit: int, parse: Callable[[Any, int], list[ProviderEvent]]
     ) -> tuple[list[ProviderEvent], str | None]:
         """A non-streamed answer as events, with the upstream's exact usage, or each choice estimated
         (at most ``limit``, the tokens a choice it was sent); and the upstream's system_fingerprint."""
@@ -330,7 +331,7 @@ class UpstreamProvider:
         except TimeoutError as exc:
             self.failures += 1
             raise UpstreamTimeout("The upstream stalled mid-answer.") from exc
-        except aiohttp.ClientError as exc:
+        except HTTPClientError as exc:
             self.failures += 1
             raise UpstreamFailed("The upstream's answer broke off.") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -339,13 +340,13 @@ class UpstreamProvider:
 
     async def _events(
         self,
-        response: aiohttp.ClientResponse,
+        response: Response,
         parser: "ChunkParser | responses_relay.StreamParser",
         prompt_estimate: int,
     ) -> AsyncGenerator[ProviderEvent, None]:
         first = True
         try:
-            async for raw in response.content:
+            async for raw in response:
                 if not raw.startswith(b"data:"):
                     continue
                 payload = raw[5:].strip()
@@ -366,7 +367,7 @@ class UpstreamProvider:
         except TimeoutError as exc:
             self.failures += 1
             raise UpstreamTimeout("The upstream stalled mid-stream.") from exc
-        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a line over the read buffer
+        except (HTTPClientError, ValueError) as exc:  # ValueError: a line over http1.MAX_LINE
             self.failures += 1
             raise UpstreamFailed("The upstream's stream broke off.") from exc
         if not parser.done:
