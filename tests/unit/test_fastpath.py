@@ -288,6 +288,40 @@ def test_a_checkpoint_starts_the_wal_over_so_it_does_not_grow_with_every_write(t
     assert frames() < 10 < before
 
 
+@pytest.mark.parametrize("freed", [True, False])
+def test_a_checkpoint_that_finds_the_lock_taken_tries_again_to_start_the_wal_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freed: bool
+) -> None:
+    """Another connection holds the write lock when the checkpoint's RESTART comes: it tries again
+    after a pause, and starts the WAL over once the lock is free; held throughout, it gives up after
+    RESTART_TRIES, and the WAL is left as it is."""
+    path = database_with_a_token(tmp_path, credits=10_000)
+    fast = SqliteFastPath(path)
+
+    async def write(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            await fast.reserve(user_id=1, token_id=7, trace_id=f"t{i}", amount=1, model="m", owner="o")
+
+    asyncio.run(write(0, 50))
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    pauses: list[int] = []
+
+    def pause() -> None:
+        pauses.append(1)
+        if freed and len(pauses) == 3:
+            holder.execute("COMMIT")  # the lock is free from the fourth try on
+
+    monkeypatch.setattr(fastpath, "_between_tries", pause)
+    fast._checkpointer.submit(fast._checkpoint).result()
+    if not freed:
+        holder.execute("COMMIT")
+    holder.close()
+    fast.close()
+    assert (fast.stats.checkpoints, fast.stats.restarts) == (1, 1 if freed else 0)
+    assert len(pauses) == (3 if freed else fastpath.RESTART_TRIES - 1)
+
+
 def test_the_deployment_figures_written_inline_read_back_as_sqlalchemy_writes_them(tmp_path: Path) -> None:
     """The deployment monitor's write every 2 s goes through the fast path (the write lock held
     within one call, not across awaits); SQLAlchemy reads its rows back field for field, and the
