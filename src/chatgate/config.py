@@ -305,6 +305,11 @@ class Price(BaseModel):
     completion: int = Field(default=1_000_000, ge=0)
 
 
+# The headers that say where a request's body ends and what becomes of its connection: the HTTP
+# client writes them for each request, so a deployment's ``headers`` may not set them.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"})
+
+
 class UpstreamDeployment(BaseModel):
     """A model served by an OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp's server...)."""
 
@@ -337,6 +342,11 @@ class UpstreamDeployment(BaseModel):
         unknown = [field for field in self.extra_fields if field not in known]
         if unknown:
             raise ValueError(f"extra_fields may name {', '.join(known)}; not {', '.join(unknown)}")
+        for name, value in self.headers.items():
+            if name.lower() in FRAMING_HEADERS:
+                raise ValueError(f"headers may not set {name!r}: the relay writes it for each request")
+            if not name or any(c in name for c in ": \r\n\0") or any(c in value for c in "\r\n\0"):
+                raise ValueError(f"headers: {name!r} is not a header that can be sent")
         return self
 
     def api_key(self) -> str | None:

@@ -124,6 +124,25 @@ def test_embedding_models_are_checked(tmp_path: Path, models: str, message: str)
         load_catalogue(path)
 
 
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ("{Content-Length: '5'}", "may not set 'Content-Length'"),
+        ("{connection: close}", "may not set 'connection'"),
+        ("{'x-a': \"1\\r\\nx-b: 2\"}", "not a header that can be sent"),
+        ("{'bad name': v}", "not a header that can be sent"),
+    ],
+)
+def test_an_upstreams_headers_are_ones_the_relay_can_send(tmp_path: Path, headers: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "models:\n  - {name: a, deployment: {kind: openai_compatible, base_url: 'http://h/v1', model: m, "
+        f"headers: {headers}}}}}\n"
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_catalogue(path)
+
+
 def test_unreadable_and_malformed_catalogues_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_catalogue(tmp_path / "missing.yaml")

@@ -12,33 +12,48 @@ the answer's status and headers, then its body whole (``read``) or line by line 
 ``connect_timeout`` bounds connecting; ``read_timeout`` bounds every wait for the answer's bytes (to
 the first one, then between any two), and TimeoutError says it ran out. A connection goes back to
 the pool when its answer was read to the end and the server keeps it open (``release``); otherwise
-it is closed, which stops the upstream's work. A kept connection that the server closed meanwhile
-is the keep-alive race every HTTP/1.1 client meets: a request that got no byte back on a reused
-connection is sent again once, on a new one.
+it is closed, which stops the upstream's work. A stream released right after its last event,
+before the server's closing chunk came, lingers up to ``LINGER`` seconds for it and then goes back
+to the pool (or is closed). A kept connection that the server closed meanwhile is the keep-alive
+race every HTTP/1.1 client meets: a request whose reused connection ended within ``RESEND_WINDOW``
+of sending, with no byte of an answer, is sent again once, on a new connection. Past that window the
+upstream may have been working on it, and the failure is the caller's to handle (a non-idempotent
+POST is not sent twice). A connection that receives bytes while idle, or bytes past its answer's
+end, is never used again.
 
 What it does not: proxies (the relay never used any), redirects (an API that answers 3xx answers
-with an error), HTTP/2, cookies. It asks for no compression (``accept-encoding: identity``) and
-still decodes gzip and deflate if a server compresses anyway.
+with an error), HTTP/2, cookies, ``HEAD``. It asks for no compression (``accept-encoding:
+identity``) and still decodes gzip and deflate (zlib-wrapped) if a server compresses anyway. A URL's
+user and password are sent as basic authentication unless the headers carry an authorization.
 """
 
 import asyncio
+import base64
 import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
+
+from chatgate.config import FRAMING_HEADERS
 
 HIGH_WATER = 2**22  # bytes read ahead of the reader before the socket is paused
 MAX_LINE = 2**22  # one line of a streamed answer (a long tool call or logprobs chunk), at most
 MAX_BODY = 2**28  # a whole answer, at most
+LINGER = 2.0  # seconds a released stream waits for its closing chunk before it is closed
+RESEND_WINDOW = 0.25  # seconds after sending within which a kept connection's end is the keep-alive race
 
 
 class HTTPClientError(Exception):
     """The connection failed or broke off, or what came back was not an HTTP answer."""
+
+
+class InvalidURL(HTTPClientError, ValueError):
+    """A URL this client cannot send to."""
 
 
 @dataclass(frozen=True)
@@ -54,23 +69,52 @@ class Origin:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def _split(url: str) -> tuple[Origin, str]:
-    parts = urlsplit(url)
+@dataclass(frozen=True)
+class _Target:
+    origin: Origin
+    path: str  # the request target: path and query
+    host: bytes  # the host line
+    authorization: bytes  # a basic authorization line from the URL's user and password, or b""
+
+
+def _split(url: str) -> _Target:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise InvalidURL(f"not a URL this client can send to: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http or https URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Origin(parts.scheme, parts.hostname, port), target
+        raise InvalidURL(f"not an http or https URL: {url!r}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    origin = Origin(parts.scheme, parts.hostname, port)
+    try:
+        host = b"host: " + origin.netloc.encode("idna") + b"\r\n"
+    except UnicodeError as exc:
+        raise InvalidURL(f"not a host name this client can send to: {parts.hostname!r}") from exc
+    authorization = b""
+    if parts.username is not None:
+        user = unquote(parts.username) + ":" + unquote(parts.password or "")
+        authorization = b"authorization: Basic " + base64.b64encode(user.encode()) + b"\r\n"
+    return _Target(origin, path, host, authorization)
 
 
 def encode_headers(headers: Mapping[str, str]) -> bytes:
-    """Header lines to send with ``Client.request``: checked and encoded once, by whoever sends them often."""
-    lines = []
+    """Header lines to send with ``Client.request`` (names in lower case): checked and encoded once,
+    by whoever sends them often. A ``host`` or ``accept-encoding`` here replaces the client's own;
+    of two names that differ only in case, the later one is sent."""
+    lines: dict[str, str] = {}
     for name, value in headers.items():
-        if any(c in name or c in value for c in "\r\n\0") or not name or ":" in name:
+        if any(c in name or c in value for c in "\r\n\0") or not name or ":" in name or " " in name:
             raise ValueError(f"a header that cannot be sent: {name!r}")
-        lines.append(f"{name}: {value}\r\n")
-    return "".join(lines).encode("latin-1")
+        if name.lower() in FRAMING_HEADERS:  # the client writes them itself, from the request
+            raise ValueError(f"a header that cannot be sent: {name!r} is the client's to write")
+        lines[name.lower()] = f"{name.lower()}: {value}\r\n"
+    return "".join(lines.values()).encode("latin-1")
+
+
+def _has(headers: bytes, name: bytes) -> bool:
+    """Whether ``encode_headers``' lines carry ``name`` (lower case, with its colon)."""
+    return headers.startswith(name) or b"\n" + name in headers
 
 
 class _Connection(asyncio.Protocol):
@@ -81,11 +125,18 @@ class _Connection(asyncio.Protocol):
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
+        self.sent_at = 0.0
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._closed_here = False  # closed by this side: what came before is not a whole answer
+        self._paused = False
         self._reset()
 
     def _reset(self) -> None:
+        if self._paused and self.transport is not None:
+            self.transport.resume_reading()  # a pooled connection must see what comes (the server's close)
+        self._paused = False
         self._parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
@@ -96,7 +147,8 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self._decoder: Any = None
         self._until_close = False  # neither a length nor chunks: the answer ends with the connection
-        self._paused = False
+        self._stray = False  # bytes past the answer's end: the connection is not used again
+        self._fed = False  # body bytes came
         self._keep_alive = False  # the server keeps the connection open after this answer
 
     # asyncio's side
@@ -107,8 +159,8 @@ class _Connection(asyncio.Protocol):
         self.received = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.lost = HTTPClientError(f"the upstream's answer is not HTTP/1.1: {exc}")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self.lost = HTTPClientError(f"the upstream's answer is not HTTP/1.1: {exc!r}")
             self._close()
         self._wake()
 
@@ -117,7 +169,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._forget(self)
-        if self.head and self._until_close and not self.complete and self.lost is None:
+        if self._linger is not None:
+            self._linger.cancel()
+        ended = exc is None and not self._closed_here  # the server's orderly close, not a reset or ours
+        if self.head and self._until_close and ended and not self.complete and self.lost is None:
             self.on_message_complete()  # the answer was delimited by the connection's end
         elif not self.complete and self.lost is None:
             self.lost = HTTPClientError("the upstream closed the connection" + (f": {exc}" if exc else ""))
@@ -126,9 +181,13 @@ class _Connection(asyncio.Protocol):
 
     # httptools' side
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw_headers.append((name, value))
+        if not self.complete:
+            self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # a second answer to one request: the connection is not to be trusted
+            self._stray = True
+            return
         self.status = self._parser.get_status_code()
         if 100 <= self.status < 200:  # an interim answer: the real one follows on the same parser
             self.raw_headers = []
@@ -139,13 +198,16 @@ class _Connection(asyncio.Protocol):
             lower = name.lower()
             if lower == b"content-length":
                 length = True
-            elif lower == b"transfer-encoding" and b"chunked" in value.lower():
+            elif lower == b"transfer-encoding" and value.strip().lower().endswith(b"chunked"):
                 chunked = True
             elif lower == b"content-encoding" and value.strip().lower() in (b"gzip", b"x-gzip", b"deflate"):
                 self._decoder = zlib.decompressobj(wbits=47)  # gzip or zlib, whichever it is
         self._until_close = not (length or chunked) and self.status not in (204, 304)
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            self._stray = True
+            return
         if self._decoder is not None:
             try:
                 body = self._decoder.decompress(body)
@@ -153,17 +215,25 @@ class _Connection(asyncio.Protocol):
                 self.lost = HTTPClientError(f"the upstream's compressed answer is broken: {exc}")
                 self._close()
                 return
+        self._fed = True
         self.buffer += body
         if len(self.buffer) > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        if self.head:
-            if self._decoder is not None:
-                self.buffer += self._decoder.flush()
-            self.complete = True
-            self._keep_alive = not self._until_close and self._parser.should_keep_alive()
+        if not self.head or self.complete:
+            return
+        if self._decoder is not None:
+            self.buffer += self._decoder.flush()
+            if self._fed and not self._decoder.eof:
+                self.lost = HTTPClientError("the upstream's compressed answer was cut short")
+        self.complete = True
+        self._keep_alive = not self._until_close and self._parser.should_keep_alive()
+        if self._linger is not None:  # released already, waiting for this: back to the pool now
+            self._linger.cancel()
+            self._linger = None
+            self._loop.call_soon(self.give_back)  # after the parser's callbacks, not inside them
 
     # the request's side
     def _wake(self) -> None:
@@ -195,6 +265,7 @@ class _Connection(asyncio.Protocol):
             raise self.lost
 
     def send(self, data: bytes) -> None:
+        self.sent_at = self._loop.time()
         if self.transport is None or self.transport.is_closing():
             raise HTTPClientError("the connection is closed")
         self.transport.write(data)
@@ -204,22 +275,46 @@ class _Connection(asyncio.Protocol):
             self.complete
             and self.lost is None
             and self._keep_alive
+            and not self._stray
             and self.transport is not None
             and not self.transport.is_closing()
         )
 
+    def idle_and_sound(self) -> bool:
+        """Pooled, and nothing came since: no stray bytes, no close seen."""
+        return not self.received and self.transport is not None and not self.transport.is_closing()
+
     def _close(self) -> None:
         if self.transport is not None:
+            self._closed_here = True
             self.transport.close()
 
     def give_back(self) -> None:
-        """Back to the pool if it can serve another request, else closed."""
+        """Back to the pool if it can serve another request, else closed; an answer still coming in
+        its chunks with nothing wrong so far lingers for its end (see ``LINGER``)."""
         if self.reusable():
             self._reset()
             self.client._keep(self)
+        elif (
+            not self.complete
+            and self.head
+            and not self._until_close
+            and self.lost is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self.buffer.clear()
+            self._linger = self._loop.call_later(LINGER, self.drop)
+            if self._paused:
+                self._paused = False
+                self.transport.resume_reading()
         else:
-            self._close()
-            self.client._forget(self)
+            self.drop()
+
+    def drop(self) -> None:
+        self._linger = None
+        self._close()
+        self.client._forget(self)
 
 
 class Response:
@@ -273,7 +368,8 @@ class Response:
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool if the answer was read to its end (and
-        the server keeps it), else it is closed."""
+        the server keeps it), or lingers for the end (see ``LINGER``), else it is closed. Call
+        ``close`` instead when the rest of the answer is unwanted: that stops the upstream's work."""
         if not self._done:
             self._done = True
             self._conn.give_back()
@@ -282,8 +378,7 @@ class Response:
         """Done with it, and the connection closed whatever was left unread."""
         if not self._done:
             self._done = True
-            self._conn._close()
-            self._conn.client._forget(self._conn)
+            self._conn.drop()
 
 
 class Client:
@@ -297,7 +392,7 @@ class Client:
         self._open: set[_Connection] = set()
         self._connecting = 0
         self._slots: deque[asyncio.Future[None]] = deque()  # requests waiting for a connection's room
-        self._targets: dict[str, tuple[Origin, str]] = {}
+        self._targets: dict[str, _Target] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
@@ -313,68 +408,87 @@ class Client:
     ) -> Response:
         """Send the request (``headers`` from ``encode_headers``) and wait for the answer's head; the
         caller reads the body, then calls ``release`` (or ``close``) on the Response."""
-        split = self._targets.get(url)
-        if split is None:
-            split = self._targets[url] = _split(url)
-        origin, target = split
-        head = (
-            f"{method} {target} HTTP/1.1\r\nhost: {origin.netloc}\r\ncontent-length: {len(body)}\r\n"
-            "accept-encoding: identity\r\n"
-        ).encode("latin-1")
+        target = self._targets.get(url)
+        if target is None:
+            target = _split(url)
+            if len(self._targets) < 1024:
+                self._targets[url] = target
+        origin = target.origin
+        head = f"{method} {target.path} HTTP/1.1\r\ncontent-length: {len(body)}\r\n".encode("latin-1")
+        if not _has(headers, b"host:"):
+            head += target.host
+        if not _has(headers, b"accept-encoding:"):
+            head += b"accept-encoding: identity\r\n"
+        if target.authorization and not _has(headers, b"authorization:"):
+            head += target.authorization
         data = head + headers + b"\r\n" + body
         for attempt in (1, 2):
-            conn, reused = await self._connection(origin, connect_timeout)
+            conn, reused = await self._connection(origin, connect_timeout, fresh=attempt == 2)
             try:
                 conn.send(data)
                 while not conn.head:
                     await conn.wait(read_timeout)
             except HTTPClientError:
-                conn._close()
-                self._forget(conn)
-                if reused and not conn.received and attempt == 1:
+                conn.drop()
+                raced = self._loop_time() - conn.sent_at < RESEND_WINDOW
+                if reused and not conn.received and raced and attempt == 1:
                     continue  # the server had closed the kept connection: once more, on a new one
                 raise
             except BaseException:
-                conn._close()
-                self._forget(conn)
+                conn.drop()
                 raise
             return Response(conn, read_timeout)
         raise AssertionError("unreachable")
 
-    async def _connection(self, origin: Origin, timeout: float | None) -> tuple[_Connection, bool]:
-        """A kept connection to ``origin`` (and True), or a new one (and False) once there is room."""
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _connection(
+        self, origin: Origin, timeout: float | None, *, fresh: bool = False
+    ) -> tuple[_Connection, bool]:
+        """A kept connection to ``origin`` (and True), or a new one (and False) once there is room;
+        ``fresh``: a new one."""
         loop = asyncio.get_running_loop()
         while True:
+            if self._closed:
+                raise HTTPClientError("the client is closed")
             idle = self._idle.get(origin)
-            while idle:
+            while idle and not fresh:
                 conn = idle.pop()
-                transport = conn.transport
-                if transport is not None and not transport.is_closing():
-                    if loop.time() - conn.idle_since < self._keepalive:
-                        return conn, True
-                conn._close()
-                self._forget(conn)
+                if conn.idle_and_sound() and loop.time() - conn.idle_since < self._keepalive:
+                    return conn, True
+                conn.drop()
             if len(self._open) + self._connecting < self._limit:
                 break
             if not self._drop_oldest_idle():  # room from another origin's idle connection, or wait
                 slot: asyncio.Future[None] = loop.create_future()
                 self._slots.append(slot)
-                await slot
+                try:
+                    await slot
+                except asyncio.CancelledError:
+                    if slot.done() and not slot.cancelled():
+                        self._free_a_slot()  # woken and gone: the room goes to the next one
+                    raise  # (a cancelled slot left in the line is passed over)
         self._connecting += 1
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await asyncio.get_running_loop().create_connection(
+                _, conn = await loop.create_connection(
                     lambda: _Connection(self, origin),
                     origin.host,
                     origin.port,
                     ssl=self._context() if origin.scheme == "https" else None,
                 )
-        except OSError as exc:
-            raise HTTPClientError(f"could not connect: {exc}") from exc
-        finally:
+        except (OSError, UnicodeError) as exc:
             self._connecting -= 1
             self._free_a_slot()
-        self._open.add(conn)
+            raise HTTPClientError(f"could not connect: {exc}") from exc
+        except BaseException:
+            self._connecting -= 1
+            self._free_a_slot()
+            raise
+        self._connecting -= 1
+        self._open.add(conn)  # the room it was connecting in is its own now
         return conn, False
 
     def _context(self) -> ssl.SSLContext:
@@ -389,15 +503,12 @@ class Client:
                 oldest = conns[0]
         if oldest is None:
             return False
-        self._idle[oldest.origin].remove(oldest)
-        oldest._close()
-        self._forget(oldest)
+        oldest.drop()
         return True
 
     def _keep(self, conn: _Connection) -> None:
         if self._closed:
-            conn._close()
-            self._forget(conn)
+            conn.drop()
             return
         conn.idle_since = asyncio.get_running_loop().time()
         self._idle.setdefault(conn.origin, []).append(conn)

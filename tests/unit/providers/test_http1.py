@@ -1,7 +1,10 @@
 """The relay's HTTP/1.1 client against a real TCP server on this machine that answers exactly the bytes each test scripts."""
 
 import asyncio
+import base64
 import gzip
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -284,26 +287,74 @@ async def test_a_line_over_the_limit_is_refused(client: Client, monkeypatch: pyt
         response.close()
 
 
-async def test_an_answer_left_part_read_closes_its_connection(client: Client) -> None:
-    async def slow_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+def half_then(rest: asyncio.Event) -> Handler:
+    """Answers the first request with its head and half its body, the rest once ``rest`` is set;
+    every later request at once."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
         while await read_request(reader, server):
-            if server.connections == 1:
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345")  # the rest later
+            if len(server.requests) == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345")
+                await writer.drain()
+                await rest.wait()
+                writer.write(b"67890")
             else:
                 writer.write(answer(b"{}"))
             await writer.drain()
 
-    async with serving(slow_first) as server:
+    return handler
+
+
+async def test_an_answer_closed_before_its_end_closes_its_connection_at_once(client: Client) -> None:
+    async with serving(half_then(asyncio.Event())) as server:
         response = await post(client, server)
-        response.release()  # before its end: the connection cannot serve another request
+        response.close()  # the rest is unwanted: the upstream's work stops
         assert client.open_connections == 0
         response = await post(client, server)
         assert await response.read() == b"{}"
         response.release()
         assert server.connections == 2
+
+
+async def test_an_answer_released_before_its_end_lingers_for_it_then_serves_again(client: Client) -> None:
+    rest = asyncio.Event()
+    async with serving(half_then(rest)) as server:
         response = await post(client, server)
-        response.release()  # all of it had come, read or not: the connection is at a clean boundary
+        response.release()  # e.g. a stream whose [DONE] came before the closing chunk
+        assert (client.open_connections, client.idle_connections) == (1, 0)
+        rest.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if client.idle_connections:
+                break
+        assert client.idle_connections == 1  # the end came: back to the pool
+        response = await post(client, server)
+        assert await response.read() == b"{}"
+        response.release()
+        assert server.connections == 1
+
+
+async def test_an_answer_released_before_an_end_that_never_comes_is_closed_after_the_linger(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "LINGER", 0.05)
+    async with serving(half_then(asyncio.Event())) as server:
+        response = await post(client, server)
+        response.release()
+        assert client.open_connections == 1
+        await asyncio.sleep(0.2)
+        assert client.open_connections == 0
+
+
+async def test_an_answer_that_had_all_come_is_kept_read_or_not(client: Client) -> None:
+    async with serving(keep_answering) as server:
+        response = await post(client, server)
+        response.release()  # never read, but whole: the connection is at a clean boundary
         assert client.idle_connections == 1
+        response = await post(client, server)
+        assert await response.read() == b'{"n": 2}'
+        response.release()
+        assert server.connections == 1
 
 
 async def test_at_the_connection_limit_a_request_waits_for_a_connection_to_come_back() -> None:
@@ -394,23 +445,240 @@ async def test_nothing_listening_is_a_client_error(client: Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "headers", [{"x-a": "1\r\nx-injected: 1"}, {"bad\nname": "v"}, {"a:b": "v"}, {"": "v"}]
+    "headers",
+    [
+        {"x-a": "1\r\nx-injected: 1"},
+        {"bad\nname": "v"},
+        {"a:b": "v"},
+        {"": "v"},
+        {"Content-Length": "3"},
+        {"transfer-encoding": "chunked"},
+        {"connection": "close"},
+    ],
 )
 def test_a_header_that_would_break_the_request_is_refused(headers: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="cannot be sent"):
         encode_headers(headers)
 
 
-@pytest.mark.parametrize("url", ["ftp://host/x", "/relative", "http:///no-host"])
+@pytest.mark.parametrize("url", ["ftp://host/x", "/relative", "http:///no-host", "http://h:99999/x"])
 async def test_only_http_and_https_urls_are_taken(client: Client, url: str) -> None:
-    with pytest.raises(ValueError, match="not an http or https URL"):
+    with pytest.raises(http1.InvalidURL, match=r"not an http or https URL|not a URL") as raised:
         await client.request("POST", url)
+    assert isinstance(raised.value, HTTPClientError)  # what the relay catches
 
 
 def test_the_host_header_names_the_port_only_when_it_is_not_the_schemes() -> None:
-    assert http1._split("https://api.example.com/v1/x?y=1") == (
+    target = http1._split("https://api.example.com/v1/x?y=1")
+    assert (target.origin, target.path, target.host) == (
         http1.Origin("https", "api.example.com", 443),
         "/v1/x?y=1",
+        b"host: api.example.com\r\n",
     )
     assert http1.Origin("https", "api.example.com", 443).netloc == "api.example.com"
     assert http1.Origin("http", "::1", 8080).netloc == "[::1]:8080"
+
+
+async def test_a_paused_connection_given_back_reads_again(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole answer over the high-water mark paused the socket on its last bytes; pooled so, the
+    next request on it would never be read."""
+    monkeypatch.setattr(http1, "HIGH_WATER", 1024)
+    big = b"z" * 50_000
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await read_request(reader, server):
+            writer.write(answer(big if len(server.requests) == 1 else b"{}"))
+            await writer.drain()
+
+    async with serving(large) as server:
+        response = await post(client, server)
+        assert await response.read() == big
+        response.release()
+        response = await post(client, server, timeout=2.0)
+        assert await response.read() == b"{}"
+        response.release()
+        assert server.connections == 1
+
+
+async def test_a_waiter_cancelled_as_it_is_woken_passes_the_room_on() -> None:
+    client = Client(connections=1)
+    try:
+        async with serving(keep_answering) as server:
+            first = await post(client, server)
+            await first.read()
+            second = asyncio.create_task(post(client, server))
+            third = asyncio.create_task(post(client, server))
+            await asyncio.sleep(0.05)
+            first.release()  # wakes the second...
+            second.cancel()  # ...which leaves in the same turn
+            response = await asyncio.wait_for(third, 2.0)
+            assert await response.read() == b'{"n": 2}'
+            response.release()
+            assert second.cancelled()
+    finally:
+        await client.close()
+
+
+async def test_bytes_on_an_idle_connection_keep_it_from_being_used_again(client: Client) -> None:
+    """A server that says something while the connection is idle (a 408 before it closes): that is
+    no answer to the next request, which goes on a new connection."""
+
+    async def nags(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        if server.connections == 1:
+            await read_request(reader, server)
+            writer.write(answer(b'{"first": true}'))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(30)
+        while await read_request(reader, server):
+            writer.write(answer(b'{"later": true}'))
+            await writer.drain()
+
+    async with serving(nags) as server:
+        response = await post(client, server)
+        assert await response.read() == b'{"first": true}'
+        response.release()
+        await asyncio.sleep(0.2)
+        response = await post(client, server)
+        assert (response.status, await response.read()) == (200, b'{"later": true}')
+        response.release()
+        assert server.connections == 2
+
+
+async def test_a_second_answer_behind_the_first_keeps_the_connection_from_being_used_again(
+    client: Client,
+) -> None:
+    async def twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await read_request(reader, server):
+            writer.write(answer(b"{}") + b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with serving(twice) as server:
+        response = await post(client, server)
+        assert (response.status, await response.read()) == (200, b"{}")  # the first one's status stands
+        response.release()
+        assert client.open_connections == 0
+
+
+async def test_the_one_resend_goes_on_a_new_connection_not_another_kept_one(client: Client) -> None:
+    kept: list[asyncio.StreamWriter] = []
+
+    async def one_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await read_request(reader, server):
+            writer.write(answer(b"{}"))
+            await writer.drain()
+            kept.append(writer)
+
+    async with serving(one_each) as server:
+        held = [await post(client, server) for _ in range(2)]  # two connections, both kept after
+        for response in held:
+            await response.read()
+            response.release()
+        assert client.idle_connections == 2
+        for writer in kept:  # the server drops both kept connections; the client has not seen it yet
+            writer.transport.abort()
+        response = await post(client, server)
+        assert await response.read() == b"{}"
+        response.release()
+        assert server.connections == 3
+
+
+async def test_a_kept_connection_lost_after_the_upstream_had_time_to_work_is_not_sent_again(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "RESEND_WINDOW", 0.05)
+
+    async def works_then_dies(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        await read_request(reader, server)
+        writer.write(answer(b"{}"))
+        await writer.drain()
+        if await read_request(reader, server):
+            await asyncio.sleep(0.2)  # working on it...
+            writer.transport.abort()  # ...and gone, without an answer
+
+    async with serving(works_then_dies) as server:
+        response = await post(client, server)
+        await response.read()
+        response.release()
+        with pytest.raises(HTTPClientError):
+            await post(client, server)
+        assert len(server.requests) == 2  # the second request was sent once, not twice
+
+
+async def test_an_answer_that_ends_with_a_reset_connection_is_broken_not_whole(client: Client) -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+        writer.write(b'HTTP/1.1 200 OK\r\n\r\n{"trunc')
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # an RST, not an orderly end
+
+    async with serving(reset) as server:
+        response = await post(client, server)
+        with pytest.raises(HTTPClientError):
+            await response.read()
+        response.close()
+
+
+async def test_closing_the_client_is_no_end_of_an_answer_delimited_by_its_connection(client: Client) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with serving(slow) as server:
+        response = await post(client, server)
+        reading = asyncio.create_task(response.read())
+        await asyncio.sleep(0.05)
+        await client.close()
+        with pytest.raises(HTTPClientError):
+            await reading
+        with pytest.raises(HTTPClientError, match="closed"):
+            await post(client, server)
+
+
+async def test_a_switch_of_protocols_is_a_client_error(client: Client) -> None:
+    async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\nxx")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with serving(upgrade) as server:
+        with pytest.raises(HTTPClientError, match="not HTTP"):
+            await post(client, server)
+
+
+async def test_what_the_url_and_the_headers_say_is_sent_once(client: Client) -> None:
+    async with serving(keep_answering) as server:
+        url = f"http://us%40er:p%3Ass@127.0.0.1:{server.port}/v1/x"
+        from_url = [b"authorization: Basic " + base64.b64encode(b"us@er:p:ss"), b"accept-encoding: identity"]
+        given = encode_headers(
+            {"Authorization": "Bearer k", "Host": "api.example", "Accept-Encoding": "gzip"}
+        )
+        for headers, expected in (
+            (b"", from_url),
+            (given, [b"authorization: Bearer k", b"host: api.example"]),
+        ):
+            response = await client.request("POST", url, body=b"{}", headers=headers)
+            await response.read()
+            response.release()
+            lines = server.requests[-1].split(b"\r\n\r\n")[0].split(b"\r\n")
+            names = [line.split(b":")[0] for line in lines[1:]]
+            assert len(names) == len(set(names))  # no header twice
+            assert set(expected) <= set(lines)
+
+
+def test_a_header_named_twice_in_different_cases_is_sent_once_the_later() -> None:
+    assert encode_headers({"content-type": "application/json", "Content-Type": "text/plain"}) == (
+        b"content-type: text/plain\r\n"
+    )
