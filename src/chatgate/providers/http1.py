@@ -4,7 +4,7 @@ Why not aiohttp on this path: a relayed call to a local upstream took about 150 
 loop's CPU through aiohttp (its request and response objects, header multidicts, timer contexts, a
 stream reader, its connector's bookkeeping) and 53 us written on an asyncio protocol with
 httptools' parser (the one uvicorn serves with), one call at a time on one core (docs/benchmarks.md,
-"The relay's HTTP client"). At 800 requests/s that difference is a tenth of the core.
+"The relay's own HTTP client"). At 800 requests/s that difference is a tenth of the core.
 
 What it does: a request with a body over ``http`` or ``https`` (the system's certificate store),
 the answer's status and headers, then its body whole (``read``) or line by line as it comes
