@@ -92,6 +92,15 @@ async def post(client: Client, server: Server, body: bytes = b"{}", timeout: flo
     return await client.request("POST", server.url, body=body, headers=JSON, read_timeout=timeout)
 
 
+async def exchange(client: Client, server: Server, body: bytes = b"{}", timeout: float = 5.0) -> bytes:
+    """A request, its whole answer's body, and the connection given back."""
+    response = await post(client, server, body, timeout)
+    try:
+        return await response.read()
+    finally:
+        response.release()
+
+
 async def test_the_request_goes_as_given_and_a_kept_connection_serves_the_next(client: Client) -> None:
     async with serving(keep_answering) as server:
         for n in (1, 2, 3):
@@ -154,9 +163,7 @@ async def test_an_answer_that_ends_with_its_connection_is_read_whole_and_the_con
         writer.close()
 
     async with serving(close_delimited) as server:
-        response = await post(client, server)
-        assert await response.read() == b'{"whole": true}'
-        response.release()
+        assert await exchange(client, server) == b'{"whole": true}'
         assert client.open_connections == 0
 
 
@@ -168,9 +175,7 @@ async def test_a_server_that_says_close_gets_a_new_connection_next_time(client: 
 
     async with serving(say_close) as server:
         for _ in range(2):
-            response = await post(client, server)
-            assert await response.read() == b"{}"
-            response.release()
+            assert await exchange(client, server) == b"{}"
         assert server.connections == 2
 
 
@@ -185,9 +190,7 @@ async def test_a_kept_connection_the_server_closed_is_replaced_once(client: Clie
 
     async with serving(one_per_connection) as server:
         for _ in range(3):
-            response = await post(client, server)
-            assert await response.read() == b"{}"
-            response.release()
+            assert await exchange(client, server) == b"{}"
         assert server.connections == 3
 
     async def never_answers(
@@ -261,9 +264,7 @@ async def test_a_compressed_answer_is_decoded_whole_and_streamed(client: Client)
             await writer.drain()
 
     async with serving(compressed) as server:
-        response = await post(client, server)
-        assert await response.read() == b"data: a\n\ndata: b\n\n"
-        response.release()
+        assert await exchange(client, server) == b"data: a\n\ndata: b\n\n"
         response = await post(client, server)
         assert [line async for line in response] == [b"data: a\n", b"\n", b"data: b\n", b"\n"]
         response.release()
@@ -310,9 +311,7 @@ async def test_an_answer_closed_before_its_end_closes_its_connection_at_once(cli
         response = await post(client, server)
         response.close()  # the rest is unwanted: the upstream's work stops
         assert client.open_connections == 0
-        response = await post(client, server)
-        assert await response.read() == b"{}"
-        response.release()
+        assert await exchange(client, server) == b"{}"
         assert server.connections == 2
 
 
@@ -328,9 +327,7 @@ async def test_an_answer_released_before_its_end_lingers_for_it_then_serves_agai
             if client.idle_connections:
                 break
         assert client.idle_connections == 1  # the end came: back to the pool
-        response = await post(client, server)
-        assert await response.read() == b"{}"
-        response.release()
+        assert await exchange(client, server) == b"{}"
         assert server.connections == 1
 
 
@@ -351,9 +348,7 @@ async def test_an_answer_that_had_all_come_is_kept_read_or_not(client: Client) -
         response = await post(client, server)
         response.release()  # never read, but whole: the connection is at a clean boundary
         assert client.idle_connections == 1
-        response = await post(client, server)
-        assert await response.read() == b'{"n": 2}'
-        response.release()
+        assert await exchange(client, server) == b'{"n": 2}'
         assert server.connections == 1
 
 
@@ -493,12 +488,8 @@ async def test_a_paused_connection_given_back_reads_again(
             await writer.drain()
 
     async with serving(large) as server:
-        response = await post(client, server)
-        assert await response.read() == big
-        response.release()
-        response = await post(client, server, timeout=2.0)
-        assert await response.read() == b"{}"
-        response.release()
+        assert await exchange(client, server) == big
+        assert await exchange(client, server, timeout=2.0) == b"{}"
         assert server.connections == 1
 
 
@@ -539,9 +530,7 @@ async def test_bytes_on_an_idle_connection_keep_it_from_being_used_again(client:
             await writer.drain()
 
     async with serving(nags) as server:
-        response = await post(client, server)
-        assert await response.read() == b'{"first": true}'
-        response.release()
+        assert await exchange(client, server) == b'{"first": true}'
         await asyncio.sleep(0.2)
         response = await post(client, server)
         assert (response.status, await response.read()) == (200, b'{"later": true}')
@@ -581,9 +570,7 @@ async def test_the_one_resend_goes_on_a_new_connection_not_another_kept_one(clie
         assert client.idle_connections == 2
         for writer in kept:  # the server drops both kept connections; the client has not seen it yet
             writer.transport.abort()
-        response = await post(client, server)
-        assert await response.read() == b"{}"
-        response.release()
+        assert await exchange(client, server) == b"{}"
         assert server.connections == 3
 
 
