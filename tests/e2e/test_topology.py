@@ -87,6 +87,20 @@ class Replica:
 
         wait_for(ready, 300)
 
+    def wait_for_traffic(self) -> None:
+        """Until the balancer sends it requests again: a request answered after this call. Ready is
+        not enough: nginx keeps a replica it could not reach out of the rotation for
+        ``fail_timeout`` (2 s here), and then tries it with one request before the rest follow, so
+        a replica stopped right after the previous one's ``/readyz`` can leave none in rotation."""
+        start = self.log.stat().st_size
+
+        def served() -> bool:
+            with self.log.open("rb") as log:
+                log.seek(start)
+                return b'"event": "chat_request"' in log.read()
+
+        wait_for(served, 120)
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None
         self.process.send_signal(sig)
@@ -332,6 +346,7 @@ def test_a_rolling_restart_under_load_fails_no_request(topology: Topology) -> No
             assert replica.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
             replica.start()
             replica.wait_ready()
+            replica.wait_for_traffic()  # back in nginx's rotation before the next one goes
             load.wait(6)
     failed = [s for s in load.sent if not (s.status == 200 and s.complete)]
     assert not failed, failed
