@@ -56,6 +56,18 @@ class InvalidURL(HTTPClientError, ValueError):
     """A URL this client cannot send to."""
 
 
+class ConnectFailed(HTTPClientError):
+    """No connection could be made (refused, unreachable, a name that does not resolve)."""
+
+
+class Disconnected(HTTPClientError):
+    """The connection ended (closed, reset, or closed by this client) before the answer did."""
+
+
+class MalformedAnswer(HTTPClientError):
+    """What came back was not an HTTP/1.1 answer, or its compressed body was broken."""
+
+
 @dataclass(frozen=True)
 class Origin:
     scheme: str
@@ -160,7 +172,7 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self.lost = HTTPClientError(f"the upstream's answer is not HTTP/1.1: {exc!r}")
+            self.lost = MalformedAnswer(f"the upstream's answer is not HTTP/1.1: {exc!r}")
             self._close()
         self._wake()
 
@@ -175,7 +187,7 @@ class _Connection(asyncio.Protocol):
         if self.head and self._until_close and ended and not self.complete and self.lost is None:
             self.on_message_complete()  # the answer was delimited by the connection's end
         elif not self.complete and self.lost is None:
-            self.lost = HTTPClientError("the upstream closed the connection" + (f": {exc}" if exc else ""))
+            self.lost = Disconnected("the upstream closed the connection" + (f": {exc}" if exc else ""))
         self.transport = None
         self._wake()
 
@@ -212,7 +224,7 @@ class _Connection(asyncio.Protocol):
             try:
                 body = self._decoder.decompress(body)
             except zlib.error as exc:
-                self.lost = HTTPClientError(f"the upstream's compressed answer is broken: {exc}")
+                self.lost = MalformedAnswer(f"the upstream's compressed answer is broken: {exc}")
                 self._close()
                 return
         self._fed = True
@@ -227,7 +239,7 @@ class _Connection(asyncio.Protocol):
         if self._decoder is not None:
             self.buffer += self._decoder.flush()
             if self._fed and not self._decoder.eof:
-                self.lost = HTTPClientError("the upstream's compressed answer was cut short")
+                self.lost = MalformedAnswer("the upstream's compressed answer was cut short")
         self.complete = True
         self._keep_alive = not self._until_close and self._parser.should_keep_alive()
         if self._linger is not None:  # released already, waiting for this: back to the pool now
@@ -267,7 +279,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         self.sent_at = self._loop.time()
         if self.transport is None or self.transport.is_closing():
-            raise HTTPClientError("the connection is closed")
+            raise Disconnected("the connection is closed")
         self.transport.write(data)
 
     def reusable(self) -> bool:
@@ -335,7 +347,7 @@ class Response:
         conn = self._conn
         while not conn.complete:
             if len(conn.buffer) > MAX_BODY:
-                raise HTTPClientError(f"the upstream's answer is over {MAX_BODY} bytes")
+                raise MalformedAnswer(f"the upstream's answer is over {MAX_BODY} bytes")
             await conn.wait(self._timeout)
         body = bytes(conn.buffer)
         conn.buffer.clear()
@@ -452,7 +464,7 @@ class Client:
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
-                raise HTTPClientError("the client is closed")
+                raise ConnectFailed("the client is closed")
             idle = self._idle.get(origin)
             while idle and not fresh:
                 conn = idle.pop()
@@ -482,7 +494,7 @@ class Client:
         except (OSError, UnicodeError) as exc:
             self._connecting -= 1
             self._free_a_slot()
-            raise HTTPClientError(f"could not connect: {exc}") from exc
+            raise ConnectFailed(f"could not connect: {exc}") from exc
         except BaseException:
             self._connecting -= 1
             self._free_a_slot()

@@ -199,7 +199,7 @@ async def test_a_kept_connection_the_server_closed_is_replaced_once(client: Clie
         await read_request(reader, server)  # and closes: a new connection failing is not tried again
 
     async with serving(never_answers) as server:
-        with pytest.raises(HTTPClientError, match="closed"):
+        with pytest.raises(http1.Disconnected, match="closed"):
             await post(client, server)
         assert server.connections == 1
 
@@ -250,7 +250,7 @@ async def test_an_answer_that_is_not_http_is_a_client_error(client: Client, repl
         await asyncio.sleep(30)
 
     async with serving(garbage) as server:
-        with pytest.raises(HTTPClientError, match="not HTTP"):
+        with pytest.raises(http1.MalformedAnswer, match="not HTTP"):
             await post(client, server)
         assert client.open_connections == 0
 
@@ -435,7 +435,7 @@ async def test_an_error_status_comes_with_its_body_and_repeated_headers_joined(c
 async def test_nothing_listening_is_a_client_error(client: Client) -> None:
     async with serving(keep_answering) as server:
         url = server.url
-    with pytest.raises(HTTPClientError, match="could not connect"):
+    with pytest.raises(http1.ConnectFailed, match="could not connect"):
         await client.request("POST", url, body=b"{}", headers=JSON)
 
 
@@ -641,7 +641,7 @@ async def test_a_switch_of_protocols_is_a_client_error(client: Client) -> None:
         await asyncio.sleep(30)
 
     async with serving(upgrade) as server:
-        with pytest.raises(HTTPClientError, match="not HTTP"):
+        with pytest.raises(http1.MalformedAnswer, match="not HTTP"):
             await post(client, server)
 
 
