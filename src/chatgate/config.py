@@ -310,6 +310,16 @@ class Price(BaseModel):
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"})
 
 
+def header_fault(name: str, value: str) -> str | None:
+    """Why a header cannot be sent with a request as given (a framing header, or a name or value
+    that would break the request's lines), or None: the rule of the catalogue and of the relay's client."""
+    if name.lower() in FRAMING_HEADERS:
+        return f"may not set {name!r}: the client writes it for each request"
+    if not name or any(c in name for c in ": \r\n\0") or any(c in value for c in "\r\n\0"):
+        return f"{name!r} is not a header that can be sent"
+    return None
+
+
 class UpstreamDeployment(BaseModel):
     """A model served by an OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp's server...)."""
 
@@ -343,10 +353,8 @@ class UpstreamDeployment(BaseModel):
         if unknown:
             raise ValueError(f"extra_fields may name {', '.join(known)}; not {', '.join(unknown)}")
         for name, value in self.headers.items():
-            if name.lower() in FRAMING_HEADERS:
-                raise ValueError(f"headers may not set {name!r}: the relay writes it for each request")
-            if not name or any(c in name for c in ": \r\n\0") or any(c in value for c in "\r\n\0"):
-                raise ValueError(f"headers: {name!r} is not a header that can be sent")
+            if fault := header_fault(name, value):
+                raise ValueError(f"headers {fault}")
         return self
 
     def api_key(self) -> str | None:
