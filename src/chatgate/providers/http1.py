@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from chatgate.config import FRAMING_HEADERS
+from chatgate.config import header_fault
 
 HIGH_WATER = 2**22  # bytes read ahead of the reader before the socket is paused
 MAX_LINE = 2**22  # one line of a streamed answer (a long tool call or logprobs chunk), at most
@@ -116,10 +116,8 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
     of two names that differ only in case, the later one is sent."""
     lines: dict[str, str] = {}
     for name, value in headers.items():
-        if any(c in name or c in value for c in "\r\n\0") or not name or ":" in name or " " in name:
-            raise ValueError(f"a header that cannot be sent: {name!r}")
-        if name.lower() in FRAMING_HEADERS:  # the client writes them itself, from the request
-            raise ValueError(f"a header that cannot be sent: {name!r} is the client's to write")
+        if fault := header_fault(name, value):
+            raise ValueError(f"a header that cannot be sent: {fault}")
         lines[name.lower()] = f"{name.lower()}: {value}\r\n"
     return "".join(lines.values()).encode("latin-1")
 
@@ -127,6 +125,19 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
 def _has(headers: bytes, name: bytes) -> bool:
     """Whether ``encode_headers``' lines carry ``name`` (lower case, with its colon)."""
     return headers.startswith(name) or b"\n" + name in headers
+
+
+def _header_block(target: _Target, headers: bytes) -> bytes:
+    """Every header line a request to ``target`` with ``headers`` sends but its length: the client's
+    own (host, accept-encoding, the URL's authorization) where the caller's do not replace them."""
+    own = b""
+    if not _has(headers, b"host:"):
+        own += target.host
+    if not _has(headers, b"accept-encoding:"):
+        own += b"accept-encoding: identity\r\n"
+    if target.authorization and not _has(headers, b"authorization:"):
+        own += target.authorization
+    return own + headers
 
 
 class _Connection(asyncio.Protocol):
@@ -282,6 +293,9 @@ class _Connection(asyncio.Protocol):
             raise Disconnected("the connection is closed")
         self.transport.write(data)
 
+    def since_sent(self) -> float:
+        return self._loop.time() - self.sent_at
+
     def reusable(self) -> bool:
         return (
             self.complete
@@ -404,7 +418,8 @@ class Client:
         self._open: set[_Connection] = set()
         self._connecting = 0
         self._slots: deque[asyncio.Future[None]] = deque()  # requests waiting for a connection's room
-        self._targets: dict[str, _Target] = {}
+        # (url, headers) -> where to send and the header lines, worked out once per pair
+        self._targets: dict[tuple[str, bytes], tuple[_Target, bytes]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
@@ -420,29 +435,24 @@ class Client:
     ) -> Response:
         """Send the request (``headers`` from ``encode_headers``) and wait for the answer's head; the
         caller reads the body, then calls ``release`` (or ``close``) on the Response."""
-        target = self._targets.get(url)
-        if target is None:
+        found = self._targets.get((url, headers))
+        if found is None:
             target = _split(url)
+            found = (target, _header_block(target, headers))
             if len(self._targets) < 1024:
-                self._targets[url] = target
-        origin = target.origin
+                self._targets[url, headers] = found
+        target, block = found
         head = f"{method} {target.path} HTTP/1.1\r\ncontent-length: {len(body)}\r\n".encode("latin-1")
-        if not _has(headers, b"host:"):
-            head += target.host
-        if not _has(headers, b"accept-encoding:"):
-            head += b"accept-encoding: identity\r\n"
-        if target.authorization and not _has(headers, b"authorization:"):
-            head += target.authorization
-        data = head + headers + b"\r\n" + body
+        data = head + block + b"\r\n" + body
         for attempt in (1, 2):
-            conn, reused = await self._connection(origin, connect_timeout, fresh=attempt == 2)
+            conn, reused = await self._connection(target.origin, connect_timeout, fresh=attempt == 2)
             try:
                 conn.send(data)
                 while not conn.head:
                     await conn.wait(read_timeout)
             except HTTPClientError:
                 conn.drop()
-                raced = self._loop_time() - conn.sent_at < RESEND_WINDOW
+                raced = conn.since_sent() < RESEND_WINDOW
                 if reused and not conn.received and raced and attempt == 1:
                     continue  # the server had closed the kept connection: once more, on a new one
                 raise
@@ -451,10 +461,6 @@ class Client:
                 raise
             return Response(conn, read_timeout)
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def _loop_time() -> float:
-        return asyncio.get_running_loop().time()
 
     async def _connection(
         self, origin: Origin, timeout: float | None, *, fresh: bool = False
@@ -491,13 +497,11 @@ class Client:
                     origin.port,
                     ssl=self._context() if origin.scheme == "https" else None,
                 )
-        except (OSError, UnicodeError) as exc:
+        except BaseException as exc:
             self._connecting -= 1
-            self._free_a_slot()
-            raise ConnectFailed(f"could not connect: {exc}") from exc
-        except BaseException:
-            self._connecting -= 1
-            self._free_a_slot()
+            self._free_a_slot()  # the room it would have taken
+            if isinstance(exc, OSError | UnicodeError):
+                raise ConnectFailed(f"could not connect: {exc}") from exc
             raise
         self._connecting -= 1
         self._open.add(conn)  # the room it was connecting in is its own now
