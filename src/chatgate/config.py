@@ -276,7 +276,7 @@ class LocalDeployment(BaseModel):
     asset: str | None = None
     path: Path | None = None
     context_length: int = Field(default=4096, ge=128)
-    instances: int = Field(default=4, ge=1, le=16)  # sequences generated at once (a context each)
+    instances: int = Field(default=4, ge=1, le=16)  # sequences at once (a KV stream each, one context)
     weight: int = Field(default=1, ge=0)
     vision: bool = False  # refused for now: the local engine has no image path (see _no_vision)
 

@@ -63,23 +63,35 @@ async def test_a_waiter_that_gives_up_does_not_swallow_the_instance() -> None:
     assert slot is held and pool.queued == 0
 
 
-async def test_threads_are_shared_from_the_moment_instances_are_taken() -> None:
-    budget = ThreadBudget(2)
-    pool = EnginePool(path=Path("unused.gguf"), context_length=512, instances=2, budget=budget, max_queue=4)
-    for index in range(2):
+def pool_on(budget: ThreadBudget, instances: int) -> EnginePool:
+    pool = EnginePool(
+        path=Path("unused.gguf"), context_length=512, instances=instances, budget=budget, max_queue=4
+    )
+    for index in range(instances):
         slot = Slot(index=index, sequence=None)
         pool.slots.append(slot)
         pool.release(slot)
+    return pool
+
+
+async def test_threads_are_shared_among_the_models_with_requests_from_the_moment_one_is_taken() -> None:
+    """One model's sequences share its context, one call at a time: its steps get every thread
+    however many of its sequences are taken, and two models with requests split them."""
+    budget = ThreadBudget(2)
+    qwen, smol = pool_on(budget, 2), pool_on(budget, 1)
     assert budget.share() == 2
-    first = await pool.acquire()
-    assert budget.share() == 2  # alone: every thread
-    second = await pool.acquire()
-    assert budget.share() == 1  # before either has started generating, so neither starts on both
-    waiting = asyncio.create_task(pool.acquire())
+    first = await qwen.acquire()
+    second = await qwen.acquire()
+    assert budget.share() == 2 and budget.active == 1  # one model: its batched steps on both threads
+    waiting = asyncio.create_task(qwen.acquire())
     await asyncio.sleep(0)
-    pool.release(first)  # straight to the waiter: still two taken
+    qwen.release(first)  # straight to the waiter: the model still has requests
     third = await waiting
-    assert budget.share() == 1
-    pool.release(second)
-    pool.release(third)
+    assert budget.active == 1
+    other = await smol.acquire()
+    assert budget.share() == 1  # before either model's next step, so neither starts on both
+    smol.release(other)
+    assert budget.share() == 2
+    qwen.release(second)
+    qwen.release(third)
     assert budget.share() == 2 and budget.active == 0

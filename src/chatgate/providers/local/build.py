@@ -3,7 +3,7 @@
 A seeded request gives the same answer as long as all of these stay the same (docs/parameters.md),
 so ``system_fingerprint`` is a digest of them: it changes with another model file, another
 llama-cpp-python or llama.cpp build, a CPU with other vector instructions (llama.cpp picks its
-kernels by them), another chatgate release, or another prompt schedule (``sequence.CHUNK``).
+kernels by them), another chatgate release, or another schedule of calls (``SCHEDULE``).
 """
 
 import ctypes
@@ -17,7 +17,10 @@ from llama_cpp import _ggml
 from chatgate.providers.local.sequence import CHUNK
 
 # Bump when chatgate changes how it feeds llama.cpp in a way that changes the numbers.
-SCHEDULE = f"chunks of {CHUNK} from position 0, generated tokens one a call"
+SCHEDULE = (
+    f"a KV stream per sequence in one context; prompts alone in chunks of {CHUNK} from position 0; "
+    "a seeded request's generated tokens one a call"
+)
 
 
 def _ggml_string(name: str) -> str:

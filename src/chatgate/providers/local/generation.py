@@ -1,4 +1,9 @@
-"""One request's generation, a step at a time: its prompt into the sequence's KV cache a chunk per step, then a token per step."""
+"""One request's generation, a step at a time: its prompt into the sequence's KV cache a chunk per step, then a token per step.
+
+A prompt chunk is a llama.cpp call the generation makes itself, alone. A generated token is staged
+on the sequence before the generation yields; whoever steps it (``batching.Batcher``) evaluates the
+staged tokens before resuming it, one call for several sequences or, for an ``exact`` job, alone.
+"""
 
 import math
 import threading
@@ -25,6 +30,7 @@ class Job:
     n: int = 1
     grammar: str | None = None  # response_format's grammar
     tools: ToolPlan | None = None
+    exact: bool = False  # seeded: every token in a call of its own, so its numbers never depend on the others
 
 
 def _token_logprob(sequence: Sequence, token: int, top_n: int) -> TokenLogprob:
@@ -55,9 +61,14 @@ class Generation:
         self.cancel = cancel
         self.emit = emit
 
+    @property
+    def exact(self) -> bool:
+        return self.job.exact
+
     def steps(self) -> Generator[None, None, bool]:
-        """Each step makes one llama.cpp call (a prompt chunk, or the last token sampled) and emits
-        what it samples next; returns False if cancelled part-way.
+        """Each step ends after one llama.cpp call (a prompt chunk it makes, or the token it staged,
+        which the stepper evaluates before resuming it) and emits what it samples next; returns
+        False if cancelled part-way.
 
         Choice ``i`` samples with seed + ``i`` from the very state choice 0 started from: the cache
         rewound to the prompt and the prompt's logits put back, as a request of its own would find it.
@@ -93,7 +104,7 @@ class Generation:
         matched: str | None = None  # the request's stop sequence that ended the answer
         self._unreported = 0
         while True:
-            token = chain.sample(sequence.context, -1)
+            token = chain.sample(sequence.context, sequence.row)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 reason = "stop"  # the end-of-turn token is not part of the answer, nor of its logprobs
                 break
@@ -124,10 +135,10 @@ class Generation:
                     self._emit_calls(index, calls, text.matcher.remainder)
             if produced >= s.max_tokens:
                 break
-            yield
+            sequence.stage(token)
+            yield  # the stepper evaluates the staged token before resuming
             if self.cancel.is_set():
                 return False
-            sequence.decode(token)
         if calls is None:
             tail = text.finish()
             if tail or pending:

@@ -1,4 +1,4 @@
-"""A model's sequences: one set of weights, a llama.cpp context per sequence, and bounded admission to them."""
+"""A model's sequences: one set of weights, one llama.cpp context with a KV cache stream per sequence, and bounded admission to them."""
 
 import asyncio
 import math
@@ -10,19 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp import _internals as internals
 
 from chatgate.errors import EngineBusy
+from chatgate.providers.local.batching import Batcher
 from chatgate.providers.local.generation import Generation
-from chatgate.providers.local.scheduler import Outcome, Task, ThreadBudget
-from chatgate.providers.local.sequence import Sequence
+from chatgate.providers.local.scheduler import Outcome, ThreadBudget
+from chatgate.providers.local.sequence import CHUNK, Sequence, SharedContext
 
 __all__ = ["EnginePool", "Slot", "ThreadBudget"]
 
 
 @dataclass(eq=False)
 class Slot:
-    """One sequence of the model: a context with a KV cache of its own; it serves one request at a time."""
+    """One sequence of the model: a KV cache stream of its own in the model's context; it serves one request at a time."""
 
     index: int
     sequence: Any  # Sequence; None in tests of admission alone
@@ -34,10 +34,11 @@ class Slot:
 class EnginePool:
     """Hands out a model's sequences to requests.
 
-    The weights are loaded once; each of the ``instances`` sequences is a llama.cpp context of its
-    own on them (about 50 MB of KV cache at 4,096 tokens for a 0.5B model), so that many requests
-    generate at once, stepped in turn by the budget's lanes. Requests beyond them wait in a queue of
-    at most ``max_queue``; past that, ``acquire`` raises EngineBusy at once.
+    The weights are loaded once, with one llama.cpp context for the model, in which each of the
+    ``instances`` sequences has a KV cache stream of its own (about 50 MB at 4,096 tokens for a
+    0.5B model), so that many requests generate at once, stepped by the model's batcher on the
+    budget's lanes. Requests beyond them wait in a queue of at most ``max_queue``; past that,
+    ``acquire`` raises EngineBusy at once.
     """
 
     def __init__(
@@ -50,8 +51,11 @@ class EnginePool:
         self.max_queue = max_queue
         self.slots: list[Slot] = []
         self.cancelled = 0
-        # llama_cpp.Llama, once loaded: the weights, the tokenizer, and the first sequence's context.
+        # llama_cpp.Llama, once loaded: the weights and the tokenizer (its own context is a small unused one).
         self.llama: Any = None
+        self.shared: SharedContext | None = None
+        self.batcher: Batcher | None = None
+        self._held = 0  # sequences taken by requests: the model counts in the thread budget while any is
         self._free: list[Slot] = []
         self._waiters: deque[asyncio.Future[Slot]] = deque()
         self._mean_seconds = 5.0
@@ -66,17 +70,21 @@ class EnginePool:
     def load(self) -> None:
         self.llama = llama_cpp.Llama(
             model_path=str(self.path),
-            n_ctx=self.context_length,
+            n_ctx=CHUNK,
+            n_batch=CHUNK,
             n_threads=self.budget.total,
             n_threads_batch=self.budget.total,
             verbose=False,
         )
-        contexts = [self.llama._ctx]
-        for _ in range(self.instances - 1):
-            params = self.llama.context_params
-            contexts.append(internals.LlamaContext(model=self.llama._model, params=params, verbose=False))
-        for index, context in enumerate(contexts):
-            slot = Slot(index=index, sequence=Sequence(self.llama._model, context))
+        params = type(self.llama.context_params).from_buffer_copy(self.llama.context_params)
+        params.n_seq_max = self.instances
+        params.n_ctx = self.context_length * self.instances  # each stream gets n_ctx / n_seq_max
+        params.kv_unified = False  # a stream per sequence: no sequence changes another's attention
+        params.n_batch = params.n_ubatch = 512
+        self.shared = SharedContext(self.llama._model, params, self.instances)
+        self.batcher = Batcher(self.shared, self.budget)
+        for index in range(self.instances):
+            slot = Slot(index=index, sequence=Sequence(self.llama._model, self.shared, index))
             self.slots.append(slot)
             self._free.append(slot)
 
@@ -119,7 +127,9 @@ class EnginePool:
                 raise
         slot.started = time.monotonic()
         slot.held = True
-        self.budget.begin()  # counted from now, so a generation starting alone sees it coming
+        self._held += 1
+        if self._held == 1:
+            self.budget.begin()  # the model's steps share the threads with other models' from now
         return slot
 
     def _closest(self, prompt: list[int] | None) -> Slot:
@@ -133,7 +143,9 @@ class EnginePool:
         """Return a sequence: straight to the longest waiter, if any. Call on the event loop."""
         if slot.held:
             slot.held = False
-            self.budget.end()
+            self._held -= 1
+            if self._held == 0:
+                self.budget.end()
         elapsed = time.monotonic() - slot.started
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
         while self._waiters:
@@ -153,10 +165,13 @@ class EnginePool:
             "cached_prompt_tokens": sum(slot.sequence.cached for slot in self.slots if slot.sequence),
             "lanes": self.budget.lanes,  # compute threads stepping generations now, for every local model
             "threads_per_step": self.budget.share(),
+            "decode_calls": self.batcher.calls if self.batcher else 0,  # calls for generated tokens...
+            "decoded_tokens": self.batcher.decoded if self.batcher else 0,  # ...and the tokens they evaluated
         }
 
     def run(self, slot: Slot, generation: Generation, done: Callable[[Outcome], None]) -> None:
-        """Queue a generation on the budget's lanes; ``done`` is called on a lane with how it ended."""
+        """Hand a generation to the model's batcher; ``done`` is called on a lane with how it ended."""
+        assert self.batcher is not None, "the model is not loaded"
         slot.generating = True
 
         def finished(outcome: Outcome) -> None:
@@ -164,15 +179,16 @@ class EnginePool:
             self.cancelled += outcome is False
             done(outcome)
 
-        self.budget.submit(Task(generation.steps(), slot.sequence, finished))
+        self.batcher.add(generation, finished)
 
     def close(self) -> None:
         """Free the contexts and the weights; every generation has ended (they end when their requests do)."""
         deadline = time.monotonic() + 30
         while any(slot.generating for slot in self.slots) and time.monotonic() < deadline:
             time.sleep(0.01)
-        for slot in self.slots:
-            slot.sequence.close()  # the contexts before the weights they use
+        if self.shared is not None:
+            self.shared.close()  # the context before the weights it uses
+            self.shared = None
         self.slots.clear()
         if self.llama is not None:
             self.llama.close()

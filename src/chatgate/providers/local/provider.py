@@ -198,7 +198,14 @@ class LocalProvider:
         if prompt is None:  # tokenising stays off the event loop
             prompt = await asyncio.to_thread(self._tokenize, plan.pieces, plan.add_bos)
         sampling = plan.sampling or self._sampling(request, len(prompt))
-        return Job(prompt=prompt, sampling=sampling, n=plan.n, grammar=grammar, tools=tool_plan)
+        return Job(
+            prompt=prompt,
+            sampling=sampling,
+            n=plan.n,
+            grammar=grammar,
+            tools=tool_plan,
+            exact=request.seed is not None,  # a seeded answer never shares a call with another's tokens
+        )
 
     def _sampling(self, request: ChatCompletionRequest, prompt_tokens: int) -> Sampling:
         room = self.context_length - prompt_tokens

@@ -1,25 +1,23 @@
-"""The machine's compute threads: lanes that step every running generation in turn, a token or a prompt chunk at a time.
+"""The machine's compute threads: lanes that step every busy local model in turn, one llama.cpp call at a time.
 
-Every generation of every local model is a generator of steps: one llama.cpp call (a chunk of its
-prompt, or one token) and what it sampled from it. At most ``total`` lanes (OS threads) run steps.
-Each lane takes the generation at the head of one shared queue, steps it once and puts it at the
-back, so no request waits for another to finish. A step runs on ``share()`` threads: all of them for
-a lone stream (as many as other work leaves cores idle for), one each when two or more compete.
-With 4 streams on 2 cores, two lanes of one thread each take turns over the 4 sequences: each call
-costs what a lone sequence's call costs, which is the most these cores give (``bench/ceiling.py``;
-batching sequences into one call costs more here).
+Each local model with running generations is one task here: its batcher (``batching.Batcher``),
+a generator of steps that each make one llama.cpp call on the model's context (a prompt chunk, or
+the tokens its generations staged) and resume the generations in it. At most ``total`` lanes (OS
+threads) run steps. Each lane takes the task at the head of one shared queue, steps it once and
+puts it at the back. A step runs on ``share()`` threads: all of them for one busy model (as many as
+other work leaves cores idle for), split when several compete. A model's steps never run two at
+once: its context takes one call at a time.
 
 The threads of the steps running at once never add up to more than ``total``: a lane that starts
-while another lane's step runs on every thread (a lone stream, then a second request) waits for
-that step to end before it steps on what is left. Two steps on three threads on two cores had one
-of the first step's threads parked by the kernel at every layer's barrier, and the lone stream's
-prompt took several times as long while the second one's first token waited behind it.
+while another lane's step runs on every thread waits for that step to end before it steps on what
+is left. Two steps on three threads on two cores had one of the first step's threads parked by the
+kernel at every layer's barrier.
 
-A new generation's first step comes before the others' next ones, so its prompt (or the first
-chunk of a long one) goes in at once. A lane that finds the queue empty exits: llama.cpp's OpenMP
-runtime keeps a team of worker threads for every thread that ever ran a parallel region, and once
-more such threads exist than cores it stops spinning between tokens, which costs a lone stream a
-quarter of its speed (measured: 61 -> 47 tok/s). A lane that exits takes its team with it.
+A new task's first step comes before the others' next ones. A lane that finds the queue empty
+exits: llama.cpp's OpenMP runtime keeps a team of worker threads for every thread that ever ran a
+parallel region, and once more such threads exist than cores it stops spinning between tokens,
+which costs a lone stream a quarter of its speed (measured: 61 -> 47 tok/s). A lane that exits
+takes its team with it.
 """
 
 import logging
@@ -42,12 +40,12 @@ class Threaded(Protocol):
 @dataclass(eq=False)
 class Task:
     steps: Generator[None, None, bool]
-    sequence: Threaded  # set to the step's thread share before each step
+    sequence: Threaded  # the context the steps call: set to the step's thread share before each step
     done: Callable[[Outcome], None]  # called once, on the lane, with how it ended
 
 
 class ThreadBudget:
-    """The machine's compute threads, shared by every engine sequence that is taken, in every pool.
+    """The machine's compute threads, shared by every local model with requests.
 
     ``free`` says how many cores other work leaves idle (cores.FreeCores); without it, the
     ``total`` threads are taken to be the engine's own.
@@ -66,7 +64,7 @@ class ThreadBudget:
         self._lanes = 0
 
     def begin(self) -> None:
-        """A sequence is taken for a request: count it in the share from now on."""
+        """A model takes its first request: count it in the share from now on (until ``end``)."""
         with self._lock:
             self._active += 1
 
@@ -83,8 +81,8 @@ class ThreadBudget:
         return self._lanes
 
     def share(self) -> int:
-        """Threads for one step: the total split among the sequences taken (counted from when they are
-        taken, so a generation starting alone sees the others coming), and no more than the cores
+        """Threads for one step: the total split among the models with requests (counted from when a
+        request takes a sequence, so a model starting alone sees the others coming), and no more than the cores
         other work leaves idle: a step's threads wait for each other at every layer, so one whose
         core is taken stalls them all (cores.py)."""
         threads = max(1, self.total // max(1, self._active))
