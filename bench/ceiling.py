@@ -12,6 +12,9 @@ text) for the shapes an engine can choose between:
   (continuous batching decodes one token for each of B sequences per call, so this is what
   batching can save). Logits are computed for every token of the call, as a step that decodes
   B sequences needs one row of them per sequence.
+* ``B sequences in one call``: what chatgate's engine does (``providers/local/batching.py``): one
+  context with a KV cache stream per sequence, and one call decoding a token of each of B
+  sequences, on 1 thread and on every thread.
 
 ``bench/engine.py --ceiling`` also uses its prefill workers (``run_prefill``): the concurrent
 scenario's chat prompts evaluated on one-thread contexts at once, what a server of such contexts
@@ -76,6 +79,45 @@ def batch_cost_ms(llama: Any, size: int, repeats: int) -> float:
         llama._ctx.decode(batch)
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def sequences_cost_ms(model: Path, threads: int, repeats: int) -> dict[int, float]:
+    """Median milliseconds of one call decoding a token of each of B sequences (a KV stream each, as
+    the engine's context has), for each B in BATCHES, on ``threads`` threads."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    llama = load(model, threads)
+    params = type(llama.context_params).from_buffer_copy(llama.context_params)
+    params.n_seq_max = max(BATCHES)
+    params.n_ctx = 256 * max(BATCHES)
+    params.kv_unified = False
+    params.n_batch = params.n_ubatch = 512
+    context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+    batch = _internals.LlamaBatch(n_tokens=256, embd=0, n_seq_max=1, verbose=False)
+    prompt = llama.tokenize(PROMPT.encode(), special=True)
+
+    def call(rows: list[tuple[int, int, int]]) -> float:
+        b = batch.batch
+        b.n_tokens = len(rows)
+        for i, (token, position, seq) in enumerate(rows):
+            b.token[i], b.pos[i], b.seq_id[i][0], b.n_seq_id[i], b.logits[i] = token, position, seq, 1, True
+        start = time.perf_counter()
+        context.decode(batch)
+        return time.perf_counter() - start
+
+    for seq in range(max(BATCHES)):
+        call([(token, i, seq) for i, token in enumerate(prompt)])
+    costs = {}
+    for size in BATCHES:
+        times = []
+        for _ in range(repeats + 1):
+            times.append(call([(100 + seq, len(prompt), seq) for seq in range(size)]))
+            for seq in range(size):
+                llama_cpp.llama_memory_seq_rm(context.memory, seq, len(prompt), -1)
+        costs[size] = 1000 * statistics.median(times[1:])
+    llama.close()
+    return costs
 
 
 def chat_prompt(system: str, user: str) -> str:
@@ -175,6 +217,14 @@ def main() -> int:
             f"  B={size:<3} {cost:7.1f} ms   {cost / size:6.1f} ms/token   {cost / base:5.2f}x one token"
             f"   {1000 * size / cost:6.1f} tok/s"
         )
+    llama.close()
+    for threads in sorted({1, args.threads}):
+        costs = sequences_cost_ms(args.model, threads, 9)
+        print(f"one call decoding a token of each of B sequences, {threads} thread(s) (median of 9):")
+        for size, cost in costs.items():
+            print(
+                f"  B={size:<3} {cost:7.1f} ms   {cost / costs[1]:5.2f}x one token   {1000 * size / cost:6.1f} tok/s"
+            )
     return 0
 
 
