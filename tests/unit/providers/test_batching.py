@@ -190,13 +190,14 @@ def test_the_batcher_leaves_the_lanes_when_idle_and_comes_back_for_new_work() ->
     assert run.outcomes == {0: True, 1: True}
 
 
-def test_rows_follow_the_sequences_of_the_call() -> None:
+def test_a_call_s_rows_go_in_the_order_of_the_sequences_ids_and_each_knows_its_row() -> None:
+    """llama.cpp splits a call whose rows are out of stream order into one call per run of them."""
     shared = Recorder()
-    first, second = (Sequence(Model(), shared, i) for i in (5, 3))  # type: ignore[arg-type]
-    first.stage(7)
-    second.stage(9)
-    decode_together([first, second])
-    assert shared.calls == [[5, 3]]
-    assert (first.row, second.row) == (0, 1)
-    assert (first.tokens, second.tokens) == ([7], [9])
-    assert first.staged is None and second.staged is None
+    first, second, third = (Sequence(Model(), shared, i) for i in (5, 3, 4))  # type: ignore[arg-type]
+    for token, sequence in enumerate((first, second, third)):
+        sequence.stage(7 + token)
+    decode_together([first, second, third])
+    assert shared.calls == [[3, 4, 5]]
+    assert (first.row, second.row, third.row) == (2, 0, 1)
+    assert (first.tokens, second.tokens, third.tokens) == ([7], [8], [9])
+    assert first.staged is None and second.staged is None and third.staged is None

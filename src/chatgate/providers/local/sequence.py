@@ -153,7 +153,13 @@ class Sequence:
 
 
 def decode_together(sequences: list[Sequence]) -> None:
-    """Evaluate each sequence's staged token in one call (a row each, in this order)."""
+    """Evaluate each sequence's staged token in one call, a row each, in the order of their ids.
+
+    The order matters: llama.cpp splits a call whose rows go to the KV streams out of order into a
+    call per run of them (measured, 4 sequences on 2 threads: 54-56 ms a call in order, 91 ms in
+    reverse order, the cost of four one-token calls).
+    """
+    sequences.sort(key=lambda sequence: sequence.seq_id)
     rows = []
     for sequence in sequences:
         assert sequence.staged is not None
