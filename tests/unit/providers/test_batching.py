@@ -31,12 +31,13 @@ class Recorder:
     def __init__(self) -> None:
         self.context = Context()
         self.calls: list[list[int]] = []
+        self.events: list[str] = []  # thread counts set, and generations' ends
         self.fail_when: set[int] = set()  # a call with this many rows fails
         self.gate = threading.Event()
         self.gate.set()
 
     def set_threads(self, threads: int) -> None:
-        pass
+        self.events.append(f"threads {threads}")
 
     def evaluate(self, rows: list[tuple[int, int, int, bool]], sequences: list[Sequence]) -> None:
         assert self.gate.wait(WAIT)
@@ -101,6 +102,7 @@ class Run:
 
     def add(self, fake: Fake) -> Fake:
         def done(outcome: Outcome) -> None:
+            self.shared.events.append(f"done {fake.sequence.seq_id}")
             self.outcomes[fake.sequence.seq_id] = outcome
             self.finished.release()
 
@@ -181,6 +183,13 @@ def test_the_batcher_leaves_the_lanes_when_idle_and_comes_back_for_new_work() ->
     run = Run(threads=2)
     run.add(Fake(run.shared, 0))
     run.wait(1)
+    for _ in range(600):  # a bound on a hang only
+        if run.batcher.idle:
+            break
+        threading.Event().wait(0.05)
+    assert run.batcher.idle
+    # no step after the last generation's end: the pool may free the context once the batcher is idle
+    assert run.shared.events[-1] == "done 0"
     for thread in threading.enumerate():
         if thread.name == "llama-lane":
             thread.join(WAIT)

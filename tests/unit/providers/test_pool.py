@@ -95,3 +95,19 @@ async def test_threads_are_shared_among_the_models_with_requests_from_the_moment
     qwen.release(second)
     qwen.release(third)
     assert budget.share() == 2 and budget.active == 0
+
+
+async def test_the_lowest_free_sequence_is_handed_out_so_those_at_work_keep_consecutive_ids() -> None:
+    pool = EnginePool(
+        path=Path("unused.gguf"), context_length=512, instances=3, budget=ThreadBudget(2), max_queue=4
+    )
+    for index in (2, 0, 1):  # freed in another order
+        slot = Slot(index=index, sequence=None)
+        pool.slots.append(slot)
+        pool.release(slot)
+    taken = [await pool.acquire() for _ in range(2)]
+    assert [slot.index for slot in taken] == [0, 1]
+    pool.release(taken[0])
+    assert (await pool.acquire()).index == 0  # the gap is filled first
+    pool.release(taken[1])
+    assert (await pool.acquire(exact=True)).index == 2  # a seeded request's calls are its own: out of the way

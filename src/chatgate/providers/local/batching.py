@@ -7,7 +7,8 @@ A step is one call, chosen in this order:
 2. the next chunk of a long prompt, every other step while other sequences decode, so it slows
    them by a chunk at a time and never stops them;
 3. otherwise the tokens the decoding generations staged. Those of requests without a seed go in
-   one call together: on these 2 cores, 4 tokens in one call on both threads cost about 2.5 times
+   one call together (llama.cpp makes it one pass where their sequences' ids are consecutive, which
+   the pool keeps them as far as it can): on these 2 cores, 4 tokens in one call on both threads cost about 2.5 times
    one token, where two one-thread calls side by side cost twice one (``bench/ceiling.py``). A
    seeded request's token goes in a call of its own, so its numbers never depend on what runs
    beside it (``sequence.py``); it takes its turn among the calls.
@@ -15,7 +16,7 @@ A step is one call, chosen in this order:
 Every generation in a call is resumed right after it, before the next call, so each samples from
 its own row of that call's logits. A generation whose client left is resumed without a call and
 ends itself. The batcher is a ``scheduler.Task`` on the thread budget's lanes while it has
-generations, and ends when the last one does (a new one submits it again).
+generations, and ends in the step that ends the last one (a new one submits it again).
 """
 
 import logging
@@ -72,25 +73,37 @@ class Batcher:
                 self._submitted = False
             for running in stranded:
                 running.steps.close()
-                running.done(outcome)
+                self._finish(running, outcome)
 
     def _steps(self) -> Generator[None, None, bool]:
+        """One call a step; it ends in the step whose call finished the last generation, so no step
+        (nor the thread count set before it) comes after the last generation's end."""
         while True:
+            self._step()
             with self._lock:
-                new = self._new.popleft() if self._new else None
-                if new is None and not self._prompting and not self._decoding:
+                if not (self._new or self._prompting or self._decoding):
                     self._submitted = False
                     return True
-            if new is not None:
-                self._advance(new)  # its first step: the prompt's first chunk, or its end if cancelled
-                self._chunk_last = True
-            elif self._prompting and (not self._chunk_last or not self._decoding):
-                self._advance(self._prompting.popleft())
-                self._chunk_last = True
-            else:
-                self._decode()
-                self._chunk_last = False
             yield
+
+    @property
+    def idle(self) -> bool:
+        """No generation, and no step on a lane or queued for one."""
+        with self._lock:
+            return not self._submitted
+
+    def _step(self) -> None:
+        with self._lock:
+            new = self._new.popleft() if self._new else None
+        if new is not None:
+            self._advance(new)  # its first step: the prompt's first chunk, or its end if cancelled
+            self._chunk_last = True
+        elif self._prompting and (not self._chunk_last or not self._decoding):
+            self._advance(self._prompting.popleft())
+            self._chunk_last = True
+        else:
+            self._decode()
+            self._chunk_last = False
 
     def _decode(self) -> None:
         """One call for staged tokens: every unseeded one together, or the seeded one whose turn it is."""

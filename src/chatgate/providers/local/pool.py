@@ -100,11 +100,12 @@ class EnginePool:
     def busy(self) -> int:
         return len(self.slots) - len(self._free)
 
-    async def acquire(self, prompt: list[int] | None = None) -> Slot:
+    async def acquire(self, prompt: list[int] | None = None, *, exact: bool = False) -> Slot:
         """A free sequence now (the one whose cache holds most of ``prompt``), or after the requests
-        already waiting (first come, first served)."""
+        already waiting (first come, first served). An ``exact`` (seeded) request's tokens go in calls
+        of their own, so it takes the highest free sequence, out of the way of the others' run."""
         if self._free:
-            slot = self._closest(prompt)
+            slot = self._closest(prompt, exact)
             self._free.remove(slot)
         else:
             if len(self._waiters) >= self.max_queue:
@@ -126,26 +127,25 @@ class EnginePool:
                     self._waiters.remove(waiter)
                 raise
         slot.started = time.monotonic()
-        slot.held = True
-        self._held += 1
-        if self._held == 1:
-            self.budget.begin()  # the model's steps share the threads with other models' from now
+        if not slot.held:  # (a slot handed straight from one request to the next stays held)
+            slot.held = True
+            self._held += 1
+            if self._held == 1:
+                self.budget.begin()  # the model's steps share the threads with other models' from now
         return slot
 
-    def _closest(self, prompt: list[int] | None) -> Slot:
-        """The free slot whose cache can give most of ``prompt``; the last one freed among equals."""
-        best = self._free[-1]
-        if prompt is not None and best.sequence is not None:
-            best = max(reversed(self._free), key=lambda slot: slot.sequence.reusable(prompt))
-        return best
+    def _closest(self, prompt: list[int] | None, exact: bool) -> Slot:
+        """The free slot whose cache can give most of ``prompt``; among equals the lowest-numbered
+        (the highest for ``exact``), so the sequences whose tokens share calls keep consecutive ids
+        (``sequence.decode_together``)."""
+        sign = 1 if exact else -1
+        if prompt is None or self._free[0].sequence is None:
+            return max(self._free, key=lambda slot: sign * slot.index)
+        return max(self._free, key=lambda slot: (slot.sequence.reusable(prompt), sign * slot.index))
 
     def release(self, slot: Slot) -> None:
-        """Return a sequence: straight to the longest waiter, if any. Call on the event loop."""
-        if slot.held:
-            slot.held = False
-            self._held -= 1
-            if self._held == 0:
-                self.budget.end()
+        """Return a sequence: straight to the longest waiter, if any (still held, so the model stays
+        counted in the thread budget). Call on the event loop."""
         elapsed = time.monotonic() - slot.started
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
         while self._waiters:
@@ -153,6 +153,11 @@ class EnginePool:
             if not waiter.done():
                 waiter.set_result(slot)
                 return
+        if slot.held:
+            slot.held = False
+            self._held -= 1
+            if self._held == 0:
+                self.budget.end()
         self._free.append(slot)
 
     def stats(self) -> dict[str, int]:
@@ -184,7 +189,10 @@ class EnginePool:
     def close(self) -> None:
         """Free the contexts and the weights; every generation has ended (they end when their requests do)."""
         deadline = time.monotonic() + 30
-        while any(slot.generating for slot in self.slots) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            any(slot.generating for slot in self.slots)
+            or (self.batcher is not None and not self.batcher.idle)
+        ):
             time.sleep(0.01)
         if self.shared is not None:
             self.shared.close()  # the context before the weights it uses

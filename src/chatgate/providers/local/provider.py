@@ -251,7 +251,9 @@ class LocalProvider:
 
     async def run(self, plan: LocalPlan) -> AsyncGenerator[ProviderEvent, None]:
         job = await self._job(plan)
-        slot = await self.pool.acquire(job.prompt)  # a full queue refuses here, still before any output
+        slot = await self.pool.acquire(
+            job.prompt, exact=job.exact
+        )  # a full queue refuses here, still before any output
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[ProviderEvent | BaseException] = asyncio.Queue()
         cancel = threading.Event()
