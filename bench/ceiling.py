@@ -83,9 +83,9 @@ def batch_cost_ms(llama: Any, size: int, repeats: int) -> float:
 
 def sequences_cost_ms(model: Path, threads: int, repeats: int) -> dict[int, float]:
     """Median milliseconds of one call decoding a token of each of B sequences (a KV stream each, as
-    the engine's context has), for each B in BATCHES, on ``threads`` threads."""
-    import llama_cpp
-    from llama_cpp import _internals
+    the engine's context has: ``chatgate.providers.local.sequence.SharedContext``), for each B in
+    BATCHES, on ``threads`` threads."""
+    from chatgate.providers.local.sequence import SharedContext
 
     llama = load(model, threads)
     params = type(llama.context_params).from_buffer_copy(llama.context_params)
@@ -93,29 +93,21 @@ def sequences_cost_ms(model: Path, threads: int, repeats: int) -> dict[int, floa
     params.n_ctx = 256 * max(BATCHES)
     params.kv_unified = False
     params.n_batch = params.n_ubatch = 512
-    context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
-    batch = _internals.LlamaBatch(n_tokens=256, embd=0, n_seq_max=1, verbose=False)
+    shared = SharedContext(llama._model, params, max(BATCHES))
     prompt = llama.tokenize(PROMPT.encode(), special=True)
-
-    def call(rows: list[tuple[int, int, int]]) -> float:
-        b = batch.batch
-        b.n_tokens = len(rows)
-        for i, (token, position, seq) in enumerate(rows):
-            b.token[i], b.pos[i], b.seq_id[i][0], b.n_seq_id[i], b.logits[i] = token, position, seq, 1, True
-        start = time.perf_counter()
-        context.decode(batch)
-        return time.perf_counter() - start
-
     for seq in range(max(BATCHES)):
-        call([(token, i, seq) for i, token in enumerate(prompt)])
+        shared.evaluate([(token, i, seq, i == len(prompt) - 1) for i, token in enumerate(prompt)], [])
     costs = {}
     for size in BATCHES:
         times = []
         for _ in range(repeats + 1):
-            times.append(call([(100 + seq, len(prompt), seq) for seq in range(size)]))
+            start = time.perf_counter()
+            shared.evaluate([(100 + seq, len(prompt), seq, True) for seq in range(size)], [])
+            times.append(time.perf_counter() - start)
             for seq in range(size):
-                llama_cpp.llama_memory_seq_rm(context.memory, seq, len(prompt), -1)
+                shared.context.kv_cache_seq_rm(seq, len(prompt), -1)
         costs[size] = 1000 * statistics.median(times[1:])
+    shared.close()
     llama.close()
     return costs
 

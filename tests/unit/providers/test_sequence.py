@@ -30,7 +30,7 @@ def pool() -> Iterator[EnginePool]:
 
 def evaluate(sequence: Sequence, prompt: list[int], threads: int, generate: int = 0) -> list[bytes]:
     """The prompt's logits, then those after each of ``generate`` greedy tokens, as raw bytes."""
-    sequence.set_threads(threads)
+    sequence.shared.set_threads(threads)
     for _ in sequence.prefill(prompt):
         pass
     seen = [sequence.logits().tobytes()]
@@ -102,7 +102,7 @@ def test_tokens_decoded_together_each_come_back_in_their_own_sequence_s_row(pool
         for _ in sequence.prefill(prompt):
             pass
         together.append([sequence.logits().copy()])  # valid until the next call, whoever makes it
-    first.set_threads(2)
+    first.shared.set_threads(2)
     for _ in range(4):
         for sequence, seen in zip((first, second), together, strict=True):
             sequence.stage(int(np.argmax(seen[-1])))

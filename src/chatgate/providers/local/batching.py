@@ -108,26 +108,18 @@ class Batcher:
     def _decode(self) -> None:
         """One call for staged tokens: every unseeded one together, or the seeded one whose turn it is."""
         gone = [running for running in self._decoding if running.generation.cancel.is_set()]
-        head = next((running for running in self._decoding if running not in gone), None)
-        if head is None:
-            group = []
-        elif head.generation.exact:
-            group = [head]
+        live = [running for running in self._decoding if running not in gone]
+        if live and live[0].generation.exact:
+            group = live[:1]
         else:
-            group = [r for r in self._decoding if not r.generation.exact and r not in gone]
-        self._decoding = deque(r for r in self._decoding if r not in gone and r not in group)
+            group = [running for running in live if not running.generation.exact]
+        self._decoding = deque(running for running in live if running not in group)
         for running in gone:
             self._advance(running)  # no call: it sees its cancel and ends
         if not group:
             return
-        sequences = [running.generation.sequence for running in group]
         try:
-            if len(group) == 1 and group[0].generation.exact:
-                staged = sequences[0].staged
-                assert staged is not None
-                sequences[0].decode(staged)
-            else:
-                decode_together(sequences)
+            decode_together([running.generation.sequence for running in group])  # a seeded one: a row alone
         except Exception as exc:
             for running in group:
                 running.steps.close()

@@ -40,7 +40,7 @@ class Threaded(Protocol):
 @dataclass(eq=False)
 class Task:
     steps: Generator[None, None, bool]
-    sequence: Threaded  # the context the steps call: set to the step's thread share before each step
+    context: Threaded  # what the steps call: set to the step's thread share before each step
     done: Callable[[Outcome], None]  # called once, on the lane, with how it ended
 
 
@@ -119,7 +119,7 @@ class ThreadBudget:
                     self._freed.notify_all()
 
     def _step(self, task: Task, threads: int) -> None:
-        task.sequence.set_threads(threads)
+        task.context.set_threads(threads)
         outcome: Outcome | None = None
         try:
             next(task.steps)

@@ -122,10 +122,8 @@ class Sequence:
 
     def decode(self, token: int) -> None:
         """Evaluate one generated token after what the cache holds, in a call of its own."""
-        self.staged = None
-        self.shared.evaluate([(token, len(self.tokens), self.seq_id, True)], [self])
-        self.row = 0
-        self.tokens.append(token)
+        self.stage(token)
+        decode_together([self])
 
     def rewind(self, length: int) -> None:
         """Forget every position from ``length`` on."""
@@ -148,9 +146,6 @@ class Sequence:
         """This sequence's logits from the context's last call: a view of its buffer, valid until the next call."""
         return np.ctypeslib.as_array(self.context.get_logits_ith(self.row), shape=(self.n_vocab,))
 
-    def set_threads(self, threads: int) -> None:
-        self.shared.set_threads(threads)
-
 
 def decode_together(sequences: list[Sequence]) -> None:
     """Evaluate each sequence's staged token in one call, a row each, in the order of their ids.
@@ -162,13 +157,11 @@ def decode_together(sequences: list[Sequence]) -> None:
     hands out the lowest free sequence, which keeps the ids at work consecutive as far as it can.
     """
     sequences.sort(key=lambda sequence: sequence.seq_id)
-    rows = []
-    for sequence in sequences:
-        assert sequence.staged is not None
-        rows.append((sequence.staged, len(sequence.tokens), sequence.seq_id, True))
+    tokens = [sequence.staged for sequence in sequences if sequence.staged is not None]
+    assert len(tokens) == len(sequences), "every sequence in the call has a staged token"
+    rows = [(token, len(seq.tokens), seq.seq_id, True) for token, seq in zip(tokens, sequences, strict=True)]
     sequences[0].shared.evaluate(rows, sequences)
-    for row, sequence in enumerate(sequences):
-        assert sequence.staged is not None
-        sequence.tokens.append(sequence.staged)
+    for row, (token, sequence) in enumerate(zip(tokens, sequences, strict=True)):
+        sequence.tokens.append(token)
         sequence.staged = None
         sequence.row = row
